@@ -1,0 +1,55 @@
+# Two commands for a new user: `make demo` and `make test`. Everything else is what they build on.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export RELEASE_GRAPH_FLEET ?= $(CURDIR)/examples/shop/fleet.yaml
+# uv compiles bytecode at install time; without it every import recompiles when PYTHONDONTWRITEBYTECODE is set.
+export UV_COMPILE_BYTECODE := 1
+HOST_ENV := /var/lib/release-graph/env
+WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
+
+.PHONY: setup host venv demo-repos demo test lint snapshot bench clean
+
+setup: host venv
+
+host:
+	bash scripts/setup_host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	command -v uv >/dev/null || $(PY) -m pip install -q uv
+	test -x $(VENV)/bin/python || uv venv -q --python 3.11 $(VENV)
+	uv pip install -q --python $(VENV)/bin/python --require-hashes -r requirements.lock
+	uv pip install -q --python $(VENV)/bin/python --no-deps -e .
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf $(CURDIR)/dagster.yaml $@
+
+demo-repos: venv
+	$(VENV)/bin/python -m release_graph.demo repos
+
+# The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running.
+demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
+	$(WITH_HOST_ENV) exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# Every test, against the real engine, registry and git.
+test: setup $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/ruff check .
+	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Rewrite the committed graph snapshot after an intended change of the asset graph.
+snapshot: venv
+	$(VENV)/bin/python -m release_graph.snapshot --write
+
+bench: setup
+	$(WITH_HOST_ENV) $(VENV)/bin/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .dagster_home .demo

@@ -1,0 +1,81 @@
+"""`release-graph`: the command line for release managers and CI.
+
+Every command takes `--fleet PATH` (default: $RELEASE_GRAPH_FLEET, then ./fleet.yaml). Bad input prints
+what is wrong (file, service, field) and exits non-zero, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from release_graph.manifest import ManifestError, load_fleet, resolve_fleet_path
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _fleet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fleet", help="the fleet manifest (default: $RELEASE_GRAPH_FLEET, then ./fleet.yaml)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = resolve_fleet_path(args.fleet or args.fleet_positional)
+    fleet = load_fleet(path)
+    built = len(fleet.built_services)
+    print(
+        f"{path}: fleet '{fleet.name}' is valid: {len(fleet.services)} services ({built} built, "
+        f"{len(fleet.services) - built} prebuilt), environments: {', '.join(fleet.environments)}"
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from release_graph.operations import build_image
+
+    fleet = load_fleet(resolve_fleet_path(args.fleet))
+    return build_image(fleet, args.service, sha=args.sha)
+
+
+def cmd_import(argv: list[str]) -> int:
+    from release_graph.importer.cli import run
+
+    return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="release-graph", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a fleet manifest and list every problem")
+    validate.add_argument("fleet_positional", nargs="?", metavar="FLEET", help="the manifest (same as --fleet)")
+    _fleet_argument(validate)
+    validate.set_defaults(handler=cmd_validate)
+
+    build = commands.add_parser("build", help="build, test and push one service's image for a commit")
+    build.add_argument("service")
+    build.add_argument("--sha", help="the commit (full or abbreviated; default: the branch head)")
+    _fleet_argument(build)
+    build.set_defaults(handler=cmd_build)
+
+    commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
+                        add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "import":
+        # The importer owns its arguments (files, folders, output); hand them over untouched.
+        return cmd_import(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

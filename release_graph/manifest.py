@@ -1,0 +1,668 @@
+"""The fleet manifest: one YAML file, validated as a whole into typed, immutable models.
+
+Every problem is collected and reported at once, each naming the file, line, service and field, before
+any Dagster object exists, so a broken manifest never yields half a graph. The field reference lives
+in docs/manifest.md; later capabilities add their fields here and there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+TEAM = re.compile(r"^team:[A-Za-z0-9][A-Za-z0-9_.-]*$")
+GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
+# Image references: [host[:port]/]path[:tag][@sha256:<64 hex>] (the OCI distribution grammar, simplified).
+_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+IMAGE_REPOSITORY = re.compile(rf"^(?:{_REF_HOST}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_REF_HOST}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+)
+GIT_BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
+
+RESERVED_SERVICE_NAMES = {"fleet"}
+RESERVED_ENVIRONMENT_NAMES = {"source", "image", "integration"}
+TARGETS = ("docker", "kubernetes")
+APPROVAL_MODES = ("required",)
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used; `problems` lists every reason, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"invalid fleet manifest ({count}):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Edge:
+    """`A depends on name`. Hard edges order deployments; soft ones are recorded as metadata only."""
+
+    name: str
+    soft: bool = False
+    startup_only: bool = False  # only a start-up ordering was seen (compose depends_on), no call
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Build:
+    context: str = "."  # relative to the service's path inside its repo
+    dockerfile: str = "Dockerfile"  # relative to the context
+    target: str | None = None  # the stage that is released; None = the last stage
+    test_target: str | None = "test"  # the stage whose container runs the unit tests
+    args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    repo: str | None = None
+    repo_url: str | None = None
+    branch: str = "main"
+    path: str = "."
+    build: Build | None = None
+    image: str | None = None
+    port: int | None = None
+    health: str | None = "/healthz"
+    depends_on: tuple[Edge, ...] = ()
+    owners: tuple[str, ...] = ()
+    description: str = ""
+    language: str | None = None
+    infrastructure: bool = False
+    deploy_unit: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def group(self) -> str:
+        """Dagster group names cannot hold `-`."""
+        return self.name.replace("-", "_")
+
+    @property
+    def is_prebuilt(self) -> bool:
+        return self.build is None
+
+    @property
+    def is_local_repo(self) -> bool:
+        return self.repo is not None and not GIT_URL.match(self.repo)
+
+    @property
+    def hard_deps(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.depends_on if not e.soft)
+
+    @property
+    def soft_deps(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.depends_on if e.soft)
+
+    def image_repository(self, fleet: Fleet) -> str:
+        return f"{fleet.registry}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    target: str = "docker"
+    approval: str | None = None
+
+    @property
+    def requires_approval(self) -> bool:
+        return self.approval == "required"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    registry: str
+    services: Mapping[str, Service]
+    environments: Mapping[str, Environment]
+    source_file: Path
+    sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
+
+    @property
+    def root(self) -> Path:
+        return self.source_file.parent
+
+    @property
+    def built_services(self) -> tuple[Service, ...]:
+        return tuple(s for s in self.services.values() if not s.is_prebuilt)
+
+
+def resolve_fleet_path(explicit: str | os.PathLike | None = None) -> Path:
+    """`--fleet`, then `$RELEASE_GRAPH_FLEET`, then `./fleet.yaml`."""
+    chosen = explicit or os.environ.get("RELEASE_GRAPH_FLEET") or "fleet.yaml"
+    return Path(chosen).expanduser().resolve()
+
+
+# --- YAML with line numbers and duplicate-key detection ---------------------------------------------
+
+
+class _LinedDict(dict):
+    """A mapping that remembers the line of each key (1-based) and of itself."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    duplicate_keys: list[tuple[str, int, int]]  # key, line, line of the first definition
+
+
+def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode, deep: bool = False) -> _LinedDict:
+    loader.flatten_mapping(node)
+    result = _LinedDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            key = str(key)
+        line = key_node.start_mark.line + 1
+        if key in result:
+            # Keep the first definition: the later one is reported, never silently applied.
+            loader.duplicate_keys.append((key, line, result.key_lines[key]))
+            continue
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = line
+    return result
+
+
+_ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> tuple[Any, list[tuple[str, int, int]]]:
+    text = path.read_text(encoding="utf-8")
+    loader = _ManifestLoader(text)
+    loader.duplicate_keys = []
+    try:
+        return loader.get_single_data(), loader.duplicate_keys
+    finally:
+        loader.dispose()
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self, file: Path):
+        self.file_label = file.name
+        self.items: list[str] = []
+
+    def add(self, line: int | None, where: str, message: str) -> None:
+        location = f"{self.file_label}:{line}" if line else self.file_label
+        self.items.append(f"{location}: {where}: {message}")
+
+
+def _where(service: str | None = None, field_name: str | None = None, environment: str | None = None) -> str:
+    parts = []
+    if service is not None:
+        parts.append(f"service '{service}'")
+    if environment is not None:
+        parts.append(f"environment '{environment}'")
+    if field_name is not None:
+        parts.append(f"field '{field_name}'")
+    return ", ".join(parts) or "manifest"
+
+
+def _line(mapping: Any, key: str) -> int | None:
+    if isinstance(mapping, _LinedDict):
+        return mapping.key_lines.get(key, mapping.line)
+    return None
+
+
+def _check_keys(problems: _Problems, mapping: _LinedDict, allowed: set[str], **where: str | None) -> None:
+    for key in mapping:
+        if key not in allowed:
+            problems.add(
+                _line(mapping, key),
+                _where(field_name=key, **where),
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+            )
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+SERVICE_KEYS = {
+    "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
+    "description", "language", "infrastructure", "deploy_unit", "env",
+}
+BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "args"}
+EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
+ENVIRONMENT_KEYS = {"target", "approval"}
+TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold"}
+SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
+
+
+def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
+    """Read and validate a manifest. Raises ManifestError listing every problem found.
+
+    `check_files=False` skips the Dockerfile/build-context checks of local repos (used when a manifest is
+    read away from its sources; the same checks then run at build time with the same message).
+    """
+    source_file = Path(path).expanduser().resolve()
+    problems = _Problems(source_file)
+    if not source_file.is_file():
+        raise ManifestError([f"{source_file}: manifest file not found"])
+    try:
+        document, duplicates = _read_yaml(source_file)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError([f"{source_file.name}{line}: not valid YAML: {problem}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError([f"{source_file.name}: cannot read: {exc}"]) from None
+
+    for key, line, first_line in duplicates:
+        problems.add(line, f"key '{key}'", f"defined twice in the same mapping (first at line {first_line}); "
+                     "the second definition is ignored until the duplicate is removed")
+    if not isinstance(document, _LinedDict):
+        problems.add(None, "manifest", "expected a mapping with keys fleet, registry, services, environments")
+        raise ManifestError(problems.items)
+
+    _check_keys(problems, document, TOP_KEYS)
+    fleet_name = document.get("fleet")
+    if not (_is_str(fleet_name) and DNS_LABEL.match(fleet_name)):
+        problems.add(_line(document, "fleet"), _where(field_name="fleet"),
+                     f"expected a DNS label (lowercase letters, digits, '-'), got {fleet_name!r}")
+    registry = document.get("registry")
+    if not (_is_str(registry) and IMAGE_REPOSITORY.match(registry)):
+        problems.add(_line(document, "registry"), _where(field_name="registry"),
+                     f"expected an image repository such as 127.0.0.1:5000/shop, got {registry!r}")
+
+    sast_threshold = document.get("sast_threshold", "medium")
+    if not (isinstance(sast_threshold, str) and sast_threshold.upper() in SAST_THRESHOLDS):
+        problems.add(_line(document, "sast_threshold"), _where(field_name="sast_threshold"),
+                     f"expected one of low, medium, high, got {sast_threshold!r}")
+        sast_threshold = "medium"
+
+    raw_services = document.get("services")
+    services: dict[str, Service] = {}
+    if not isinstance(raw_services, dict) or not raw_services:
+        problems.add(_line(document, "services"), _where(field_name="services"),
+                     "expected a mapping of at least one service name to its settings")
+        raw_services = {}
+    for name, raw in raw_services.items():
+        service = _parse_service(problems, source_file.parent, raw_services, name, raw, check_files)
+        if service is not None:
+            services[name] = service
+
+    environments = _parse_environments(problems, document)
+    _check_edges(problems, raw_services, services)
+
+    if problems.items:
+        raise ManifestError(problems.items)
+    return Fleet(
+        name=fleet_name,
+        registry=registry,
+        services=MappingProxyType(services),
+        environments=MappingProxyType(environments),
+        source_file=source_file,
+        sast_threshold=sast_threshold.upper(),
+    )
+
+
+def _parse_service(
+    problems: _Problems, root: Path, parent: _LinedDict, name: Any, raw: Any, check_files: bool
+) -> Service | None:
+    line = _line(parent, name)
+    if not (isinstance(name, str) and DNS_LABEL.match(name)):
+        problems.add(line, _where(service=str(name)),
+                     "service names must be DNS labels (lowercase letters, digits, '-', at most 63)")
+    elif name in RESERVED_SERVICE_NAMES:
+        problems.add(line, _where(service=name), f"'{name}' is reserved (the fleet-level asset group)")
+    if raw is None:
+        raw = _LinedDict()
+        raw.line, raw.key_lines = line or 0, {}
+    if not isinstance(raw, _LinedDict):
+        problems.add(line, _where(service=str(name)), "expected a mapping of service settings")
+        return None
+    where = {"service": str(name)}
+    _check_keys(problems, raw, SERVICE_KEYS, **where)
+
+    repo, build_raw, image = raw.get("repo"), raw.get("build"), raw.get("image")
+    infrastructure = raw.get("infrastructure", False)
+    if not isinstance(infrastructure, bool):
+        problems.add(_line(raw, "infrastructure"), _where(field_name="infrastructure", **where),
+                     f"expected true or false, got {infrastructure!r}")
+    if image is not None and (build_raw is not None or repo is not None):
+        problems.add(_line(raw, "image"), _where(field_name="image", **where),
+                     "a service is either built (repo + build) or prebuilt (image), not both")
+    elif image is None and build_raw is None:
+        problems.add(raw.line, _where(field_name="build", **where),
+                     "missing: give build (with repo) to build the service, or image for a prebuilt one")
+    elif image is not None and not (_is_str(image) and IMAGE_REFERENCE.match(image)):
+        problems.add(_line(raw, "image"), _where(field_name="image", **where),
+                     f"not a valid image reference: {image!r}")
+    if infrastructure is True and image is None:
+        problems.add(_line(raw, "infrastructure"), _where(field_name="infrastructure", **where),
+                     "infrastructure services are prebuilt: give an image")
+
+    repo_url = None
+    if build_raw is not None:
+        if not _is_str(repo):
+            problems.add(_line(raw, "repo") or raw.line, _where(field_name="repo", **where),
+                         "a built service needs repo: a local path (relative to this file) or a git URL")
+        elif GIT_URL.match(repo):
+            repo_url = repo
+        else:
+            repo_url = str((root / repo).resolve())
+    branch = raw.get("branch", "main")
+    if not (_is_str(branch) and GIT_BRANCH.match(branch)):
+        problems.add(_line(raw, "branch"), _where(field_name="branch", **where),
+                     f"not a valid git branch name: {branch!r}")
+    path = raw.get("path", ".")
+    if not _is_str(path) or Path(path).is_absolute() or ".." in Path(path).parts:
+        problems.add(_line(raw, "path"), _where(field_name="path", **where),
+                     f"expected a folder inside the repo (relative, no '..'), got {path!r}")
+        path = "."
+
+    build = None
+    if build_raw is not None:
+        build = _parse_build(problems, raw, build_raw, where)
+    if build is not None and check_files and repo_url is not None and not GIT_URL.match(repo):
+        problem = build_files_problem(Path(repo_url), path, build)
+        if problem:
+            problems.add(_line(raw, "build"), _where(field_name="build", **where), problem)
+
+    port = raw.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        problems.add(_line(raw, "port"), _where(field_name="port", **where),
+                     f"expected a port number between 1 and 65535, got {port!r}")
+    health = raw.get("health", "/healthz")
+    if health is not None and not (_is_str(health) and health.startswith("/")):
+        problems.add(_line(raw, "health"), _where(field_name="health", **where),
+                     f"expected an HTTP path starting with '/' (or null for none), got {health!r}")
+
+    owners = raw.get("owners", [])
+    if not isinstance(owners, list):
+        problems.add(_line(raw, "owners"), _where(field_name="owners", **where), "expected a list")
+        owners = []
+    for owner in owners:
+        if not (isinstance(owner, str) and (EMAIL.match(owner) or TEAM.match(owner))):
+            problems.add(_line(raw, "owners"), _where(field_name="owners", **where),
+                         f"owner {owner!r} is neither an email address nor team:<name>")
+
+    for key in ("description", "language", "deploy_unit"):
+        value = raw.get(key)
+        if value is not None and not _is_str(value):
+            problems.add(_line(raw, key), _where(field_name=key, **where), f"expected text, got {value!r}")
+    deploy_unit = raw.get("deploy_unit")
+    if _is_str(deploy_unit) and not DNS_LABEL.match(deploy_unit):
+        problems.add(_line(raw, "deploy_unit"), _where(field_name="deploy_unit", **where),
+                     "expected a DNS label naming the unit")
+
+    env = _string_map(problems, raw, "env", where)
+    edges = _parse_edges(problems, raw, where)
+
+    # A service with problems is still returned so edges and cycles can be checked; the problems
+    # make load_fleet raise, so it never reaches a graph.
+    return Service(
+        name=str(name),
+        repo=repo,
+        repo_url=repo_url,
+        branch=branch,
+        path=path,
+        build=build,
+        image=image,
+        port=port,
+        health=health,
+        depends_on=edges,
+        owners=tuple(owners),
+        description=raw.get("description") or "",
+        language=raw.get("language"),
+        infrastructure=infrastructure,
+        deploy_unit=deploy_unit,
+        env=env,
+    )
+
+
+def build_files_problem(repo_dir: Path, path: str, build: Build) -> str | None:
+    """The same message at validation (local repos) and at build time (the exported commit)."""
+    context = repo_dir / path / build.context
+    if not context.is_dir():
+        return f"build context '{Path(path) / build.context}' does not exist in {repo_dir}"
+    if not (context / build.dockerfile).is_file():
+        return f"Dockerfile '{Path(path) / build.context / build.dockerfile}' does not exist in {repo_dir}"
+    return None
+
+
+def _parse_build(problems: _Problems, raw: _LinedDict, build_raw: Any, where: dict) -> Build | None:
+    if not isinstance(build_raw, _LinedDict):
+        problems.add(_line(raw, "build"), _where(field_name="build", **where),
+                     "expected a mapping such as {dockerfile: Dockerfile, test_target: test}")
+        return None
+    _check_keys(problems, build_raw, BUILD_KEYS, service=where["service"])
+    values = {}
+    for key, default in (("context", "."), ("dockerfile", "Dockerfile")):
+        value = build_raw.get(key, default)
+        if not _is_str(value) or Path(value).is_absolute() or ".." in Path(value).parts:
+            problems.add(_line(build_raw, key), _where(field_name=f"build.{key}", **where),
+                         f"expected a relative path inside the repo, got {value!r}")
+            value = default
+        values[key] = value
+    for key, default in (("target", None), ("test_target", "test")):
+        value = build_raw.get(key, default)
+        if value is not None and not _is_str(value):
+            problems.add(_line(build_raw, key), _where(field_name=f"build.{key}", **where),
+                         f"expected a Dockerfile stage name or null, got {value!r}")
+            value = default
+        values[key] = value
+    args = _string_map(problems, build_raw, "args", where, label="build.args")
+    return Build(args=args, **values)
+
+
+def _string_map(problems: _Problems, raw: _LinedDict, key: str, where: dict, label: str | None = None):
+    value = raw.get(key, {})
+    label = label or key
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        problems.add(_line(raw, key), _where(field_name=label, **where), "expected a mapping of names to values")
+        return MappingProxyType({})
+    result = {}
+    for name, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            problems.add(_line(value, name), _where(field_name=f"{label}.{name}", **where),
+                         f"expected a text or number value, got {item!r}")
+        else:
+            result[str(name)] = str(item)
+    return MappingProxyType(result)
+
+
+def _parse_edges(problems: _Problems, raw: _LinedDict, where: dict) -> tuple[Edge, ...]:
+    items = raw.get("depends_on", [])
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        problems.add(_line(raw, "depends_on"), _where(field_name="depends_on", **where),
+                     "expected a list of service names or {name: ..., soft: true}")
+        return ()
+    edges = []
+    line = _line(raw, "depends_on")
+    for item in items:
+        if isinstance(item, str):
+            edges.append(Edge(name=item))
+            continue
+        if not isinstance(item, _LinedDict) or not _is_str(item.get("name")):
+            problems.add(line, _where(field_name="depends_on", **where),
+                         f"expected a service name or a mapping with 'name', got {item!r}")
+            continue
+        _check_keys(problems, item, EDGE_KEYS, service=where["service"])
+        flags = {}
+        for flag in ("soft", "startup_only"):
+            value = item.get(flag, False)
+            if not isinstance(value, bool):
+                problems.add(_line(item, flag), _where(field_name=f"depends_on.{flag}", **where),
+                             f"expected true or false, got {value!r}")
+                value = False
+            flags[flag] = value
+        evidence = item.get("evidence", [])
+        if isinstance(evidence, str):
+            evidence = [evidence]
+        if not isinstance(evidence, list) or not all(isinstance(e, str) for e in evidence):
+            problems.add(_line(item, "evidence"), _where(field_name="depends_on.evidence", **where),
+                         "expected a list of texts")
+            evidence = []
+        edges.append(Edge(name=item["name"], evidence=tuple(evidence), **flags))
+    return tuple(edges)
+
+
+def _parse_environments(problems: _Problems, document: _LinedDict) -> dict[str, Environment]:
+    raw_envs = document.get("environments")
+    if not isinstance(raw_envs, dict) or not raw_envs:
+        problems.add(_line(document, "environments"), _where(field_name="environments"),
+                     "expected a mapping of at least one environment (in promotion order)")
+        return {}
+    environments = {}
+    for name, raw in raw_envs.items():
+        line = _line(raw_envs, name)
+        if not (isinstance(name, str) and DNS_LABEL.match(name)):
+            problems.add(line, _where(environment=str(name)), "environment names must be DNS labels")
+            continue
+        if name in RESERVED_ENVIRONMENT_NAMES or name.endswith("_approval"):
+            problems.add(line, _where(environment=name),
+                         f"'{name}' is reserved (it names a stage of every service's release)")
+            continue
+        raw = raw if raw is not None else {}
+        if not isinstance(raw, dict):
+            problems.add(line, _where(environment=name), "expected a mapping such as {target: docker}")
+            continue
+        if isinstance(raw, _LinedDict):
+            _check_keys(problems, raw, ENVIRONMENT_KEYS, environment=name)
+        target = raw.get("target", "docker")
+        if target not in TARGETS:
+            problems.add(_line(raw, "target") or line, _where(environment=name, field_name="target"),
+                         f"expected one of {', '.join(TARGETS)}, got {target!r}")
+        approval = raw.get("approval")
+        if approval is not None and approval not in APPROVAL_MODES:
+            problems.add(_line(raw, "approval") or line, _where(environment=name, field_name="approval"),
+                         f"expected 'required' or no approval key, got {approval!r}")
+        environments[name] = Environment(name=name, target=target, approval=approval)
+    return environments
+
+
+def _check_edges(problems: _Problems, raw_services: dict, services: dict[str, Service]) -> None:
+    known = set(raw_services)
+    for service in services.values():
+        line = _line(raw_services.get(service.name), "depends_on")
+        seen = set()
+        for edge in service.depends_on:
+            where = _where(service=service.name, field_name="depends_on")
+            if edge.name == service.name:
+                problems.add(line, where, "a service cannot depend on itself")
+            elif edge.name not in known:
+                problems.add(line, where, f"depends on '{edge.name}', which is not a service of this fleet")
+            if edge.name in seen:
+                problems.add(line, where, f"'{edge.name}' is listed twice")
+            seen.add(edge.name)
+    for cycle in find_hard_cycles(services):
+        first = cycle[0]
+        problems.add(
+            _line(raw_services.get(first), "depends_on"),
+            _where(service=first, field_name="depends_on"),
+            "cycle of hard edges: " + " -> ".join([*cycle, first])
+            + " (mark one edge soft: true, or give the services one deploy_unit)",
+        )
+
+
+def find_hard_cycles(services: Mapping[str, Service]) -> list[list[str]]:
+    """Strongly connected sets of hard edges (Tarjan), ignoring edges inside one deploy_unit.
+
+    Each cycle is returned as a path in edge order starting at its smallest name, so messages are stable.
+    """
+    def unit(name: str) -> str | None:
+        return services[name].deploy_unit if name in services else None
+
+    graph = {
+        name: sorted(
+            dep for dep in svc.hard_deps
+            if dep in services and dep != name and not (svc.deploy_unit and unit(dep) == svc.deploy_unit)
+        )
+        for name, svc in services.items()
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    counter = 0
+
+    def visit(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for dep in graph[node]:
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_cycle_path(graph, set(c)) for c in sorted(components, key=min)]
+
+
+def _cycle_path(graph: dict[str, list[str]], members: set[str]) -> list[str]:
+    """The shortest cycle through the component's smallest member (breadth-first), for a readable message."""
+    start = min(members)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for dep in graph[node]:
+                if dep == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return list(reversed(path))
+                if dep in members and dep not in came_from:
+                    came_from[dep] = node
+                    following.append(dep)
+        frontier = following
+    return [start]
+
+
+def topological_order(services: Mapping[str, Service]) -> list[str]:
+    """Providers before consumers along hard edges (stable by name)."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        done.add(name)
+        for dep in sorted(services[name].hard_deps):
+            if dep in services:
+                visit(dep)
+        order.append(name)
+
+    for name in sorted(services):
+        visit(name)
+    return order

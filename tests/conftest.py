@@ -1,0 +1,53 @@
+"""Fixtures shared by every test: a per-run prefix and the real container engine and registry.
+
+Everything a test creates in the engine or the registry carries the run prefix and the label
+`release-graph.test-run=<run id>`, so parallel runs on one machine never collide, and the session
+cleans up whatever a failed test left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+RUN_ID = f"rgt{uuid.uuid4().hex[:8]}"
+TEST_RUN_LABEL = "release-graph.test-run"
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """A short prefix unique to this pytest process (xdist workers each get their own)."""
+    return RUN_ID
+
+
+@pytest.fixture(scope="session")
+def registry_addr() -> str:
+    return os.environ.get("RG_REGISTRY", "127.0.0.1:5000")
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The engine `scripts/setup_host.sh` started (DOCKER_HOST). A missing engine fails, never skips."""
+    import docker
+
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.fail("DOCKER_HOST is not set: run the tests with `make test` (it runs scripts/setup_host.sh)")
+    client = docker.from_env(timeout=300)
+    client.ping()
+    yield client
+    label = f"{TEST_RUN_LABEL}={RUN_ID}"
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+    for network in client.networks.list(filters={"label": label}):
+        network.remove()
+    client.close()

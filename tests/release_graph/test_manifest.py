@@ -1,0 +1,259 @@
+"""A release manager writes fleet.yaml; every mistake is reported at once with file, line, service and field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from release_graph.cli import main as cli_main
+from release_graph.manifest import ManifestError, load_fleet, resolve_fleet_path, topological_order
+
+GOOD = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+services:
+  orders:
+    repo: repos/orders
+    build: {dockerfile: Dockerfile, test_target: test}
+    port: 8080
+    health: /healthz
+    owners: [orders@example.com, team:orders]
+    language: python
+    depends_on: [inventory, {name: payments}, {name: collector, soft: true}]
+  inventory:
+    repo: repos/inventory
+    build: {}
+  payments:
+    repo: git://127.0.0.1:9418/payments
+    branch: release/1.x
+    build: {context: app, dockerfile: build/Dockerfile}
+    env: {LOG_LEVEL: info, WORKERS: 4}
+  collector:
+    image: 127.0.0.1:5000/vendor/collector@sha256:%s
+  redis-cart:
+    image: redis:7.2
+    infrastructure: true
+    health: null
+environments:
+  staging: {target: docker}
+  prod: {target: docker, approval: required}
+""" % ("a" * 64)
+
+
+def write_fleet(tmp_path: Path, text: str, repos=("orders", "inventory")) -> Path:
+    for name in repos:
+        (tmp_path / "repos" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "repos" / name / "Dockerfile").write_text("FROM scratch\n")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems_of(path: Path, **kwargs) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        load_fleet(path, **kwargs)
+    return caught.value.problems
+
+
+def replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_a_valid_manifest_becomes_typed_models(tmp_path):
+    fleet = load_fleet(write_fleet(tmp_path, GOOD))
+    assert fleet.name == "shop" and fleet.registry == "127.0.0.1:5000/shop"
+    assert list(fleet.environments) == ["staging", "prod"]
+    assert fleet.environments["prod"].requires_approval and not fleet.environments["staging"].requires_approval
+    orders = fleet.services["orders"]
+    assert orders.repo_url == str(tmp_path / "repos" / "orders")
+    assert orders.is_local_repo and not orders.is_prebuilt
+    assert orders.hard_deps == ("inventory", "payments") and orders.soft_deps == ("collector",)
+    assert orders.image_repository(fleet) == "127.0.0.1:5000/shop/orders"
+    payments = fleet.services["payments"]
+    assert payments.repo_url == "git://127.0.0.1:9418/payments" and not payments.is_local_repo
+    assert payments.build.dockerfile == "build/Dockerfile" and dict(payments.env) == {"LOG_LEVEL": "info", "WORKERS": "4"}
+    assert fleet.services["redis-cart"].group == "redis_cart" and fleet.services["redis-cart"].health is None
+    assert fleet.services["collector"].is_prebuilt
+    order = topological_order(fleet.services)
+    assert order.index("inventory") < order.index("orders") and order.index("payments") < order.index("orders")
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    text = replace(GOOD, "port: 8080", "port: 70000")
+    text = replace(text, "[orders@example.com, team:orders]", "[not-an-owner]")
+    problems = problems_of(write_fleet(tmp_path, text))
+    assert len(problems) == 2
+    assert problems[0].startswith("fleet.yaml:7: service 'orders', field 'port':")
+    assert "fleet.yaml:9: service 'orders', field 'owners': owner 'not-an-owner'" in problems[1]
+
+
+def test_a_duplicate_service_is_reported_with_both_lines(tmp_path):
+    text = replace(GOOD, "  inventory:\n", "  orders:\n    image: redis:7\n  inventory:\n")
+    problems = problems_of(write_fleet(tmp_path, text))
+    assert problems == [
+        "fleet.yaml:12: key 'orders': defined twice in the same mapping (first at line 4); "
+        "the second definition is ignored until the duplicate is removed"
+    ]
+
+
+def test_a_duplicate_key_inside_a_service_is_reported(tmp_path):
+    text = replace(GOOD, "    port: 8080\n", "    port: 8080\n    port: 9090\n")
+    assert problems_of(write_fleet(tmp_path, text))[0].startswith("fleet.yaml:8: key 'port': defined twice")
+
+
+@pytest.mark.parametrize("bad_name", ["Orders", "orders_v2", "-orders", "a" * 64])
+def test_service_names_must_be_dns_labels(tmp_path, bad_name):
+    text = replace(GOOD, "  redis-cart:", f"  {bad_name}:")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert f"service '{bad_name}': service names must be DNS labels" in problem
+
+
+def test_no_service_may_be_called_fleet(tmp_path):
+    text = replace(GOOD, "  redis-cart:", "  fleet:")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem == "fleet.yaml:22: service 'fleet': 'fleet' is reserved (the fleet-level asset group)"
+
+
+@pytest.mark.parametrize("bad_env", ["source", "image", "integration", "Prod"])
+def test_environment_names_are_dns_labels_and_not_stage_names(tmp_path, bad_env):
+    text = replace(GOOD, "  staging: {target: docker}", f"  {bad_env}: {{target: docker}}")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert f"environment '{bad_env}'" in problem
+
+
+def test_an_environment_name_ending_in_approval_is_refused(tmp_path):
+    # Not a DNS label either, but the reason a reader needs is that it clashes with <env>_approval.
+    text = replace(GOOD, "  staging: {target: docker}", "  qa_approval: {target: docker}")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert "environment 'qa_approval'" in problem
+
+
+def test_a_dependency_on_a_missing_service_names_it(tmp_path):
+    text = replace(GOOD, "depends_on: [inventory,", "depends_on: [inventroy,")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem == (
+        "fleet.yaml:11: service 'orders', field 'depends_on': depends on 'inventroy', "
+        "which is not a service of this fleet"
+    )
+
+
+def test_a_service_cannot_depend_on_itself(tmp_path):
+    text = replace(GOOD, "depends_on: [inventory,", "depends_on: [orders, inventory,")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem.endswith("service 'orders', field 'depends_on': a service cannot depend on itself")
+
+
+def test_a_cycle_of_hard_edges_lists_the_cycle(tmp_path):
+    text = replace(GOOD, "    build: {}\n", "    build: {}\n    depends_on: [payments]\n")
+    text = replace(text, "    env: {LOG_LEVEL", "    depends_on: [orders]\n    env: {LOG_LEVEL")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert "cycle of hard edges: inventory -> payments -> orders -> inventory" in problem
+    assert "mark one edge soft: true, or give the services one deploy_unit" in problem
+
+
+def test_a_cycle_is_broken_by_a_soft_edge_or_a_deploy_unit(tmp_path):
+    soft = replace(GOOD, "    env: {LOG_LEVEL", "    depends_on: [{name: orders, soft: true}]\n    env: {LOG_LEVEL")
+    assert load_fleet(write_fleet(tmp_path, soft)).services["payments"].soft_deps == ("orders",)
+    unit = replace(GOOD, "    env: {LOG_LEVEL", "    depends_on: [orders]\n    deploy_unit: checkout\n    env: {LOG_LEVEL")
+    unit = replace(unit, "    language: python\n", "    language: python\n    deploy_unit: checkout\n")
+    assert load_fleet(write_fleet(tmp_path, unit)).services["orders"].deploy_unit == "checkout"
+
+
+def test_unknown_keys_are_errors_anywhere(tmp_path):
+    text = replace(GOOD, "fleet: shop\n", "fleet: shop\ncolour: blue\n")
+    text = replace(text, "build: {dockerfile: Dockerfile,", "build: {dockerfle: Dockerfile,")
+    text = replace(text, "prod: {target: docker,", "prod: {target: docker, aproval: x,")
+    text = replace(text, "{name: collector, soft: true}", "{name: collector, sfot: true}")
+    problems = problems_of(write_fleet(tmp_path, text))
+    assert [p.split(": unknown key")[0] for p in problems] == [
+        "fleet.yaml:2: field 'colour'",
+        "fleet.yaml:7: service 'orders', field 'dockerfle'",
+        "fleet.yaml:12: service 'orders', field 'sfot'",
+        "fleet.yaml:29: environment 'prod', field 'aproval'",
+    ]
+
+
+def test_a_missing_dockerfile_in_a_local_repo_is_reported(tmp_path):
+    path = write_fleet(tmp_path, GOOD)
+    (tmp_path / "repos" / "orders" / "Dockerfile").unlink()
+    (problem,) = problems_of(path)
+    assert problem.startswith("fleet.yaml:6: service 'orders', field 'build': Dockerfile 'Dockerfile' does not exist")
+
+
+def test_a_missing_build_context_in_a_local_repo_is_reported(tmp_path):
+    text = replace(GOOD, "  inventory:\n    repo: repos/inventory\n    build: {}",
+                   "  inventory:\n    repo: repos/inventory\n    build: {context: src}")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert "service 'inventory', field 'build': build context 'src' does not exist" in problem
+
+
+def test_file_checks_can_wait_for_build_time(tmp_path):
+    path = write_fleet(tmp_path, GOOD)
+    (tmp_path / "repos" / "orders" / "Dockerfile").unlink()
+    assert load_fleet(path, check_files=False).services["orders"].build.dockerfile == "Dockerfile"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "'8080'", "true"])
+def test_a_port_out_of_range_is_reported(tmp_path, port):
+    (problem,) = problems_of(write_fleet(tmp_path, replace(GOOD, "port: 8080", f"port: {port}")))
+    assert "service 'orders', field 'port': expected a port number between 1 and 65535" in problem
+
+
+@pytest.mark.parametrize("registry", ["HTTP://x/shop", "127.0.0.1:5000/Shop", "", "reg/shop:latest"])
+def test_a_registry_that_is_not_an_image_reference_is_reported(tmp_path, registry):
+    text = replace(GOOD, "registry: 127.0.0.1:5000/shop", f"registry: '{registry}'")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem.startswith("fleet.yaml:2: field 'registry': expected an image repository")
+
+
+def test_an_invalid_prebuilt_image_reference_is_reported(tmp_path):
+    (problem,) = problems_of(write_fleet(tmp_path, replace(GOOD, "image: redis:7.2", "image: 'Redis::7'")))
+    assert problem == "fleet.yaml:23: service 'redis-cart', field 'image': not a valid image reference: 'Redis::7'"
+
+
+@pytest.mark.parametrize("owner", ["orders", "team:", "@example.com", "team:with space"])
+def test_owners_must_be_emails_or_teams(tmp_path, owner):
+    text = replace(GOOD, "[orders@example.com, team:orders]", f"['{owner}']")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert "field 'owners'" in problem and "neither an email address nor team:<name>" in problem
+
+
+def test_a_service_is_built_or_prebuilt_never_both_or_neither(tmp_path):
+    text = replace(GOOD, "    image: redis:7.2\n", "    image: redis:7.2\n    repo: repos/x\n")
+    text = replace(text, "  inventory:\n    repo: repos/inventory\n    build: {}", "  inventory:\n    port: 1")
+    problems = problems_of(write_fleet(tmp_path, text))
+    assert any("service 'redis-cart', field 'image': a service is either built" in p for p in problems)
+    assert any("service 'inventory', field 'build': missing" in p for p in problems)
+
+
+def test_yaml_that_does_not_parse_names_the_line(tmp_path):
+    path = write_fleet(tmp_path, GOOD + "  staging: [unclosed\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith("fleet.yaml:") and "not valid YAML" in problem
+
+
+def test_a_missing_manifest_file_is_a_clear_error(tmp_path):
+    (problem,) = problems_of(tmp_path / "nope.yaml")
+    assert problem.endswith("nope.yaml: manifest file not found")
+
+
+def test_the_fleet_path_comes_from_the_flag_then_the_environment_then_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RELEASE_GRAPH_FLEET", raising=False)
+    assert resolve_fleet_path(None) == tmp_path / "fleet.yaml"
+    monkeypatch.setenv("RELEASE_GRAPH_FLEET", str(tmp_path / "env.yaml"))
+    assert resolve_fleet_path(None) == tmp_path / "env.yaml"
+    assert resolve_fleet_path("given.yaml") == tmp_path / "given.yaml"
+
+
+def test_validate_prints_every_problem_and_exits_non_zero_without_traceback(tmp_path, capsys):
+    path = write_fleet(tmp_path, replace(GOOD, "port: 8080", "port: -1"))
+    assert cli_main(["validate", "--fleet", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "service 'orders', field 'port'" in err and "Traceback" not in err
+    good = write_fleet(tmp_path, GOOD)
+    assert cli_main(["validate", str(good)]) == 0
+    assert "fleet 'shop' is valid: 5 services (3 built, 2 prebuilt)" in capsys.readouterr().out

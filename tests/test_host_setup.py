@@ -1,0 +1,28 @@
+"""Given a host prepared by scripts/setup_host.sh, the engine, the registry and the base images answer."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+
+def test_the_container_engine_answers_the_docker_api(docker_client):
+    assert docker_client.ping() is True
+    assert docker_client.version()["ApiVersion"]
+
+
+def test_the_local_registry_holds_the_base_images(registry_addr):
+    with urllib.request.urlopen(f"http://{registry_addr}/v2/_catalog", timeout=5) as response:
+        repositories = json.load(response)["repositories"]
+    assert {"base/python", "base/busybox"} <= set(repositories)
+
+
+def test_a_container_runs_from_the_python_base_image(docker_client, registry_addr, run_id):
+    output = docker_client.containers.run(
+        f"{registry_addr}/base/python:bookworm",
+        ["python3", "-c", "import http.server, sys; print(sys.version_info[:2])"],
+        name=f"{run_id}-smoke",
+        labels={"release-graph.test-run": run_id},
+        remove=True,
+    )
+    assert output.strip() == b"(3, 11)"
