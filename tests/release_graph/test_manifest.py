@@ -74,7 +74,8 @@ def test_a_valid_manifest_becomes_typed_models(tmp_path):
     assert orders.image_repository(fleet) == "127.0.0.1:5000/shop/orders"
     payments = fleet.services["payments"]
     assert payments.repo_url == "git://127.0.0.1:9418/payments" and not payments.is_local_repo
-    assert payments.build.dockerfile == "build/Dockerfile" and dict(payments.env) == {"LOG_LEVEL": "info", "WORKERS": "4"}
+    assert payments.build.dockerfile == "build/Dockerfile"
+    assert dict(payments.env) == {"LOG_LEVEL": "info", "WORKERS": "4"}
     assert fleet.services["redis-cart"].group == "redis_cart" and fleet.services["redis-cart"].health is None
     assert fleet.services["collector"].is_prebuilt
     order = topological_order(fleet.services)
@@ -157,7 +158,8 @@ def test_a_cycle_of_hard_edges_lists_the_cycle(tmp_path):
 def test_a_cycle_is_broken_by_a_soft_edge_or_a_deploy_unit(tmp_path):
     soft = replace(GOOD, "    env: {LOG_LEVEL", "    depends_on: [{name: orders, soft: true}]\n    env: {LOG_LEVEL")
     assert load_fleet(write_fleet(tmp_path, soft)).services["payments"].soft_deps == ("orders",)
-    unit = replace(GOOD, "    env: {LOG_LEVEL", "    depends_on: [orders]\n    deploy_unit: checkout\n    env: {LOG_LEVEL")
+    unit = replace(GOOD, "    env: {LOG_LEVEL",
+                   "    depends_on: [orders]\n    deploy_unit: checkout\n    env: {LOG_LEVEL")
     unit = replace(unit, "    language: python\n", "    language: python\n    deploy_unit: checkout\n")
     assert load_fleet(write_fleet(tmp_path, unit)).services["orders"].deploy_unit == "checkout"
 
