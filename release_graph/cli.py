@@ -37,6 +37,25 @@ def cmd_build(args: argparse.Namespace) -> int:
     return build_image(fleet, args.service, sha=args.sha)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from release_graph.operations import deploy
+
+    return deploy(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, digest=args.digest)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from release_graph.operations import approve
+
+    return approve(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, by=args.by,
+                   ticket=args.ticket, digest=args.digest)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from release_graph.operations import status
+
+    return status(load_fleet(resolve_fleet_path(args.fleet)), as_json=args.json)
+
+
 def cmd_import(argv: list[str]) -> int:
     from release_graph.importer.cli import run
 
@@ -57,6 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--sha", help="the commit (full or abbreviated; default: the branch head)")
     _fleet_argument(build)
     build.set_defaults(handler=cmd_build)
+
+    deploy = commands.add_parser("deploy", help="deploy a digest that passed the previous stage (rollback too)")
+    deploy.add_argument("service")
+    deploy.add_argument("--env", required=True)
+    deploy.add_argument("--digest", help="sha256:... (default: what the previous stage passed last)")
+    _fleet_argument(deploy)
+    deploy.set_defaults(handler=cmd_deploy)
+
+    approve = commands.add_parser("approve", help="approve a digest for an approval-gated environment")
+    approve.add_argument("service")
+    approve.add_argument("--env", required=True)
+    approve.add_argument("--by", required=True, help="who approves (email or name)")
+    approve.add_argument("--ticket", help="change ticket")
+    approve.add_argument("--digest", help="the digest approved (default: what the previous environment runs)")
+    _fleet_argument(approve)
+    approve.set_defaults(handler=cmd_approve)
+
+    status = commands.add_parser("status", help="which version runs where; exits 1 when an environment drifted")
+    status.add_argument("--json", action="store_true")
+    _fleet_argument(status)
+    status.set_defaults(handler=cmd_status)
 
     commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
                         add_help=False)

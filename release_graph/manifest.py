@@ -61,6 +61,7 @@ class Build:
     dockerfile: str = "Dockerfile"  # relative to the context
     target: str | None = None  # the stage that is released; None = the last stage
     test_target: str | None = "test"  # the stage whose container runs the unit tests
+    integration_target: str | None = None  # the stage whose container runs the integration tests
     args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -109,14 +110,45 @@ class Service:
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """Where a secret's value lives; resolved only at deploy time, never stored or shown."""
+
+    source: str  # "aws" (Secrets Manager secret id) or "env" (a variable of the orchestrator's process)
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     target: str = "docker"
     approval: str | None = None
+    approvers: tuple[str, ...] = ()  # empty: anyone may approve
+    author_cannot_approve: bool = False
+    branch: str | None = None  # git-based promotion: a new head here promotes that commit's digest
+    publish: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # service -> host port
+    config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
+    scan_threshold: str | None = None  # the lowest vulnerability severity that blocks a deploy here
 
     @property
     def requires_approval(self) -> bool:
         return self.approval == "required"
+
+    def service_env(self, service: Service) -> dict[str, str]:
+        """Plain configuration for one service here: the service's own, then this environment's."""
+        return {**service.env, **self.config.get(service.name, {})}
+
+
+@dataclass(frozen=True)
+class E2ETests:
+    """The fleet's end-to-end tests: an image built from a folder beside the manifest, run per environment."""
+
+    context: str  # relative to the manifest's folder
+    dockerfile: str = "Dockerfile"
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +159,7 @@ class Fleet:
     environments: Mapping[str, Environment]
     source_file: Path
     sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
+    e2e: E2ETests | None = None
 
     @property
     def root(self) -> Path:
@@ -237,10 +270,16 @@ SERVICE_KEYS = {
     "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
     "description", "language", "infrastructure", "deploy_unit", "env",
 }
-BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "args"}
+BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_target", "args"}
+E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
-ENVIRONMENT_KEYS = {"target", "approval"}
-TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold"}
+ENVIRONMENT_KEYS = {
+    "target", "approval", "approvers", "author_cannot_approve", "branch", "publish", "config", "secrets",
+    "scan_threshold",
+}
+SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -287,6 +326,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
                      f"expected one of low, medium, high, got {sast_threshold!r}")
         sast_threshold = "medium"
 
+    e2e = _parse_e2e(problems, document, source_file.parent, check_files)
     raw_services = document.get("services")
     services: dict[str, Service] = {}
     if not isinstance(raw_services, dict) or not raw_services:
@@ -298,7 +338,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
         if service is not None:
             services[name] = service
 
-    environments = _parse_environments(problems, document)
+    environments = _parse_environments(problems, document, set(raw_services))
     _check_edges(problems, raw_services, services)
 
     if problems.items:
@@ -310,7 +350,24 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
         environments=MappingProxyType(environments),
         source_file=source_file,
         sast_threshold=sast_threshold.upper(),
+        e2e=e2e,
     )
+
+
+def _parse_e2e(problems: _Problems, document: _LinedDict, root: Path, check_files: bool) -> E2ETests | None:
+    raw = document.get("e2e")
+    if raw is None:
+        return None
+    if not isinstance(raw, _LinedDict) or not _is_str(raw.get("context")):
+        problems.add(_line(document, "e2e"), _where(field_name="e2e"),
+                     "expected {context: <folder beside this file>, dockerfile: Dockerfile}")
+        return None
+    _check_keys(problems, raw, E2E_KEYS)
+    e2e = E2ETests(context=raw["context"], dockerfile=raw.get("dockerfile", "Dockerfile"), target=raw.get("target"))
+    if check_files and not (root / e2e.context / e2e.dockerfile).is_file():
+        problems.add(_line(raw, "context"), _where(field_name="e2e.context"),
+                     f"Dockerfile '{Path(e2e.context) / e2e.dockerfile}' does not exist in {root}")
+    return e2e
 
 
 def _parse_service(
@@ -452,7 +509,7 @@ def _parse_build(problems: _Problems, raw: _LinedDict, build_raw: Any, where: di
                          f"expected a relative path inside the repo, got {value!r}")
             value = default
         values[key] = value
-    for key, default in (("target", None), ("test_target", "test")):
+    for key, default in (("target", None), ("test_target", "test"), ("integration_target", None)):
         value = build_raw.get(key, default)
         if value is not None and not _is_str(value):
             problems.add(_line(build_raw, key), _where(field_name=f"build.{key}", **where),
@@ -519,7 +576,7 @@ def _parse_edges(problems: _Problems, raw: _LinedDict, where: dict) -> tuple[Edg
     return tuple(edges)
 
 
-def _parse_environments(problems: _Problems, document: _LinedDict) -> dict[str, Environment]:
+def _parse_environments(problems: _Problems, document: _LinedDict, service_names: set) -> dict[str, Environment]:
     raw_envs = document.get("environments")
     if not isinstance(raw_envs, dict) or not raw_envs:
         problems.add(_line(document, "environments"), _where(field_name="environments"),
@@ -528,29 +585,116 @@ def _parse_environments(problems: _Problems, document: _LinedDict) -> dict[str, 
     environments = {}
     for name, raw in raw_envs.items():
         line = _line(raw_envs, name)
-        if not (isinstance(name, str) and DNS_LABEL.match(name)):
-            problems.add(line, _where(environment=str(name)), "environment names must be DNS labels")
-            continue
-        if name in RESERVED_ENVIRONMENT_NAMES or name.endswith("_approval"):
+        if isinstance(name, str) and (name in RESERVED_ENVIRONMENT_NAMES or name.endswith("_approval")):
             problems.add(line, _where(environment=name),
                          f"'{name}' is reserved (it names a stage of every service's release)")
             continue
-        raw = raw if raw is not None else {}
-        if not isinstance(raw, dict):
+        if not (isinstance(name, str) and DNS_LABEL.match(name)):
+            problems.add(line, _where(environment=str(name)), "environment names must be DNS labels")
+            continue
+        if raw is None:
+            raw = _LinedDict()
+            raw.line, raw.key_lines = line or 0, {}
+        if not isinstance(raw, _LinedDict):
             problems.add(line, _where(environment=name), "expected a mapping such as {target: docker}")
             continue
-        if isinstance(raw, _LinedDict):
-            _check_keys(problems, raw, ENVIRONMENT_KEYS, environment=name)
-        target = raw.get("target", "docker")
-        if target not in TARGETS:
-            problems.add(_line(raw, "target") or line, _where(environment=name, field_name="target"),
-                         f"expected one of {', '.join(TARGETS)}, got {target!r}")
-        approval = raw.get("approval")
-        if approval is not None and approval not in APPROVAL_MODES:
-            problems.add(_line(raw, "approval") or line, _where(environment=name, field_name="approval"),
-                         f"expected 'required' or no approval key, got {approval!r}")
-        environments[name] = Environment(name=name, target=target, approval=approval)
+        environments[name] = _parse_environment(problems, name, raw, service_names)
     return environments
+
+
+def _parse_environment(problems: _Problems, name: str, raw: _LinedDict, service_names: set) -> Environment:
+    def report(key: str, message: str) -> None:
+        problems.add(_line(raw, key), _where(environment=name, field_name=key), message)
+
+    _check_keys(problems, raw, ENVIRONMENT_KEYS, environment=name)
+    target = raw.get("target", "docker")
+    if target not in TARGETS:
+        report("target", f"expected one of {', '.join(TARGETS)}, got {target!r}")
+    approval = raw.get("approval")
+    if approval is not None and approval not in APPROVAL_MODES:
+        report("approval", f"expected 'required' or no approval key, got {approval!r}")
+    approvers = raw.get("approvers", [])
+    if not isinstance(approvers, list):
+        report("approvers", "expected a list of emails or team:<name>")
+        approvers = []
+    for approver in approvers:
+        if not (isinstance(approver, str) and (EMAIL.match(approver) or TEAM.match(approver))):
+            report("approvers", f"approver {approver!r} is neither an email address nor team:<name>")
+    if approvers and approval is None:
+        report("approvers", "approvers only apply with approval: required")
+    author_cannot_approve = raw.get("author_cannot_approve", False)
+    if not isinstance(author_cannot_approve, bool):
+        report("author_cannot_approve", f"expected true or false, got {author_cannot_approve!r}")
+    branch = raw.get("branch")
+    if branch is not None and not (_is_str(branch) and GIT_BRANCH.match(branch)):
+        report("branch", f"not a valid git branch name: {branch!r}")
+    scan_threshold = raw.get("scan_threshold")
+    if scan_threshold is not None:
+        if isinstance(scan_threshold, str) and scan_threshold.upper() in SCAN_THRESHOLDS:
+            scan_threshold = scan_threshold.upper()
+        else:
+            report("scan_threshold", f"expected one of critical, high, medium, low, got {scan_threshold!r}")
+
+    def per_service(key: str) -> dict:
+        value = raw.get(key, {}) or {}
+        if not isinstance(value, dict):
+            report(key, "expected a mapping of service name to settings")
+            return {}
+        for service in value:
+            if service not in service_names:
+                problems.add(_line(value, service), _where(environment=name, field_name=f"{key}.{service}"),
+                             f"'{service}' is not a service of this fleet")
+        return {k: v for k, v in value.items() if k in service_names}
+
+    publish = {}
+    for service, port in per_service("publish").items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            problems.add(_line(raw["publish"], service), _where(environment=name, field_name=f"publish.{service}"),
+                         f"expected a host port between 1 and 65535, got {port!r}")
+        else:
+            publish[service] = port
+    config = {}
+    for service in per_service("config"):
+        config[service] = _string_map(problems, raw["config"], service, {"environment": name},
+                                      label=f"config.{service}")
+    secrets = {}
+    for service, refs in per_service("secrets").items():
+        secrets[service] = _parse_secret_refs(problems, name, service, raw["secrets"], refs)
+    return Environment(
+        name=name,
+        target=target,
+        approval=approval,
+        approvers=tuple(a for a in approvers if isinstance(a, str)),
+        author_cannot_approve=author_cannot_approve is True,
+        branch=branch,
+        publish=MappingProxyType(publish),
+        config=MappingProxyType(config),
+        secrets=MappingProxyType(secrets),
+        scan_threshold=scan_threshold,
+    )
+
+
+def _parse_secret_refs(problems: _Problems, env: str, service: str, parent: _LinedDict, refs: Any):
+    where = {"environment": env}
+    if not isinstance(refs, dict):
+        problems.add(_line(parent, service), _where(field_name=f"secrets.{service}", **where),
+                     "expected a mapping of variable name to {aws: <secret id>} or {env: <VARIABLE>}")
+        return MappingProxyType({})
+    result = {}
+    for variable, ref in refs.items():
+        field_name = f"secrets.{service}.{variable}"
+        if not (isinstance(variable, str) and ENV_VAR_NAME.match(variable)):
+            problems.add(_line(refs, variable), _where(field_name=field_name, **where),
+                         "expected an environment variable name (letters, digits, '_')")
+            continue
+        if not (isinstance(ref, dict) and len(ref) == 1 and next(iter(ref)) in ("aws", "env")
+                and _is_str(next(iter(ref.values())))):
+            problems.add(_line(refs, variable), _where(field_name=field_name, **where),
+                         "expected {aws: <Secrets Manager secret id>} or {env: <VARIABLE of the orchestrator>}")
+            continue
+        (source, secret_name), = ref.items()
+        result[variable] = SecretRef(source=source, name=secret_name)
+    return MappingProxyType(result)
 
 
 def _check_edges(problems: _Problems, raw_services: dict, services: dict[str, Service]) -> None:

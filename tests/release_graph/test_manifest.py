@@ -259,3 +259,49 @@ def test_validate_prints_every_problem_and_exits_non_zero_without_traceback(tmp_
     good = write_fleet(tmp_path, GOOD)
     assert cli_main(["validate", str(good)]) == 0
     assert "fleet 'shop' is valid: 5 services (3 built, 2 prebuilt)" in capsys.readouterr().out
+
+
+ENVIRONMENTS = """\
+environments:
+  staging:
+    target: docker
+    branch: staging
+    publish: {orders: 18080}
+    config: {orders: {LOG_LEVEL: debug}}
+    secrets: {payments: {PAYMENTS_API_KEY: {aws: shop/staging/payments}, WEBHOOK_TOKEN: {env: SHOP_TOKEN}}}
+    scan_threshold: critical
+  prod:
+    target: docker
+    approval: required
+    approvers: [alice@example.com, team:release]
+    author_cannot_approve: true
+"""
+
+
+def with_environments(text: str) -> str:
+    return GOOD.split("environments:\n")[0] + text
+
+
+def test_environments_carry_config_secrets_approvers_and_promotion_branches(tmp_path):
+    fleet = load_fleet(write_fleet(tmp_path, with_environments(ENVIRONMENTS)))
+    staging, prod = fleet.environments["staging"], fleet.environments["prod"]
+    assert staging.branch == "staging" and dict(staging.publish) == {"orders": 18080}
+    assert staging.service_env(fleet.services["orders"]) == {"LOG_LEVEL": "debug"}
+    refs = staging.secrets["payments"]
+    assert refs["PAYMENTS_API_KEY"].describe() == "aws:shop/staging/payments"
+    assert refs["WEBHOOK_TOKEN"].source == "env" and staging.scan_threshold == "CRITICAL"
+    assert prod.approvers == ("alice@example.com", "team:release") and prod.author_cannot_approve
+
+
+def test_environment_settings_name_the_environment_and_field(tmp_path):
+    text = ENVIRONMENTS.replace("publish: {orders: 18080}", "publish: {ordres: 18080}")
+    text = text.replace("{env: SHOP_TOKEN}", "{vault: x}")
+    text = text.replace("approvers: [alice@example.com, team:release]", "approvers: [alice]")
+    problems = problems_of(write_fleet(tmp_path, with_environments(text)))
+    assert problems == [
+        "fleet.yaml:30: environment 'staging', field 'publish.ordres': 'ordres' is not a service of this fleet",
+        "fleet.yaml:32: environment 'staging', field 'secrets.payments.WEBHOOK_TOKEN': "
+        "expected {aws: <Secrets Manager secret id>} or {env: <VARIABLE of the orchestrator>}",
+        "fleet.yaml:37: environment 'prod', field 'approvers': approver 'alice' is neither an email address "
+        "nor team:<name>",
+    ]

@@ -1,0 +1,152 @@
+"""Evidence about `<service>/image`: unit tests, static analysis (SAST) and Dockerfile lint.
+
+Each check reads the commit of the image's latest materialization, so it judges exactly what was pushed.
+"The check could not run" (no report, a crashed container, a missing tool) raises: Dagster shows an
+execution error, never a pass. "The check ran and found problems" is `passed=False`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from release_graph import evidence
+from release_graph.image_step import ReleaseStepError, export_build_context, stream_to_run
+from release_graph.manifest import Fleet, Service
+
+TEST_REPORTS_DIR = "/reports"
+UNIT_TEST_TIMEOUT_SECONDS = 600
+MAX_TABLE_ROWS = 50
+
+
+def image_under_check(context, service: Service) -> tuple[str, str]:
+    """(sha, digest) of the latest `<service>/image` materialization."""
+    key = dg.AssetKey([service.name, "image"])
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise ReleaseStepError(f"service '{service.name}': no image has been built yet, nothing to check")
+    metadata = event.asset_materialization.metadata
+    return metadata["git_sha"].value, metadata["digest"].value
+
+
+def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg.AssetCheckResult:
+    sha, digest = image_under_check(context, service)
+    test_reference = f"{service.image_repository(fleet)}:{sha}-{service.build.test_target}"
+    # The test stage shares its layers with the released image; it stays local and is reused for a SHA.
+    if not engine.local_image_exists(test_reference):
+        with tempfile.TemporaryDirectory(prefix=f"rg-test-{service.name}-") as tmp:
+            context_dir = export_build_context(git, service, sha, Path(tmp))
+            engine.build(
+                context_dir,
+                dockerfile=service.build.dockerfile,
+                tag=test_reference,
+                target=service.build.test_target,
+                labels={"io.release-graph.service": service.name, "org.opencontainers.image.revision": sha},
+                buildargs=dict(service.build.args),
+                on_log=stream_to_run(context),
+            )
+    run = engine.run_to_completion(
+        test_reference,
+        labels={"io.release-graph.service": service.name, "io.release-graph.step": "unit-tests"},
+        name=f"rg-unit-{service.name}-{sha[:12]}-{context.run.run_id[:8]}",
+        timeout_seconds=UNIT_TEST_TIMEOUT_SECONDS,
+        copy_out=TEST_REPORTS_DIR,
+    )
+    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
+    if not reports:
+        raise ReleaseStepError(
+            f"service '{service.name}': the unit-test container exited {run.exit_code} without a JUnit report "
+            f"in {TEST_REPORTS_DIR}; last log lines:\n{run.logs_tail}"
+        )
+    summary = evidence.parse_junit(reports)
+    if run.exit_code != 0 and summary.failed == 0 and summary.errors == 0:
+        raise ReleaseStepError(
+            f"service '{service.name}': the unit-test container exited {run.exit_code} but its report shows "
+            f"no failure; last log lines:\n{run.logs_tail}"
+        )
+    passed = summary.tests > 0 and summary.failed == 0 and summary.errors == 0
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "git_sha": sha,
+            "digest": digest,
+            "tests": summary.tests,
+            "passed": summary.passed,
+            "failed": summary.failed,
+            "errors": summary.errors,
+            "skipped": summary.skipped,
+            "failing_tests": dg.MetadataValue.md(
+                "\n".join(f"- `{name}`" for name in summary.failing) or "none"
+            ),
+            "duration_seconds": dg.MetadataValue.float(round(summary.duration, 3)),
+            "container_exit_code": run.exit_code,
+        },
+        description=(
+            f"{summary.passed}/{summary.tests} unit tests passed"
+            + (f"; failing: {', '.join(summary.failing[:5])}" if summary.failing else "")
+        ),
+    )
+
+
+def findings_table(findings, columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
+    """Findings as a table in the UI (the first MAX_TABLE_ROWS; counts are reported separately)."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, type=kind) for name, kind in columns])
+    records = [
+        dg.TableRecord({name: getattr(finding, name) for name, _ in columns})
+        for finding in findings[:MAX_TABLE_ROWS]
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def check_sast(context, service: Service, git, severity_threshold: str) -> dg.AssetCheckResult:
+    sha, digest = image_under_check(context, service)
+    with tempfile.TemporaryDirectory(prefix=f"rg-sast-{service.name}-") as tmp:
+        context_dir = export_build_context(git, service, sha, Path(tmp))
+        findings, raw_report = evidence.run_bandit(context_dir)
+    unscanned = evidence.bandit_errors(raw_report)
+    findings = sorted(findings, key=lambda f: (-evidence.SEVERITY_RANK[f.severity], f.file, f.line))
+    blocking = evidence.findings_at_or_above(findings, severity_threshold)
+    counts = {level: sum(1 for f in findings if f.severity == level) for level in ("HIGH", "MEDIUM", "LOW")}
+    return dg.AssetCheckResult(
+        passed=not blocking,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "git_sha": sha,
+            "digest": digest,
+            "tool": "bandit",
+            "severity_threshold": severity_threshold,
+            "blocking_findings": len(blocking),
+            "files_not_scanned": dg.MetadataValue.md("\n".join(f"- {e}" for e in unscanned) or "none"),
+            **{f"{level.lower()}_findings": count for level, count in counts.items()},
+            "findings": findings_table(
+                findings, [("rule", "string"), ("severity", "string"), ("confidence", "string"),
+                           ("file", "string"), ("line", "int"), ("text", "string")]
+            ),
+        },
+        description=f"{len(blocking)} finding(s) at or above {severity_threshold} ({len(findings)} in all)",
+    )
+
+
+def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult:
+    sha, digest = image_under_check(context, service)
+    with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
+        context_dir = export_build_context(git, service, sha, Path(tmp))
+        findings = evidence.run_hadolint(context_dir / service.build.dockerfile)
+    problems = [f for f in findings if f.level in ("error", "warning")]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "git_sha": sha,
+            "digest": digest,
+            "tool": "hadolint",
+            "errors_and_warnings": len(problems),
+            "findings": findings_table(
+                findings, [("rule", "string"), ("level", "string"), ("line", "int"), ("message", "string")]
+            ),
+        },
+        description=f"{len(problems)} hadolint error(s)/warning(s), {len(findings)} finding(s) in all",
+    )

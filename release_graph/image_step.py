@@ -1,0 +1,166 @@
+"""Building `<service>/image`: the exact commit, built with the Docker Engine API, tagged with its SHA, pushed.
+
+The digest the registry reports becomes the asset's data version, so a rebuild that yields the same digest
+(or a second request for a SHA whose image exists) leaves everything downstream in sync.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from release_graph.manifest import Fleet, Service, build_files_problem
+from resources.git import GitError
+
+SHA_TAG = "release/git_sha"
+SERVICE_TAG = "release/service"
+SHORT_SHA_TAG = "release/short_sha"
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+# Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
+BUILD_PROGRESS_LINE = re.compile(r"^(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
+
+
+class ReleaseStepError(dg.Failure):
+    """A release step that cannot go on; the description says what to fix."""
+
+
+@dataclass(frozen=True)
+class SourceAtCommit:
+    sha: str
+    short_sha: str
+    author: str
+    message: str
+    committed_at: str
+
+
+def resolve_sha(context: dg.AssetExecutionContext, service: Service, git) -> str:
+    """The SHA pinned in the run's tags by the sensor or the CLI; otherwise the branch head right now.
+
+    Pinning in tags matters: reading "the latest observed commit" at run time would race with newer commits.
+    """
+    sha = context.run.tags.get(SHA_TAG)
+    if sha:
+        if not FULL_SHA.match(sha):
+            raise ReleaseStepError(f"service '{service.name}': run tag {SHA_TAG}={sha!r} is not a full 40-hex SHA")
+        return sha
+    # In a monorepo the release is the newest commit that changed the service's folder, not the head.
+    try:
+        return git.release_commit(service.repo_url, service.branch, service.path)
+    except GitError as exc:
+        raise ReleaseStepError(f"service '{service.name}': cannot read branch '{service.branch}': {exc}") from None
+
+
+def image_labels(fleet: Fleet, service: Service, sha: str) -> dict[str, str]:
+    return {
+        "org.opencontainers.image.revision": sha,
+        "org.opencontainers.image.source": service.repo or "",
+        "org.opencontainers.image.title": service.name,
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "io.release-graph.fleet": fleet.name,
+        "io.release-graph.service": service.name,
+    }
+
+
+def export_build_context(git, service: Service, sha: str, workdir: Path) -> Path:
+    """Write exactly the tree of `sha` (never a working copy) and return the build context folder."""
+    git.ensure_commit(service.repo_url, sha)
+    git.export(service.repo_url, sha, workdir)
+    problem = build_files_problem(workdir, service.path, service.build)
+    if problem:
+        raise ReleaseStepError(f"service '{service.name}', field 'build' at commit {sha[:12]}: {problem}")
+    return workdir / service.path / service.build.context
+
+
+def stream_to_run(context: dg.AssetExecutionContext):
+    """Every build line goes to the step's stdout (the compute log); progress lines also become events."""
+
+    def on_log(line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        print(line, flush=True)
+        if BUILD_PROGRESS_LINE.match(line):
+            context.log.info(line)
+
+    return on_log
+
+
+def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: Service, git, engine, registry):
+    sha = resolve_sha(context, service, git)
+    repository = service.image_repository(fleet)
+    reference = f"{repository}:{sha}"
+    context.instance.add_run_tags(
+        context.run_id, {SERVICE_TAG: service.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]}
+    )
+    git.ensure_commit(service.repo_url, sha)
+    commit = git.commit_info(service.repo_url, sha)
+
+    existing_digest = registry.manifest_digest(repository, sha)
+    size_bytes: int | None = None
+    started = time.monotonic()
+    if existing_digest:
+        # Rebuilding a SHA whose image exists is skipped: same digest, same data version, nothing goes stale.
+        digest = existing_digest
+        context.log.info(f"{reference} already exists ({digest}): not rebuilt, digest recorded again")
+        built = False
+    else:
+        on_log = stream_to_run(context)
+        with tempfile.TemporaryDirectory(prefix=f"rg-build-{service.name}-") as tmp:
+            context_dir = export_build_context(git, service, sha, Path(tmp))
+            result = engine.build(
+                context_dir,
+                dockerfile=service.build.dockerfile,
+                tag=reference,
+                target=service.build.target,
+                labels=image_labels(fleet, service, sha),
+                # The commit is passed as GIT_SHA too, for services that report it (/version); an
+                # undeclared build arg is ignored by the engine.
+                buildargs={"GIT_SHA": sha, **service.build.args},
+                on_log=on_log,
+            )
+        size_bytes = result.size_bytes
+        digest = engine.push(reference, on_log=on_log)
+        built = True
+    seconds = round(time.monotonic() - started, 2)
+
+    metadata = {
+        "git_sha": sha,
+        "short_sha": sha[:12],
+        "author": commit.author_name + (f" <{commit.author_email}>" if commit.author_email else ""),
+        "commit_message": commit.message.splitlines()[0] if commit.message else "",
+        "committed_at": commit.committed_at,
+        "digest": digest,
+        "image": f"{repository}@{digest}",
+        "tag": reference,
+        "built": built,
+        "build_seconds": dg.MetadataValue.float(seconds) if built else dg.MetadataValue.null(),
+        "image_size_bytes": dg.MetadataValue.int(size_bytes) if size_bytes is not None else dg.MetadataValue.null(),
+        "repo": service.repo or "",
+        "branch": service.branch,
+    }
+    return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
+
+
+def pin_prebuilt_image(context: dg.AssetExecutionContext, service: Service, registry) -> dg.MaterializeResult:
+    """Record the digest a prebuilt reference points to now, so every environment deploys that digest."""
+    reference = service.image
+    if "@sha256:" in reference:
+        repository, digest = reference.split("@", 1)
+    else:
+        repository, _, tag = reference.rpartition(":")
+        if "/" in tag or not repository:  # `host:port/name` without a tag
+            repository, tag = reference, "latest"
+        digest = registry.manifest_digest(repository, tag)
+        if digest is None:
+            raise ReleaseStepError(f"service '{service.name}', field 'image': {reference} is not in its registry")
+    context.instance.add_run_tags(context.run_id, {SERVICE_TAG: service.name})
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(digest),
+        metadata={"digest": digest, "reference": reference, "image": f"{repository}@{digest}"},
+    )

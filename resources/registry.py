@@ -1,0 +1,297 @@
+"""An image registry through the Distribution (OCI) v2 HTTP API, with nothing but the standard library.
+
+Why not the container engine: Podman 4.3 answers `get_registry_data` with 404, and asking the registry
+itself is the only answer that holds for every engine (the digest it serves is what a deployment pulls).
+
+Addresses come from the image reference (`127.0.0.1:5000/shop/orders`): loopback registries speak plain
+HTTP, every other host HTTPS. No credentials are sent yet; `_authorization` is the one place a token or
+basic-auth header would be added (a 401 says so instead of looking like a missing image).
+
+Nothing here touches the network at import or construction time.
+"""
+
+import http.client
+import ipaddress
+import json
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import NamedTuple
+
+import dagster as dg
+from pydantic import Field
+
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+DEFAULT_REGISTRY = "docker.io"
+BODY_EXCERPT_CHARS = 300
+
+# The reference grammar of distribution/reference, spelled out so each part can say what is wrong.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(rf"^{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?$|^\[[0-9a-fA-F:.]+\](?::[0-9]+)?$")
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
+MAX_NAME_LENGTH = 255
+
+
+class ImageReference(NamedTuple):
+    """`registry/repository[:tag][@digest]`, split. A tuple, so `host, path, tag, digest = ...` works."""
+
+    registry: str  # host[:port]; docker.io when the reference names none
+    repository: str  # path inside the registry, e.g. shop/orders (library/redis for a bare `redis`)
+    tag: str | None
+    digest: str | None
+
+    @property
+    def name(self) -> str:
+        """registry/repository, the form `Registry` methods take."""
+        return f"{self.registry}/{self.repository}"
+
+
+def parse_image_reference(ref: str) -> ImageReference:
+    """Split an image reference; a ValueError says which part is wrong and why.
+
+    A bare Docker Hub name is normalised the way engines do it (`redis:7.2` → docker.io, library/redis).
+    A reference without tag and digest keeps `tag=None`; callers decide whether that means `latest`.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise ValueError("image reference is empty")
+    if ref != ref.strip() or any(c.isspace() for c in ref):
+        raise ValueError(f"image reference {ref!r} contains whitespace")
+    rest, digest = ref, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        _check_digest(ref, digest)
+    name, tag = rest, None
+    # The tag follows the last colon only when that colon comes after the last slash (else it is a port).
+    colon, slash = rest.rfind(":"), rest.rfind("/")
+    if colon > slash:
+        name, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG.match(tag):
+            raise ValueError(
+                f"image reference {ref!r}: tag {tag!r} is invalid (letters, digits, '_', '.', '-'; "
+                "at most 128 characters, not starting with '.' or '-')"
+            )
+    if not name:
+        raise ValueError(f"image reference {ref!r} has no repository name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"image reference {ref!r}: name is longer than {MAX_NAME_LENGTH} characters")
+    parts = name.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        registry, path_parts = first, parts[1:]
+        if not _DOMAIN.match(registry):
+            raise ValueError(f"image reference {ref!r}: registry host {registry!r} is not a valid host[:port]")
+    else:
+        registry, path_parts = DEFAULT_REGISTRY, parts
+        if len(parts) == 1:
+            path_parts = ["library", *parts]
+    for component in path_parts:
+        if not component:
+            raise ValueError(f"image reference {ref!r}: repository path has an empty component (check the '/')")
+        if not _PATH_COMPONENT.match(component) and _PATH_COMPONENT.match(component.lower()):
+            raise ValueError(f"image reference {ref!r}: repository name must be lowercase ({component!r})")
+        if not _PATH_COMPONENT.match(component):
+            raise ValueError(
+                f"image reference {ref!r}: repository path component {component!r} is invalid "
+                "(lowercase letters and digits, separated by '.', '_', '__' or '-')"
+            )
+    return ImageReference(registry, "/".join(path_parts), tag, digest)
+
+
+def _check_digest(ref: str, digest: str) -> None:
+    if not _DIGEST.match(digest):
+        raise ValueError(f"image reference {ref!r}: digest {digest!r} is not <algorithm>:<hex>")
+    algorithm, encoded = digest.split(":", 1)
+    if algorithm == "sha256" and not _SHA256_HEX.match(encoded):
+        raise ValueError(f"image reference {ref!r}: a sha256 digest has exactly 64 lowercase hex characters")
+
+
+def is_loopback_host(registry: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost, with or without a port: those registries speak plain HTTP."""
+    host = registry
+    if host.startswith("["):
+        host = host[1 : host.index("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RegistryError(Exception):
+    """The registry answered, but not with what was asked for (the status and its words are in the message)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer at all (refused, timed out, unreachable)."""
+
+
+class Registry(dg.ConfigurableResource):
+    """Reads and deletes images in any registry that speaks the Distribution v2 API."""
+
+    timeout_seconds: float = Field(default=5, description="Per-request timeout for the registry's HTTP API.")
+
+    def image_exists(self, repository: str, tag: str) -> bool:
+        """Whether `repository:tag` (repository = `host[:port]/path`) has a manifest in the registry."""
+        return self.manifest_digest(repository, tag) is not None
+
+    def manifest_digest(self, repository: str, tag_or_digest: str) -> str | None:
+        """The digest the registry serves for a tag (or confirms for a digest); None when it has none."""
+        ref = self._reference(repository, tag_or_digest)
+        response = self._request(
+            "HEAD", ref, f"manifests/{urllib.parse.quote(tag_or_digest, safe=':')}",
+            accept=", ".join(MANIFEST_MEDIA_TYPES),
+        )
+        if response is None:
+            return None
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise RegistryError(
+                f"registry {ref.registry} answered HEAD for {_show(ref, tag_or_digest)} without a "
+                "Docker-Content-Digest header"
+            )
+        return digest
+
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of the repository, following the registry's pagination; [] when it has none."""
+        ref = self._reference(repository, None)
+        tags: list[str] = []
+        path = "tags/list?n=1000"
+        while path:
+            response = self._request("GET", ref, path)
+            if response is None:
+                return tags
+            try:
+                tags.extend(json.loads(response.body or b"{}").get("tags") or [])
+            except (ValueError, AttributeError) as exc:
+                raise RegistryError(
+                    f"registry {ref.registry} answered tags/list for {ref.name} with something that is not "
+                    f"JSON: {_excerpt(response.body)}"
+                ) from exc
+            path = _next_page(response.headers.get("Link"), ref)
+        return tags
+
+    def delete(self, repository: str, digest: str) -> bool:
+        """Delete the manifest `repository@digest` (and so every tag on it). False when it was not there.
+
+        The registry must run with `storage.delete.enabled: true`; otherwise it answers 405, raised here.
+        """
+        if not digest.startswith("sha256:") or not _SHA256_HEX.match(digest.removeprefix("sha256:")):
+            raise ValueError(f"delete needs a digest (sha256:<64 hex>), not {digest!r}: registries delete by digest")
+        ref = self._reference(repository, digest)
+        return self._request("DELETE", ref, f"manifests/{digest}") is not None
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+
+    def _reference(self, repository: str, tag_or_digest: str | None) -> ImageReference:
+        try:
+            parsed = parse_image_reference(repository)
+        except ValueError as exc:
+            raise ValueError(f"registry repository {repository!r} is invalid: {exc}") from exc
+        if parsed.tag or parsed.digest:
+            raise ValueError(
+                f"registry repository {repository!r} must not carry a tag or digest; pass them separately"
+            )
+        if tag_or_digest is not None and not tag_or_digest:
+            raise ValueError(f"an empty tag or digest was given for {repository!r}")
+        return parsed
+
+    def _base_url(self, registry: str) -> str:
+        scheme = "http" if is_loopback_host(registry) else "https"
+        host = "registry-1.docker.io" if registry == DEFAULT_REGISTRY else registry
+        return f"{scheme}://{host}"
+
+    def _authorization(self, registry: str) -> str | None:
+        """The Authorization header for `registry`. None: anonymous access (token auth would go here)."""
+        return None
+
+    def _request(self, method: str, ref: ImageReference, path: str, accept: str | None = None):
+        """One request to `/v2/<name>/<path>`. None on 404; raises for anything else that is not 2xx."""
+        url = f"{self._base_url(ref.registry)}/v2/{ref.repository}/{path}"
+        request = urllib.request.Request(url, method=method)
+        if accept:
+            request.add_header("Accept", accept)
+        authorization = self._authorization(ref.registry)
+        if authorization:
+            request.add_header("Authorization", authorization)
+        what = f"{method} {url}"
+        # A loopback registry is on this machine: never route it through an HTTP(S)_PROXY from the environment.
+        opener = _DIRECT if is_loopback_host(ref.registry) else _FROM_ENVIRONMENT
+        try:
+            with opener.open(request, timeout=self.timeout_seconds) as response:
+                body = response.read() if method != "HEAD" else b""
+                return _Response(response.status, response.headers, body)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            body = _read_quietly(exc)
+            hint = ""
+            if exc.code == 401:
+                hint = " (the registry wants credentials; release-graph sends none yet)"
+            elif exc.code == 405 and method == "DELETE":
+                hint = " (the registry does not allow deletes: set storage.delete.enabled: true)"
+            raise RegistryError(
+                f"registry {ref.registry} answered {exc.code} {exc.reason} to {what}{hint}: {_excerpt(body)}"
+            ) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, socket.timeout | TimeoutError):
+                reason = f"no answer within {self.timeout_seconds:g} s"
+            raise RegistryUnavailable(
+                f"registry {ref.registry} did not answer ({reason}) while looking up {ref.name} ({what})"
+            ) from exc
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_FROM_ENVIRONMENT = urllib.request.build_opener()
+
+
+class _Response(NamedTuple):
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def _show(ref: ImageReference, tag_or_digest: str) -> str:
+    separator = "@" if ":" in tag_or_digest else ":"
+    return f"{ref.name}{separator}{tag_or_digest}"
+
+
+def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read() or b""
+    except OSError:
+        return b""
+
+
+def _excerpt(body: bytes | None) -> str:
+    text = (body or b"").decode("utf-8", "replace").strip()
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= BODY_EXCERPT_CHARS else text[:BODY_EXCERPT_CHARS] + "…"
+
+
+def _next_page(link_header: str | None, ref: ImageReference) -> str | None:
+    """The path after `/v2/<name>/` of the `rel="next"` page, if the registry paginates."""
+    if not link_header:
+        return None
+    match = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link_header)
+    if not match:
+        return None
+    target = urllib.parse.urlsplit(match.group(1))
+    prefix = f"/v2/{ref.repository}/"
+    if not target.path.startswith(prefix):
+        return None
+    return target.path[len(prefix) :] + (f"?{target.query}" if target.query else "")

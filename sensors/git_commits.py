@@ -1,0 +1,339 @@
+"""The Git commit sensor: a new commit on a tracked branch becomes one build run per changed service.
+
+Each tick asks every tracked repo for its branch heads (`git ls-remote`, in parallel, with a timeout) and
+compares them with the cursor `{"<repo>@<branch>": "<head sha>"}`. Only a branch whose head moved is
+fetched into its cached mirror. For each service on a moved branch the tick then
+
+- observes `<svc>/source` with the release SHA as data version (author, message, skipped commits as
+  metadata), and
+- requests one run of `<svc>/image` with `run_key=<svc>:<sha>` and the SHA in the run tags.
+
+The release SHA of a service is the newest commit that changed its `path` (the head itself for `path: .`),
+so a monorepo commit releases only the services whose folder it touched, and several commits since the
+last tick coalesce into the newest one. On the first tick for a branch (no cursor entry) nothing is
+compared: every service is observed, and built only if `<registry>/<svc>:<sha>` is not in the registry yet.
+
+A repo that cannot be read (unreachable, deleted, branch gone) or a registry that cannot answer on a first
+tick is a skip reason for that branch only: its cursor entry stays as it was, so the next tick retries,
+and the other branches proceed. Anything else (a broken mirror folder, a bug) fails the tick, and Dagster
+then keeps the previous cursor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import dagster as dg
+
+from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.manifest import Fleet, Service
+from resources.git import CommitInfo, GitError, GitResource, redact_url
+from resources.registry import RegistryUnavailable
+
+# Dagster reads the data version of an observation from this tag
+# (dagster._core.definitions.data_version.DATA_VERSION_TAG, not exported by the public API).
+DATA_VERSION_TAG = "dagster/data_version"
+# Enough to see what a coalesced release contains without turning metadata into a log.
+MAX_LISTED_SKIPPED = 50
+
+
+class ImageRegistry(Protocol):
+    """What the sensor needs from the `registry` resource (resources.registry.Registry has it)."""
+
+    def image_exists(self, repository: str, tag: str) -> bool:
+        """`repository` is `host[:port]/path`; raises RegistryUnavailable when the registry cannot answer."""
+        ...
+
+
+@dataclass(frozen=True)
+class NewRelease:
+    """One service at one commit, as found by a tick."""
+
+    service: str
+    commit: CommitInfo
+    repo_url: str
+    branch: str
+    path: str
+    branch_head: str
+    previous_head: str | None  # the cursor's head of the branch; None on the first tick
+    skipped: tuple[CommitInfo, ...] = ()  # newer-than-cursor commits touching `path`, folded into this one
+    skipped_count: int = 0
+    force_pushed: bool = False
+    build: bool = True  # False when the first tick found the image already in the registry
+
+    @property
+    def sha(self) -> str:
+        return self.commit.sha
+
+    def run_request(self) -> dg.RunRequest:
+        return dg.RunRequest(
+            run_key=f"{self.service}:{self.sha}",
+            asset_selection=[dg.AssetKey([self.service, "image"])],
+            tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12]},
+        )
+
+    def observation(self) -> dg.AssetObservation:
+        metadata: dict[str, object] = {
+            "sha": self.sha,
+            "short_sha": self.commit.short_sha,
+            "author": self.commit.author,
+            "message": self.commit.message,
+            "committed_at": self.commit.committed_at,
+            "repository": redact_url(self.repo_url),
+            "branch": self.branch,
+            "path": self.path,
+            "branch_head": self.branch_head,
+            "skipped_count": self.skipped_count,
+            "skipped_commits": dg.MetadataValue.json([
+                {"sha": c.sha, "author": c.author, "committed_at": c.committed_at, "subject": c.subject}
+                for c in self.skipped
+            ]),
+            "force_pushed": self.force_pushed,
+            "first_seen": self.previous_head is None,
+            "build_requested": self.build,
+        }
+        if self.previous_head is not None:
+            metadata["previous_head"] = self.previous_head
+        description = f"{self.commit.short_sha} {self.commit.subject}"
+        if self.force_pushed:
+            description += f" (branch force-pushed over {self.previous_head[:12]})"
+        return dg.AssetObservation(
+            asset_key=dg.AssetKey([self.service, "source"]),
+            description=description,
+            metadata=metadata,
+            tags={DATA_VERSION_TAG: self.sha},
+        )
+
+
+@dataclass
+class GitTick:
+    """What one tick found: the releases, the next cursor, and the branches it had to skip (and why)."""
+
+    releases: list[NewRelease] = field(default_factory=list)
+    cursor: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    branches: int = 0  # tracked (repo, branch) pairs
+    moved: int = 0  # of which the head moved since the cursor (and could be read)
+
+    def run_requests(self) -> list[dg.RunRequest]:
+        return [r.run_request() for r in self.releases if r.build]
+
+    def observations(self) -> list[dg.AssetObservation]:
+        return [r.observation() for r in self.releases]
+
+    def skip_reason(self) -> str | None:
+        if self.run_requests():
+            return None
+        parts = []
+        if self.releases:
+            parts.append(
+                f"recorded {len(self.releases)} head(s) whose images already exist: "
+                + ", ".join(f"{r.service}:{r.commit.short_sha}" for r in self.releases)
+            )
+        elif self.moved:
+            parts.append(f"new commits on {self.moved} branch(es) touch no released service's path")
+        elif not self.problems:
+            parts.append(f"no new commits on {self.branches} tracked branch(es)")
+        if self.problems:
+            parts.append(f"skipped {len(self.problems)} branch(es): " + "; ".join(self.problems))
+        return "; ".join(parts)
+
+    def sensor_result(self) -> dg.SensorResult:
+        return dg.SensorResult(
+            run_requests=self.run_requests(),
+            skip_reason=self.skip_reason(),
+            cursor=json.dumps(self.cursor, sort_keys=True),
+            asset_events=self.observations(),
+        )
+
+
+@dataclass
+class _BranchOutcome:
+    key: str
+    head: str | None  # None: the branch could not be read; its cursor entry stays as it was
+    releases: list[NewRelease]
+    problems: list[str]
+
+
+def cursor_key(repo_url: str, branch: str) -> str:
+    return f"{redact_url(repo_url)}@{branch}"
+
+
+def parse_cursor(raw: str | None) -> tuple[dict[str, str], str | None]:
+    """The cursor as a dict, or an empty one and a problem when it is unreadable (then: a first tick)."""
+    if not raw:
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return {}, f"cursor {raw[:80]!r} is not a JSON object of branch to SHA; starting over as a first tick"
+    return value, None
+
+
+def tracked_branches(fleet: Fleet) -> dict[tuple[str, str], list[Service]]:
+    """Built services grouped by the (repo URL, branch) they are released from; prebuilt ones have no repo."""
+    branches: dict[tuple[str, str], list[Service]] = {}
+    for service in sorted(fleet.services.values(), key=lambda s: s.name):
+        if service.build is not None and service.repo_url:
+            branches.setdefault((service.repo_url, service.branch), []).append(service)
+    return branches
+
+
+def evaluate_git_tick(fleet: Fleet, git: GitResource, registry: ImageRegistry, cursor: str | None) -> GitTick:
+    """One tick of the sensor, without Dagster's context: the releases, the next cursor and the problems."""
+    previous, cursor_problem = parse_cursor(cursor)
+    branches = tracked_branches(fleet)
+    tick = GitTick(branches=len(branches))
+    if cursor_problem:
+        tick.problems.append(cursor_problem)
+    heads = git.remote_heads(list(branches))
+
+    moved: list[tuple[tuple[str, str], str | None, str]] = []
+    for (url, branch), services in branches.items():
+        key = cursor_key(url, branch)
+        old = previous.get(key)
+        head = heads[(url, branch)]
+        if head.sha is None:
+            tick.problems.append(f"{key} ({_names(services)}): {head.error}")
+            if old is not None:
+                tick.cursor[key] = old
+        elif head.sha == old:
+            tick.cursor[key] = old
+        else:
+            moved.append(((url, branch), old, head.sha))
+
+    workers = max(1, min(git.max_parallel, len(moved)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="git-branch") as pool:
+        outcomes = list(pool.map(
+            lambda item: _inspect_branch(git, item[0][0], item[0][1], item[1], item[2], branches[item[0]]),
+            moved,
+        ))
+
+    for outcome, ((url, branch), old, _new) in zip(outcomes, moved, strict=True):
+        tick.problems.extend(outcome.problems)
+        if outcome.head is not None and old is None and outcome.releases:
+            try:
+                outcome.releases = _skip_existing_images(fleet, registry, outcome.releases)
+            except RegistryUnavailable as exc:
+                tick.problems.append(
+                    f"{outcome.key} ({_names(branches[(url, branch)])}): first look at this branch postponed, "
+                    f"the registry cannot say which images exist: {exc}"
+                )
+                continue  # still no cursor entry: the next tick is a first tick again
+        if outcome.head is not None:
+            tick.cursor[outcome.key] = outcome.head
+            tick.releases.extend(outcome.releases)
+            tick.moved += 1
+        elif old is not None:
+            tick.cursor[outcome.key] = old
+    tick.releases.sort(key=lambda r: r.service)
+    return tick
+
+
+def _names(services: Sequence[Service]) -> str:
+    return ", ".join(s.name for s in services)
+
+
+def _skip_existing_images(fleet: Fleet, registry: ImageRegistry, releases: list[NewRelease]) -> list[NewRelease]:
+    checked = []
+    for release in releases:
+        exists = registry.image_exists(f"{fleet.registry}/{release.service}", release.sha)
+        checked.append(replace(release, build=not exists))
+    return checked
+
+
+def _inspect_branch(
+    git: GitResource, url: str, branch: str, old: str | None, new: str, services: Sequence[Service]
+) -> _BranchOutcome:
+    """The releases a moved head brings (git work only). A git failure skips the branch."""
+    key = cursor_key(url, branch)
+    try:
+        return _BranchOutcome(key, new, *_releases_on_branch(git, url, branch, old, new, services))
+    except GitError as exc:
+        return _BranchOutcome(key, None, [], [f"{key} ({_names(services)}): {exc}"])
+
+
+def _releases_on_branch(
+    git: GitResource, url: str, branch: str, old: str | None, new: str, services: Sequence[Service]
+) -> tuple[list[NewRelease], list[str]]:
+    git.ensure_commit(url, new)
+    force_pushed = old is not None and not git.is_ancestor(url, old, new)
+    old_available = old is not None and git.has_commit(url, old)
+    releases: list[tuple[Service, str, list[str]]] = []
+    problems: list[str] = []
+    for service in services:
+        sha = git.last_commit_touching(url, new, service.path)
+        if sha is None or not git.path_exists(url, new, service.path):
+            problems.append(
+                f"{cursor_key(url, branch)} ({service.name}): path '{service.path}' does not exist at "
+                f"{new[:12]}; nothing to release"
+            )
+            continue
+        if old is None:
+            releases.append((service, sha, []))
+            continue
+        if not force_pushed:
+            commits = git.commits_between(url, old, new, service.path)
+            if commits:
+                releases.append((service, commits[0], commits[1:]))
+            continue
+        # Force-pushed: release unless the service's own newest commit is the one already released.
+        if old_available:
+            if service.path != "." and git.last_commit_touching(url, old, service.path) == sha:
+                continue
+            skipped = [c for c in git.commits_between(url, old, new, service.path) if c != sha]
+        else:
+            skipped = []
+        releases.append((service, sha, skipped))
+
+    wanted = {sha for _, sha, _ in releases}
+    wanted.update(c for _, _, skipped in releases for c in skipped[:MAX_LISTED_SKIPPED])
+    infos = {info.sha: info for info in git.commit_infos(url, sorted(wanted))}
+    return [
+        NewRelease(
+            service=service.name,
+            commit=infos[sha],
+            repo_url=url,
+            branch=branch,
+            path=service.path,
+            branch_head=new,
+            previous_head=old,
+            skipped=tuple(infos[c] for c in skipped[:MAX_LISTED_SKIPPED]),
+            skipped_count=len(skipped),
+            force_pushed=force_pushed,
+        )
+        for service, sha, skipped in releases
+    ], problems
+
+
+def build_git_commit_sensor(
+    fleet: Fleet, *, minimum_interval_seconds: int = 30, name: str = "git_commits"
+) -> dg.SensorDefinition:
+    """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists)."""
+    image_keys = [dg.AssetKey([s.name, "image"]) for branch in tracked_branches(fleet).values() for s in branch]
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        # An asset selection (not a job): each request then runs in the fleet's implicit asset job with
+        # exactly its image and that image's checks (resolved by Dagster when the tick is evaluated).
+        asset_selection=dg.AssetSelection.assets(*image_keys) if image_keys else None,
+        description="Polls every tracked branch with git ls-remote; one image build per new release "
+        "(run key <service>:<sha>), an observation of <service>/source with the SHA as data version.",
+    )
+    def git_commits(
+        context: dg.SensorEvaluationContext, git: GitResource, registry: dg.ResourceParam[ImageRegistry]
+    ) -> dg.SensorResult:
+        tick = evaluate_git_tick(fleet, git, registry, context.cursor)
+        for problem in tick.problems:
+            context.log.warning(problem)
+        return tick.sensor_result()
+
+    return git_commits

@@ -1,0 +1,290 @@
+"""Release stories for the registry adapter, against the real local registry and throwaway ones.
+
+A "stopped registry" is a real `docker-registry serve` this test starts on a free port with its own config
+and storage, and then stops; the shared registry on 127.0.0.1:5000 is never stopped. Podman treats a
+registry it has no registries.conf entry for as TLS; `ContainerEngine.push` passes Podman's `tlsVerify=false`
+for loopback registries, so a registry on any loopback port works without touching that file (which the
+engine's API service caches and would need a restart to re-read).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from resources.containers import ContainerEngine
+from resources.registry import (
+    ImageReference,
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+    is_loopback_host,
+    parse_image_reference,
+)
+
+pytestmark = pytest.mark.engine
+
+DOCKER_REGISTRY = "/usr/bin/docker-registry"
+BASE_BUSYBOX = "base/busybox"
+ECR_HOST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@contextmanager
+def throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True):
+    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`."""
+    config = folder / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage:\n  filesystem: {{rootdirectory: {folder / 'storage'}}}\n"
+        f"  delete: {{enabled: {'true' if delete_enabled else 'false'}}}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed in finally, after the process
+    process = subprocess.Popen([DOCKER_REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (folder / "registry.log").read_text()
+                    pytest.fail(f"throwaway registry on port {port} did not start: {log_text}")
+                time.sleep(0.05)
+        yield stop
+    finally:
+        stop()
+        log.close()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(timeout_seconds=5)
+
+
+@pytest.fixture
+def local_tags(docker_client):
+    """Local tags a test adds to the engine; removed at teardown."""
+    tags: list[str] = []
+    yield tags
+    for tag in tags:
+        try:
+            docker_client.images.remove(tag)
+        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
+            print(f"teardown: could not remove {tag}: {exc}")
+
+
+def tag_busybox(docker_client, registry_addr: str, target_repository: str, tag: str, local_tags: list[str]) -> str:
+    image = docker_client.images.get(f"{registry_addr}/{BASE_BUSYBOX}:latest")
+    image.tag(target_repository, tag)
+    local_tags.append(f"{target_repository}:{tag}")
+    return f"{target_repository}:{tag}"
+
+
+# --- reading the shared registry ------------------------------------------------------------------------
+
+
+def test_given_the_base_image_in_the_registry_when_asked_then_it_exists_with_a_digest_and_a_tag(
+    registry, registry_addr
+):
+    repository = f"{registry_addr}/{BASE_BUSYBOX}"
+
+    assert registry.image_exists(repository, "latest") is True
+    digest = registry.manifest_digest(repository, "latest")
+    assert digest is not None and SHA256.match(digest)
+    # Asking by digest confirms the same manifest: that is how a deployment pins it.
+    assert registry.manifest_digest(repository, digest) == digest
+    assert "latest" in registry.tags(repository)
+
+
+def test_given_a_sha_never_built_when_asked_then_the_image_does_not_exist(registry, registry_addr, run_id):
+    repository = f"{registry_addr}/{run_id}/never-built"
+
+    assert registry.image_exists(repository, "0" * 40) is False
+    assert registry.manifest_digest(repository, "0" * 40) is None
+    assert registry.tags(repository) == []
+    assert registry.delete(repository, "sha256:" + "0" * 64) is False
+
+
+def test_given_a_pushed_release_when_deleted_by_digest_then_its_tag_is_gone(
+    registry, registry_addr, run_id, docker_client, local_tags
+):
+    repository = f"{registry_addr}/{run_id}/registry-roundtrip"
+    reference = tag_busybox(docker_client, registry_addr, repository, "release-1", local_tags)
+    digest = ContainerEngine().push(reference)
+    try:
+        assert registry.tags(repository) == ["release-1"]
+        assert registry.manifest_digest(repository, "release-1") == digest
+    finally:
+        deleted = registry.delete(repository, digest)
+
+    assert deleted is True
+    assert registry.image_exists(repository, "release-1") is False
+    assert registry.delete(repository, digest) is False
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+
+def test_given_a_registry_that_was_stopped_when_asked_then_registry_unavailable_names_it_and_the_image(
+    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
+):
+    address = f"127.0.0.1:{free_port}"
+    repository = f"{address}/{run_id}/stopped"
+    reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
+    with throwaway_registry(tmp_path, free_port) as stop:
+        ContainerEngine().push(reference)
+        assert Registry().image_exists(repository, "1") is True
+        stop()
+
+        with pytest.raises(RegistryUnavailable) as raised:
+            Registry().image_exists(repository, "1")
+
+    message = str(raised.value)
+    assert f"registry {address} did not answer" in message
+    assert f"{repository}" in message
+    assert isinstance(raised.value, RegistryError)
+
+
+def test_given_a_registry_that_accepts_but_never_answers_when_asked_then_it_times_out_as_unavailable(
+    free_port, run_id
+):
+    address = f"127.0.0.1:{free_port}"
+    # The kernel completes the TCP handshake for a listening socket nobody accepts from: a hung registry.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", free_port))
+        hung.listen(8)
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match=rf"registry {re.escape(address)} did not answer \(no answer"):
+            Registry(timeout_seconds=0.5).manifest_digest(f"{address}/{run_id}/hung", "1")
+        assert time.monotonic() - started < 5
+
+
+def test_given_a_registry_without_deletes_when_deleting_then_the_error_carries_status_and_body(
+    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
+):
+    address = f"127.0.0.1:{free_port}"
+    repository = f"{address}/{run_id}/no-deletes"
+    reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
+    with throwaway_registry(tmp_path, free_port, delete_enabled=False):
+        digest = ContainerEngine().push(reference)
+
+        with pytest.raises(RegistryError) as raised:
+            Registry().delete(repository, digest)
+
+    message = str(raised.value)
+    assert not isinstance(raised.value, RegistryUnavailable)
+    assert f"registry {address} answered 405" in message
+    assert "storage.delete.enabled" in message
+    assert "UNSUPPORTED" in message  # the registry's own words, from the response body
+
+
+@pytest.mark.parametrize(
+    ("repository", "problem"),
+    [
+        ("127.0.0.1:5000/shop/orders:v1", "must not carry a tag or digest"),
+        ("127.0.0.1:5000/Shop/orders", "must be lowercase"),
+        ("", "is empty"),
+    ],
+)
+def test_given_a_malformed_repository_when_asked_then_value_error_says_what_is_wrong(registry, repository, problem):
+    with pytest.raises(ValueError, match=problem):
+        registry.image_exists(repository, "latest")
+
+
+def test_given_a_tag_instead_of_a_digest_when_deleting_then_value_error(registry, registry_addr, run_id):
+    with pytest.raises(ValueError, match="delete needs a digest"):
+        registry.delete(f"{registry_addr}/{run_id}/x", "latest")
+
+
+# --- references -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("127.0.0.1:5000/shop/orders", ImageReference("127.0.0.1:5000", "shop/orders", None, None)),
+        ("127.0.0.1:5000/shop/orders:" + "a" * 40, ImageReference("127.0.0.1:5000", "shop/orders", "a" * 40, None)),
+        (
+            "localhost:5000/vendor/collector@sha256:" + "b" * 64,
+            ImageReference("localhost:5000", "vendor/collector", None, "sha256:" + "b" * 64),
+        ),
+        (
+            f"{ECR_HOST}/shop/pay-ments:1.2@sha256:" + "c" * 64,
+            ImageReference(ECR_HOST, "shop/pay-ments", "1.2", "sha256:" + "c" * 64),
+        ),
+        ("redis:7.2", ImageReference("docker.io", "library/redis", "7.2", None)),
+        ("bitnami/redis", ImageReference("docker.io", "bitnami/redis", None, None)),
+        ("localhost/x__y.z-w", ImageReference("localhost", "x__y.z-w", None, None)),
+    ],
+)
+def test_valid_image_references_split_into_registry_repository_tag_and_digest(reference, expected):
+    parsed = parse_image_reference(reference)
+
+    assert parsed == expected
+    host, path, tag, digest = parsed  # a plain tuple for callers that unpack it
+    assert parsed.name == f"{host}/{path}"
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        ("", "image reference is empty"),
+        ("127.0.0.1:5000/shop/orders ", "contains whitespace"),
+        ("127.0.0.1:5000/Shop/orders", "repository name must be lowercase ('Shop')"),
+        ("127.0.0.1:5000/shop//orders", "empty component"),
+        ("127.0.0.1:5000/shop/orders/", "empty component"),
+        ("127.0.0.1:5000/shop/-orders", "path component '-orders' is invalid"),
+        ("127.0.0.1:5000/shop/orders:", "tag '' is invalid"),
+        ("127.0.0.1:5000/shop/orders:.v1", "tag '.v1' is invalid"),
+        ("127.0.0.1:5000/shop/orders:" + "t" * 129, "at most 128 characters"),
+        ("127.0.0.1:5000/shop/orders@sha256:abc", "exactly 64 lowercase hex"),
+        ("127.0.0.1:5000/shop/orders@md5", "is not <algorithm>:<hex>"),
+        ("reg_istry.local:5000/shop/orders", "registry host 'reg_istry.local:5000' is not a valid host[:port]"),
+        (":5000", "has no repository name"),
+        ("127.0.0.1:5000/" + "a" * 256, "longer than 255"),
+    ],
+)
+def test_invalid_image_references_are_rejected_with_the_reason(reference, problem):
+    with pytest.raises(ValueError) as raised:
+        parse_image_reference(reference)
+
+    assert problem in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1:5000", True),
+        ("127.1.2.3:5000", True),
+        ("localhost:5000", True),
+        ("localhost", True),
+        ("[::1]:5000", True),
+        ("registry.example.com", False),
+        ("10.0.0.5:5000", False),
+        (ECR_HOST, False),
+    ],
+)
+def test_only_loopback_registries_are_spoken_to_in_plain_http(host, loopback):
+    assert is_loopback_host(host) is loopback
+
