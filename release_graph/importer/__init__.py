@@ -1,0 +1,6 @@
+"""`release-graph import`: a fleet.yaml from docker-compose files or Kubernetes manifests.
+
+Readers (`compose`, `kubernetes`) record services and the places where one names another; `edges`
+turns those places into edges with evidence; `cycles` judges soft edges and groups what still cycles;
+`writer` renders deterministic, commented YAML; `cli` ties them together and writes atomically.
+"""
