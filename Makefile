@@ -9,12 +9,16 @@ export UV_COMPILE_BYTECODE := 1
 HOST_ENV := /var/lib/release-graph/env
 WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
 
-.PHONY: setup host venv demo-repos demo test lint snapshot bench clean
+.PHONY: setup host venv tools demo-repos demo test lint snapshot bench clean
 
-setup: host venv
+setup: host venv tools
 
 host:
 	bash scripts/setup_host.sh
+
+# semgrep and checkov pin dependencies that clash with Dagster's: each gets its own venv under .tools/.
+tools:
+	bash scripts/install_tools.sh
 
 venv: $(VENV)/.installed
 

@@ -51,3 +51,51 @@ def docker_client():
     for network in client.networks.list(filters={"label": label}):
         network.remove()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real `moto_server` (AWS APIs) on a free loopback port; yields its endpoint URL for boto3's endpoint_url.
+
+    One per pytest process, so xdist workers never share state. Clients still need credentials: any values do
+    (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the test).
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    executable = Path(sys.executable).parent / "moto_server"
+    url = f"http://127.0.0.1:{port}"
+    # Its request log goes to a file: a pipe nobody reads would fill up and stall the server.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [str(executable), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"moto_server exited with {process.returncode}: {log.read().decode()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"moto_server did not answer on {url} within 30 s")
+                    time.sleep(0.1)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -1,0 +1,277 @@
+"""Least privilege, from the manifest: the IAM policy each service needs, what a granted policy has beyond it,
+and how its containers run (user, root filesystem, privileges).
+
+Secret references come from the manifest (`Environment.secrets`: {service: {VAR: SecretRef}}) or the same
+shape as plain data, `{env: {service: {VAR: {"aws": "<secret id>"} | {"env": "<VARIABLE>"}}}}`. Only `aws`
+references need IAM: `secretsmanager:GetSecretValue` on exactly those secrets. Secrets Manager appends six
+random characters to a secret's ARN (`<id>-AbCdEf`), so the ARN pattern ends in `-??????`: `-*` would also
+grant `<id>-admin-XyZ123`, another secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from release_graph.security.findings import Finding, finding
+
+GET_SECRET_VALUE = "secretsmanager:GetSecretValue"
+POLICY_VERSION = "2012-10-17"
+ROOT_USERS = {"", "0", "root"}
+
+
+class PolicyDocumentError(ValueError):
+    """A granted policy that is not an IAM policy document."""
+
+
+@dataclass(frozen=True)
+class Excess:
+    """One action on one resource that a granted policy allows beyond what the service needs."""
+
+    service: str
+    statement: str  # the statement's Sid, or #<index>
+    action: str
+    resource: str
+    reason: str
+
+    def as_finding(self, environment: str | None = None) -> Finding:
+        where = f"{self.service}" + (f" in {environment}" if environment else "") + f" statement {self.statement}"
+        return finding("release-graph", "RG_IAM_EXCESS", "HIGH", where,
+                       f"grants {self.action} on {self.resource}: {self.reason}")
+
+
+def secret_arn(secret_id: str, *, region: str, account: str) -> str:
+    return f"arn:aws:secretsmanager:{region}:{account}:secret:{secret_id}-??????"
+
+
+def _aws_secret_ids(refs: Mapping[str, Any]) -> list[str]:
+    """The Secrets Manager ids among one service's references (SecretRef objects or {"aws": id} dicts)."""
+    ids = []
+    for variable, ref in refs.items():
+        if hasattr(ref, "source") and hasattr(ref, "name"):
+            source, name = ref.source, ref.name
+        elif isinstance(ref, Mapping) and len(ref) == 1:
+            (source, name), = ref.items()
+        else:
+            raise ValueError(f"secret reference {variable}: expected {{aws: <secret id>}} or {{env: <VARIABLE>}}, "
+                             f"got {ref!r}")
+        if source == "aws":
+            ids.append(str(name))
+        elif source != "env":
+            raise ValueError(f"secret reference {variable}: unknown source {source!r} (expected aws or env)")
+    return sorted(set(ids))
+
+
+def fleet_secret_refs(fleet: Any) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """{environment: {service: {VAR: SecretRef}}} from a Fleet's environments."""
+    return {name: dict(env.secrets) for name, env in fleet.environments.items()}
+
+
+def needed_policy(refs: Mapping[str, Any], *, region: str, account: str) -> dict[str, Any]:
+    """The IAM policy one service needs in one environment: read exactly its own Secrets Manager secrets."""
+    ids = _aws_secret_ids(refs)
+    statements = []
+    if ids:
+        statements.append({
+            "Sid": "ReadOwnSecrets",
+            "Effect": "Allow",
+            "Action": [GET_SECRET_VALUE],
+            "Resource": [secret_arn(i, region=region, account=account) for i in ids],
+        })
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def needed_policies(
+    fleet: Any, refs: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None, *, region: str, account: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """{environment: {service: policy}} for every environment and every service of the fleet.
+
+    A service without `aws` secrets gets a policy with no statement: it needs no IAM permission at all.
+    """
+    refs = fleet_secret_refs(fleet) if refs is None else refs
+    unknown_envs = sorted(set(refs) - set(fleet.environments))
+    if unknown_envs:
+        raise ValueError(f"secret references name environments the fleet does not have: {', '.join(unknown_envs)}")
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for env_name in fleet.environments:
+        env_refs = refs.get(env_name, {})
+        unknown = sorted(set(env_refs) - set(fleet.services))
+        if unknown:
+            raise ValueError(f"environment '{env_name}': secret references name unknown services: {', '.join(unknown)}")
+        result[env_name] = {
+            service: needed_policy(env_refs.get(service, {}), region=region, account=account)
+            for service in fleet.services
+        }
+    return result
+
+
+def _statements(policy: Any) -> list[dict[str, Any]]:
+    if isinstance(policy, (str, bytes)):
+        try:
+            policy = json.loads(policy)
+        except ValueError as exc:
+            raise PolicyDocumentError(f"granted policy is not JSON: {exc}") from exc
+    if not isinstance(policy, Mapping) or "Statement" not in policy:
+        raise PolicyDocumentError("granted policy is not an IAM policy document (no Statement)")
+    statements = policy["Statement"]
+    statements = [statements] if isinstance(statements, Mapping) else statements
+    if not isinstance(statements, list) or not all(isinstance(s, Mapping) for s in statements):
+        raise PolicyDocumentError("granted policy: Statement must be an object or a list of objects")
+    return list(statements)
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _pattern_within(granted: str, needed: str, *, case_insensitive: bool = False) -> bool:
+    """Whether every string the IAM pattern `granted` matches is matched by `needed` (* and ? wildcards).
+
+    Exact for a granted pattern without wildcards, and for equal patterns. Any other wildcard in `granted` is
+    taken as broader than needed unless it only extends a literal prefix that `needed` allows with a final `*`:
+    when inclusion cannot be shown, the permission is reported, never assumed safe.
+    """
+    if case_insensitive:
+        granted, needed = granted.lower(), needed.lower()
+    if granted == needed:
+        return True
+    if not any(c in granted for c in "*?"):
+        return fnmatchcase(granted, needed)
+    prefix = needed[:-1]
+    return needed.endswith("*") and not any(c in prefix for c in "*?") and granted.startswith(prefix)
+
+
+def check_policy(
+    granted: Any,
+    needed: Mapping[str, Any],
+    *,
+    service: str,
+    owners_of: Mapping[str, str] | None = None,
+) -> list[Excess]:
+    """Every (action, resource) an Allow statement of `granted` grants beyond `needed`.
+
+    `granted` is a policy document (dict or JSON text) or a list of them (all policies of a role). Deny
+    statements only take away and are skipped; NotAction/NotResource grant everything not listed and are
+    always excess. `owners_of` ({resource pattern: service}) lets the reason name whose secret it is.
+    """
+    documents = granted if isinstance(granted, list) else [granted]
+    allowed = [
+        (action, resource)
+        for statement in _statements(needed)
+        if statement.get("Effect") == "Allow"
+        for action in _as_list(statement.get("Action"))
+        for resource in _as_list(statement.get("Resource"))
+    ]
+    excess: list[Excess] = []
+    for document in documents:
+        for index, statement in enumerate(_statements(document)):
+            if statement.get("Effect") != "Allow":
+                continue
+            label = str(statement.get("Sid") or f"#{index}")
+            if "NotAction" in statement or "NotResource" in statement:
+                action = _negated(statement, "Action")
+                resource = _negated(statement, "Resource")
+                key = "NotAction" if "NotAction" in statement else "NotResource"
+                excess.append(Excess(service, label, action, resource, f"{key} grants everything except what it lists"))
+                continue
+            resources = _as_list(statement.get("Resource")) or ["*"]
+            for action in _as_list(statement.get("Action")):
+                for resource in resources:
+                    if any(
+                        _pattern_within(action, need_action, case_insensitive=True)
+                        and _pattern_within(resource, need_resource)
+                        for need_action, need_resource in allowed
+                    ):
+                        continue
+                    excess.append(Excess(service, label, action, resource, _reason(action, resource, allowed,
+                                                                                   owners_of or {})))
+    return excess
+
+
+def _negated(statement: Mapping[str, Any], key: str) -> str:
+    if f"Not{key}" in statement:
+        return "all but " + ", ".join(_as_list(statement[f"Not{key}"]))
+    return ", ".join(_as_list(statement.get(key))) or "*"
+
+
+def _reason(action: str, resource: str, allowed: list[tuple[str, str]], owners_of: Mapping[str, str]) -> str:
+    if not allowed:
+        return "the service needs no IAM permission at all"
+    if not any(_pattern_within(action, a, case_insensitive=True) for a, _ in allowed):
+        return "action not needed" + (" (wildcard)" if "*" in action else "")
+    if resource == "*" or resource.endswith(":*") or resource.endswith("secret:*"):
+        return "wildcard resource: every secret of the account"
+    for pattern, owner in owners_of.items():
+        if fnmatchcase(resource, pattern) or resource == pattern:
+            return f"secret of service '{owner}'"
+    return "resource is not one of the service's own secrets"
+
+
+def check_service_policy(
+    fleet: Any,
+    environment: str,
+    service: str,
+    granted: Any,
+    *,
+    region: str,
+    account: str,
+    refs: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> list[Excess]:
+    """check_policy for one service of the fleet, naming the other services whose secrets it could read."""
+    policies = needed_policies(fleet, refs, region=region, account=account)
+    if environment not in policies:
+        raise ValueError(f"no environment '{environment}' in the fleet")
+    if service not in policies[environment]:
+        raise ValueError(f"no service '{service}' in the fleet")
+    owners_of = {
+        resource: other
+        for other, policy in policies[environment].items()
+        if other != service
+        for statement in policy["Statement"]
+        for resource in statement["Resource"]
+    }
+    return check_policy(granted, policies[environment][service], service=service, owners_of=owners_of)
+
+
+# --- containers ----------------------------------------------------------------------------------------------
+
+
+def container_hardening(
+    inspect: Mapping[str, Any],
+    *,
+    allow_root: bool = False,
+    allow_writable_root_filesystem: bool = False,
+) -> list[Finding]:
+    """Findings for a container as `docker inspect` shows it: root user, writable root filesystem, privileges.
+
+    The `allow_*` flags are for services the manifest marks as needing it; the finding then is not reported.
+    """
+    name = str(inspect.get("Name") or inspect.get("Id", "?")[:12]).lstrip("/")
+    config = inspect.get("Config") or {}
+    host = inspect.get("HostConfig") or {}
+    location = f"container {name}"
+    image = config.get("Image") or inspect.get("Image") or "?"
+    findings = []
+    user = str(config.get("User") or "")
+    user_part = user.split(":", 1)[0]
+    if not allow_root and user_part in ROOT_USERS:
+        shown = f"user {user!r}" if user else "no user (the image default, root)"
+        findings.append(finding("release-graph", "RG_CONTAINER_ROOT", "HIGH", location,
+                                f"runs as root: {shown}; image {image}. Set a numeric non-root user (USER 10001)"))
+    if not allow_writable_root_filesystem and not host.get("ReadonlyRootfs"):
+        findings.append(finding("release-graph", "RG_CONTAINER_WRITABLE_ROOT_FS", "MEDIUM", location,
+                                "the root filesystem is writable; run read-only with tmpfs for scratch folders"))
+    if host.get("Privileged"):
+        findings.append(finding("release-graph", "RG_CONTAINER_PRIVILEGED", "CRITICAL", location,
+                                "runs privileged: it has every capability and the host's devices"))
+    added = [c for c in _as_list(host.get("CapAdd")) if c]
+    if added:
+        findings.append(finding("release-graph", "RG_CONTAINER_CAP_ADD", "HIGH", location,
+                                f"adds Linux capabilities: {', '.join(sorted(added))}"))
+    return findings
+

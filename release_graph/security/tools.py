@@ -1,0 +1,83 @@
+"""Where the security tools live and how they are run.
+
+semgrep and checkov pin libraries that clash with Dagster's, so each has its own venv under
+`$RELEASE_GRAPH_TOOLS` (default `<repo>/.tools`), made by `scripts/install_tools.sh`. hadolint and bandit
+come with the main venv (requirements.lock). A tool that is not there raises ToolMissing with the command
+that installs it: a missing tool is "the check could not run", never a clean result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from release_graph.evidence import EvidenceError
+from release_graph.evidence import ToolMissing as EvidenceToolMissing
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_ENV = "RELEASE_GRAPH_TOOLS"
+INSTALL_SCRIPT = "scripts/install_tools.sh"
+EXCERPT_CHARS = 800
+
+
+class ToolError(EvidenceError):
+    """A tool ran but gave no usable report (crash, timeout, output that is not its report)."""
+
+
+class ToolMissing(EvidenceToolMissing):
+    """A security tool is not installed where release-graph looks for it."""
+
+
+def tools_dir() -> Path:
+    """`$RELEASE_GRAPH_TOOLS`, else `<repo>/.tools`, read at call time (never at import)."""
+    configured = os.environ.get(TOOLS_ENV)
+    return Path(configured).expanduser() if configured else REPO_ROOT / ".tools"
+
+
+def isolated_tool(name: str, base: Path | None = None) -> Path:
+    """The executable of a tool installed in its own venv (`<tools>/<name>-venv/bin/<name>`)."""
+    folder = Path(base) if base is not None else tools_dir()
+    executable = folder / f"{name}-venv" / "bin" / name
+    if not executable.is_file():
+        raise ToolMissing(
+            f"{name} is not installed: no {executable}. Install it with `bash {INSTALL_SCRIPT} {name}` "
+            f"(it creates {folder / (name + '-venv')}; set ${TOOLS_ENV} to use another folder)"
+        )
+    return executable
+
+
+def main_venv_tool(name: str, package: str) -> Path:
+    """A tool installed in the venv release-graph runs from (never whatever else is on PATH)."""
+    executable = Path(sys.executable).parent / name
+    if not executable.is_file():
+        raise ToolMissing(
+            f"{name} is not installed: no {executable} (add `{package}` to requirements.in and install the lock)"
+        )
+    return executable
+
+
+def run_tool(
+    name: str,
+    argv: list[str],
+    *,
+    timeout_seconds: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout_seconds, cwd=cwd, env=env, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"{name} did not finish within {timeout_seconds:g} s ({' '.join(argv[:4])} ...)") from exc
+    except OSError as exc:
+        raise ToolMissing(f"{name} could not be started ({exc})") from exc
+
+
+def excerpt(text: str | None) -> str:
+    text = (text or "").strip()
+    if not text:
+        return "(no output)"
+    return text if len(text) <= EXCERPT_CHARS else "…" + text[-EXCERPT_CHARS:]

@@ -1,0 +1,228 @@
+"""Image vulnerability scanner backends behind one method: `scan(reference) -> ScanReport`.
+
+- `EcrScanner`: Amazon ECR image scanning (basic, or enhanced by Amazon Inspector) through boto3. With
+  `endpoint_url` it talks to any ECR-compatible endpoint; the tests use `moto_server`, whose findings are canned.
+- `CliScanner`: the Trivy or Grype command line, when its binary is installed. Their vulnerability databases
+  are downloaded by the tools themselves, which hosts without outside network cannot do; the JSON reports are
+  parsed by release_graph.security.vulnerabilities either way.
+
+Nothing here does I/O at import or construction: clients and binaries are looked up on first use.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from release_graph.security.vulnerabilities import (
+    ScanError,
+    ScannerMissing,
+    ScanReport,
+    parse_ecr_findings,
+    parse_grype,
+    parse_trivy,
+)
+
+SCAN_DONE = {"COMPLETE", "ACTIVE"}  # ACTIVE: enhanced (Inspector) scanning keeps the image under watch
+SCAN_FAILED = {"FAILED", "UNSUPPORTED_IMAGE", "FINDINGS_UNAVAILABLE", "SCAN_ELIGIBILITY_EXPIRED"}
+CLI_HINTS = {
+    "trivy": "install the trivy binary (it is not a Debian or PyPI package) and set `executable`, "
+             "or choose another scanner backend",
+    "grype": "install the grype binary (it is not a Debian or PyPI package) and set `executable`, "
+             "or choose another scanner backend",
+}
+
+
+def split_reference(reference: str) -> tuple[str, str, str | None]:
+    """(registry host, repository path, digest) of `host/path[:tag]@sha256:...` (a digest is required)."""
+    name, _, digest = reference.partition("@")
+    if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
+        raise ValueError(f"image reference {reference!r}: scans address an image by digest (repo@sha256:<64 hex>)")
+    host, _, path = name.partition("/")
+    if not path or not ("." in host or ":" in host or host == "localhost"):
+        host, path = "", name
+    colon, slash = path.rfind(":"), path.rfind("/")
+    if colon > slash:
+        path = path[:colon]
+    return host, path, digest
+
+
+class EcrScanner(dg.ConfigurableResource):
+    """Amazon ECR image scanning: `start_image_scan`, then `describe_image_scan_findings` until complete."""
+
+    region_name: str = Field(default="us-east-1", description="AWS region of the ECR registry.")
+    endpoint_url: str | None = Field(
+        default=None, description="ECR endpoint; None = AWS. A moto_server URL in tests and demos."
+    )
+    registry_id: str | None = Field(default=None, description="AWS account id of the registry; None = the caller's.")
+    poll_interval_seconds: float = Field(default=5.0, description="Pause between polls of a running scan.")
+    timeout_seconds: float = Field(default=900.0, description="How long a scan may take before it is an error.")
+
+    _client: Any = PrivateAttr(default=None)
+
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("ecr", region_name=self.region_name, endpoint_url=self.endpoint_url)
+        return self._client
+
+    def _registry(self) -> dict[str, str]:
+        return {"registryId": self.registry_id} if self.registry_id else {}
+
+    def scan(self, reference: str) -> ScanReport:
+        """Scan `<registry>/<repository>@sha256:...`; the repository path is the ECR repository name."""
+        _, repository, digest = split_reference(reference)
+        return self.scan_digest(repository, digest)
+
+    def scan_digest(self, repository: str, digest: str) -> ScanReport:
+        client = self.client()
+        errors = client.exceptions
+        image_id = {"imageDigest": digest}
+        where = f"ECR image {repository}@{digest}"
+        try:
+            client.start_image_scan(repositoryName=repository, imageId=image_id, **self._registry())
+        except errors.LimitExceededException:
+            # ECR scans an image at most once a day: today's scan is the answer.
+            pass
+        except (errors.RepositoryNotFoundException, errors.ImageNotFoundException) as exc:
+            raise ScanError(f"{where}: {exc.response['Error']['Message']}") from exc
+        except errors.UnsupportedImageTypeException as exc:
+            raise ScanError(f"{where}: ECR cannot scan this image: {exc.response['Error']['Message']}") from exc
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            pages = self._findings_pages(repository, image_id, where)
+            status = (pages[0].get("imageScanStatus") or {}).get("status", "")
+            if status in SCAN_DONE:
+                break
+            if status in SCAN_FAILED:
+                description = (pages[0].get("imageScanStatus") or {}).get("description", "")
+                raise ScanError(f"{where}: scan ended {status}: {description}")
+            if time.monotonic() > deadline:
+                raise ScanError(f"{where}: scan still {status or 'pending'} after {self.timeout_seconds:g} s")
+            time.sleep(self.poll_interval_seconds)
+        body = pages[0].get("imageScanFindings") or {}
+        details = {"status": status}
+        for key in ("imageScanCompletedAt", "vulnerabilitySourceUpdatedAt"):
+            if body.get(key) is not None:
+                details[key] = str(body[key])
+        return ScanReport("ecr", f"{repository}@{digest}", digest, parse_ecr_findings(pages, where), details)
+
+    def _findings_pages(self, repository: str, image_id: dict[str, str], where: str) -> list[dict[str, Any]]:
+        client = self.client()
+        pages: list[dict[str, Any]] = []
+        token = None
+        while True:
+            kwargs = {"repositoryName": repository, "imageId": image_id, "maxResults": 1000, **self._registry()}
+            if token:
+                kwargs["nextToken"] = token
+            try:
+                page = client.describe_image_scan_findings(**kwargs)
+            except client.exceptions.ScanNotFoundException as exc:
+                raise ScanError(f"{where}: no scan found after start_image_scan: {exc}") from exc
+            pages.append(page)
+            token = page.get("nextToken")
+            if not token:
+                return pages
+
+    def ensure_repository(self, repository: str) -> None:
+        client = self.client()
+        with contextlib.suppress(client.exceptions.RepositoryAlreadyExistsException):
+            client.create_repository(repositoryName=repository, **self._registry())
+
+    def mirror_manifest(self, repository: str, manifest: bytes, media_type: str, tag: str | None = None) -> str:
+        """Put an image manifest into ECR under the digest it has everywhere (sha256 of its bytes).
+
+        Real ECR accepts it only when the layers are already there; moto accepts any manifest, which is how
+        the tests give the stand-in an image with the same digest as the one in the local registry.
+        """
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        self.ensure_repository(repository)
+        client = self.client()
+        kwargs: dict[str, Any] = {
+            "repositoryName": repository,
+            "imageManifest": manifest.decode("utf-8"),
+            "imageManifestMediaType": media_type,
+            "imageDigest": digest,
+            **self._registry(),
+        }
+        if tag:
+            kwargs["imageTag"] = tag
+        with contextlib.suppress(client.exceptions.ImageAlreadyExistsException):
+            client.put_image(**kwargs)
+        found = client.batch_get_image(repositoryName=repository, imageIds=[{"imageDigest": digest}],
+                                       **self._registry())
+        if not found.get("images"):
+            failures = found.get("failures") or []
+            raise ScanError(f"ECR image {repository}@{digest} is not there after put_image: {failures}")
+        return digest
+
+    def delete_repository(self, repository: str) -> None:
+        client = self.client()
+        with contextlib.suppress(client.exceptions.RepositoryNotFoundException):
+            client.delete_repository(repositoryName=repository, force=True, **self._registry())
+
+
+class CliScanner(dg.ConfigurableResource):
+    """Trivy or Grype, run offline against an image reference; the JSON report is kept when asked."""
+
+    tool: Literal["trivy", "grype"] = Field(description="Which scanner binary to run.")
+    executable: str | None = Field(
+        default=None, description="Path to the binary; None = look for `trivy`/`grype` on PATH at use time."
+    )
+    timeout_seconds: float = Field(default=900.0, description="Wall-clock limit for one scan.")
+    offline: bool = Field(
+        default=True,
+        description="Never update the vulnerability database during a scan (it must be present already).",
+    )
+
+    def binary(self) -> Path:
+        candidate = self.executable or shutil.which(self.tool)
+        if not candidate or not Path(candidate).is_file() or not os.access(candidate, os.X_OK):
+            looked = f"no executable at {self.executable}" if self.executable else f"no `{self.tool}` on PATH"
+            raise ScannerMissing(f"{self.tool} is not installed ({looked}): {CLI_HINTS[self.tool]}")
+        return Path(candidate)
+
+    def command(self, reference: str, report: Path) -> tuple[list[str], dict[str, str]]:
+        binary = str(self.binary())
+        env = dict(os.environ)
+        if self.tool == "trivy":
+            argv = [binary, "image", "--quiet", "--format", "json", "--output", str(report)]
+            if self.offline:
+                argv += ["--skip-db-update", "--skip-java-db-update", "--offline-scan"]
+            return [*argv, reference], env
+        if self.offline:
+            env["GRYPE_DB_AUTO_UPDATE"] = "false"
+            env["GRYPE_CHECK_FOR_APP_UPDATE"] = "false"
+        return [binary, f"registry:{reference}", "-o", "json", "--file", str(report), "-q"], env
+
+    def scan(self, reference: str, report_path: str | None = None) -> ScanReport:
+        """Scan `reference` (repo@sha256:...); the report is written to `report_path` when given."""
+        _, _, digest = split_reference(reference)
+        with tempfile.TemporaryDirectory(prefix=f"rg-{self.tool}-") as tmp:
+            report = Path(report_path) if report_path else Path(tmp) / f"{self.tool}.json"
+            argv, env = self.command(reference, report)
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_seconds,
+                                      env=env, check=False)
+            except subprocess.TimeoutExpired as exc:
+                raise ScanError(
+                    f"{self.tool} did not finish scanning {reference} in {self.timeout_seconds:g} s"
+                ) from exc
+            if done.returncode != 0 or not report.is_file():
+                raise ScanError(
+                    f"{self.tool} failed on {reference} (exit {done.returncode}): {done.stderr.strip()[-800:]}"
+                )
+            text = report.read_text(encoding="utf-8")
+        parse = parse_trivy if self.tool == "trivy" else parse_grype
+        findings = parse(text, str(report_path or f"{self.tool} output"))
+        return ScanReport(self.tool, reference, digest, findings, {"report": str(report_path or "")})
+

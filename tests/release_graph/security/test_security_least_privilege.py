@@ -1,0 +1,162 @@
+"""Given a fleet whose services read secrets, when the IAM policy each needs is generated and a deployed policy is
+checked against it, then wildcards and other services' secrets are reported; and given running containers, the
+ones that run as root or with a writable root filesystem are reported."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from release_graph.security import least_privilege as lp
+
+REGION, ACCOUNT = "eu-west-1", "123456789012"
+FLEET = SimpleNamespace(
+    services={"orders": object(), "payments": object(), "web": object()},
+    environments={"staging": object(), "prod": object()},
+)
+REFS = {
+    "staging": {
+        "orders": {"DB_PASSWORD": {"aws": "shop/staging/orders-db"}, "LOG_TOKEN": {"env": "LOG_TOKEN"}},
+        "payments": {"PSP_KEY": {"aws": "shop/staging/psp-key"}},
+    },
+    "prod": {
+        "orders": {"DB_PASSWORD": {"aws": "shop/prod/orders-db"}},
+        "payments": {"PSP_KEY": {"aws": "shop/prod/psp-key"}, "PSP_WEBHOOK": {"aws": "shop/prod/psp-webhook"}},
+    },
+}
+
+
+def arn(secret_id: str) -> str:
+    return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{secret_id}-??????"
+
+
+def test_each_service_needs_read_access_to_exactly_its_own_secrets():
+    policies = lp.needed_policies(FLEET, REFS, region=REGION, account=ACCOUNT)
+    assert policies["prod"]["payments"] == {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "ReadOwnSecrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": [arn("shop/prod/psp-key"), arn("shop/prod/psp-webhook")],
+        }],
+    }
+    assert policies["staging"]["orders"]["Statement"][0]["Resource"] == [arn("shop/staging/orders-db")]
+    # env-sourced secrets need no IAM; a service without aws secrets needs no permission at all.
+    assert policies["prod"]["web"] == {"Version": "2012-10-17", "Statement": []}
+
+
+def test_a_policy_granting_exactly_what_is_needed_has_no_excess():
+    needed = lp.needed_policies(FLEET, REFS, region=REGION, account=ACCOUNT)["prod"]["orders"]
+    concrete_arn = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:shop/prod/orders-db-AbC123"
+    granted = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:getsecretvalue", "Resource": concrete_arn},
+        {"Effect": "Deny", "Action": "*", "Resource": "*"},
+    ]}
+    assert lp.check_policy(granted, needed, service="orders") == []
+    assert lp.check_policy(json.dumps(needed), needed, service="orders") == []
+
+
+def test_wildcards_and_another_services_secret_are_excess():
+    granted = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Mine", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": [arn("shop/prod/orders-db"), arn("shop/prod/psp-key")]},
+        {"Sid": "Lazy", "Effect": "Allow", "Action": "secretsmanager:*",
+         "Resource": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:*"},
+        {"Sid": "Prefix", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:shop/prod/orders-db-*"},
+        {"Sid": "Except", "Effect": "Allow", "NotAction": "iam:*", "Resource": "*"},
+    ]}
+    excess = lp.check_service_policy(FLEET, "prod", "orders", granted, region=REGION, account=ACCOUNT, refs=REFS)
+    assert [(e.statement, e.action, e.resource.rsplit(":", 1)[-1], e.reason) for e in excess] == [
+        ("Mine", "secretsmanager:GetSecretValue", "shop/prod/psp-key-??????", "secret of service 'payments'"),
+        ("Lazy", "secretsmanager:*", "*", "action not needed (wildcard)"),
+        # `-*` would also match shop/prod/orders-db-admin-XyZ123, another secret.
+        ("Prefix", "secretsmanager:GetSecretValue", "shop/prod/orders-db-*",
+         "resource is not one of the service's own secrets"),
+        ("Except", "all but iam:*", "*", "NotAction grants everything except what it lists"),
+    ]
+    item = excess[0].as_finding("prod")
+    assert (item.rule, item.severity, item.location) == ("RG_IAM_EXCESS", "HIGH", "orders in prod statement Mine")
+
+
+def test_the_policy_attached_to_a_role_in_iam_is_checked_as_deployed(moto_server, monkeypatch, run_id):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_server)
+    role = f"{run_id}-web"
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}))
+    try:
+        iam.put_role_policy(RoleName=role, PolicyName="secrets", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+                           "Resource": [arn("shop/prod/psp-key")]}]}))
+        deployed = [iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+                    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]]
+        excess = lp.check_service_policy(FLEET, "prod", "web", deployed, region=REGION, account=ACCOUNT, refs=REFS)
+        assert [(e.service, e.reason) for e in excess] == [("web", "the service needs no IAM permission at all")]
+    finally:
+        iam.delete_role_policy(RoleName=role, PolicyName="secrets")
+        iam.delete_role(RoleName=role)
+
+
+def test_bad_references_and_documents_are_named():
+    with pytest.raises(ValueError, match="name unknown services: billing"):
+        lp.needed_policies(FLEET, {"prod": {"billing": {}}}, region=REGION, account=ACCOUNT)
+    with pytest.raises(ValueError, match="environments the fleet does not have: qa"):
+        lp.needed_policies(FLEET, {"qa": {}}, region=REGION, account=ACCOUNT)
+    with pytest.raises(ValueError, match="secret reference DB: unknown source 'vault'"):
+        lp.needed_policy({"DB": {"vault": "x"}}, region=REGION, account=ACCOUNT)
+    with pytest.raises(lp.PolicyDocumentError, match="not JSON"):
+        lp.check_policy("{not json", {"Statement": []}, service="web")
+    with pytest.raises(lp.PolicyDocumentError, match="no Statement"):
+        lp.check_policy({"Version": "2012-10-17"}, {"Statement": []}, service="web")
+
+
+@pytest.fixture
+def run_container(docker_client, registry_addr, run_id):
+    started = []
+
+    def run(name: str, **options):
+        container = docker_client.containers.run(
+            f"{registry_addr}/base/python:bookworm", ["sleep", "60"], detach=True, init=True,
+            name=f"{run_id}-{name}", labels={"release-graph.test-run": run_id}, **options)
+        started.append(container)
+        return docker_client.api.inspect_container(container.id)
+
+    yield run
+    for container in started:
+        container.remove(force=True)
+
+
+def test_a_container_running_as_root_with_a_writable_filesystem_is_reported(run_container, run_id):
+    inspect = run_container("root")
+    findings = lp.container_hardening(inspect)
+    assert [(f.rule, f.severity, f.location) for f in findings] == [
+        ("RG_CONTAINER_ROOT", "HIGH", f"container {run_id}-root"),
+        ("RG_CONTAINER_WRITABLE_ROOT_FS", "MEDIUM", f"container {run_id}-root"),
+    ]
+    assert "no user (the image default, root)" in findings[0].message
+    # A service the manifest allows to write its root filesystem still may not run as root.
+    assert [f.rule for f in lp.container_hardening(inspect, allow_writable_root_filesystem=True)] == [
+        "RG_CONTAINER_ROOT"]
+
+
+def test_a_non_root_read_only_container_passes(run_container):
+    inspect = run_container("hardened", user="10001", read_only=True)
+    assert lp.container_hardening(inspect) == []
+
+
+def test_privileges_are_reported_from_the_inspect_document():
+    inspect = {"Name": "/orders-1", "Config": {"User": "0:0", "Image": "shop/orders@sha256:ab"},
+               "HostConfig": {"ReadonlyRootfs": True, "Privileged": True, "CapAdd": ["SYS_ADMIN", "NET_ADMIN"]}}
+    assert [(f.rule, f.message) for f in lp.container_hardening(inspect)] == [
+        ("RG_CONTAINER_ROOT", "runs as root: user '0:0'; image shop/orders@sha256:ab. Set a numeric non-root user "
+                              "(USER 10001)"),
+        ("RG_CONTAINER_PRIVILEGED", "runs privileged: it has every capability and the host's devices"),
+        ("RG_CONTAINER_CAP_ADD", "adds Linux capabilities: NET_ADMIN, SYS_ADMIN"),
+    ]

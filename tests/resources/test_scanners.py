@@ -1,0 +1,117 @@
+"""Given an image in the registry and its manifest mirrored into ECR (moto_server stands in for AWS and answers
+every scan with one canned HIGH finding, CVE-9999-9999), when the ECR backend scans it, then prod's
+"no HIGH or CRITICAL" blocks it and staging's "no CRITICAL" lets it through. Given a CLI scanner whose binary
+is not installed, the error names the tool."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import date
+
+import pytest
+
+from release_graph.security.gate import GateBlocked, evaluate_gate
+from release_graph.security.vulnerabilities import ScanError, ScannerMissing
+from resources.scanners import CliScanner, EcrScanner, split_reference
+
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+TODAY = date(2026, 3, 1)
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture
+def ecr(moto_server, monkeypatch, run_id):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    scanner = EcrScanner(region_name=REGION, endpoint_url=moto_server, poll_interval_seconds=0.2, timeout_seconds=30)
+    yield scanner
+    for repository in scanner.client().describe_repositories()["repositories"]:
+        if repository["repositoryName"].startswith(f"{run_id}/"):
+            scanner.delete_repository(repository["repositoryName"])
+
+
+@pytest.fixture
+def orders_in_ecr(ecr, registry_addr, run_id):
+    """The busybox base image's real manifest, put into ECR as <run id>/orders under the same digest."""
+    request = urllib.request.Request(f"http://{registry_addr}/v2/base/busybox/manifests/latest",
+                                     headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        manifest = response.read()
+        media_type = response.headers["Content-Type"]
+        registry_digest = response.headers["Docker-Content-Digest"]
+    repository = f"{run_id}/orders"
+    digest = ecr.mirror_manifest(repository, manifest, media_type, tag="a1b2c3d4e5f6")
+    assert digest == registry_digest
+    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repository}@{digest}"
+
+
+def test_the_canned_high_finding_blocks_prod_and_passes_staging(ecr, orders_in_ecr):
+    report = ecr.scan(orders_in_ecr)
+    assert report.tool == "ecr" and report.digest == orders_in_ecr.split("@")[1]
+    assert [(f.rule, f.severity, f.location) for f in report.findings] == [
+        ("CVE-9999-9999", "HIGH", "moto_fake@9.9.9")]
+    assert report.counts["HIGH"] == 1 and report.details["status"] == "COMPLETE"
+
+    prod = evaluate_gate(report.findings, "no HIGH or CRITICAL", [], TODAY, "orders")
+    staging = evaluate_gate(report.findings, "no CRITICAL", [], TODAY, "orders")
+    assert not prod.passed and [f.rule for f in prod.blocking] == ["CVE-9999-9999"]
+    assert staging.passed
+    with pytest.raises(GateBlocked, match="CVE-9999-9999 \\(HIGH\\) at moto_fake@9.9.9"):
+        prod.raise_if_blocked(f"deploy of {orders_in_ecr} to prod")
+
+
+def test_a_second_scan_on_the_same_day_reads_todays_results(ecr, orders_in_ecr):
+    first = ecr.scan(orders_in_ecr)
+    # ECR allows one scan per image per day (LimitExceededException): the findings of today's scan are used.
+    second = ecr.scan(orders_in_ecr)
+    assert second.findings == first.findings
+
+
+def test_inspector_enhanced_findings_are_read_as_well(ecr, orders_in_ecr, moto_server, run_id):
+    repository, digest = orders_in_ecr.split("/", 1)[1].split("@")
+    configured = {"results": [{
+        "registryId": ACCOUNT, "repositoryName": repository, "imageId": {"imageDigest": digest},
+        "imageScanStatus": {"status": "ACTIVE", "description": "Continuous scan is selected for image."},
+        "imageScanFindings": {"enhancedFindings": [{
+            "severity": "CRITICAL", "title": "CVE-2023-45853 - zlib1g", "status": "ACTIVE",
+            "packageVulnerabilityDetails": {"vulnerabilityId": "CVE-2023-45853", "vulnerablePackages": [
+                {"name": "zlib1g", "version": "1.2.13.dfsg", "epoch": 1, "release": "1"}]},
+        }]},
+    }], "region": REGION}
+    request = urllib.request.Request(f"{moto_server}/moto-api/static/ecr/scan-finding-results",
+                                     data=json.dumps(configured).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+
+    report = ecr.scan(orders_in_ecr)
+    assert [(f.rule, f.severity, f.location) for f in report.findings] == [
+        ("CVE-2023-45853", "CRITICAL", "zlib1g@1:1.2.13.dfsg-1")]
+    assert not evaluate_gate(report.findings, "no CRITICAL", [], TODAY, "orders").passed
+
+
+def test_an_image_ecr_does_not_have_is_a_scan_error(ecr, run_id):
+    ecr.ensure_repository(f"{run_id}/payments")
+    missing = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{run_id}/payments@sha256:{'0' * 64}"
+    with pytest.raises(ScanError, match=f"ECR image {run_id}/payments@sha256:0+: "):
+        ecr.scan(missing)
+
+
+def test_scans_address_images_by_digest():
+    with pytest.raises(ValueError, match="scans address an image by digest"):
+        split_reference("127.0.0.1:5000/shop/orders:latest")
+    digest = "sha256:" + "a" * 64
+    assert split_reference(f"127.0.0.1:5000/shop/orders@{digest}") == ("127.0.0.1:5000", "shop/orders", digest)
+    assert split_reference(f"shop/orders:1@{digest}") == ("", "shop/orders", digest)
+
+
+def test_a_cli_scanner_that_is_not_installed_names_the_tool(tmp_path, monkeypatch):
+    reference = "127.0.0.1:5000/base/busybox@sha256:" + "a" * 64
+    with pytest.raises(ScannerMissing) as raised:
+        CliScanner(tool="trivy", executable=str(tmp_path / "bin" / "trivy")).scan(reference)
+    assert str(raised.value).startswith(f"trivy is not installed (no executable at {tmp_path}/bin/trivy)")
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ScannerMissing, match=r"grype is not installed \(no `grype` on PATH\): install the grype"):
+        CliScanner(tool="grype").scan(reference)
