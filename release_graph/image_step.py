@@ -96,7 +96,7 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
     repository = service.image_repository(fleet)
     reference = f"{repository}:{sha}"
     context.instance.add_run_tags(
-        context.run_id, {SERVICE_TAG: service.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]}
+        context.run.run_id, {SERVICE_TAG: service.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]}
     )
     git.ensure_commit(service.repo_url, sha)
     commit = git.commit_info(service.repo_url, sha)
@@ -159,7 +159,7 @@ def pin_prebuilt_image(context: dg.AssetExecutionContext, service: Service, regi
         digest = registry.manifest_digest(repository, tag)
         if digest is None:
             raise ReleaseStepError(f"service '{service.name}', field 'image': {reference} is not in its registry")
-    context.instance.add_run_tags(context.run_id, {SERVICE_TAG: service.name})
+    context.instance.add_run_tags(context.run.run_id, {SERVICE_TAG: service.name})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
         metadata={"digest": digest, "reference": reference, "image": f"{repository}@{digest}"},

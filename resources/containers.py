@@ -472,10 +472,11 @@ class ContainerEngine(dg.ConfigurableResource):
 
     def _logs_tail(self, container, lines: int) -> str:
         try:
-            raw = container.logs(stdout=True, stderr=True, tail=lines)
+            # Podman's `tail=` counts partial writes as lines and can reorder them: read all, keep the end.
+            raw = container.logs(stdout=True, stderr=True)
         except (NotFound, APIError):
             return ""
-        return raw.decode("utf-8", "replace").rstrip("\n")
+        return "\n".join(raw.decode("utf-8", "replace").rstrip("\n").splitlines()[-lines:])
 
     def _copy_out(self, container, name: str, directory: str) -> dict[str, bytes]:
         """Regular files under `directory` in the container, keyed by their path relative to it."""

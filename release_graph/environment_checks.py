@@ -1,0 +1,57 @@
+"""Evidence about `<service>/<environment>`: it is healthy, and what runs is what was recorded (drift).
+
+The same comparison serves the check (in a run) and the drift sensor (between runs).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from release_graph import history
+from release_graph.image_step import ReleaseStepError
+from release_graph.manifest import Environment, Fleet, Service
+from release_graph.matrix import drift_reason
+from release_graph.stages import environment_key
+
+
+def _recorded(context, service: Service, environment: Environment):
+    record = history.latest(context.instance, environment_key(service, environment))
+    if record is None:
+        raise ReleaseStepError(f"service '{service.name}', environment '{environment.name}': nothing deployed yet")
+    return record
+
+
+def check_healthy(context, fleet: Fleet, service: Service, environment: Environment) -> dg.AssetCheckResult:
+    record = _recorded(context, service, environment)
+    target = context.resources.docker_target
+    actual = target.running(fleet.name, environment.name, service.name)
+    probe = target.probe(fleet.name, environment.name, service.name, port=service.port, path=service.health)
+    passed = actual is not None and actual.running and probe.healthy
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            "digest": record.digest,
+            "container": actual.container_name if actual else "none",
+            "status": actual.status if actual else "absent",
+            "health": probe.detail,
+        },
+        description=probe.detail,
+    )
+
+
+def in_sync_evaluation(fleet: Fleet, service: Service, environment: Environment, recorded_digest: str,
+                       actual) -> tuple[bool, dict]:
+    reason = drift_reason(recorded_digest, actual)
+    return not reason, {
+        "digest": recorded_digest,
+        "running_digest": actual.digest if actual else "none",
+        "container": actual.container_name if actual else "none",
+        "drift": reason or "none",
+    }
+
+
+def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment) -> dg.AssetCheckResult:
+    record = _recorded(context, service, environment)
+    actual = context.resources.docker_target.running(fleet.name, environment.name, service.name)
+    passed, metadata = in_sync_evaluation(fleet, service, environment, record.digest, actual)
+    return dg.AssetCheckResult(passed=passed, metadata=metadata, description=metadata["drift"])

@@ -1,0 +1,133 @@
+"""Fleet-level assets (group `fleet`): each environment's end-to-end tests and the environment matrix."""
+
+
+import hashlib
+import json
+
+import dagster as dg
+
+from release_graph import evidence, history, matrix
+from release_graph.automation import stage_condition
+from release_graph.image_step import ReleaseStepError, stream_to_run
+from release_graph.manifest import Environment, Fleet
+from release_graph.stages import MATRIX_KEY, e2e_key, environment_key
+
+E2E_TIMEOUT_SECONDS = 600
+
+
+def service_urls(fleet: Fleet) -> dict[str, str]:
+    """`<SERVICE>_URL=http://<service>:<port>` for every service with a port: how tests find the fleet."""
+    return {
+        f"{name.upper().replace('-', '_')}_URL": f"http://{name}:{service.port}"
+        for name, service in fleet.services.items()
+        if service.port
+    }
+
+
+def build_fleet_assets(fleet: Fleet) -> tuple[list, list]:
+    assets = [_matrix_asset(fleet)]
+    if fleet.e2e is not None:
+        assets += [_e2e_asset(fleet, environment) for environment in fleet.environments.values()]
+    return assets, []
+
+
+def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
+    key = e2e_key(environment)
+    deployments = [environment_key(name, environment) for name in fleet.services]
+
+    @dg.asset(
+        key=key,
+        deps=deployments,
+        group_name="fleet",
+        description=f"The fleet's end-to-end tests run against {environment.name}. A failure blocks promotion "
+        "beyond this environment. The data version identifies the set of deployed digests tested.",
+        kinds={"docker"},
+        automation_condition=stage_condition(deployments, label=f"a deployment in {environment.name} changed"),
+        check_specs=[dg.AssetCheckSpec("e2e_tests", asset=key, blocking=True,
+                                       description="JUnit XML of the end-to-end test container")],
+        required_resource_keys={"engine", "docker_target"},
+        tags={"release/env": environment.name},
+    )
+    def e2e(context: dg.AssetExecutionContext):
+        yield from run_e2e(context, fleet, environment)
+
+    return e2e
+
+
+def run_e2e(context, fleet: Fleet, environment: Environment):
+    deployed = {
+        name: record.digest
+        for name in fleet.services
+        if (record := history.latest(context.instance, environment_key(name, environment))) is not None
+    }
+    # The tested set of digests, as one stable value: the data version and what check evidence refers to.
+    fingerprint = "sha256:" + hashlib.sha256(json.dumps(deployed, sort_keys=True).encode()).hexdigest()
+    engine = context.resources.engine
+    tag = f"{fleet.registry}/fleet-e2e:{fingerprint[7:19]}"
+    # The tests live beside the manifest, so they are built from that folder (not from a service's commit).
+    engine.build(
+        fleet.root / fleet.e2e.context,
+        dockerfile=fleet.e2e.dockerfile,
+        tag=tag,
+        target=fleet.e2e.target,
+        labels={"io.release-graph.fleet": fleet.name, "io.release-graph.step": "e2e"},
+        buildargs={},
+        on_log=stream_to_run(context),
+    )
+    run = context.resources.docker_target.run_tests(
+        fleet.name, environment.name, tag,
+        env=service_urls(fleet),
+        copy_out="/reports",
+        timeout_seconds=E2E_TIMEOUT_SECONDS,
+    )
+    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
+    if not reports:
+        raise ReleaseStepError(f"environment '{environment.name}': the end-to-end container exited "
+                               f"{run.exit_code} without a JUnit report; last log lines:\n{run.logs_tail}")
+    summary = evidence.parse_junit(reports)
+    yield dg.MaterializeResult(
+        data_version=dg.DataVersion(fingerprint),
+        metadata={
+            "digest": fingerprint,
+            "deployed_digests": dg.MetadataValue.json(deployed),
+            "tests": summary.tests,
+            "failed": summary.failed + summary.errors,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="e2e_tests",
+        passed=summary.tests > 0 and summary.failed == 0 and summary.errors == 0,
+        metadata={
+            "digest": fingerprint,
+            "tests": summary.tests,
+            "passed": summary.passed,
+            "failed": summary.failed,
+            "errors": summary.errors,
+            "failing_tests": dg.MetadataValue.md("\n".join(f"- `{n}`" for n in summary.failing) or "none"),
+        },
+    )
+
+
+def _matrix_asset(fleet: Fleet) -> dg.AssetsDefinition:
+    deployments = [environment_key(name, env) for name in fleet.services for env in fleet.environments]
+
+    @dg.asset(
+        key=MATRIX_KEY,
+        deps=deployments,
+        group_name="fleet",
+        description="Which version of every service runs in every environment, since when, approved by whom.",
+        kinds={"table"},
+        automation_condition=stage_condition(deployments, label="any deployment changed"),
+    )
+    def environments(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        cells = matrix.read_matrix(context.instance, fleet)
+        return dg.MaterializeResult(
+            metadata={
+                "matrix": dg.MetadataValue.md(matrix.as_markdown(cells, fleet)),
+                "deployments": matrix.as_table(cells),
+                "services": len(fleet.services),
+                "environments": ", ".join(fleet.environments),
+            }
+        )
+
+    return environments

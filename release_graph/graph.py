@@ -1,0 +1,64 @@
+"""The fleet's Definitions: every service's release, the fleet assets, the sensors and the adapters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from release_graph.automation import automation_sensor
+from release_graph.fleet_assets import build_fleet_assets
+from release_graph.manifest import Fleet, load_fleet, resolve_fleet_path
+from release_graph.service_release import build_service_release
+
+
+def state_dir() -> Path:
+    """Runtime state (git mirrors, build scratch) lives under DAGSTER_HOME, default ./.dagster_home."""
+    return Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+
+
+def default_resources() -> dict:
+    """The adapters, each configured in this one place from the environment; none does I/O on creation."""
+    from resources.containers import ContainerEngine
+    from resources.git import GitResource
+    from resources.registry import Registry
+    from resources.secrets import SecretsResource
+    from resources.targets import DockerTarget
+
+    return {
+        "git": GitResource(mirror_dir=str(state_dir() / "git-mirrors")),
+        "engine": ContainerEngine(),
+        "registry": Registry(),
+        # haproxy state for published ports must be the same folder for the UI, the daemon and every run.
+        "docker_target": DockerTarget(state_dir=str(state_dir() / "targets")),
+        "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
+    }
+
+
+def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definitions:
+    from sensors.branch_promotion import build_branch_promotion_sensor
+    from sensors.drift import build_drift_sensor
+    from sensors.git_commits import build_git_commit_sensor
+
+    assets, checks = build_fleet_assets(fleet)
+    for service in fleet.services.values():
+        release = build_service_release(fleet, service)
+        assets += release.assets
+        checks += release.checks
+    sensors = [build_git_commit_sensor(fleet), automation_sensor(), build_drift_sensor(fleet)]
+    if any(environment.branch for environment in fleet.environments.values()):
+        sensors.append(build_branch_promotion_sensor(fleet))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        sensors=sensors,
+        resources=resources if resources is not None else default_resources(),
+        # Release steps mostly wait on the engine; a process per step would cost ~1.8 s each (notes).
+        executor=dg.in_process_executor,
+    )
+
+
+def load_definitions(fleet_path: str | None = None) -> dg.Definitions:
+    """Reads the manifest (a local file: no network I/O) and builds everything from it."""
+    return build_definitions(load_fleet(resolve_fleet_path(fleet_path)))

@@ -1,0 +1,82 @@
+"""Reading the release history back from Dagster's event log: the single source of truth.
+
+Every stage records `digest` and `git_sha` in its metadata, so "which digest passed staging" or "what did
+the last approval approve" is a read of materializations, never state kept on the side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+HISTORY_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One materialization of a stage: what it recorded, when, in which run."""
+
+    key: dg.AssetKey
+    digest: str | None
+    git_sha: str | None
+    metadata: dict
+    timestamp: float
+    run_id: str
+    storage_id: int
+
+    @property
+    def recorded_at(self) -> str:
+        return datetime.fromtimestamp(self.timestamp, UTC).isoformat(timespec="seconds")
+
+    def value(self, name: str, default=None):
+        return self.metadata.get(name, default)
+
+
+def _plain(metadata) -> dict:
+    return {name: getattr(value, "value", value) for name, value in (metadata or {}).items()}
+
+
+def _record(key: dg.AssetKey, event_record) -> StageRecord:
+    materialization = event_record.asset_materialization
+    metadata = _plain(materialization.metadata)
+    return StageRecord(
+        key=key,
+        digest=metadata.get("digest"),
+        git_sha=metadata.get("git_sha"),
+        metadata=metadata,
+        timestamp=event_record.timestamp,
+        run_id=event_record.run_id,
+        storage_id=event_record.storage_id,
+    )
+
+
+def latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> StageRecord | None:
+    result = instance.fetch_materializations(key, limit=1)
+    return _record(key, result.records[0]) if result.records else None
+
+
+def history(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:
+    """Newest first."""
+    return [_record(key, r) for r in instance.fetch_materializations(key, limit=limit).records]
+
+
+def record_with_digest(instance: dg.DagsterInstance, key: dg.AssetKey, digest: str) -> StageRecord | None:
+    return next((r for r in history(instance, key) if r.digest == digest), None)
+
+
+def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> bool | None:
+    """The newest completed evaluation of `check_key` for `digest`: True/False, or None if never evaluated."""
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        check_key,
+        limit=HISTORY_LIMIT,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
+    )
+    for record in records:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        metadata = _plain(getattr(evaluation, "metadata", None))
+        if metadata.get("digest") == digest:
+            return record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    return None

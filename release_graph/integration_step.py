@@ -1,0 +1,123 @@
+"""`<service>/integration`: the new image with its transitive hard dependencies on a private network.
+
+The dependencies run the digests the first environment runs (or their latest passing images), so the
+test answers "does this change work with what it would meet". Everything is torn down, also on failure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from release_graph import evidence, history
+from release_graph.deploy_step import blocking_checks_passed, image_reference
+from release_graph.fleet_assets import service_urls
+from release_graph.image_step import ReleaseStepError, export_build_context, stream_to_run
+from release_graph.manifest import Fleet, Service, topological_order
+from release_graph.stages import environment_key, image_key
+
+INTEGRATION_TIMEOUT_SECONDS = 600
+
+
+def transitive_hard_deps(fleet: Fleet, service: Service) -> list[str]:
+    """Every service `service` needs at run time, providers first."""
+    needed: set[str] = set()
+    pending = list(service.hard_deps)
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            pending += fleet.services[name].hard_deps
+    return [name for name in topological_order(fleet.services) if name in needed]
+
+
+def dependency_digest(context, fleet: Fleet, name: str) -> str:
+    """What the first environment runs of `name`, else its latest image that passed its checks."""
+    first = next(iter(fleet.environments.values()))
+    dependency = fleet.services[name]
+    deployed = history.latest(context.instance, environment_key(dependency, first))
+    if deployed is not None and deployed.digest:
+        return deployed.digest
+    for record in history.history(context.instance, image_key(dependency), limit=50):
+        if record.digest and not blocking_checks_passed(context.instance, fleet, dependency,
+                                                        image_key(dependency), record.digest):
+            return record.digest
+    raise ReleaseStepError(f"service '{name}': no passing image and nothing in '{first.name}' to integrate "
+                           "with: build it first")
+
+
+def run_integration(context, fleet: Fleet, service: Service):
+    instance = context.instance
+    image = history.latest(instance, image_key(service))
+    if image is None or not image.digest:
+        raise ReleaseStepError(f"service '{service.name}': no image to test yet")
+    failed = blocking_checks_passed(instance, fleet, service, image_key(service), image.digest)
+    if failed:
+        raise ReleaseStepError(f"service '{service.name}': image {image.digest} has not passed "
+                               f"{', '.join(failed)}: not integrated")
+    sha = image.git_sha
+    first = next(iter(fleet.environments.values()))
+    engine, target = context.resources.engine, context.resources.docker_target
+    test_reference = f"{service.image_repository(fleet)}:{sha}-{service.build.integration_target}"
+    if not engine.local_image_exists(test_reference):
+        with tempfile.TemporaryDirectory(prefix=f"rg-it-{service.name}-") as tmp:
+            context_dir = export_build_context(context.resources.git, service, sha, Path(tmp))
+            engine.build(
+                context_dir, dockerfile=service.build.dockerfile, tag=test_reference,
+                target=service.build.integration_target,
+                labels={"io.release-graph.service": service.name, "org.opencontainers.image.revision": sha},
+                buildargs=dict(service.build.args), on_log=stream_to_run(context),
+            )
+    dependencies = {name: dependency_digest(context, fleet, name) for name in transitive_hard_deps(fleet, service)}
+    started = []
+    with target.ephemeral_environment(fleet.name, f"it-{service.name}-{context.run.run_id[:8]}") as environment:
+        for name, digest in [*dependencies.items(), (service.name, image.digest)]:
+            member = fleet.services[name]
+            environment.start(
+                name,
+                image=image_reference(fleet, member, digest),
+                port=member.port,
+                health=member.health,
+                env=first.service_env(member),
+                secrets=context.resources.secrets.resolve(
+                    first.secrets.get(name, {}), environment=first.name, service=name),
+            )
+            started.append(f"{name}@{digest[7:19]}")
+        context.log.info(f"integration environment up: {', '.join(started)}")
+        run = environment.run_to_completion(
+            test_reference,
+            env=service_urls(fleet),
+            copy_out="/reports",
+            timeout_seconds=INTEGRATION_TIMEOUT_SECONDS,
+        )
+    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
+    if not reports:
+        raise ReleaseStepError(f"service '{service.name}': the integration-test container exited "
+                               f"{run.exit_code} without a JUnit report; last log lines:\n{run.logs_tail}")
+    summary = evidence.parse_junit(reports)
+    yield dg.MaterializeResult(
+        data_version=dg.DataVersion(image.digest),
+        metadata={
+            "digest": image.digest,
+            "git_sha": sha,
+            "short_sha": sha[:12] if sha else "",
+            "tested_with": ", ".join(started),
+            "tests": summary.tests,
+            "failed": summary.failed + summary.errors,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="integration_tests",
+        passed=summary.tests > 0 and summary.failed == 0 and summary.errors == 0,
+        metadata={
+            "digest": image.digest,
+            "tests": summary.tests,
+            "passed": summary.passed,
+            "failed": summary.failed,
+            "errors": summary.errors,
+            "failing_tests": dg.MetadataValue.md("\n".join(f"- `{n}`" for n in summary.failing) or "none"),
+            "tested_with": ", ".join(started),
+        },
+    )

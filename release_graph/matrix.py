@@ -1,0 +1,147 @@
+"""The environment matrix: which version of every service runs where, since when, approved by whom.
+
+One function reads it from the event log, for the `fleet/environments` asset and `release-graph status`;
+drift (what actually runs differs from what was recorded) is added when a deploy target is at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from release_graph import history
+from release_graph.manifest import Fleet
+from release_graph.stages import environment_key
+
+
+@dataclass
+class MatrixCell:
+    service: str
+    environment: str
+    short_sha: str = ""
+    digest: str = ""
+    deployed_at: str = ""
+    approved_by: str = ""
+    running_digest: str | None = None  # filled in by `with_drift`
+    drift: str = ""  # "" = in sync (or not observed); otherwise what differs
+
+    @property
+    def deployed(self) -> bool:
+        return bool(self.digest)
+
+
+def _when(value) -> str:
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+    return str(value or "")
+
+
+def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
+    cells = []
+    for service in fleet.services.values():
+        for environment in fleet.environments.values():
+            record = history.latest(instance, environment_key(service, environment))
+            cell = MatrixCell(service=service.name, environment=environment.name)
+            if record is not None:
+                cell.short_sha = record.value("short_sha", "") or ""
+                cell.digest = record.digest or ""
+                cell.deployed_at = _when(record.value("deployed_at")) or record.recorded_at
+                cell.approved_by = record.value("approved_by", "") or ""
+            cells.append(cell)
+    return cells
+
+
+def with_drift(cells: list[MatrixCell], fleet: Fleet, target) -> list[MatrixCell]:
+    """Compare each recorded deployment with what the target actually runs."""
+    for environment in fleet.environments.values():
+        if environment.target != "docker":
+            continue
+        running = target.running_services(fleet.name, environment.name)
+        for cell in cells:
+            if cell.environment != environment.name:
+                continue
+            actual = running.get(cell.service)
+            cell.running_digest = actual.digest if actual else None
+            cell.drift = drift_reason(cell.digest, actual)
+    return cells
+
+
+def drift_reason(recorded_digest: str, actual) -> str:
+    """Why what runs differs from what was recorded, in words; "" when it matches."""
+    if not recorded_digest:
+        return "" if actual is None else f"runs {actual.digest or actual.image} but no deployment was recorded"
+    if actual is None:
+        return f"recorded {recorded_digest} but nothing runs"
+    if not actual.running:
+        return f"recorded {recorded_digest} but its container {actual.container_name} is {actual.status}"
+    if actual.digest is None:
+        return f"recorded {recorded_digest} but {actual.container_name}, started outside release-graph, serves it"
+    if actual.digest != recorded_digest:
+        return f"recorded {recorded_digest} but {actual.digest} runs"
+    if not actual.digest_matches:
+        return (f"recorded {recorded_digest} but container {actual.container_name} runs another image "
+                f"({', '.join(actual.image_digests) or actual.image_id})")
+    return ""
+
+
+def short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12] if digest else ""
+
+
+def as_markdown(cells: list[MatrixCell], fleet: Fleet) -> str:
+    envs = list(fleet.environments)
+    lines = ["| service | " + " | ".join(envs) + " |", "|---|" + "---|" * len(envs)]
+    by_key = {(c.service, c.environment): c for c in cells}
+    for service in fleet.services:
+        row = []
+        for env in envs:
+            cell = by_key[(service, env)]
+            if not cell.deployed:
+                row.append("—")
+                continue
+            text = f"`{cell.short_sha or short(cell.digest)}` since {cell.deployed_at}"
+            if cell.approved_by:
+                text += f", approved by {cell.approved_by}"
+            if cell.drift:
+                text += f" **DRIFT: {cell.drift}**"
+            row.append(text)
+        lines.append(f"| {service} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def as_table(cells: list[MatrixCell]) -> dg.TableMetadataValue:
+    columns = ["service", "environment", "short_sha", "digest", "deployed_at", "approved_by"]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: getattr(cell, c) for c in columns}) for cell in cells],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]),
+    )
+
+
+def as_text(cells: list[MatrixCell], fleet: Fleet) -> str:
+    """A terminal table: one row per service, one column per environment."""
+    envs = list(fleet.environments)
+    by_key = {(c.service, c.environment): c for c in cells}
+    header = ["SERVICE", *[e.upper() for e in envs]]
+    rows = []
+    for service in fleet.services:
+        row = [service]
+        for env in envs:
+            cell = by_key[(service, env)]
+            text = "-" if not cell.deployed else (cell.short_sha or short(cell.digest))
+            if cell.approved_by:
+                text += f" ({cell.approved_by})"
+            if cell.drift:
+                text += " DRIFT"
+            row.append(text)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    drifted = [c for c in cells if c.drift]
+    lines += [f"drift: {c.service}/{c.environment}: {c.drift}" for c in drifted]
+    return "\n".join(lines)
+
+
+def as_json(cells: list[MatrixCell]) -> list[dict]:
+    return [asdict(c) for c in cells]

@@ -1,0 +1,83 @@
+"""A snapshot of the whole asset graph (keys, deps, groups, checks, kinds, owners, automation), committed
+and compared strictly by the tests, so a change of the graph is always a reviewed change.
+
+Rewrite it after an intended change with `make snapshot` (python -m release_graph.snapshot --write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from release_graph.manifest import load_fleet
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_FLEET = REPO_ROOT / "examples" / "shop" / "fleet.yaml"
+SNAPSHOT_FILE = REPO_ROOT / "tests" / "release_graph" / "graph_snapshot.json"
+
+
+def describe_condition(condition: dg.AutomationCondition | None) -> str | None:
+    """A stable, readable text of a condition tree: operator, label and operands."""
+    if condition is None:
+        return None
+    label = condition.get_label()
+    text = condition.name + (f"[{label}]" if label else "")
+    children = condition.children
+    return text + (f"({', '.join(describe_condition(c) for c in children)})" if children else "")
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "kinds": sorted(t.removeprefix("dagster/kind/") for t in node.tags if t.startswith("dagster/kind/")),
+            "tags": {k: v for k, v in sorted(node.tags.items()) if not k.startswith("dagster/kind/")},
+            "owners": list(node.owners),
+            "execution": "observable" if node.is_observable else (
+                "materializable" if node.is_materializable else "external"),
+            "automation": describe_condition(node.automation_condition),
+            "pools": sorted(node.pools or []),
+            "checks": {
+                check_key.name: {
+                    "blocking": graph.get_check_spec(check_key).blocking,
+                    "automation": describe_condition(graph.get(check_key).automation_condition),
+                }
+                for check_key in sorted(node.check_keys, key=lambda c: c.name)
+            },
+        }
+    return {
+        "assets": assets,
+        "sensors": sorted(s.name for s in defs.sensors or []),
+        "jobs": sorted(j.name for j in defs.jobs or []),
+    }
+
+
+def demo_snapshot() -> dict:
+    from release_graph.graph import build_definitions, default_resources
+
+    return graph_snapshot(build_definitions(load_fleet(DEMO_FLEET), resources=default_resources()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite the committed snapshot")
+    args = parser.parse_args(argv)
+    text = json.dumps(demo_snapshot(), indent=2, sort_keys=True) + "\n"
+    if args.write:
+        SNAPSHOT_FILE.write_text(text)
+        print(f"wrote {SNAPSHOT_FILE.relative_to(REPO_ROOT)}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

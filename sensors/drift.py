@@ -1,0 +1,60 @@
+"""Drift: what actually runs in each environment, compared with the last recorded deployment.
+
+Each tick reads the running containers of every docker environment and records an `in_sync` evaluation
+on `<svc>/<env>` whenever the answer changes (a container stopped or replaced by hand fails it; a
+redeploy that restores the recorded digest passes it again). The cursor holds the last answer per
+deployment, so an unchanged fleet writes nothing to the event log.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from release_graph import history
+from release_graph.environment_checks import in_sync_evaluation
+from release_graph.manifest import Fleet
+from release_graph.stages import environment_key
+
+
+def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="environment_drift",
+        description="Compares the digest each container actually runs with the last recorded deployment and "
+        "records the in_sync check when that changes.",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={"docker_target"},
+    )
+    def environment_drift(context: dg.SensorEvaluationContext):
+        previous = json.loads(context.cursor) if context.cursor else {}
+        answers, events, drifted = {}, [], []
+        target = context.resources.docker_target
+        for environment in fleet.environments.values():
+            if environment.target != "docker":
+                continue
+            running = target.running_services(fleet.name, environment.name)
+            for service in fleet.services.values():
+                key = environment_key(service, environment)
+                record = history.latest(context.instance, key)
+                if record is None or not record.digest:
+                    continue
+                passed, metadata = in_sync_evaluation(fleet, service, environment, record.digest,
+                                                      running.get(service.name))
+                label = key.to_user_string()
+                answers[label] = metadata["drift"]
+                if not passed:
+                    drifted.append(f"{label}: {metadata['drift']}")
+                if previous.get(label) != answers[label]:
+                    events.append(dg.AssetCheckEvaluation(
+                        asset_key=key, check_name="in_sync", passed=passed, metadata=metadata,
+                        description=metadata["drift"],
+                    ))
+        return dg.SensorResult(
+            asset_events=events,
+            cursor=json.dumps(answers, sort_keys=True),
+            skip_reason=None if events else ("drift: " + "; ".join(drifted) if drifted else "all in sync"),
+        )
+
+    return environment_drift

@@ -1,0 +1,552 @@
+"""Release stories for the docker deploy target, against the real engine, registry and haproxy.
+
+The images are built here from the base Python image: a small HTTP service whose /healthz answers the status
+in HEALTHZ_STATUS, /version answers VERSION and /secret-hash the sha256 of API_KEY. They are pushed to
+127.0.0.1:5000/<run id>/api and deployed by digest; fleets are named after the run id, so every container,
+network and haproxy is this run's own, and each test tears its environments down.
+"""
+
+import contextlib
+import hashlib
+import http.client
+import io
+import itertools
+import re
+import secrets
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+
+import docker
+import pytest
+from docker.errors import NotFound
+
+from resources.targets import (
+    DeploymentFailed,
+    DeploymentSpec,
+    DockerTarget,
+    ImageNotPinned,
+    ImageUnavailable,
+    InvalidDeploymentSpec,
+)
+
+pytestmark = pytest.mark.engine
+
+TEST_RUN_LABEL = "release-graph.test-run"
+BASE_IMAGE = "127.0.0.1:5000/base/python:bookworm"
+SERVICE = "api"
+PORT = 8080
+
+SERVER = r'''
+import hashlib, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        if self.path == "/healthz":
+            status, body = int(os.environ.get("HEALTHZ_STATUS", "200")), b"healthz"
+        elif self.path == "/version":
+            status, body = 200, os.environ.get("VERSION", "").encode()
+        elif self.path == "/secret-hash":
+            status, body = 200, hashlib.sha256(os.environ.get("API_KEY", "").encode()).hexdigest().encode()
+        else:
+            status, body = 404, b"not found"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        print("request:", fmt % args, file=sys.stderr, flush=True)
+
+
+print("starting version", os.environ.get("VERSION"), flush=True)
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+'''
+
+# Literal values, not build args: Podman 4.3's layer cache ignores build-arg values (v1 came back as v2).
+DOCKERFILE = """FROM {base}
+ENV VERSION={version} HEALTHZ_STATUS={healthz}
+COPY server.py /app/server.py
+CMD ["python3", "-u", "/app/server.py"]
+"""
+
+_environment_numbers = itertools.count(1)
+
+
+def _build_context(version: str, healthz: int) -> io.BytesIO:
+    dockerfile = DOCKERFILE.format(base=BASE_IMAGE, version=version, healthz=healthz)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, text in (("Dockerfile", dockerfile), ("server.py", SERVER)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+def _registry_digest(registry: str, repository: str, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                           "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
+@pytest.fixture(scope="module")
+def images(docker_client, run_id, registry_addr):
+    """v1, v2 and `unhealthy` (its /healthz answers 500), pushed; {name: repo@sha256:...}."""
+    repository = f"{run_id}/api"
+    built: dict[str, str] = {}
+    try:
+        for name, healthz in {"v1": 200, "v2": 200, "unhealthy": 500}.items():
+            tag = f"{registry_addr}/{repository}:{name}"
+            docker_client.images.build(
+                fileobj=_build_context(name, healthz), custom_context=True, tag=tag, pull=False, rm=True,
+                labels={TEST_RUN_LABEL: run_id},
+            )
+            for item in docker_client.api.push(f"{registry_addr}/{repository}", tag=name, stream=True, decode=True):
+                assert "error" not in item and "errorDetail" not in item, item
+            built[name] = f"{registry_addr}/{repository}@{_registry_digest(registry_addr, repository, name)}"
+        assert len(set(built.values())) == 3, built
+        yield built
+    finally:
+        for name, reference in built.items():
+            for ref in (reference, f"{registry_addr}/{repository}:{name}"):
+                with contextlib.suppress(NotFound, docker.errors.APIError):
+                    docker_client.images.remove(ref, force=True)
+            digest = reference.split("@", 1)[1]
+            request = urllib.request.Request(
+                f"http://{registry_addr}/v2/{repository}/manifests/{digest}", method="DELETE"
+            )
+            with contextlib.suppress(urllib.error.HTTPError):  # 404: already deleted
+                urllib.request.urlopen(request, timeout=10).close()
+
+
+def _digest(reference: str) -> str:
+    return reference.split("@", 1)[1]
+
+
+@pytest.fixture
+def target(tmp_path_factory, run_id) -> DockerTarget:
+    return DockerTarget(
+        health_timeout_seconds=20,
+        drain_seconds=0.5,
+        state_dir=str(tmp_path_factory.mktemp("targets")),
+        extra_labels={TEST_RUN_LABEL: run_id},
+    )
+
+
+@pytest.fixture
+def environment(target, run_id, docker_client):
+    """A fresh environment name of fleet <run id>, torn down (and checked gone) after the test."""
+    name = f"e{next(_environment_numbers)}"
+    yield name
+    target.teardown_environment(run_id, name)
+    assert not docker_client.networks.list(names=[target.network_name(run_id, name)])
+    assert not docker_client.containers.list(
+        all=True, filters={"label": ["release-graph.fleet=" + run_id, "release-graph.environment=" + name]}
+    )
+
+
+def _spec(run_id: str, environment: str, image: str, **overrides) -> DeploymentSpec:
+    values = {"port": PORT, "health": "/healthz"} | overrides
+    return DeploymentSpec(fleet=run_id, environment=environment, service=SERVICE, image=image, **values)
+
+
+def _fetch_inside(docker_client, run_id: str, network: str, url: str) -> str:
+    """GET `url` from a third container on `network` (what another service of the environment sees)."""
+    output = docker_client.containers.run(
+        BASE_IMAGE,
+        ["python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5)"
+                          ".read().decode())", url],
+        network=network,
+        name=f"{run_id}-probe-{secrets.token_hex(3)}",
+        labels={TEST_RUN_LABEL: run_id},
+        remove=True,
+    )
+    return output.decode().strip()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def _service_containers(docker_client, run_id: str, environment: str) -> list:
+    return docker_client.containers.list(all=True, filters={"label": [
+        f"release-graph.fleet={run_id}", f"release-graph.environment={environment}", f"release-graph.service={SERVICE}",
+    ]})
+
+
+class _RequestLoop:
+    """Clients hammering the published port while a deployment switches: one fresh connection per request,
+    one keep-alive connection. Bounded: each stops after `limit` requests or when told to."""
+
+    def __init__(self, port: int, limit: int = 20000):
+        self.port = port
+        self.limit = limit
+        self.stop = threading.Event()
+        self.results = {"fresh": {"ok": 0, "failed": 0, "versions": []}, "keep-alive": {"ok": 0, "failed": 0,
+                                                                                        "versions": []}}
+        self.errors: list[str] = []
+        self.threads = [threading.Thread(target=self._fresh, daemon=True),
+                        threading.Thread(target=self._keep_alive, daemon=True)]
+
+    def _record(self, kind: str, status: int | None, body: str, error: str | None = None) -> None:
+        result = self.results[kind]
+        if status == 200:
+            result["ok"] += 1
+            if not result["versions"] or result["versions"][-1] != body:
+                result["versions"].append(body)
+        else:
+            result["failed"] += 1
+            self.errors.append(f"{kind}: {error or status}")
+
+    def _fresh(self) -> None:
+        for _ in range(self.limit):
+            if self.stop.is_set():
+                return
+            try:
+                status, body = _get(self.port, "/version")
+                self._record("fresh", status, body)
+            except OSError as exc:
+                self._record("fresh", None, "", repr(exc))
+            time.sleep(0.002)
+
+    def _keep_alive(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        for _ in range(self.limit):
+            if self.stop.is_set():
+                break
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                self._record("keep-alive", response.status, response.read().decode())
+            except (OSError, http.client.HTTPException) as exc:
+                self._record("keep-alive", None, "", repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            time.sleep(0.002)
+        conn.close()
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+def test_given_v1_is_deployed_then_it_answers_by_service_name_and_the_same_digest_again_changes_nothing(
+    target, environment, images, run_id, docker_client
+):
+    started = time.monotonic()
+    first = target.deploy(_spec(run_id, environment, images["v1"]))
+    deploy_seconds = time.monotonic() - started
+
+    assert first.changed is True
+    assert first.digest == _digest(images["v1"])
+    assert first.container_name == f"rg-{run_id}-{environment}-api-{first.digest[7:19]}"
+    assert first.url_inside == "http://api:8080"
+    assert first.published_url is None
+    assert first.network == f"rg-{run_id}-{environment}"
+    assert _fetch_inside(docker_client, run_id, first.network, "http://api:8080/version") == "v1"
+
+    container = docker_client.containers.get(first.container_id)
+    labels = container.labels
+    assert labels["release-graph"] == "1"
+    assert labels["release-graph.fleet"] == run_id
+    assert labels["release-graph.environment"] == environment
+    assert labels["release-graph.service"] == SERVICE
+    assert labels["release-graph.digest"] == first.digest
+    assert container.attrs["HostConfig"].get("Init") is True
+
+    again = target.deploy(_spec(run_id, environment, images["v1"]))
+    assert again.changed is False
+    assert again.container_id == first.container_id
+    assert len(_service_containers(docker_client, run_id, environment)) == 1
+    print(f"\nv1 deploy: {deploy_seconds:.2f} s (health wait {first.health_seconds:.2f} s); "
+          f"no-op redeploy: {again.health_seconds:.3f} s probe")
+
+
+def test_given_v1_serves_a_published_port_when_v2_deploys_then_no_request_fails_and_v1_is_gone(
+    target, environment, images, run_id, docker_client, free_port
+):
+    v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    assert v1.published_url == f"http://127.0.0.1:{free_port}"
+    assert _get(free_port, "/version") == (200, "v1")
+
+    with _RequestLoop(free_port) as loop:
+        time.sleep(0.5)  # traffic flows before the switch
+        started = time.monotonic()
+        v2 = target.deploy(_spec(run_id, environment, images["v2"], publish=free_port))
+        switch_seconds = time.monotonic() - started
+        time.sleep(0.5)  # and after it
+    fresh, keep_alive = loop.results["fresh"], loop.results["keep-alive"]
+    print(f"\nv1 -> v2 through haproxy: deploy {switch_seconds:.2f} s (health wait {v2.health_seconds:.2f} s); "
+          f"fresh connections {fresh['ok']} ok / {fresh['failed']} failed, versions {fresh['versions']}; "
+          f"keep-alive {keep_alive['ok']} ok / {keep_alive['failed']} failed, versions {keep_alive['versions']}")
+
+    assert loop.errors == []
+    assert fresh["versions"] == ["v1", "v2"] and keep_alive["versions"] == ["v1", "v2"]
+    assert fresh["ok"] > 50 and keep_alive["ok"] > 50
+    assert v2.changed is True and v2.replaced == (v1.container_name,)
+    with pytest.raises(NotFound):
+        docker_client.containers.get(v1.container_id)
+    assert [c.id for c in _service_containers(docker_client, run_id, environment)] == [v2.container_id]
+    for _ in range(3):  # DNS holds the new address only
+        assert _fetch_inside(docker_client, run_id, v2.network, "http://api:8080/version") == "v2"
+
+    report = target.teardown_environment(run_id, environment)
+    assert v2.container_name in report.containers and report.proxies == (v2.network,)
+    with pytest.raises(OSError):
+        _get(free_port, "/version")
+
+
+def test_given_v1_serves_when_an_image_whose_healthz_fails_deploys_then_it_is_refused_with_its_logs(
+    target, environment, images, run_id, docker_client, free_port
+):
+    v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    impatient = target.model_copy(update={"health_timeout_seconds": 4})
+
+    started = time.monotonic()
+    with pytest.raises(DeploymentFailed) as failure:
+        impatient.deploy(_spec(run_id, environment, images["unhealthy"], publish=free_port))
+    seconds = time.monotonic() - started
+    message = str(failure.value)
+    print(f"\nunhealthy image refused after {seconds:.2f} s")
+
+    assert "api in" in message and environment in message
+    assert "GET /healthz answered 500" in message
+    assert "previous version keeps serving" in message
+    assert "last 30 log lines" in message and "starting version unhealthy" in message
+    assert '"GET /healthz HTTP/1.1" 500' in failure.value.logs_tail
+    # whole lines in order (Podman's own `tail=` scrambles partial writes such as Python's print to stderr)
+    assert all(line == "starting version unhealthy" or line.startswith('request: "GET /healthz HTTP/1.1" 500')
+               for line in failure.value.logs_tail.splitlines()), failure.value.logs_tail
+    assert [c.id for c in _service_containers(docker_client, run_id, environment)] == [v1.container_id]
+    assert _get(free_port, "/version") == (200, "v1")
+    assert _fetch_inside(docker_client, run_id, v1.network, "http://api:8080/version") == "v1"
+    running = target.running(run_id, environment, SERVICE)
+    assert running is not None and running.digest == v1.digest and running.serving
+
+
+def test_given_v1_serves_when_a_tag_or_an_unknown_digest_is_deployed_then_both_are_refused_before_anything_changes(
+    target, environment, images, run_id, docker_client, registry_addr
+):
+    with pytest.raises(ImageNotPinned, match="not pinned by digest"):
+        target.deploy(_spec(run_id, environment, f"{registry_addr}/{run_id}/api:v1"))
+    assert not docker_client.networks.list(names=[target.network_name(run_id, environment)])
+
+    v1 = target.deploy(_spec(run_id, environment, images["v1"]))
+    unknown = f"{registry_addr}/{run_id}/api@sha256:{'0' * 64}"
+    with pytest.raises(ImageUnavailable) as failure:
+        target.deploy(_spec(run_id, environment, unknown))
+    assert unknown in str(failure.value) and registry_addr in str(failure.value)
+    assert "nothing was changed" in str(failure.value)
+    assert [c.id for c in _service_containers(docker_client, run_id, environment)] == [v1.container_id]
+    assert _fetch_inside(docker_client, run_id, v1.network, "http://api:8080/version") == "v1"
+
+
+def test_given_a_secret_when_v1_deploys_then_the_container_has_it_and_nothing_else_shows_it(
+    target, environment, images, run_id, docker_client, free_port
+):
+    value = f"s3cr3t-{secrets.token_hex(12)}"
+    spec = _spec(run_id, environment, images["v1"], publish=free_port, env={"LOG_LEVEL": "debug"},
+                 secrets={"API_KEY": value})
+    result = target.deploy(spec)
+
+    assert _get(free_port, "/secret-hash") == (200, hashlib.sha256(value.encode()).hexdigest())
+    container = docker_client.containers.get(result.container_id)
+    for shown in (repr(result), str(asdict(result)), repr(spec), container.name, repr(container.labels)):
+        assert value not in shown
+    state_files = [p for p in target._state_root().rglob("*") if p.is_file()]
+    assert state_files and all(value not in p.read_text(errors="replace") for p in state_files)
+
+    assert target.deploy(spec).changed is False
+    rotated = _spec(run_id, environment, images["v1"], publish=free_port, env={"LOG_LEVEL": "debug"},
+                    secrets={"API_KEY": value + "-rotated"})
+    assert target.deploy(rotated).changed is True
+    assert _get(free_port, "/secret-hash")[1] == hashlib.sha256((value + "-rotated").encode()).hexdigest()
+
+
+def test_running_reports_the_real_digest_and_sees_a_container_stopped_or_replaced_by_hand(
+    target, environment, images, run_id, docker_client, registry_addr
+):
+    v1 = target.deploy(_spec(run_id, environment, images["v1"]))
+    running = target.running(run_id, environment, SERVICE)
+    assert running is not None
+    assert (running.container_id, running.status, running.running, running.serving) == (
+        v1.container_id, "running", True, True)
+    assert running.digest == v1.digest and v1.digest in running.image_digests and running.digest_matches
+    assert running.url_inside == "http://api:8080" and running.started_at == v1.started_at
+    assert target.probe(run_id, environment, SERVICE).healthy
+    assert set(target.running_services(run_id, environment)) == {SERVICE}
+
+    docker_client.containers.get(v1.container_id).stop(timeout=5)  # by hand
+    stopped = target.running(run_id, environment, SERVICE)
+    assert stopped is not None and stopped.container_id == v1.container_id
+    assert (stopped.status, stopped.running, stopped.serving) == ("exited", False, False)
+    probe = target.probe(run_id, environment, SERVICE)
+    assert not probe.healthy and "exited" in probe.detail
+
+    # Replaced by hand: same labels (claiming v1), another image, holding the service name.
+    labels = docker_client.containers.get(v1.container_id).labels
+    docker_client.containers.get(v1.container_id).remove(force=True)
+    network = target.network_name(run_id, environment)
+    impostor = docker_client.containers.create(
+        f"{registry_addr}/{run_id}/api:v2", name=f"{network}-by-hand", labels=labels, network=network,
+        networking_config={network: docker_client.api.create_endpoint_config(aliases=[SERVICE])},
+    )
+    impostor.start()
+    replaced = target.running(run_id, environment, SERVICE)
+    assert replaced is not None and replaced.container_id == impostor.id and replaced.running
+    assert replaced.digest == v1.digest  # what the label claims ...
+    assert v1.digest not in replaced.image_digests and not replaced.digest_matches  # ... is not what runs
+
+    redeployed = target.deploy(_spec(run_id, environment, images["v1"]))
+    assert redeployed.changed is True and impostor.name in redeployed.replaced
+    assert target.running(run_id, environment, SERVICE).digest_matches
+
+
+def test_reap_removes_orphans_stale_environments_and_expired_ephemeral_networks_but_keeps_what_serves(
+    target, images, run_id, docker_client, registry_addr
+):
+    fleet = f"{run_id}-reap"
+    try:
+        kept = target.deploy(DeploymentSpec(fleet, "kept", SERVICE, images["v1"], PORT, "/healthz"))
+        gone = target.deploy(DeploymentSpec(fleet, "gone", SERVICE, images["v1"], PORT, "/healthz"))
+        kept_labels = docker_client.containers.get(kept.container_id).labels
+        orphan = docker_client.containers.create(  # a deployment that died before it took the name
+            f"{registry_addr}/{run_id}/api:v2", name=f"{kept.network}-orphan", labels=kept_labels,
+            network=kept.network,
+        )
+        docker_client.containers.get(kept.container_id).stop(timeout=5)  # drift: stays for the drift check
+        expired_network = f"rg-{fleet}-it-dead-abc123"
+        docker_client.networks.create(expired_network, internal=True, labels={
+            "release-graph": "1", "release-graph.fleet": fleet, "release-graph.ephemeral": expired_network,
+            "release-graph.expires-at": str(int(time.time()) - 10), TEST_RUN_LABEL: run_id,
+        })
+        leftover = docker_client.containers.create(
+            BASE_IMAGE, ["sleep", "600"], name=f"{expired_network}-db", network=expired_network,
+            labels={"release-graph.ephemeral": expired_network, TEST_RUN_LABEL: run_id},
+        )
+
+        with target.ephemeral_environment(fleet, "live") as live:
+            report = target.reap(fleet, keep_environments=["kept"], min_age_seconds=0)
+            assert docker_client.networks.list(names=[live.network])
+
+        assert orphan.name in report.containers and leftover.name in report.containers
+        assert gone.container_name in report.containers
+        assert set(report.networks) == {expired_network, gone.network}
+        assert kept.container_name not in report.containers
+        assert docker_client.containers.get(kept.container_id).status == "exited"
+        for removed in (orphan.id, leftover.id, gone.container_id):
+            with pytest.raises(NotFound):
+                docker_client.containers.get(removed)
+        assert not docker_client.networks.list(names=[gone.network])
+        assert not docker_client.networks.list(names=[expired_network])
+        assert target.reap(fleet, keep_environments=["kept"], min_age_seconds=0).containers == ()
+    finally:
+        for environment in ("kept", "gone"):
+            target.teardown_environment(fleet, environment)
+
+
+def test_an_ephemeral_environment_is_torn_down_even_when_its_body_raises(target, images, run_id, docker_client):
+    with (
+        pytest.raises(RuntimeError, match="integration tests blew up"),
+        target.ephemeral_environment(run_id, "it") as integration,
+    ):
+        network = integration.network
+        started = integration.start(SERVICE, images["v1"], port=PORT, health="/healthz", env={"X": "1"})
+        assert started.url_inside == "http://api:8080" and started.health_seconds < 20
+        run = integration.run_to_completion(
+            BASE_IMAGE,
+            command=["python3", "-c", "import os, urllib.request; os.makedirs('/reports'); "
+                     "open('/reports/version.txt', 'wb').write("
+                     "urllib.request.urlopen('http://api:8080/version', timeout=5).read())"],
+            copy_out="/reports",
+            timeout_seconds=60,
+        )
+        assert run.exit_code == 0, run.logs_tail
+        assert run.files == {"version.txt": b"v1"}
+        assert docker_client.networks.get(network).attrs.get("Internal") is True
+        raise RuntimeError("integration tests blew up")
+
+    assert not docker_client.networks.list(names=[network])
+    assert not docker_client.containers.list(all=True, filters={"label": f"release-graph.ephemeral={network}"})
+
+
+def test_an_ephemeral_service_that_never_gets_healthy_fails_with_its_logs_and_is_torn_down(
+    target, images, run_id, docker_client
+):
+    with (
+        pytest.raises(DeploymentFailed, match="answered 500") as failure,
+        target.ephemeral_environment(run_id, "it-bad") as integration,
+    ):
+        network = integration.network
+        integration.start(SERVICE, images["unhealthy"], port=PORT, health="/healthz", timeout_seconds=2)
+    assert "starting version unhealthy" in str(failure.value)
+    assert not docker_client.networks.list(names=[network])
+
+
+def test_without_a_health_path_running_is_healthy_and_a_container_that_exits_at_once_is_refused(
+    target, environment, images, run_id, docker_client, registry_addr
+):
+    quiet = target.deploy(_spec(run_id, environment, images["v1"], health=None))
+    assert quiet.changed and quiet.health_seconds >= 1.0  # it had to stay up for a moment
+    assert target.probe(run_id, environment, SERVICE).healthy
+
+    # The base image's CMD is a bare `python3`: with no terminal it reads an empty stdin and exits 0 at once.
+    base_digest = _registry_digest(registry_addr, "base/python", "bookworm")
+    with pytest.raises(DeploymentFailed, match="exited with code 0 before it became healthy"):
+        target.deploy(_spec(run_id, environment, f"{registry_addr}/base/python@{base_digest}", health=None))
+    assert [c.id for c in _service_containers(docker_client, run_id, environment)] == [quiet.container_id]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"service": "Orders_API"}, "service 'Orders_API' is not a DNS label"),
+        ({"environment": "staging!"}, "environment 'staging!' is not a DNS label"),
+        ({"port": 70000}, "api in staging: port 70000 is not a port number"),
+        ({"health": "healthz"}, "api in staging: health 'healthz' must be an HTTP path starting with '/'"),
+        ({"port": None}, "api in staging: a health path needs a port to ask"),
+        ({"port": None, "health": None, "publish": 8080}, "api in staging: publish needs the container port"),
+        ({"env": {"not-a-name": "x"}}, "api in staging: env name 'not-a-name' is not an environment variable name"),
+        ({"secrets": {"API_KEY": 12345}}, "api in staging: secrets API_KEY must be a string, not int"),
+        ({"env": {"API_KEY": "a"}, "secrets": {"API_KEY": "b"}}, "API_KEY given both as plain env and as secret"),
+        ({"labels": {"release-graph.digest": "x"}}, "labels release-graph.digest are reserved for release-graph"),
+        ({"image": "127.0.0.1:5000/shop/api"}, "is not pinned by digest"),
+        ({"image": "127.0.0.1:5000/shop/api@sha256:abc"}, "a sha256 digest has exactly 64 lowercase hex characters"),
+    ],
+)
+def test_a_bad_deployment_spec_is_refused_with_a_message_naming_service_and_field(overrides, message):
+    values = {
+        "fleet": "shop", "environment": "staging", "service": "api", "port": PORT, "health": "/healthz",
+        "image": f"127.0.0.1:5000/shop/api@sha256:{'a' * 64}",
+    } | overrides
+    unreachable = DockerTarget(docker_host="unix:///nonexistent/engine.sock")  # validation needs no engine
+    with pytest.raises(InvalidDeploymentSpec, match=re.escape(message)):
+        unreachable.deploy(DeploymentSpec(**values))
