@@ -36,12 +36,18 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo-repos: venv
 	$(VENV)/bin/python -m release_graph.demo repos
 
+# The demo's one secret, generated once and kept out of the repository.
+$(DAGSTER_HOME)/demo-secrets.env:
+	mkdir -p $(DAGSTER_HOME)
+	umask 077 && echo "SHOP_PAYMENTS_API_KEY=demo-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > $@
+
 # The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running.
-demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
-	$(WITH_HOST_ENV) exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env
+	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && set +a && \
+	  exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.
-test: setup $(DAGSTER_HOME)/dagster.yaml
+test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
 

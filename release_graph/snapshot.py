@@ -63,7 +63,9 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
 def demo_snapshot() -> dict:
     from release_graph.graph import build_definitions, default_resources
 
-    return graph_snapshot(build_definitions(load_fleet(DEMO_FLEET), resources=default_resources()))
+    # check_files=False: the snapshot describes the graph, whether or not the demo repos exist yet.
+    fleet = load_fleet(DEMO_FLEET, check_files=False)
+    return graph_snapshot(build_definitions(fleet, resources=default_resources()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,7 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.utils.json_stream import json_stream
 from pydantic import Field, PrivateAttr
 
-from resources.containers import ContainerEngine, RunResult
+from resources.containers import ContainerEngine, RunResult, network_dns_options
 from resources.registry import is_loopback_host, parse_image_reference
 
 log = logging.getLogger(__name__)
@@ -637,6 +637,7 @@ class DockerTarget(dg.ConfigurableResource):
             init=True,  # PID 1 forwards SIGTERM and reaps: stop takes effect at once
             detach=True,
             what=f"deploying {where}",
+            **network_dns_options(self._docker(), net),
         )
         try:
             with self._engine(f"starting {container.name} for {where}"):
@@ -1201,6 +1202,7 @@ class EphemeralEnvironment:
                 networking_config={self.network: client.api.create_endpoint_config(aliases=[service])},
                 init=True,
                 detach=True,
+                **network_dns_options(client, self.network),
             )
             container.start()
         seconds = target._wait_healthy(

@@ -16,6 +16,7 @@ from release_graph.deploy_step import blocking_checks_passed
 from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from release_graph.manifest import Fleet
 from release_graph.stages import environment_key, image_key, previous_stage_key
+from resources.git import GitResource
 
 
 def build_branch_promotion_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
@@ -31,11 +32,10 @@ def build_branch_promotion_sensor(fleet: Fleet, minimum_interval_seconds: int = 
         "if it passed the previous stage.",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"git"},
     )
-    def branch_promotion(context: dg.SensorEvaluationContext):
+    def branch_promotion(context: dg.SensorEvaluationContext, git: GitResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        heads = context.resources.git.remote_heads(
+        heads = git.remote_heads(
             sorted({(service.repo_url, environment.branch) for service, environment in tracked})
         )
         requests, notes = [], []

@@ -16,6 +16,7 @@ from release_graph import history
 from release_graph.environment_checks import in_sync_evaluation
 from release_graph.manifest import Fleet
 from release_graph.stages import environment_key
+from resources.targets import DockerTarget
 
 
 def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
@@ -25,12 +26,11 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
         "records the in_sync check when that changes.",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"docker_target"},
     )
-    def environment_drift(context: dg.SensorEvaluationContext):
+    def environment_drift(context: dg.SensorEvaluationContext, docker_target: DockerTarget):
         previous = json.loads(context.cursor) if context.cursor else {}
         answers, events, drifted = {}, [], []
-        target = context.resources.docker_target
+        target = docker_target
         for environment in fleet.environments.values():
             if environment.target != "docker":
                 continue

@@ -101,7 +101,7 @@ def created(docker_client):
             print(f"teardown: could not delete {repository}@{digest}: {exc}")
     for tag in made["images"]:
         try:
-            docker_client.images.remove(tag, force=True)
+            docker_client.images.remove(tag)
         except docker.errors.NotFound:
             pass
         except Exception as exc:  # noqa: BLE001

@@ -60,7 +60,7 @@ def push_image(docker_client, registry_addr, run_id, tmp_path):
     for path, digest, reference in pushed:
         delete_from_registry(registry_addr, path, digest)
         with contextlib.suppress(Exception):
-            docker_client.images.remove(reference, force=True)
+            docker_client.images.remove(reference)
 
 
 @pytest.fixture(scope="session")

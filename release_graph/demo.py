@@ -1,0 +1,299 @@
+"""The demo fleet's git repositories: `python -m release_graph.demo repos | commit`.
+
+`repos` turns each folder under examples/shop/services/ into its own git repository under
+examples/shop/.repos/ (branch main): the repositories the Git sensor watches. Rerunning it keeps their
+history: a repository changes only when its source folder changed since the last import, and then the
+change is merged into main, so commits made in the demo repository are kept. `--force` recreates them.
+
+`commit <service>` makes a small real change (bumps VERSION) and commits it, so a user sees the sensor fire;
+`--break KIND` also breaks the unit tests, the integration tests, the health endpoint or the static
+analysis of that commit, and `--repair` undoes every such breakage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHOP_DIR = PROJECT_ROOT / "examples" / "shop"
+SOURCES_DIR = SHOP_DIR / "services"
+REPOS_DIR = SHOP_DIR / ".repos"
+BRANCH = "main"
+# The last imported state of a source folder. Updates are committed on top of it and merged into main.
+SOURCE_REF = "refs/demo/source"
+DEMO_AUTHOR_NAME = "Shop Demo"
+DEMO_AUTHOR_EMAIL = "demo@shop.example"
+VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+GIT_TIMEOUT_SECONDS = 60
+
+# What `commit --break KIND` writes: path in the service's repository -> content. Each is a real defect
+# that the matching release step catches; `--repair` removes them all again.
+BREAKAGES: dict[str, tuple[str, str]] = {
+    "unit-test": (
+        "tests/unit/test_demo_breakage.py",
+        '"""Broken on purpose by `python -m release_graph.demo commit --break unit-test`."""\n\n'
+        "import unittest\n\n\n"
+        "class DemoBreakage(unittest.TestCase):\n"
+        "    def test_this_commit_breaks_the_unit_tests(self):\n"
+        '        self.assertEqual(2 + 2, 5, "broken on purpose by release_graph.demo")\n',
+    ),
+    "integration-test": (
+        "tests/integration/test_demo_breakage.py",
+        '"""Broken on purpose by `python -m release_graph.demo commit --break integration-test`."""\n\n'
+        "import unittest\n\n\n"
+        "class DemoBreakage(unittest.TestCase):\n"
+        "    def test_this_commit_breaks_the_integration_tests(self):\n"
+        '        self.assertEqual(2 + 2, 5, "broken on purpose by release_graph.demo")\n',
+    ),
+    "sast": (
+        "debug_shell.py",
+        '"""Added on purpose by `python -m release_graph.demo commit --break sast`: a shell injection."""\n\n'
+        "import subprocess\n\n\n"
+        "def run_debug_command(command: str) -> str:\n"
+        "    return subprocess.run(command, shell=True, capture_output=True, text=True, check=False).stdout\n",
+    ),
+}
+# `--break health` appends this to the Dockerfile: its last stage is the released image.
+HEALTH_BREAKAGE = "# Broken on purpose by release_graph.demo: /healthz answers 500.\nENV HEALTHZ_STATUS=500\n"
+BREAK_KINDS = (*BREAKAGES, "health")
+
+
+class DemoError(Exception):
+    """Something the demo cannot do; the message names the repository or service and what to do."""
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    service: str
+    path: Path
+    action: str  # created, recreated, unchanged, updated
+    head: str
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    service: str
+    path: Path
+    sha: str
+    message: str
+    version: str
+    changed: tuple[str, ...]
+
+
+def _git(repo: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Runs git in `repo` as the demo author, without hooks or signing; raises DemoError on failure."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    full_env = {
+        **inherited,
+        "GIT_AUTHOR_NAME": DEMO_AUTHOR_NAME,
+        "GIT_AUTHOR_EMAIL": DEMO_AUTHOR_EMAIL,
+        "GIT_COMMITTER_NAME": DEMO_AUTHOR_NAME,
+        "GIT_COMMITTER_EMAIL": DEMO_AUTHOR_EMAIL,
+        **(env or {}),
+    }
+    try:
+        done = subprocess.run(
+            ["git", "-c", "commit.gpgsign=false", *args],
+            cwd=cwd or repo, env=full_env, capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS,
+        )
+    except FileNotFoundError:
+        raise DemoError("git is not installed (the demo repositories need it)") from None
+    except subprocess.TimeoutExpired:
+        raise DemoError(f"{repo}: `git {' '.join(args)}` did not finish in {GIT_TIMEOUT_SECONDS}s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise DemoError(f"{repo}: `git {' '.join(args)}` failed: {detail}")
+    return done.stdout.strip()
+
+
+def _source_tree(repo: Path, source: Path) -> str:
+    """Writes the source folder's files (honouring its .gitignore) into the repo as a tree; returns its id."""
+    with tempfile.TemporaryDirectory(prefix="rg-demo-index-") as tmp:
+        env = {"GIT_DIR": str(repo / ".git"), "GIT_WORK_TREE": str(source), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(repo, "add", "--all", ".", cwd=source, env=env)
+        return _git(repo, "write-tree", cwd=source, env=env)
+
+
+def _rev(repo: Path, ref: str) -> str | None:
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", ref)
+    except DemoError:
+        return None
+
+
+def service_sources(sources_dir: Path = SOURCES_DIR) -> dict[str, Path]:
+    """Service name -> source folder: every folder under `sources_dir` that has a Dockerfile."""
+    if not sources_dir.is_dir():
+        raise DemoError(f"{sources_dir}: the demo services' source folder does not exist")
+    found = {p.name: p for p in sorted(sources_dir.iterdir()) if (p / "Dockerfile").is_file()}
+    if not found:
+        raise DemoError(f"{sources_dir}: no service folders with a Dockerfile")
+    return found
+
+
+def sync_repo(service: str, source: Path, repo: Path, *, force: bool = False) -> RepoResult:
+    """Creates the service's repository from its source folder, or brings a source change into main."""
+    if not (source / "Dockerfile").is_file():
+        raise DemoError(f"{source}: service '{service}': not a demo service source folder (no Dockerfile)")
+    recreated = False
+    if force and repo.exists():
+        shutil.rmtree(repo)
+        recreated = True
+    if not (repo / ".git").is_dir():
+        if repo.exists() and any(repo.iterdir()):
+            raise DemoError(f"{repo}: exists but is not a git repository; remove it or rerun with --force")
+        repo.mkdir(parents=True, exist_ok=True)
+        try:
+            _git(repo, "init", "--quiet", f"--initial-branch={BRANCH}")
+            tree = _source_tree(repo, source)
+            commit = _git(repo, "commit-tree", tree, "-m", f"Import {service} from examples/shop/services/{service}")
+            _git(repo, "update-ref", SOURCE_REF, commit)
+            _git(repo, "update-ref", f"refs/heads/{BRANCH}", commit)
+            _git(repo, "reset", "--quiet", "--hard", BRANCH)
+        except DemoError:
+            shutil.rmtree(repo, ignore_errors=True)  # no half-made repository that a rerun would refuse
+            raise
+        return RepoResult(service, repo, "recreated" if recreated else "created", commit)
+
+    imported = _rev(repo, SOURCE_REF)
+    if imported is None:
+        raise DemoError(f"{repo}: not created by release_graph.demo (no {SOURCE_REF}); rerun with --force")
+    tree = _source_tree(repo, source)
+    if tree == _git(repo, "rev-parse", f"{imported}^{{tree}}"):
+        return RepoResult(service, repo, "unchanged", _git(repo, "rev-parse", "HEAD"))
+    current_branch = _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD")
+    if current_branch != BRANCH:
+        raise DemoError(f"{repo}: branch '{current_branch}' is checked out; check out '{BRANCH}' to update it")
+    update = _git(repo, "commit-tree", tree, "-p", imported,
+                  "-m", f"Update {service} from examples/shop/services/{service}")
+    _git(repo, "update-ref", SOURCE_REF, update)
+    try:
+        # Fast-forwards when main has no commits of its own; otherwise merges, keeping them.
+        _git(repo, "merge", "--quiet", "--no-verify", "--no-edit", "-m",
+             f"Merge updated examples/shop/services/{service}", SOURCE_REF)
+    except DemoError as exc:
+        _git(repo, "update-ref", SOURCE_REF, imported)
+        with contextlib.suppress(DemoError):  # a merge that refused to start has nothing to abort
+            _git(repo, "merge", "--abort")
+        raise DemoError(f"{exc}\nThe source change could not be merged into main; rerun with --force "
+                        "to recreate the repository from its source folder") from None
+    return RepoResult(service, repo, "updated", _git(repo, "rev-parse", "HEAD"))
+
+
+def sync_repos(sources_dir: Path = SOURCES_DIR, repos_dir: Path = REPOS_DIR, *,
+               force: bool = False) -> list[RepoResult]:
+    return [sync_repo(name, source, repos_dir / name, force=force)
+            for name, source in service_sources(sources_dir).items()]
+
+
+def demo_repo(service: str, repos_dir: Path = REPOS_DIR) -> Path:
+    repo = repos_dir / service
+    if (repo / ".git").is_dir():
+        return repo
+    known = sorted(p.name for p in repos_dir.glob("*") if (p / ".git").is_dir()) if repos_dir.is_dir() else []
+    if not known:
+        raise DemoError(f"{repos_dir}: no demo repositories yet; run `python -m release_graph.demo repos` first")
+    raise DemoError(f"service '{service}': no demo repository {repo} (services: {', '.join(known)})")
+
+
+def commit_change(service: str, repos_dir: Path = REPOS_DIR, *, message: str | None = None,
+                  breakage: str | None = None, repair: bool = False) -> CommitResult:
+    """Bumps the patch version in VERSION (plus an optional breakage or repair) and commits it on main."""
+    if breakage is not None and breakage not in BREAK_KINDS:
+        raise DemoError(f"--break: unknown kind {breakage!r} (kinds: {', '.join(BREAK_KINDS)})")
+    repo = demo_repo(service, repos_dir)
+    current_branch = _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD")
+    if current_branch != BRANCH:
+        raise DemoError(f"{repo}: branch '{current_branch}' is checked out; the demo commits on '{BRANCH}'")
+    version_file = repo / "VERSION"
+    current = version_file.read_text().strip() if version_file.is_file() else ""
+    match = VERSION_PATTERN.match(current)
+    if not match:
+        raise DemoError(f"{version_file}: service '{service}': expected a version like 1.2.3, got {current!r}")
+    major, minor, patch = (int(part) for part in match.groups())
+    version = f"{major}.{minor}.{patch + 1}"
+    version_file.write_text(version + "\n")
+    changed = ["VERSION"]
+
+    dockerfile = repo / "Dockerfile"
+    if breakage in BREAKAGES:
+        path, content = BREAKAGES[breakage]
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(content)
+        changed.append(path)
+    elif breakage == "health":
+        text = dockerfile.read_text()
+        if HEALTH_BREAKAGE not in text:
+            dockerfile.write_text(text.rstrip("\n") + "\n" + HEALTH_BREAKAGE)
+            changed.append("Dockerfile")
+    if repair:
+        for path, _content in BREAKAGES.values():
+            if (repo / path).exists():
+                (repo / path).unlink()
+                changed.append(path)
+        text = dockerfile.read_text()
+        if HEALTH_BREAKAGE in text:
+            dockerfile.write_text(text.replace(HEALTH_BREAKAGE, ""))
+            changed.append("Dockerfile")
+
+    if message is None:
+        message = f"Bump {service} to {version}"
+        if breakage:
+            message += f" and break its {breakage} (demo)"
+        if repair:
+            message += " and repair the demo breakages"
+    _git(repo, "add", "--all", "--", *changed)
+    _git(repo, "commit", "--quiet", "--no-verify", "-m", message, "--", *changed)
+    return CommitResult(service, repo, _git(repo, "rev-parse", "HEAD"), message, version, tuple(changed))
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m release_graph.demo", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    repos = commands.add_parser("repos", help="create (or update) a git repository per demo service")
+    repos.add_argument("--force", action="store_true", help="delete and recreate the repositories")
+    repos.add_argument("--sources", type=Path, default=SOURCES_DIR, help="folder of the services' sources")
+    repos.add_argument("--repos-dir", type=Path, default=REPOS_DIR, help="where the repositories live")
+    commit = commands.add_parser("commit", help="commit a small real change to one demo service")
+    commit.add_argument("service")
+    commit.add_argument("--message", "-m", help="commit message (default: 'Bump <service> to <version>')")
+    kind = commit.add_mutually_exclusive_group()
+    kind.add_argument("--break", dest="breakage", choices=BREAK_KINDS, help="also break this in the commit")
+    kind.add_argument("--repair", action="store_true", help="also undo every demo breakage")
+    commit.add_argument("--repos-dir", type=Path, default=REPOS_DIR, help="where the repositories live")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "repos":
+            for result in sync_repos(args.sources.resolve(), args.repos_dir.resolve(), force=args.force):
+                print(f"{result.service}: {result.action} {_shown(result.path)} ({BRANCH} at {result.head[:12]})")
+            return 0
+        result = commit_change(args.service, args.repos_dir.resolve(), message=args.message,
+                               breakage=args.breakage, repair=args.repair)
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.service}: committed {result.sha[:12]} \"{result.message}\" on {BRANCH} in {_shown(result.path)} "
+          f"(changed: {', '.join(result.changed)}); the Git sensor releases it at its next tick")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

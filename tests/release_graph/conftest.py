@@ -1,0 +1,245 @@
+"""A release world for scenario tests: the demo services as real git repos in a temporary folder, a fleet
+manifest whose registry and names carry the run prefix, a Dagster instance, and the real adapters.
+
+Everything it creates in the registry, the engine and on the host is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import docker
+import pytest
+
+from release_graph.demo import SHOP_DIR, SOURCES_DIR, commit_change, sync_repo
+from release_graph.graph import build_definitions
+from release_graph.manifest import Fleet, load_fleet
+from resources.containers import ContainerEngine
+from resources.git import GitResource
+from resources.registry import Registry
+
+ENGINE_BUILDS: list[str] = []  # tags built by CountingEngine, across the test session
+
+
+class CountingEngine(ContainerEngine):
+    """The real engine; it also counts builds so a test can prove that nothing was rebuilt."""
+
+    def build(self, context_dir, **kwargs):
+        ENGINE_BUILDS.append(kwargs.get("tag", ""))
+        return super().build(context_dir, **kwargs)
+
+
+@dataclass
+class ReleaseWorld:
+    root: Path
+    fleet: Fleet
+    instance: dg.DagsterInstance
+    resources: dict
+    defs: dg.Definitions
+    run_id: str
+    registry: Registry
+    repos: Path
+    instance_context: object = None  # the instance_for_test context manager, closed at teardown
+    sensor_cursors: dict = field(default_factory=dict)
+    automation_cursor: object = None
+
+    # --- git ---------------------------------------------------------------------------------------
+    def commit(self, service: str, *, breakage: str | None = None, repair: bool = False, message=None):
+        return commit_change(service, self.repos, breakage=breakage, repair=repair, message=message)
+
+    # --- sensors -----------------------------------------------------------------------------------
+    def tick(self, sensor_name: str):
+        sensor = self.defs.resolve_sensor_def(sensor_name)
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.sensor_cursors.get(sensor_name), resources=self.resources,
+            definitions=self.defs,
+        )
+        result = sensor(context)
+        if isinstance(result, dg.SensorResult):
+            if result.cursor is not None:
+                self.sensor_cursors[sensor_name] = result.cursor
+            for event in result.asset_events or []:
+                self.instance.report_runless_asset_event(event)
+        return result
+
+    # --- runs ----------------------------------------------------------------------------------------
+    def materialize(self, keys: Iterable[dg.AssetKey], *, tags: dict | None = None, run_config=None):
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(
+            instance=self.instance, asset_selection=list(keys), tags=tags or {}, run_config=run_config or {},
+            raise_on_error=False,
+        )
+
+    def execute(self, request: dg.RunRequest):
+        return self.materialize(request.asset_selection, tags=request.tags, run_config=request.run_config)
+
+    @staticmethod
+    def failures(run) -> dict[str, str]:
+        """step key -> the failure's whole text (the error and every cause), as the UI shows it."""
+        texts = {}
+        for event in run.all_events:
+            if event.is_step_failure:
+                error, parts = event.step_failure_data.error, []
+                while error is not None:
+                    parts.append(error.message)
+                    error = error.cause
+                texts[event.step_key] = "\n".join(parts)
+        return texts
+
+    def automate(self, max_ticks: int = 12) -> list[tuple[list[dg.AssetKey], object]]:
+        """Tick the automation conditions and run what they request, as the automation sensor would
+        (one run per tick), until nothing more is requested. Returns (requested keys, run) per tick."""
+        runs = []
+        keys = self.defs.resolve_asset_graph().get_all_asset_keys()
+        for _ in range(max_ticks):
+            result = dg.evaluate_automation_conditions(
+                defs=self.defs, instance=self.instance, cursor=self.automation_cursor
+            )
+            self.automation_cursor = result.cursor
+            requested = sorted((k for k in keys if result.get_num_requested(k)), key=lambda k: k.path)
+            if not requested:
+                return runs
+            runs.append((requested, self.materialize(requested, tags={"release/trigger": "automation"})))
+        raise AssertionError(f"automation still requesting after {max_ticks} ticks: {runs[-1][0]}")
+
+    def approve(self, service: str, environment: str, *, by: str = "release@shop.example", digest=None,
+                ticket: str = "CHG-1"):
+        asset = dg.AssetKey([service, f"{environment}_approval"])
+        config = {"approver": by, "ticket": ticket, **({"digest": digest} if digest else {})}
+        return self.materialize([asset], run_config={"ops": {asset.to_python_identifier(): {"config": config}}})
+
+    def check_status(self, key: dg.AssetKey, check_name: str):
+        records = self.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key, check_name)]
+        )
+        return records.get(dg.AssetCheckKey(key, check_name))
+
+    def check_evaluation(self, key: dg.AssetKey, check_name: str):
+        """The check's latest evaluation, or None when it never produced one (it could not run)."""
+        record = self.check_status(key, check_name)
+        data = record.event.dagster_event.event_specific_data if record and record.event else None
+        return data if isinstance(data, dg.AssetCheckEvaluation) else None
+
+    def latest(self, key: dg.AssetKey):
+        from release_graph import history
+
+        return history.latest(self.instance, key)
+
+
+FLEET_TEMPLATE = """\
+fleet: {fleet}
+registry: {registry}
+{extra_top}services:
+{services}
+environments:
+{environments}
+"""
+
+
+def service_block(name: str, repo: Path, deps: list[str], extra: str = "", integration: bool = True) -> str:
+    stages = "test_target: test" + (", integration_target: integration" if integration else "")
+    lines = [
+        f"  {name}:",
+        f"    repo: {repo}",
+        f"    build: {{dockerfile: Dockerfile, {stages}}}",
+        "    port: 8080",
+        "    language: python",
+        f"    depends_on: [{', '.join(deps)}]",
+    ]
+    return "\n".join(lines) + (("\n" + extra) if extra else "")
+
+
+DEMO_EDGES = {"inventory": [], "payments": [], "orders": ["inventory", "payments"], "gateway": ["orders"]}
+
+
+@pytest.fixture
+def engine_builds() -> list[str]:
+    """Tags the CountingEngine has built so far in this session (compare lengths before and after)."""
+    return ENGINE_BUILDS
+
+
+@pytest.fixture
+def release_world_factory(tmp_path, run_id, registry_addr, docker_client, request):
+    """Builds a ReleaseWorld for a subset of the demo services and environments."""
+    worlds: list[ReleaseWorld] = []
+    counter = iter(range(100))
+
+    def make(services: Iterable[str] = ("inventory",), environments: str = "  dev: {target: docker}",
+             extra_top: str = "", extra_services: dict | None = None, integration: bool = True) -> ReleaseWorld:
+        index = next(counter)
+        root = tmp_path / f"world{index}"
+        repos = root / "repos"
+        services = list(services)
+        for name in services:
+            sync_repo(name, SOURCES_DIR / name, repos / name)
+        fleet_name = f"{run_id}w{index}"
+        registry = f"{registry_addr}/{fleet_name}"
+        blocks = [
+            service_block(name, repos / name, [d for d in DEMO_EDGES[name] if d in services],
+                          (extra_services or {}).get(name, ""), integration)
+            for name in services
+        ]
+        path = root / "fleet.yaml"
+        path.write_text(FLEET_TEMPLATE.format(
+            fleet=fleet_name, registry=registry, extra_top=extra_top.replace("{shop}", str(SHOP_DIR)),
+            services="\n".join(blocks), environments=environments,
+        ))
+        fleet = load_fleet(path)
+        resources = world_resources(root, fleet_name)
+        (root / "dagster_home").mkdir()
+        instance_context = dg.instance_for_test(temp_dir=str(root / "dagster_home"))
+        instance = instance_context.__enter__()
+        world = ReleaseWorld(
+            instance_context=instance_context,
+            root=root, fleet=fleet, instance=instance, resources=resources,
+            defs=build_definitions(fleet, resources), run_id=run_id, registry=Registry(), repos=repos,
+        )
+        worlds.append(world)
+        return world
+
+    yield make
+
+    for world in worlds:
+        cleanup_world(world, docker_client)
+
+
+def world_resources(root: Path, fleet_name: str) -> dict:
+    from resources.secrets import SecretsResource
+    from resources.targets import DockerTarget
+
+    return {
+        "git": GitResource(mirror_dir=str(root / "mirrors")),
+        "engine": CountingEngine(),
+        "registry": Registry(),
+        # haproxy's admin socket path must stay short (unix sockets): not under pytest's tmp_path.
+        "docker_target": DockerTarget(name_prefix="rgt", state_dir=f"/tmp/{fleet_name}-targets"),
+        "secrets": SecretsResource(),
+    }
+
+
+def cleanup_world(world: ReleaseWorld, docker_client) -> None:
+    fleet = world.fleet
+    target = world.resources["docker_target"]
+    for environment in fleet.environments:
+        target.teardown_environment(fleet.name, environment)
+    for service in fleet.services.values():
+        repository = service.image_repository(fleet)
+        for tag in world.registry.tags(repository):
+            digest = world.registry.manifest_digest(repository, tag)
+            if digest:
+                world.registry.delete(repository, digest)
+        # Untag only (never remove by id with force): identical builds of parallel tests share image ids
+        # and layers, and a forced removal breaks their build cache ("layer not known").
+        for image in docker_client.images.list(name=repository):
+            for tag in image.tags:
+                if tag.startswith(repository + ":"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        docker_client.images.remove(tag)
+    world.instance_context.__exit__(None, None, None)
+    shutil.rmtree(world.root, ignore_errors=True)
+    shutil.rmtree(f"/tmp/{fleet.name}-targets", ignore_errors=True)

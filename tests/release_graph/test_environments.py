@@ -1,0 +1,183 @@
+"""Environments and promotion, for real: images built from commits flow through integration into dev and
+staging on their own, after their providers; prod waits for an approval of exactly what staging runs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+PAYMENTS_KEY_VARIABLE = "RG_TEST_PAYMENTS_API_KEY"
+ENVIRONMENTS = f"""\
+  dev:
+    target: docker
+    secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {PAYMENTS_KEY_VARIABLE}}}}}}}
+  staging:
+    target: docker
+    secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {PAYMENTS_KEY_VARIABLE}}}}}}}
+  prod:
+    target: docker
+    approval: required
+    secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {PAYMENTS_KEY_VARIABLE}}}}}}}
+"""
+SERVICES = ["inventory", "payments", "orders"]
+
+
+def key(*path: str) -> dg.AssetKey:
+    return dg.AssetKey(list(path))
+
+
+def materializations(world, asset: dg.AssetKey) -> int:
+    return len(world.instance.fetch_materializations(asset, limit=100).records)
+
+
+@pytest.fixture
+def payments_key(monkeypatch) -> str:
+    value = "pk-" + os.urandom(12).hex()
+    monkeypatch.setenv(PAYMENTS_KEY_VARIABLE, value)
+    return value
+
+
+@pytest.fixture
+def shop(release_world_factory, payments_key):
+    """inventory, payments and orders released to dev and staging (prod needs an approval)."""
+    world = release_world_factory(SERVICES, environments=ENVIRONMENTS)
+    world.automate()  # the automation sensor runs from the start: its first tick only initialises
+    for request in world.tick("git_commits").run_requests:
+        assert world.execute(request).success
+    runs = world.automate()
+    failed = {k: v for _, run in runs for k, v in world.failures(run).items()}
+    assert not failed, failed
+    return world
+
+
+def build_new_commit(world, service: str, **kwargs):
+    commit = world.commit(service, **kwargs)
+    (request,) = world.tick("git_commits").run_requests
+    world.execute(request)
+    return commit
+
+
+@pytest.mark.engine
+def test_a_provider_commit_reaches_staging_alone_and_prod_waits_for_an_approval(shop, payments_key):
+    world = shop
+    # Given the fleet released: every service runs in dev and staging, nothing in prod
+    for service in SERVICES:
+        for env in ("dev", "staging"):
+            assert world.latest(key(service, env)) is not None, f"{service}/{env}"
+        assert world.latest(key(service, "prod")) is None
+    orders_deploys = materializations(world, key("orders", "staging"))
+
+    # When a new commit lands on inventory (a provider of orders)
+    commit = build_new_commit(world, "inventory")
+    runs = world.automate()
+    assert all(run.success for _, run in runs), world.failures(runs[-1][1])
+    # then the new digest reaches staging on its own, built once and never rebuilt
+    image = world.latest(key("inventory", "image"))
+    assert image.git_sha == commit.sha
+    for stage in ("integration", "dev", "staging"):
+        assert world.latest(key("inventory", stage)).digest == image.digest, (stage, [r[0] for r in runs])
+    # its consumer is not redeployed and prod does not move
+    assert materializations(world, key("orders", "staging")) == orders_deploys
+    assert world.latest(key("inventory", "prod")) is None
+
+    # An approval of another digest is refused ...
+    refused = world.approve("inventory", "prod", digest="sha256:" + "0" * 64)
+    assert not refused.success
+    assert "runs " + image.digest in world.failures(refused)["inventory__prod_approval"]
+    # ... one of the digest staging runs deploys exactly that digest to prod
+    assert world.approve("inventory", "prod").success
+    world.automate()
+    prod = world.latest(key("inventory", "prod"))
+    assert prod.digest == image.digest and prod.value("approved_by") == "release@shop.example"
+    running = world.resources["docker_target"].running(world.fleet.name, "prod", "inventory")
+    assert running.digest == image.digest and running.digest_matches
+
+    # The secret reached payments (its hash is served) and appears nowhere in Dagster's storage
+    payments = world.resources["docker_target"].running(world.fleet.name, "staging", "payments")
+    with urllib.request.urlopen(f"http://{payments.address}:8080/secret-hash", timeout=5) as response:
+        assert json.load(response)["sha256"] == hashlib.sha256(payments_key.encode()).hexdigest()
+    assert_nowhere(Path(world.instance.root_directory), payments_key)
+
+
+def assert_nowhere(root: Path, secret: str) -> None:
+    needles = [secret.encode(), base64.b64encode(secret.encode()), base64.b64encode(secret.encode()).rstrip(b"=")]
+    searched = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            searched += 1
+            data = path.read_bytes()
+            for needle in needles:
+                assert needle not in data, f"secret found in {path}"
+    assert searched > 0
+
+
+@pytest.mark.engine
+def test_a_failing_integration_test_stops_the_release_before_dev(shop):
+    world = shop
+    deployed = world.latest(key("inventory", "dev")).digest
+    # Given a commit whose integration tests fail
+    build_new_commit(world, "inventory", breakage="integration-test")
+    world.automate()
+    check = world.check_evaluation(key("inventory", "integration"), "integration_tests")
+    assert check.passed is False and "test_this_commit_breaks_the_integration_tests" in \
+        check.metadata["failing_tests"].value
+    # then dev keeps the previous digest, now and on later ticks
+    for _ in range(2):
+        world.automate()
+        assert world.latest(key("inventory", "dev")).digest == deployed
+
+
+@pytest.mark.engine
+def test_an_image_whose_health_fails_leaves_the_running_version_serving(release_world_factory):
+    # Given inventory running in dev (deployed straight from its image: no integration stage here)
+    world = release_world_factory(["inventory"], environments="  dev: {target: docker}", integration=False)
+    world.automate()
+    for request in world.tick("git_commits").run_requests:
+        world.execute(request)
+    world.automate()
+    target = world.resources["docker_target"]
+    before = target.running(world.fleet.name, "dev", "inventory")
+    assert before is not None and before.running
+    # When a commit makes /healthz answer 500
+    build_new_commit(world, "inventory", breakage="health")
+    runs = world.automate()
+    # then the deployment fails with the reason and the container's last log lines
+    failure = "\n".join(world.failures(run).get("inventory__dev", "") for _, run in runs)
+    assert "500" in failure and "health" in failure.lower()
+    # and the previous version still serves
+    after = target.running(world.fleet.name, "dev", "inventory")
+    assert after.container_id == before.container_id and after.running
+    assert world.latest(key("inventory", "dev")).digest == before.digest
+
+
+@pytest.mark.engine
+def test_a_missing_secret_fails_the_deployment_before_anything_stops(shop, monkeypatch):
+    world = shop
+    before = world.resources["docker_target"].running(world.fleet.name, "dev", "payments")
+    monkeypatch.delenv(PAYMENTS_KEY_VARIABLE)
+    build_new_commit(world, "payments")
+    runs = world.automate()
+    # (the integration stage needs the first environment's secrets too, so it is the first to refuse)
+    failure = "\n".join(text for _, run in runs for text in world.failures(run).values())
+    assert PAYMENTS_KEY_VARIABLE in failure and "service payments in environment dev" in failure, failure
+    after = world.resources["docker_target"].running(world.fleet.name, "dev", "payments")
+    assert after.container_id == before.container_id and after.running
+
+
+@pytest.mark.engine
+def test_stopping_a_staging_container_by_hand_fails_in_sync_at_the_next_observation(shop, docker_client):
+    world = shop
+    world.tick("environment_drift")
+    assert world.check_evaluation(key("orders", "staging"), "in_sync").passed
+    running = world.resources["docker_target"].running(world.fleet.name, "staging", "orders")
+    docker_client.containers.get(running.container_id).stop(timeout=1)
+    world.tick("environment_drift")
+    evaluation = world.check_evaluation(key("orders", "staging"), "in_sync")
+    assert evaluation.passed is False and "exited" in evaluation.metadata["drift"].value
