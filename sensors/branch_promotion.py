@@ -2,7 +2,8 @@
 
 Nothing is rebuilt: the head's SHA is looked up among the digests `<svc>/image` produced. The digest is
 promoted (`run_key=<svc>:<env>:<sha>`) only if it passed the previous stage; otherwise the refusal, with
-its reason, is the tick's skip reason in the UI and the cursor moves on (a later retry needs a new head).
+its reason, is the tick's skip reason in the UI (and a warning in its log), and later ticks ask again, so
+the head is promoted as soon as its digest has passed the previous stage.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def build_branch_promotion_sensor(fleet: Fleet, minimum_interval_seconds: int = 
                 continue
             if cursor.get(label) == head.sha:
                 continue
-            cursor[label] = head.sha
             request, refusal = promotion_for(context.instance, fleet, service, environment, head.sha)
             if request:
                 requests.append(request)
+                cursor[label] = head.sha
             else:
+                # The cursor stays: once the digest passes the previous stage, a later tick promotes it.
                 notes.append(f"{label}: refused {head.sha[:12]}: {refusal}")
         for note in notes:
             context.log.warning(note)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+import urllib.request
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +104,53 @@ def moto_server():
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+DOCKER_REGISTRY = "/usr/bin/docker-registry"
+
+
+@contextmanager
+def _throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True):
+    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`."""
+    config = folder / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage:\n  filesystem: {{rootdirectory: {folder / 'storage'}}}\n"
+        f"  delete: {{enabled: {'true' if delete_enabled else 'false'}}}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed in finally, after the process
+    process = subprocess.Popen([DOCKER_REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (folder / "registry.log").read_text()
+                    pytest.fail(f"throwaway registry on port {port} did not start: {log_text}")
+                time.sleep(0.05)
+        yield stop
+    finally:
+        stop()
+        log.close()
+
+
+@pytest.fixture
+def throwaway_registry():
+    """`with throwaway_registry(folder, port) as stop:` a real registry on 127.0.0.1:<port>; `stop()` stops it
+    for real (the "registry is down" stories); it is stopped at the end of the block in any case."""
+    return _throwaway_registry

@@ -21,7 +21,7 @@ from release_graph.graph import build_definitions
 from release_graph.manifest import Fleet, load_fleet
 from resources.containers import ContainerEngine
 from resources.git import GitResource
-from resources.registry import Registry
+from resources.registry import Registry, RegistryError
 
 ENGINE_BUILDS: list[str] = []  # tags built by CountingEngine, across the test session
 
@@ -170,7 +170,8 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
     counter = iter(range(100))
 
     def make(services: Iterable[str] = ("inventory",), environments: str = "  dev: {target: docker}",
-             extra_top: str = "", extra_services: dict | None = None, integration: bool = True) -> ReleaseWorld:
+             extra_top: str = "", extra_services: dict | None = None, integration: bool = True,
+             registry_host: str | None = None, files: dict[str, str] | None = None) -> ReleaseWorld:
         index = next(counter)
         root = tmp_path / f"world{index}"
         repos = root / "repos"
@@ -178,7 +179,7 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         for name in services:
             sync_repo(name, SOURCES_DIR / name, repos / name)
         fleet_name = f"{run_id}w{index}"
-        registry = f"{registry_addr}/{fleet_name}"
+        registry = f"{registry_host or registry_addr}/{fleet_name}"
         blocks = [
             service_block(name, repos / name, [d for d in DEMO_EDGES[name] if d in services],
                           (extra_services or {}).get(name, ""), integration)
@@ -189,6 +190,8 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
             fleet=fleet_name, registry=registry, extra_top=extra_top.replace("{shop}", str(SHOP_DIR)),
             services="\n".join(blocks), environments=environments,
         ))
+        for name, text in (files or {}).items():  # files beside fleet.yaml, e.g. waivers.yaml
+            (root / name).write_text(text)
         fleet = load_fleet(path)
         resources = world_resources(root, fleet_name)
         (root / "dagster_home").mkdir()
@@ -229,17 +232,21 @@ def cleanup_world(world: ReleaseWorld, docker_client) -> None:
         target.teardown_environment(fleet.name, environment)
     for service in fleet.services.values():
         repository = service.image_repository(fleet)
-        for tag in world.registry.tags(repository):
-            digest = world.registry.manifest_digest(repository, tag)
-            if digest:
-                world.registry.delete(repository, digest)
+        with contextlib.suppress(RegistryError):  # a story may have stopped its registry for real
+            for tag in world.registry.tags(repository):
+                digest = world.registry.manifest_digest(repository, tag)
+                if digest:
+                    world.registry.delete(repository, digest)
         # Untag only (never remove by id with force): identical builds of parallel tests share image ids
         # and layers, and a forced removal breaks their build cache ("layer not known").
-        for image in docker_client.images.list(name=repository):
-            for tag in image.tags:
-                if tag.startswith(repository + ":"):
-                    with contextlib.suppress(docker.errors.APIError):
-                        docker_client.images.remove(tag)
+        # Listing can race with another test removing an image ("image not known"): best effort.
+        tags: list[str] = []
+        with contextlib.suppress(docker.errors.APIError):
+            tags = [t for image in docker_client.images.list(name=repository) for t in image.tags]
+        for tag in tags:
+            if tag.startswith(repository + ":"):
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(tag)
     world.instance_context.__exit__(None, None, None)
     shutil.rmtree(world.root, ignore_errors=True)
     shutil.rmtree(f"/tmp/{fleet.name}-targets", ignore_errors=True)

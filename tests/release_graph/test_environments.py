@@ -181,3 +181,43 @@ def test_stopping_a_staging_container_by_hand_fails_in_sync_at_the_next_observat
     world.tick("environment_drift")
     evaluation = world.check_evaluation(key("orders", "staging"), "in_sync")
     assert evaluation.passed is False and "exited" in evaluation.metadata["drift"].value
+
+
+@pytest.mark.engine
+def test_a_registry_that_is_really_stopped_fails_the_build_naming_it_and_promotes_nothing(
+    release_world_factory, throwaway_registry, free_port, tmp_path
+):
+    (tmp_path / "registry").mkdir()
+    with throwaway_registry(tmp_path / "registry", free_port) as stop_registry:
+        world = release_world_factory(["inventory"], environments="  dev: {target: docker}", integration=False,
+                                      registry_host=f"127.0.0.1:{free_port}")
+        world.automate()
+        (request,) = world.tick("git_commits").run_requests
+        world.execute(request)
+        first = world.latest(key("inventory", "image"))
+        assert first is not None and first.digest
+        # Given the fleet's registry is stopped, when a new commit is built
+        stop_registry()
+        world.commit("inventory")
+        (request,) = world.tick("git_commits").run_requests
+        run = world.execute(request)
+        # then the step fails naming the registry it could not reach; nothing new is recorded or promoted
+        assert not run.success
+        assert f"127.0.0.1:{free_port}" in world.failures(run)["inventory__image"]
+        assert world.latest(key("inventory", "image")).digest == first.digest
+
+
+@pytest.mark.engine
+def test_when_a_provider_and_its_consumer_change_the_providers_staging_deploy_finishes_first(shop):
+    world = shop
+    for service in ("inventory", "orders"):
+        world.commit(service)
+    for request in world.tick("git_commits").run_requests:
+        assert world.execute(request).success
+    runs = world.automate()
+    (staging_run,) = [run for keys, run in runs if key("orders", "staging") in keys]
+    events = world.instance.all_logs(staging_run.run_id)
+    finished = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.is_step_success}
+    started = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.is_step_start}
+    assert finished["inventory__staging"] <= started["orders__staging"]
+    assert world.latest(key("orders", "staging")).git_sha == world.latest(key("orders", "image")).git_sha

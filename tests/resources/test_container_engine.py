@@ -14,11 +14,8 @@ works; Docker ignores the parameter and treats loopback registries as insecure b
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -40,47 +37,7 @@ from resources.registry import Registry, RegistryUnavailable
 pytestmark = pytest.mark.engine
 
 TEST_RUN_LABEL = "release-graph.test-run"
-DOCKER_REGISTRY = "/usr/bin/docker-registry"
 SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@contextmanager
-def throwaway_registry(folder: Path, port: int):
-    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`."""
-    config = folder / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage:\n  filesystem: {{rootdirectory: {folder / 'storage'}}}\n  delete: {{enabled: true}}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed in finally, after the process
-    process = subprocess.Popen([DOCKER_REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log_text = (folder / "registry.log").read_text()
-                    pytest.fail(f"throwaway registry on port {port} did not start: {log_text}")
-                time.sleep(0.05)
-        yield stop
-    finally:
-        stop()
-        log.close()
 
 
 @pytest.fixture
@@ -265,7 +222,7 @@ def test_given_an_engine_address_nothing_listens_on_when_used_then_the_error_nam
 
 def test_given_a_registry_that_is_stopped_after_a_push_when_pushing_again_then_push_error_names_it(
     engine, docker_client, created, run_id, registry_addr, tmp_path, free_port
-):
+, throwaway_registry):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/engine-stopped"
     tag = f"{repository}:1"

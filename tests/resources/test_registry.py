@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -31,50 +27,9 @@ from resources.registry import (
 
 pytestmark = pytest.mark.engine
 
-DOCKER_REGISTRY = "/usr/bin/docker-registry"
 BASE_BUSYBOX = "base/busybox"
 ECR_HOST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@contextmanager
-def throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True):
-    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`."""
-    config = folder / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage:\n  filesystem: {{rootdirectory: {folder / 'storage'}}}\n"
-        f"  delete: {{enabled: {'true' if delete_enabled else 'false'}}}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed in finally, after the process
-    process = subprocess.Popen([DOCKER_REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log_text = (folder / "registry.log").read_text()
-                    pytest.fail(f"throwaway registry on port {port} did not start: {log_text}")
-                time.sleep(0.05)
-        yield stop
-    finally:
-        stop()
-        log.close()
 
 
 @pytest.fixture
@@ -148,7 +103,7 @@ def test_given_a_pushed_release_when_deleted_by_digest_then_its_tag_is_gone(
 
 def test_given_a_registry_that_was_stopped_when_asked_then_registry_unavailable_names_it_and_the_image(
     tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
-):
+, throwaway_registry):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/stopped"
     reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
@@ -182,7 +137,7 @@ def test_given_a_registry_that_accepts_but_never_answers_when_asked_then_it_time
 
 def test_given_a_registry_without_deletes_when_deleting_then_the_error_carries_status_and_body(
     tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
-):
+, throwaway_registry):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/no-deletes"
     reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
