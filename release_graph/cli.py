@@ -110,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_import(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    from resources.git import GitError
+
     try:
         return args.handler(args)
-    except ManifestError as exc:
-        print(exc, file=sys.stderr)
+    except (ManifestError, GitError) as exc:
+        print(f"release-graph {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -14,8 +14,11 @@ from release_graph.service_release import build_service_release
 
 
 def state_dir() -> Path:
-    """Runtime state (git mirrors, build scratch) lives under DAGSTER_HOME, default ./.dagster_home."""
-    return Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    """Runtime state (git mirrors, haproxy state): $RELEASE_GRAPH_STATE, else $DAGSTER_HOME, else ./.dagster_home.
+
+    Every process of one installation (UI, daemon, runs, CLI) must agree on it.
+    """
+    return Path(os.environ.get("RELEASE_GRAPH_STATE") or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
 
 
 def default_resources() -> dict:

@@ -47,8 +47,9 @@ def run_assets(fleet: Fleet, keys: list[dg.AssetKey], *, tags: dict | None = Non
     )
 
 
-def report(result, out=sys.stdout) -> int:
+def report(result, out=None) -> int:
     """One line per materialization and check, then the failure, in words a release manager reads."""
+    out = out or sys.stdout
     for event in result.all_events:
         if event.is_step_materialization:
             materialization = event.step_materialization_data.materialization
@@ -105,8 +106,9 @@ def approve(fleet: Fleet, service_name: str, environment_name: str, *, by: str, 
                              tags={"release/trigger": "cli"}))
 
 
-def status(fleet: Fleet, *, as_json: bool = False, out=sys.stdout) -> int:
+def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
     """The environment matrix with drift; non-zero when anything drifted."""
+    out = out or sys.stdout
     cells = matrix.with_drift(matrix.read_matrix(_instance(), fleet), fleet, default_resources()["docker_target"])
     if as_json:
         print(json.dumps(matrix.as_json(cells), indent=2), file=out)

@@ -387,6 +387,16 @@ class GitResource(dg.ConfigurableResource):
             check=check,
         )
 
+    def resolve_commit(self, url: str, rev: str) -> str:
+        """The full SHA of `rev` (a full or abbreviated SHA, a branch or a tag), after fetching the mirror."""
+        self.fetch(url)
+        done = self._git(url, ["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], "git rev-parse",
+                         check=False)
+        if done.returncode != 0 or not done.text.strip():
+            raise GitError(f"no commit '{rev}' in {redact_url(url)} (give a SHA, branch or tag that exists)",
+                           url=url, stderr=done.stderr)
+        return done.text.strip()
+
     def commit_info(self, url: str, sha: str) -> CommitInfo:
         """Author, commit time and message of `sha` (which the mirror must hold: see ensure_commit)."""
         return self.commit_infos(url, [sha])[0]

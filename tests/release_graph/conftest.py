@@ -220,7 +220,7 @@ def world_resources(root: Path, fleet_name: str) -> dict:
         "engine": CountingEngine(),
         "registry": Registry(),
         # haproxy's admin socket path must stay short (unix sockets): not under pytest's tmp_path.
-        "docker_target": DockerTarget(name_prefix="rgt", state_dir=f"/tmp/{fleet_name}-targets"),
+        "docker_target": DockerTarget(state_dir=f"/tmp/{fleet_name}-state/targets"),
         "secrets": SecretsResource(),
     }
 
@@ -249,4 +249,4 @@ def cleanup_world(world: ReleaseWorld, docker_client) -> None:
                     docker_client.images.remove(tag)
     world.instance_context.__exit__(None, None, None)
     shutil.rmtree(world.root, ignore_errors=True)
-    shutil.rmtree(f"/tmp/{fleet.name}-targets", ignore_errors=True)
+    shutil.rmtree(f"/tmp/{fleet.name}-state", ignore_errors=True)
