@@ -94,6 +94,62 @@ def verify_provenance(instance, service: Service, environment: Environment, dige
                       f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
 
 
+def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> None:
+    """Refuse an image above this environment's `scan_threshold` (after waivers) before anything changes.
+
+    The findings are the ones the `vulnerability_scan` check recorded for exactly this digest; no scan of it is
+    a refusal too. The gate's result and the IAM policy the service needs here (least privilege: read only its
+    own secrets; references, never values) go into the deployment's metadata.
+    """
+    from release_graph import security_checks
+    from release_graph.security.findings import parse_threshold
+    from release_graph.security.gate import evaluate_gate
+    from release_graph.security.least_privilege import needed_policy
+    from release_graph.security.waivers import WaiverError
+
+    ecr = fleet.security.ecr
+    # Without a configured region/account the policy uses IAM's own variables: the caller's account and region.
+    policy = needed_policy(environment.secrets.get(service.name, {}),
+                           region=ecr.region if ecr else "${aws:RequestedRegion}",
+                           account=ecr.registry_id if ecr and ecr.registry_id else "${aws:PrincipalAccount}")
+    metadata = {"iam_policy": dg.MetadataValue.json(policy)}
+    if environment.scan_threshold is None:
+        metadata["security_gate"] = "no scan_threshold in this environment"
+    elif fleet.security.scanner == "none":
+        metadata["security_gate"] = (f"not enforced: scan_threshold {environment.scan_threshold} is set, "
+                                     "but security.scanner is none")
+        context.log.warning(f"{service.name}@{environment.name}: {metadata['security_gate']}")
+    else:
+        threshold = parse_threshold(environment.scan_threshold,
+                                    f"environment '{environment.name}', field 'scan_threshold'")
+        check_key = security_checks.image_scan_key(service)
+        scan = history.check_metadata_for(context.instance, check_key, digest)
+        if scan is None:
+            raise _refuse(service, environment, f"no vulnerability scan of {digest} is recorded "
+                          f"({check_key.asset_key.to_user_string()} check '{check_key.name}'"
+                          + (", and prebuilt images are not scanned" if service.is_prebuilt else "")
+                          + f"): nothing may enter an environment with scan_threshold '{threshold.text}' unscanned")
+        findings = security_checks.findings_from_metadata(scan.get("all_findings"))
+        try:
+            waivers = security_checks.load_fleet_waivers(fleet)
+            result = evaluate_gate(findings, threshold, waivers, security_checks.today(), service.name)
+        except WaiverError as exc:
+            raise _refuse(service, environment, f"the vulnerability gate cannot be applied: {exc}") from None
+        if not result.passed:
+            worst = "; ".join(f"{f.rule} ({f.severity}) at {f.location}" for f in result.blocking[:10])
+            raise _refuse(service, environment, f"image {digest} is above the scan threshold '{threshold.text}' "
+                          f"({threshold.describe()}): {len(result.blocking)} blocking finding(s): {worst}. "
+                          "Fix the image, or waive the findings in the waivers file with an owner and expiry")
+        metadata.update({
+            "security_gate": f"passed: {result.summary()}",
+            "scan_threshold": threshold.text,
+            "scan_blocking_findings": len(result.blocking),
+            "scan_total_findings": result.total,
+            "scan_waivers_used": security_checks.rows_table(result.waiver_rows, security_checks.WAIVER_COLUMNS),
+        })
+    context.add_output_metadata(metadata)
+
+
 def verify_approval(context, service: Service, environment: Environment, digest: str):
     """A new approval of exactly this digest, not already used by an earlier deployment."""
     instance = context.instance
@@ -128,6 +184,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     record = choose_digest(context, fleet, service, environment, config)
     digest = record.digest
     verify_provenance(context.instance, service, environment, digest)
+    verify_security_gate(context, fleet, service, environment, digest)
     approval = verify_approval(context, service, environment, digest) if environment.requires_approval else None
     git_sha = record.git_sha or ""
     context.instance.add_run_tags(context.run.run_id, {

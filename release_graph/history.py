@@ -80,3 +80,18 @@ def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, 
         if metadata.get("digest") == digest:
             return record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
     return None
+
+
+def check_metadata_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> dict | None:
+    """The metadata (plain values) of the newest completed evaluation of `check_key` for `digest`, or None."""
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        check_key,
+        limit=HISTORY_LIMIT,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
+    )
+    for record in records:
+        evaluation = record.event.dagster_event.event_specific_data if record.event else None
+        metadata = _plain(getattr(evaluation, "metadata", None))
+        if metadata.get("digest") == digest:
+            return metadata
+    return None

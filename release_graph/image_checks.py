@@ -1,4 +1,5 @@
-"""Evidence about `<service>/image`: unit tests, static analysis (SAST) and Dockerfile lint.
+"""Evidence about `<service>/image`: unit tests and Dockerfile lint (the security checks, SAST included, are in
+release_graph/security_checks.py).
 
 Each check reads the commit of the image's latest materialization, so it judges exactly what was pushed.
 "The check could not run" (no report, a crashed container, a missing tool) raises: Dagster shows an
@@ -99,35 +100,6 @@ def findings_table(findings, columns: list[tuple[str, str]]) -> dg.TableMetadata
         for finding in findings[:MAX_TABLE_ROWS]
     ]
     return dg.MetadataValue.table(records=records, schema=schema)
-
-
-def check_sast(context, service: Service, git, severity_threshold: str) -> dg.AssetCheckResult:
-    sha, digest = image_under_check(context, service)
-    with tempfile.TemporaryDirectory(prefix=f"rg-sast-{service.name}-") as tmp:
-        context_dir = export_build_context(git, service, sha, Path(tmp))
-        findings, raw_report = evidence.run_bandit(context_dir)
-    unscanned = evidence.bandit_errors(raw_report)
-    findings = sorted(findings, key=lambda f: (-evidence.SEVERITY_RANK[f.severity], f.file, f.line))
-    blocking = evidence.findings_at_or_above(findings, severity_threshold)
-    counts = {level: sum(1 for f in findings if f.severity == level) for level in ("HIGH", "MEDIUM", "LOW")}
-    return dg.AssetCheckResult(
-        passed=not blocking,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "git_sha": sha,
-            "digest": digest,
-            "tool": "bandit",
-            "severity_threshold": severity_threshold,
-            "blocking_findings": len(blocking),
-            "files_not_scanned": dg.MetadataValue.md("\n".join(f"- {e}" for e in unscanned) or "none"),
-            **{f"{level.lower()}_findings": count for level, count in counts.items()},
-            "findings": findings_table(
-                findings, [("rule", "string"), ("severity", "string"), ("confidence", "string"),
-                           ("file", "string"), ("line", "int"), ("text", "string")]
-            ),
-        },
-        description=f"{len(blocking)} finding(s) at or above {severity_threshold} ({len(findings)} in all)",
-    )
 
 
 def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult:

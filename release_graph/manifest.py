@@ -151,6 +151,35 @@ class E2ETests:
     target: str | None = None
 
 
+SCANNERS = ("none", "ecr", "trivy", "grype")
+AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+
+
+@dataclass(frozen=True)
+class EcrSettings:
+    """Where the ECR scanner asks: the region, an endpoint (None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time,
+    else AWS itself) and the registry's account id (None: the caller's)."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    registry_id: str | None = None
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
+
+@dataclass(frozen=True)
+class Security:
+    """The fleet's security gates (top-level `security:`); the defaults turn off everything that needs setup."""
+
+    waivers: Path | None = None  # absolute; None: no waivers file
+    scanner: str = "none"  # none, ecr, trivy, grype
+    ecr: EcrSettings | None = None  # only with scanner: ecr
+    # None: no compliance check (dockerfile_lint still runs); () : the check runs and blocks nothing.
+    compliance_blocking: tuple[str, ...] | None = None
+    sbom: bool = True
+
+
 @dataclass(frozen=True)
 class Fleet:
     name: str
@@ -160,6 +189,7 @@ class Fleet:
     source_file: Path
     sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
     e2e: E2ETests | None = None
+    security: Security = Security()
 
     @property
     def root(self) -> Path:
@@ -279,7 +309,7 @@ ENVIRONMENT_KEYS = {
 }
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e"}
+TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -327,6 +357,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
         sast_threshold = "medium"
 
     e2e = _parse_e2e(problems, document, source_file.parent, check_files)
+    security = _parse_security(problems, document, source_file.parent, check_files)
     raw_services = document.get("services")
     services: dict[str, Service] = {}
     if not isinstance(raw_services, dict) or not raw_services:
@@ -351,6 +382,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
         source_file=source_file,
         sast_threshold=sast_threshold.upper(),
         e2e=e2e,
+        security=security,
     )
 
 
@@ -368,6 +400,124 @@ def _parse_e2e(problems: _Problems, document: _LinedDict, root: Path, check_file
         problems.add(_line(raw, "context"), _where(field_name="e2e.context"),
                      f"Dockerfile '{Path(e2e.context) / e2e.dockerfile}' does not exist in {root}")
     return e2e
+
+
+SECURITY_KEYS = {"waivers", "scanner", "ecr", "compliance_blocking", "sbom"}
+ECR_KEYS = {"region", "endpoint_url", "registry_id"}
+AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+AWS_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+DEFAULT_WAIVERS_FILE = "waivers.yaml"
+
+
+def _parse_security(problems: _Problems, document: _LinedDict, root: Path, check_files: bool) -> Security:
+    """The top-level `security:` block; absent, everything that needs setup is off (and a `waivers.yaml`
+    beside the manifest is still used)."""
+    raw = document.get("security")
+    default_waivers = root / DEFAULT_WAIVERS_FILE
+    if raw is None:
+        return Security(waivers=default_waivers if default_waivers.is_file() else None)
+    if not isinstance(raw, _LinedDict):
+        problems.add(_line(document, "security"), _where(field_name="security"),
+                     "expected a mapping such as {scanner: ecr, waivers: waivers.yaml, sbom: true}")
+        return Security()
+
+    def report(key: str, message: str, mapping: _LinedDict = raw) -> None:
+        problems.add(_line(mapping, key), _where(field_name=f"security.{key}"), message)
+
+    for key in raw:
+        if key not in SECURITY_KEYS:
+            report(key, f"unknown key (expected one of: {', '.join(sorted(SECURITY_KEYS))})")
+
+    waivers: Path | None = default_waivers if default_waivers.is_file() else None
+    if "waivers" in raw:
+        value = raw["waivers"]
+        if value is None:
+            waivers = None  # `waivers: null` turns the default file off
+        elif not _is_str(value) or Path(value).is_absolute() or ".." in Path(value).parts:
+            report("waivers", f"expected a path relative to this file (e.g. waivers.yaml), got {value!r}")
+        elif check_files and not (root / value).is_file():
+            report("waivers", f"waivers file '{value}' does not exist in {root}")
+        else:
+            waivers = (root / value).resolve()
+
+    scanner = raw.get("scanner", "none")
+    if scanner not in SCANNERS:
+        report("scanner", f"expected one of {', '.join(SCANNERS)}, got {scanner!r}")
+        scanner = "none"
+
+    ecr = None
+    ecr_raw = raw.get("ecr")
+    if ecr_raw is not None and scanner != "ecr":
+        report("ecr", f"ECR settings only apply with scanner: ecr (scanner is {scanner!r})")
+    elif scanner == "ecr":
+        if not isinstance(ecr_raw, _LinedDict):
+            report("ecr" if "ecr" in raw else "scanner",
+                   "scanner: ecr needs ecr: {region: <AWS region>} (endpoint_url and registry_id are optional)")
+        else:
+            ecr = _parse_ecr(problems, ecr_raw)
+
+    compliance_blocking = None
+    if "compliance_blocking" in raw:
+        compliance_blocking = _parse_compliance_blocking(problems, raw)
+
+    sbom = raw.get("sbom", True)
+    if not isinstance(sbom, bool):
+        report("sbom", f"expected true or false, got {sbom!r}")
+        sbom = True
+    return Security(waivers=waivers, scanner=scanner, ecr=ecr, compliance_blocking=compliance_blocking, sbom=sbom)
+
+
+def _parse_ecr(problems: _Problems, raw: _LinedDict) -> EcrSettings | None:
+    def report(key: str, message: str) -> None:
+        problems.add(_line(raw, key), _where(field_name=f"security.ecr.{key}"), message)
+
+    for key in raw:
+        if key not in ECR_KEYS:
+            report(key, f"unknown key (expected one of: {', '.join(sorted(ECR_KEYS))})")
+    region = raw.get("region")
+    ok = True
+    if not (_is_str(region) and AWS_REGION.match(region)):
+        report("region", f"expected an AWS region such as eu-west-1, got {region!r}")
+        ok = False
+    endpoint_url = raw.get("endpoint_url")
+    if endpoint_url is not None and not (_is_str(endpoint_url) and re.match(r"^https?://[^\s/]+", endpoint_url)):
+        report("endpoint_url", f"expected an http(s) URL such as http://127.0.0.1:5001, got {endpoint_url!r} "
+               f"(leave it out to use ${AWS_ENDPOINT_URL_VARIABLE}, else AWS itself)")
+        ok = False
+    registry_id = raw.get("registry_id")
+    if isinstance(registry_id, int) and not isinstance(registry_id, bool):
+        registry_id = f"{registry_id:012d}"  # YAML reads an unquoted account id as a number
+    if registry_id is not None and not (isinstance(registry_id, str) and AWS_ACCOUNT_ID.match(registry_id)):
+        report("registry_id", f"expected a 12-digit AWS account id, got {raw.get('registry_id')!r}")
+        ok = False
+    return EcrSettings(region=region, endpoint_url=endpoint_url, registry_id=registry_id) if ok else None
+
+
+def _parse_compliance_blocking(problems: _Problems, raw: _LinedDict) -> tuple[str, ...] | None:
+    from release_graph.security.compliance import PolicyError, known_rule_ids, load_policy
+    from release_graph.security.tools import ToolError, ToolMissing
+
+    field_name = "security.compliance_blocking"
+    line = _line(raw, "compliance_blocking")
+    rules = raw["compliance_blocking"]
+    if rules is None:
+        rules = []
+    if not isinstance(rules, list):
+        problems.add(line, _where(field_name=field_name),
+                     f"expected a list of rule ids such as [DL3007, CKV_DOCKER_3], got {rules!r}")
+        return None
+    if not rules:
+        return ()
+    try:
+        # Rule ids are checked against what the installed tools know (checkov is asked once per process).
+        policy = load_policy(rules, where=field_name, known=known_rule_ids())
+    except PolicyError as exc:
+        problems.add(line, _where(field_name=field_name), str(exc).removeprefix(f"{field_name}: "))
+        return None
+    except (ToolMissing, ToolError) as exc:
+        problems.add(line, _where(field_name=field_name), f"cannot check the rule ids: {exc}")
+        return None
+    return tuple(dict.fromkeys(r for r in rules if r in policy.blocking_rules))
 
 
 def _parse_service(

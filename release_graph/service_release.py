@@ -43,8 +43,8 @@ def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> li
     if stage == "image":
         if service.is_prebuilt:
             return []
-        return (["unit_tests"] if service.build.test_target else []) + (
-            ["sast"] if service.language == "python" else [])
+        return (["unit_tests"] if service.build.test_target else []) + ["sast"] + (
+            ["compliance"] if fleet.security.compliance_blocking else [])
     if stage == "integration":
         return ["integration_tests"]
     if stage in fleet.environments:
@@ -253,19 +253,7 @@ def _built_release(fleet: Fleet, service: Service) -> ServiceRelease:
 
         checks.append(unit_tests)
 
-    if service.language == "python":
-
-        @dg.asset_check(
-            asset=image_key(service),
-            name="sast",
-            blocking=True,
-            description=f"Static analysis with bandit; findings at or above {fleet.sast_threshold} block.",
-            required_resource_keys={"git"},
-        )
-        def sast(context) -> dg.AssetCheckResult:
-            return image_checks.check_sast(context, service, context.resources.git, fleet.sast_threshold)
-
-        checks.append(sast)
+    checks += _security_checks(fleet, service)
 
     @dg.asset_check(
         asset=image_key(service),
@@ -279,6 +267,68 @@ def _built_release(fleet: Fleet, service: Service) -> ServiceRelease:
 
     checks.append(dockerfile_lint)
     return ServiceRelease(assets=[source, image], checks=checks)
+
+
+def _security_checks(fleet: Fleet, service: Service) -> list:
+    """The security evidence of a built service: SAST, and what `security:` turns on (vulnerability scan, SBOM,
+    compliance) on its image; the hardening of its container in every docker environment."""
+    from release_graph import security_checks
+
+    image = image_key(service)
+    settings = fleet.security
+    checks = []
+
+    @dg.asset_check(asset=image, name="sast", blocking=True,
+                    description=f"Static analysis: semgrep (the rules shipped with release-graph) and, for Python, "
+                    f"bandit; findings at or above {fleet.sast_threshold} block unless waived.",
+                    required_resource_keys={"git"})
+    def sast(context) -> dg.AssetCheckResult:
+        return security_checks.check_sast(context, fleet, service, context.resources.git)
+
+    checks.append(sast)
+    if settings.scanner != "none":
+
+        @dg.asset_check(asset=image, name=security_checks.VULNERABILITY_SCAN, blocking=False,
+                        description=f"Image vulnerability scan ({settings.scanner}): counts per severity and the "
+                        "top findings. Each environment's deploy step refuses findings above its scan_threshold.",
+                        required_resource_keys={"registry"})
+        def vulnerability_scan(context) -> dg.AssetCheckResult:
+            return security_checks.check_vulnerability_scan(context, fleet, service, context.resources.registry)
+
+        checks.append(vulnerability_scan)
+    if settings.sbom:
+
+        @dg.asset_check(asset=image, name="sbom", blocking=False,
+                        description="CycloneDX SBOM of the image (Debian packages, Python distributions), "
+                        "stored with the run's reports.", required_resource_keys={"engine"})
+        def sbom(context) -> dg.AssetCheckResult:
+            return security_checks.check_sbom(context, fleet, service, context.resources.engine)
+
+        checks.append(sbom)
+    if settings.compliance_blocking is not None:
+        rules = ", ".join(settings.compliance_blocking) or "none"
+
+        @dg.asset_check(asset=image, name="compliance", blocking=bool(settings.compliance_blocking),
+                        description=f"hadolint and checkov on the Dockerfile and Kubernetes manifests; blocking "
+                        f"rules: {rules}.", required_resource_keys={"git"})
+        def compliance(context) -> dg.AssetCheckResult:
+            return security_checks.check_compliance(context, fleet, service, context.resources.git)
+
+        checks.append(compliance)
+
+    def hardening_check(environment: Environment):
+        @dg.asset_check(asset=environment_key(service, environment), name="hardening", blocking=False,
+                        description="The running container: non-root user, read-only root filesystem, "
+                        "not privileged, no added capabilities (a warning).",
+                        required_resource_keys={"docker_target", "engine"})
+        def hardening(context) -> dg.AssetCheckResult:
+            return security_checks.check_hardening(context, fleet, service, environment)
+
+        return hardening
+
+    # Only the docker target can show how its containers run.
+    checks += [hardening_check(e) for e in fleet.environments.values() if e.target == "docker"]
+    return checks
 
 
 def _prebuilt_release(fleet: Fleet, service: Service) -> ServiceRelease:

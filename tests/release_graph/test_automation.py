@@ -29,6 +29,7 @@ environments:
 """
 
 RESOURCE_KEYS = ["git", "engine", "registry", "docker_target", "secrets"]
+IMAGE_CHECKS_PASSED = {"unit_tests": True, "sast": True}  # the image's blocking checks
 
 
 def key(*path: str) -> dg.AssetKey:
@@ -72,7 +73,7 @@ def story(tmp_path):
 
 
 def release_to_dev(story: Story, service: str, digest: str) -> None:
-    story.record(key(service, "image"), digest, {"unit_tests": True})
+    story.record(key(service, "image"), digest, IMAGE_CHECKS_PASSED)
     story.record(key(service, "integration"), digest, {"integration_tests": True})
     story.record(key(service, "dev"), digest, {"healthy": True})
 
@@ -85,7 +86,7 @@ def test_nothing_is_requested_before_anything_was_built(story):
 def test_a_new_image_is_integrated_then_deployed_to_the_first_environment(story):
     story.tick()
     # Given a new inventory image whose unit tests passed
-    story.record(key("inventory", "image"), "sha256:i1", {"unit_tests": True})
+    story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
     # when automation ticks, then only its integration stage starts
     assert story.tick() == {key("inventory", "integration")}
     assert story.tick() == set()
@@ -100,7 +101,7 @@ def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(sto
     release_to_dev(story, "inventory", "sha256:i1")
     story.tick()  # the matrix notices both deployments
     # Given a new inventory release reaching dev
-    story.record(key("inventory", "image"), "sha256:i2", {"unit_tests": True})
+    story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
     assert story.tick() == {key("inventory", "integration")}
     story.record(key("inventory", "integration"), "sha256:i2", {"integration_tests": True})
     assert story.tick() == {key("inventory", "dev")}
@@ -112,7 +113,7 @@ def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(sto
 def test_a_consumers_first_deployment_waits_for_its_providers_first_deployment(story):
     story.tick()
     for service in ("orders", "inventory"):
-        story.record(key(service, "image"), f"sha256:{service}1", {"unit_tests": True})
+        story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
     assert story.tick() == {key("orders", "integration"), key("inventory", "integration")}
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}1", {"integration_tests": True})
@@ -128,7 +129,7 @@ def test_a_provider_and_its_consumer_changing_together_are_requested_in_one_tick
     release_to_dev(story, "inventory", "sha256:i1")
     story.tick()
     for service in ("orders", "inventory"):
-        story.record(key(service, "image"), f"sha256:{service}2", {"unit_tests": True})
+        story.record(key(service, "image"), f"sha256:{service}2", IMAGE_CHECKS_PASSED)
     story.tick()
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}2", {"integration_tests": True})
@@ -139,7 +140,7 @@ def test_a_provider_and_its_consumer_changing_together_are_requested_in_one_tick
 
 def test_a_failed_integration_check_stops_the_release_on_every_later_tick(story):
     story.tick()
-    story.record(key("inventory", "image"), "sha256:i1", {"unit_tests": True})
+    story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
     story.tick()
     # Given integration recorded but its blocking check failed
     story.record(key("inventory", "integration"), "sha256:i1", {"integration_tests": False})
@@ -150,7 +151,7 @@ def test_a_failed_integration_check_stops_the_release_on_every_later_tick(story)
 
 def test_an_image_whose_unit_tests_failed_is_never_integrated(story):
     story.tick()
-    story.record(key("inventory", "image"), "sha256:i1", {"unit_tests": False})
+    story.record(key("inventory", "image"), "sha256:i1", {"unit_tests": False, "sast": True})
     for _ in range(2):
         assert story.tick() == set()
 

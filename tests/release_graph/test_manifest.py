@@ -305,3 +305,113 @@ def test_environment_settings_name_the_environment_and_field(tmp_path):
         "fleet.yaml:37: environment 'prod', field 'approvers': approver 'alice' is neither an email address "
         "nor team:<name>",
     ]
+
+
+# --- security: -------------------------------------------------------------------------------------------------
+
+SECURITY = """\
+security:
+  waivers: policy/waivers.yaml
+  scanner: ecr
+  ecr: {region: eu-west-1, endpoint_url: "http://127.0.0.1:5001", registry_id: "123456789012"}
+  compliance_blocking: [DL3007, CKV_DOCKER_3]
+  sbom: false
+"""
+
+
+def with_security(text: str, security: str = SECURITY) -> str:
+    return replace(text, "services:\n", security + "services:\n")
+
+
+def test_without_a_security_block_only_sast_and_sbom_are_on(tmp_path):
+    fleet = load_fleet(write_fleet(tmp_path, GOOD))
+    security = fleet.security
+    assert security.scanner == "none" and security.ecr is None and security.sbom is True
+    assert security.compliance_blocking is None and security.waivers is None
+    # A waivers.yaml beside the manifest is the default waivers file
+    (tmp_path / "waivers.yaml").write_text("waivers: []\n")
+    assert load_fleet(tmp_path / "fleet.yaml").security.waivers == tmp_path / "waivers.yaml"
+
+
+def test_the_security_block_names_scanner_waivers_compliance_rules_and_sbom(tmp_path, monkeypatch):
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "waivers.yaml").write_text("waivers: []\n")
+    fleet = load_fleet(write_fleet(tmp_path, with_security(GOOD)))
+    security = fleet.security
+    assert security.waivers == tmp_path / "policy" / "waivers.yaml"
+    assert security.scanner == "ecr" and security.sbom is False
+    assert security.ecr.region == "eu-west-1" and security.ecr.registry_id == "123456789012"
+    assert security.ecr.resolved_endpoint_url() == "http://127.0.0.1:5001"
+    assert security.compliance_blocking == ("DL3007", "CKV_DOCKER_3")
+    # Without endpoint_url, the endpoint comes from the environment at use time (else AWS itself)
+    text = with_security(GOOD, "security:\n  scanner: ecr\n  ecr: {region: us-east-1, registry_id: 012345678901}\n"
+                         "  compliance_blocking: []\n")
+    security = load_fleet(write_fleet(tmp_path, text)).security
+    assert security.ecr.registry_id == "012345678901" and security.compliance_blocking == ()
+    monkeypatch.delenv("RELEASE_GRAPH_AWS_ENDPOINT_URL", raising=False)
+    assert security.ecr.resolved_endpoint_url() is None
+    monkeypatch.setenv("RELEASE_GRAPH_AWS_ENDPOINT_URL", "http://127.0.0.1:5999")
+    assert security.ecr.resolved_endpoint_url() == "http://127.0.0.1:5999"
+
+
+def test_security_mistakes_name_the_line_and_field(tmp_path):
+    text = with_security(GOOD, """\
+security:
+  waivers: missing.yaml
+  scanner: clair
+  ecr: {region: us-east-1}
+  sbom: yes please
+  scan_threshold: high
+""")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:8: field 'security.scan_threshold': unknown key (expected one of: compliance_blocking, ecr, "
+        "sbom, scanner, waivers)",
+        f"fleet.yaml:4: field 'security.waivers': waivers file 'missing.yaml' does not exist in {tmp_path}",
+        "fleet.yaml:5: field 'security.scanner': expected one of none, ecr, trivy, grype, got 'clair'",
+        "fleet.yaml:6: field 'security.ecr': ECR settings only apply with scanner: ecr (scanner is 'none')",
+        "fleet.yaml:7: field 'security.sbom': expected true or false, got 'yes please'",
+    ]
+
+
+def test_ecr_settings_are_checked(tmp_path):
+    text = with_security(GOOD, """\
+security:
+  scanner: ecr
+  ecr:
+    region: Europe
+    endpoint_url: 127.0.0.1:5001
+    registry_id: "12345"
+    profile: default
+""")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:9: field 'security.ecr.profile': unknown key (expected one of: endpoint_url, region, registry_id)",
+        "fleet.yaml:6: field 'security.ecr.region': expected an AWS region such as eu-west-1, got 'Europe'",
+        "fleet.yaml:7: field 'security.ecr.endpoint_url': expected an http(s) URL such as http://127.0.0.1:5001, "
+        "got '127.0.0.1:5001' (leave it out to use $RELEASE_GRAPH_AWS_ENDPOINT_URL, else AWS itself)",
+        "fleet.yaml:8: field 'security.ecr.registry_id': expected a 12-digit AWS account id, got '12345'",
+    ]
+    text = with_security(GOOD, "security: {scanner: ecr}\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:3: field 'security.scanner': scanner: ecr needs ecr: {region: <AWS region>} "
+        "(endpoint_url and registry_id are optional)",
+    ]
+
+
+def test_an_unknown_compliance_rule_id_is_an_error_naming_it(tmp_path):
+    text = with_security(GOOD, "security:\n  compliance_blocking: [DL3007, CKV_DOCKER_999, DL9999]\n")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem.startswith("fleet.yaml:4: field 'security.compliance_blocking': unknown rule ids "
+                              "CKV_DOCKER_999, DL9999: not a hadolint rule")
+    text = with_security(GOOD, "security:\n  compliance_blocking: DL3007\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:4: field 'security.compliance_blocking': expected a list of rule ids such as "
+        "[DL3007, CKV_DOCKER_3], got 'DL3007'",
+    ]
+
+
+def test_compliance_rules_cannot_be_checked_without_checkov(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELEASE_GRAPH_TOOLS", str(tmp_path / "no-tools"))
+    text = with_security(GOOD, "security:\n  compliance_blocking: [CKV_DOCKER_3]\n")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem.startswith("fleet.yaml:4: field 'security.compliance_blocking': cannot check the rule ids: "
+                              f"checkov is not installed: no {tmp_path}/no-tools/checkov-venv/bin/checkov")
