@@ -6,9 +6,10 @@ import json
 
 import dagster as dg
 
-from release_graph import evidence, history, matrix
+from release_graph import history, matrix
 from release_graph.automation import stage_condition
-from release_graph.image_step import ReleaseStepError, stream_to_run
+from release_graph.image_checks import junit_metadata, read_test_report, tests_passed
+from release_graph.image_step import stream_to_run
 from release_graph.manifest import Environment, Fleet
 from release_graph.stages import MATRIX_KEY, e2e_key, environment_key
 
@@ -80,11 +81,7 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
         copy_out="/reports",
         timeout_seconds=E2E_TIMEOUT_SECONDS,
     )
-    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
-    if not reports:
-        raise ReleaseStepError(f"environment '{environment.name}': the end-to-end container exited "
-                               f"{run.exit_code} without a JUnit report; last log lines:\n{run.logs_tail}")
-    summary = evidence.parse_junit(reports)
+    summary = read_test_report(run, f"environment '{environment.name}': the end-to-end container")
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(fingerprint),
         metadata={
@@ -96,15 +93,8 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
     )
     yield dg.AssetCheckResult(
         check_name="e2e_tests",
-        passed=summary.tests > 0 and summary.failed == 0 and summary.errors == 0,
-        metadata={
-            "digest": fingerprint,
-            "tests": summary.tests,
-            "passed": summary.passed,
-            "failed": summary.failed,
-            "errors": summary.errors,
-            "failing_tests": dg.MetadataValue.md("\n".join(f"- `{n}`" for n in summary.failing) or "none"),
-        },
+        passed=tests_passed(summary),
+        metadata={"digest": fingerprint, **junit_metadata(summary)},
     )
 
 

@@ -55,41 +55,50 @@ def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg
         timeout_seconds=UNIT_TEST_TIMEOUT_SECONDS,
         copy_out=TEST_REPORTS_DIR,
     )
-    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
-    if not reports:
-        raise ReleaseStepError(
-            f"service '{service.name}': the unit-test container exited {run.exit_code} without a JUnit report "
-            f"in {TEST_REPORTS_DIR}; last log lines:\n{run.logs_tail}"
-        )
-    summary = evidence.parse_junit(reports)
-    if run.exit_code != 0 and summary.failed == 0 and summary.errors == 0:
-        raise ReleaseStepError(
-            f"service '{service.name}': the unit-test container exited {run.exit_code} but its report shows "
-            f"no failure; last log lines:\n{run.logs_tail}"
-        )
-    passed = summary.tests > 0 and summary.failed == 0 and summary.errors == 0
+    summary = read_test_report(run, f"service '{service.name}': the unit-test container")
     return dg.AssetCheckResult(
-        passed=passed,
+        passed=tests_passed(summary),
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "git_sha": sha,
-            "digest": digest,
-            "tests": summary.tests,
-            "passed": summary.passed,
-            "failed": summary.failed,
-            "errors": summary.errors,
-            "skipped": summary.skipped,
-            "failing_tests": dg.MetadataValue.md(
-                "\n".join(f"- `{name}`" for name in summary.failing) or "none"
-            ),
-            "duration_seconds": dg.MetadataValue.float(round(summary.duration, 3)),
-            "container_exit_code": run.exit_code,
-        },
+        metadata={"git_sha": sha, "digest": digest, **junit_metadata(summary),
+                  "container_exit_code": run.exit_code},
         description=(
             f"{summary.passed}/{summary.tests} unit tests passed"
             + (f"; failing: {', '.join(summary.failing[:5])}" if summary.failing else "")
         ),
     )
+
+
+def read_test_report(run, what: str) -> evidence.JUnitSummary:
+    """The JUnit verdict a test container left in /reports, for unit, integration and end-to-end tests.
+
+    No report, or an exit code the report does not explain, means the tests could not run: that raises
+    (an execution error in the UI), it is never read as a pass or as a test failure.
+    """
+    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
+    if not reports:
+        raise ReleaseStepError(f"{what} exited {run.exit_code} without a JUnit report in {TEST_REPORTS_DIR}; "
+                               f"last log lines:\n{run.logs_tail}")
+    summary = evidence.parse_junit(reports)
+    if run.exit_code != 0 and summary.failed == 0 and summary.errors == 0:
+        raise ReleaseStepError(f"{what} exited {run.exit_code} but its report shows no failure; "
+                               f"last log lines:\n{run.logs_tail}")
+    return summary
+
+
+def tests_passed(summary: evidence.JUnitSummary) -> bool:
+    return summary.tests > 0 and summary.failed == 0 and summary.errors == 0
+
+
+def junit_metadata(summary: evidence.JUnitSummary) -> dict:
+    return {
+        "tests": summary.tests,
+        "passed": summary.passed,
+        "failed": summary.failed,
+        "errors": summary.errors,
+        "skipped": summary.skipped,
+        "failing_tests": dg.MetadataValue.md("\n".join(f"- `{name}`" for name in summary.failing) or "none"),
+        "duration_seconds": dg.MetadataValue.float(round(summary.duration, 3)),
+    }
 
 
 def findings_table(findings, columns: list[tuple[str, str]]) -> dg.TableMetadataValue:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph import evidence, history
+from release_graph import history
 from release_graph.deploy_step import blocking_checks_passed, image_reference
 from release_graph.fleet_assets import service_urls
+from release_graph.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.image_step import ReleaseStepError, export_build_context, stream_to_run
 from release_graph.manifest import Fleet, Service, topological_order
 from release_graph.stages import environment_key, image_key
@@ -92,11 +93,7 @@ def run_integration(context, fleet: Fleet, service: Service):
             copy_out="/reports",
             timeout_seconds=INTEGRATION_TIMEOUT_SECONDS,
         )
-    reports = {name: data for name, data in run.files.items() if name.endswith(".xml")}
-    if not reports:
-        raise ReleaseStepError(f"service '{service.name}': the integration-test container exited "
-                               f"{run.exit_code} without a JUnit report; last log lines:\n{run.logs_tail}")
-    summary = evidence.parse_junit(reports)
+    summary = read_test_report(run, f"service '{service.name}': the integration-test container")
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(image.digest),
         metadata={
@@ -110,14 +107,6 @@ def run_integration(context, fleet: Fleet, service: Service):
     )
     yield dg.AssetCheckResult(
         check_name="integration_tests",
-        passed=summary.tests > 0 and summary.failed == 0 and summary.errors == 0,
-        metadata={
-            "digest": image.digest,
-            "tests": summary.tests,
-            "passed": summary.passed,
-            "failed": summary.failed,
-            "errors": summary.errors,
-            "failing_tests": dg.MetadataValue.md("\n".join(f"- `{n}`" for n in summary.failing) or "none"),
-            "tested_with": ", ".join(started),
-        },
+        passed=tests_passed(summary),
+        metadata={"digest": image.digest, **junit_metadata(summary), "tested_with": ", ".join(started)},
     )
