@@ -51,7 +51,7 @@ def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg
     run = engine.run_to_completion(
         test_reference,
         labels={"io.release-graph.service": service.name, "io.release-graph.step": "unit-tests"},
-        name=f"rg-unit-{service.name}-{sha[:12]}-{context.run.run_id[:8]}",
+        name=f"rg-unit-{fleet.name}-{service.name}-{sha[:12]}-{context.run.run_id[:8]}",
         timeout_seconds=UNIT_TEST_TIMEOUT_SECONDS,
         copy_out=TEST_REPORTS_DIR,
     )

@@ -120,7 +120,7 @@ def test_a_killed_test_container_errors_the_unit_test_check(release_world_factor
 
     def kill_the_test_container():
         while not stop.is_set():
-            for container in docker_client.containers.list(filters={"name": "rg-unit-inventory-"}):
+            for container in docker_client.containers.list(filters={"name": f"rg-unit-{world.fleet.name}-inventory-"}):
                 container.kill()
                 return
             time.sleep(0.2)
