@@ -1,0 +1,1 @@
+"""Reproducible measurements of release-graph on this machine: `make bench` writes docs/benchmarks.md."""

@@ -1,0 +1,793 @@
+"""`make bench`: measure release-graph on this machine and write docs/benchmarks.md.
+
+Every figure comes from real work: real git repositories (the demo services, copied into a temporary
+folder), the real container engine ($DOCKER_HOST), the real registry and real haproxy processes. Each case
+runs N times; the tables give the median and the range. Everything the run creates carries a unique prefix
+(`rgb<8 hex>`: fleet name, registry path, containers, networks, temporary folders) and is removed at the
+end, also when a case fails.
+
+    python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~3-5 minutes)
+    python -m benchmarks.run --quick         # one run per case, printed only (a smoke test of this script)
+    python -m benchmarks.run --only a,e      # some sections, printed only
+
+Sections: (a) manifest validation and graph build, (b) Git sensor ticks, (c) image build and push,
+(d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "benchmarks.md"
+DEMO_FLEET = PROJECT_ROOT / "examples" / "shop" / "fleet.yaml"
+# The third-party deploy files to import: $RELEASE_GRAPH_FLEETS, else the shared folder of this project's hosts.
+SHARED_FLEETS = Path(os.environ.get("RELEASE_GRAPH_FLEETS") or "/work/shared/fleets")
+IMPORT_INPUTS = {
+    "online-boutique (Kubernetes manifests)": "online-boutique/kubernetes-manifests",
+    "robot-shop (docker-compose)": "robot-shop/docker-compose.yaml",
+}
+GENERATED_SIZES = (50, 200)
+BUILT_SERVICE = "inventory"  # no dependencies: it deploys and answers /healthz on its own
+COMMIT_SERVICE = "orders"  # the service the sensor benchmark commits to
+GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
+
+
+# --- measuring --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    samples: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    intro: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def row(self, case: str, note: str = "") -> Row:
+        for row in self.rows:
+            if row.case == case:
+                if note:
+                    row.note = note
+                return row
+        row = Row(case, note=note)
+        self.rows.append(row)
+        return row
+
+
+def timed(fn: Callable, *args, **kwargs):
+    """(seconds, result) of one call, by the monotonic high-resolution clock."""
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def fmt_seconds(value: float) -> str:
+    if value < 1:
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the machine --------------------------------------------------------------------------------------------
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({type(exc).__name__})"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else "unavailable"
+
+
+def machine_facts() -> dict[str, str]:
+    import dagster as dg
+
+    facts: dict[str, str] = {}
+    facts["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    facts["CPU"] = f"{cpu_model}, {os.cpu_count()} logical CPUs (nproc {len(os.sched_getaffinity(0))})"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    os_name = platform.system()
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    facts["OS"] = f"{os_name}, kernel {platform.release()}"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        version = client.version()
+        engines = [f"{c.get('Name')} {c.get('Version')}" for c in version.get("Components") or []
+                   if "engine" in str(c.get("Name", "")).lower()]
+        facts["container engine"] = (
+            f"{engines[0] if engines else 'version ' + str(version.get('Version'))} "
+            f"(Docker Engine API {version.get('ApiVersion')}) "
+            f"at {os.environ.get('DOCKER_HOST', 'the default socket')}"
+        )
+        client.close()
+    except Exception as exc:  # the report says what it could not find; the engine sections then fail loudly
+        facts["container engine"] = f"unavailable: {type(exc).__name__}: {exc}"
+    facts["Python"] = platform.python_version()
+    facts["Dagster"] = dg.__version__
+    facts["git"] = _first_line(["git", "--version"])
+    facts["haproxy"] = _first_line(["haproxy", "-v"])
+    commit = _first_line(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    facts["release-graph commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    return facts
+
+
+# --- fixtures: a copy of the demo fleet and generated fleets --------------------------------------------------
+
+
+@dataclass
+class Bench:
+    prefix: str
+    work: Path
+    quick: bool
+    registry_host: str
+    fleet_name: str = ""
+    fleet_path: Path | None = None
+    repos: Path | None = None
+    digests: list[tuple[str, str]] = field(default_factory=list)  # (sha, digest) of BUILT_SERVICE
+    environments: list[str] = field(default_factory=list)  # created by section (d), torn down at the end
+    _resources: dict | None = None
+
+    @property
+    def registry(self) -> str:
+        return f"{self.registry_host}/{self.fleet_name}"
+
+    def n(self, full: int) -> int:
+        """How many times to run a case: `full`, or once for --quick."""
+        return 1 if self.quick else full
+
+    def folder(self, name: str) -> str:
+        """A new folder under the work folder (Dagster's test instance needs its folder to exist)."""
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def resources(self) -> dict:
+        """The same adapters as the demo (release_graph.graph.default_resources), with state in the work folder."""
+        if self._resources is None:
+            from resources.containers import ContainerEngine
+            from resources.git import GitResource
+            from resources.registry import Registry
+            from resources.secrets import SecretsResource
+            from resources.targets import DockerTarget
+
+            self._resources = {
+                "git": GitResource(mirror_dir=str(self.work / "mirrors")),
+                "engine": ContainerEngine(),
+                "registry": Registry(),
+                "docker_target": DockerTarget(state_dir=str(self.work / "targets")),
+                "secrets": SecretsResource(),
+            }
+        return self._resources
+
+
+def write_demo_copy(bench: Bench) -> Path:
+    """The demo manifest with its repositories recreated under the work folder, and the benchmark's fleet name
+    and registry. Published ports are dropped: the demo's fixed ports belong to a demo that may be running."""
+    from release_graph.demo import SOURCES_DIR, sync_repos
+
+    bench.repos = bench.work / "repos"
+    sync_repos(SOURCES_DIR, bench.repos)
+    document = yaml.safe_load(DEMO_FLEET.read_text())
+    document["fleet"] = bench.fleet_name
+    document["registry"] = bench.registry
+    for service in document["services"].values():
+        repo = service.get("repo")
+        if repo and not GIT_URL.match(repo):
+            service["repo"] = str(bench.repos / Path(repo).name)
+    if isinstance(document.get("e2e"), dict):
+        document["e2e"]["context"] = str((DEMO_FLEET.parent / document["e2e"]["context"]).resolve())
+    for environment in (document.get("environments") or {}).values():
+        if isinstance(environment, dict):
+            environment.pop("publish", None)
+    path = bench.work / "demo-fleet.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    bench.fleet_path = path
+    return path
+
+
+def write_generated_fleet(bench: Bench, size: int) -> tuple[Path, int]:
+    """A fleet of `size` built services, each in its own local folder with a Dockerfile, 1-3 hard edges each
+    to lower-numbered services (acyclic), three environments (prod approval-gated) and the demo's e2e tests."""
+    root = bench.work / f"generated-{size}"
+    services, edges = {}, 0
+    for index in range(size):
+        name = f"svc-{index:03d}"
+        folder = root / "repos" / name
+        folder.mkdir(parents=True)
+        (folder / "Dockerfile").write_text("FROM 127.0.0.1:5000/base/python:bookworm\nCMD [\"python3\"]\n")
+        deps = sorted({d for d in (index - 1, index // 2, index // 3) if 0 <= d < index})
+        edges += len(deps)
+        services[name] = {
+            "repo": f"repos/{name}",
+            "build": {"dockerfile": "Dockerfile", "test_target": "test", "integration_target": "integration"},
+            "port": 8080,
+            "language": "python",
+            "owners": [f"team:team{index % 10}"],
+            "depends_on": [f"svc-{d:03d}" for d in deps],
+        }
+    document = {
+        "fleet": f"{bench.prefix}-gen{size}",
+        "registry": f"{bench.registry_host}/{bench.prefix}-gen{size}",
+        "e2e": {"context": str((DEMO_FLEET.parent / "e2e").resolve())},
+        "services": services,
+        "environments": {
+            "dev": {"target": "docker"},
+            "staging": {"target": "docker"},
+            "prod": {"target": "docker", "approval": "required"},
+        },
+    }
+    path = root / "fleet.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path, edges
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- (a) manifest validation and graph build ------------------------------------------------------------------
+
+
+def bench_graph(bench: Bench, section: Section) -> None:
+    from release_graph.graph import build_definitions, default_resources
+    from release_graph.manifest import load_fleet
+
+    fleets = [("demo fleet", bench.fleet_path, None)]
+    for size in GENERATED_SIZES:
+        path, edges = write_generated_fleet(bench, size)
+        fleets.append((f"generated, {size} services", path, edges))
+
+    asset_counts: dict[str, int] = {}
+    for label, path, edges in fleets:
+        runs = bench.n(5 if "200" not in label else 3)
+        for _ in range(runs):
+            validate, fleet = timed(load_fleet, path)
+            build, defs = timed(build_definitions, fleet, default_resources())
+            resolve, repository = timed(defs.get_repository_def)
+            graph = repository.asset_graph
+            assets = len(graph.get_all_asset_keys())
+            asset_counts[label] = assets
+            checks = len(list(graph.asset_check_keys))
+            edge_count = edges if edges is not None else sum(len(s.hard_deps) for s in fleet.services.values())
+            shape = f"{len(fleet.services)} services, {edge_count} hard edges: {assets} assets, {checks} checks"
+            section.row(f"{label}: validate manifest (load_fleet)", shape).samples.append(validate)
+            section.row(f"{label}: build Definitions").samples.append(build)
+            section.row(f"{label}: resolve repository (asset graph, jobs)").samples.append(resolve)
+            section.row(f"{label}: total").samples.append(validate + build + resolve)
+
+    for label, assets in asset_counts.items():
+        build = section.row(f"{label}: build Definitions").samples
+        section.notes.append(f"{label}: building Definitions costs {statistics.median(build) / assets * 1000:.2f} ms "
+                             f"per asset ({assets} assets).")
+
+    # What `dagster dev` and every run worker do first: a fresh interpreter importing the code location.
+    code = "from release_graph.definitions import defs; defs.get_repository_def()"
+    for label, path, _ in (fleets[0], fleets[-1]):
+        for _ in range(bench.n(3)):
+            env = {**os.environ, "RELEASE_GRAPH_FLEET": str(path)}
+            seconds, done = timed(subprocess.run, [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"loading the code location for {path} failed:\n{done.stderr[-2000:]}")
+            section.row(f"{label}: load the code location in a fresh Python process",
+                        "interpreter start, imports, manifest, Definitions, resolve").samples.append(seconds)
+
+
+# --- (b) Git sensor ticks --------------------------------------------------------------------------------------
+
+
+def bench_sensor(bench: Bench, section: Section) -> None:
+    import dagster as dg
+
+    from release_graph.demo import commit_change
+    from release_graph.graph import build_definitions
+    from release_graph.manifest import load_fleet
+    from resources.git import GitResource
+    from resources.registry import Registry
+    from sensors.git_commits import build_git_commit_sensor, evaluate_git_tick
+
+    fleet = load_fleet(bench.fleet_path)
+    registry = Registry()
+    branches = len({(s.repo_url, s.branch) for s in fleet.built_services})
+
+    cursor = None
+    git = None
+    for index in range(bench.n(3)):
+        # A fresh mirror folder each time: the first tick clones every repository into its mirror.
+        git = GitResource(mirror_dir=str(bench.work / f"sensor-mirrors-{index}"))
+        seconds, tick = timed(evaluate_git_tick, fleet, git, registry, None)
+        if tick.problems or len(tick.run_requests()) != len(fleet.built_services):
+            raise RuntimeError(f"first tick: expected {len(fleet.built_services)} builds, got "
+                               f"{len(tick.run_requests())}; problems: {tick.problems}")
+        section.row("first tick (no cursor, empty mirrors): clone, look up images, request builds",
+                    f"{branches} repositories; {len(tick.run_requests())} builds requested").samples.append(seconds)
+        cursor = json.dumps(tick.cursor, sort_keys=True)
+
+    for _ in range(bench.n(10)):
+        seconds, tick = timed(evaluate_git_tick, fleet, git, registry, cursor)
+        if tick.releases or tick.problems:
+            raise RuntimeError(f"idle tick found releases or problems: {tick.releases} {tick.problems}")
+        section.row("idle tick (no new commit)", f"{branches} × git ls-remote, in parallel").samples.append(seconds)
+
+    for _ in range(bench.n(5)):
+        commit = commit_change(COMMIT_SERVICE, bench.repos)
+        seconds, tick = timed(evaluate_git_tick, fleet, git, registry, cursor)
+        if [(r.service, r.sha) for r in tick.releases] != [(COMMIT_SERVICE, commit.sha)]:
+            raise RuntimeError(f"tick after a commit on {COMMIT_SERVICE}: {tick.releases} {tick.problems}")
+        section.row("tick after one new commit", "ls-remote, fetch into the mirror, log, one build requested"
+                    ).samples.append(seconds)
+        cursor = json.dumps(tick.cursor, sort_keys=True)
+
+    # The same idle tick through Dagster's sensor machinery (context, resources, SensorResult).
+    resources = {"git": git, "registry": registry}
+    defs = build_definitions(fleet, {**bench.resources(), **resources})
+    sensor = build_git_commit_sensor(fleet)
+    with dg.instance_for_test(temp_dir=bench.folder("sensor-instance")) as instance:
+        for _ in range(bench.n(10)):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
+                                              definitions=defs)
+            seconds, result = timed(sensor, context)
+            if result.run_requests:
+                raise RuntimeError(f"idle sensor evaluation requested runs: {result.run_requests}")
+            section.row("idle tick through the sensor definition (build_sensor_context)",
+                        "what the daemon evaluates every 30 s").samples.append(seconds)
+
+
+# --- (c) image build and push --------------------------------------------------------------------------------
+
+
+def bench_image(bench: Bench, section: Section) -> None:
+    import dagster as dg
+
+    from release_graph.demo import commit_change
+    from release_graph.graph import build_definitions
+    from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, export_build_context, image_labels
+    from release_graph.manifest import load_fleet
+
+    fleet = load_fleet(bench.fleet_path)
+    service = fleet.services[BUILT_SERVICE]
+    resources = bench.resources()
+    git, engine = resources["git"], resources["engine"]
+    repository = service.image_repository(fleet)
+
+    # The engine alone: export the commit's tree, build it, push it. A fresh commit each time (a changed
+    # VERSION file): the base image layers stay cached, as they would on a build host.
+    for _ in range(bench.n(3)):
+        sha = commit_change(BUILT_SERVICE, bench.repos).sha
+        git.ensure_commit(service.repo_url, sha)
+        with tempfile.TemporaryDirectory(prefix=f"{bench.prefix}-ctx-", dir=bench.work) as tmp:
+            export_s, context_dir = timed(export_build_context, git, service, sha, Path(tmp))
+            build_s, built = timed(
+                engine.build, context_dir, dockerfile=service.build.dockerfile, tag=f"{repository}:{sha}",
+                target=service.build.target, labels=image_labels(fleet, service, sha),
+                buildargs={"GIT_SHA": sha, **service.build.args},
+            )
+        push_s, digest = timed(engine.push, f"{repository}:{sha}")
+        bench.digests.append((sha, digest))
+        size = f"image {built.size_bytes / 1e6:.0f} MB"
+        section.row("engine: export the commit's tree (git archive)").samples.append(export_s)
+        section.row("engine: build (fresh commit, base layers cached)", size).samples.append(build_s)
+        section.row("engine: push to the registry").samples.append(push_s)
+        section.row("engine: export + build + push").samples.append(export_s + build_s + push_s)
+
+    defs = build_definitions(fleet, resources)
+    image_key = dg.AssetKey([service.name, "image"])
+    image_only = dg.define_asset_job(f"{bench.prefix.replace('-', '_')}_image_only",
+                                     selection=dg.AssetSelection.assets(image_key).without_checks())
+    defs = dg.Definitions.merge(defs, dg.Definitions(jobs=[image_only]))
+    whole_run = defs.resolve_implicit_global_asset_job_def()
+    image_job = defs.resolve_job_def(image_only.name)
+
+    def tags(sha: str) -> dict[str, str]:
+        return {SERVICE_TAG: service.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12], "dagster/max_retries": "0"}
+
+    with dg.instance_for_test(temp_dir=bench.folder("image-instance")) as instance:
+        def materialize(job, sha: str, **kwargs):
+            # Dagster's console logger would print every event at DEBUG to stderr; the run's events are kept.
+            quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+            seconds, result = timed(job.execute_in_process, instance=instance, tags=tags(sha), run_config=quiet,
+                                    raise_on_error=False, **kwargs)
+            if not result.success:
+                failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+                raise RuntimeError(f"materializing {image_key.to_user_string()} at {sha[:12]} failed: {failures}")
+            return seconds, result
+
+        def built(result) -> bool:
+            event = instance.get_latest_materialization_event(image_key)
+            return bool(event.asset_materialization.metadata["built"].value)
+
+        # The `<svc>/image` step as the Git sensor's run executes it, with its checks (unit tests in the
+        # Dockerfile's test stage, bandit, hadolint), in-process on a SQLite instance.
+        for _ in range(bench.n(2)):
+            sha = commit_change(BUILT_SERVICE, bench.repos).sha
+            seconds, result = materialize(whole_run, sha, asset_selection=[image_key])
+            if not built(result):
+                raise RuntimeError(f"{sha[:12]}: a fresh commit was not built")
+            checks = sorted({e.event_specific_data.check_name for e in result.all_events
+                             if e.event_type_value == "ASSET_CHECK_EVALUATION"})
+            section.row("image step with its checks, fresh commit (what the sensor's run does)",
+                        f"build + push, then the checks: {', '.join(checks)}").samples.append(seconds)
+            digest = instance.get_latest_materialization_event(image_key).asset_materialization.metadata
+            bench.digests.append((sha, digest["digest"].value))
+        for _ in range(bench.n(2)):
+            seconds, result = materialize(whole_run, sha, asset_selection=[image_key])
+            if built(result):
+                raise RuntimeError(f"{sha[:12]}: the second request rebuilt the image")
+            section.row("image step with its checks, same SHA again",
+                        "no rebuild; the checks run again (test image reused)").samples.append(seconds)
+        for _ in range(bench.n(3)):
+            seconds, result = materialize(image_job, sha)
+            if built(result):
+                raise RuntimeError(f"{sha[:12]}: the second request rebuilt the image")
+            section.row("image step alone, same SHA again",
+                        "registry HEAD finds the tag: digest recorded, nothing built").samples.append(seconds)
+    section.notes.append(
+        "A unique build argument cannot force a cold build: Podman ignores build-arg *values* when it looks up "
+        "its layer cache. Every build here is of a fresh commit (a changed VERSION file), so the layers from the "
+        "first `COPY` of the source onward are rebuilt and the base image layers come from the cache, which is "
+        "what a build host sees for a normal commit."
+    )
+    section.notes.append(
+        "Builds take a host-wide lock per engine (Podman's layer cache is not safe under concurrent builds), so "
+        "on a shared machine a build can include time spent waiting for another process's build."
+    )
+
+
+# --- (d) deployments ---------------------------------------------------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+def bench_deploy(bench: Bench, section: Section) -> None:
+    from resources.targets import DeploymentSpec
+
+    if len(bench.digests) < 2:
+        raise RuntimeError("needs two built digests of the service: run section (c) first")
+    target = bench.resources()["docker_target"]
+    repository = f"{bench.registry}/{BUILT_SERVICE}"
+    (sha_a, digest_a), (sha_b, digest_b) = bench.digests[0], bench.digests[-1]
+
+    def spec(environment: str, sha: str, digest: str, port: int) -> DeploymentSpec:
+        return DeploymentSpec(
+            fleet=bench.fleet_name, environment=environment, service=BUILT_SERVICE,
+            image=f"{repository}@{digest}", port=8080, health="/healthz",
+            env={"GIT_SHA": sha}, publish=port, labels={"io.release-graph.git-sha": sha},
+        )
+
+    def serves(port: int, sha: str) -> None:
+        status, body = _get(f"http://127.0.0.1:{port}/version")
+        if status != 200 or sha.encode() not in body:
+            raise RuntimeError(f"published port {port} answered {status} {body[:200]!r}, expected {sha[:12]}")
+
+    for index in range(bench.n(3)):
+        environment = f"e{index}"
+        bench.environments.append(environment)
+        port = free_port()
+        seconds, result = timed(target.deploy, spec(environment, sha_a, digest_a, port))
+        if not result.changed:
+            raise RuntimeError(f"first deployment to {environment} reported no change")
+        serves(port, sha_a)
+        section.row("first deployment to a new environment",
+                    "network, pull by digest, start, health gate, haproxy started on a published port"
+                    ).samples.append(seconds)
+        seconds, result = timed(target.deploy, spec(environment, sha_a, digest_a, port))
+        if result.changed:
+            raise RuntimeError(f"redeploying the same digest to {environment} changed something")
+        section.row("redeploy of the same digest (no-op)", "inspect + one health probe; nothing moves"
+                    ).samples.append(seconds)
+        seconds, result = timed(target.deploy, spec(environment, sha_b, digest_b, port))
+        if not result.changed:
+            raise RuntimeError(f"switching {environment} to a new digest reported no change")
+        serves(port, sha_b)
+        section.row("new digest replaces the running one",
+                    f"start beside, health gate, move the name and the haproxy route, drain {target.drain_seconds:g} s,"
+                    " stop the old").samples.append(seconds)
+        seconds, _ = timed(target.teardown_environment, bench.fleet_name, environment)
+        bench.environments.remove(environment)
+        section.row("teardown of the environment", "containers, network, haproxy").samples.append(seconds)
+    section.notes.append(
+        f"DockerTarget against {os.environ.get('DOCKER_HOST', 'the default socket')}: one service "
+        f"({BUILT_SERVICE}, a Python standard-library HTTP service), health path /healthz, one published port; "
+        "each published answer is checked (`/version` names the deployed commit)."
+    )
+
+
+# --- (e) import -----------------------------------------------------------------------------------------------------
+
+
+def bench_import(bench: Bench, section: Section) -> None:
+    from release_graph.importer.cli import run
+
+    present = {label: SHARED_FLEETS / relative for label, relative in IMPORT_INPUTS.items()
+               if (SHARED_FLEETS / relative).exists()}
+    if not present:
+        section.notes.append(f"Skipped: no shared fleets in {SHARED_FLEETS} (set RELEASE_GRAPH_FLEETS to the folder "
+                             "holding online-boutique/ and robot-shop/).")
+        return
+    for label in IMPORT_INPUTS:
+        if label not in present:
+            section.notes.append(f"Skipped {label}: {SHARED_FLEETS / IMPORT_INPUTS[label]} does not exist.")
+    cli = Path(sys.executable).parent / "release-graph"
+    for label, source in present.items():
+        output = bench.work / "imported" / f"{source.parent.name}.yaml"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        summary = ""
+        for _ in range(bench.n(5)):
+            stdout = io.StringIO()
+            with contextlib.redirect_stdout(stdout):
+                seconds, code = timed(run, [str(source), "-o", str(output), "--force"])
+            if code != 0:
+                raise RuntimeError(f"import of {source} exited {code}:\n{stdout.getvalue()}")
+            lines = stdout.getvalue().splitlines()
+            summary = "; ".join(line.strip() for line in lines[1:3])
+            section.row(f"{label}: in-process", summary).samples.append(seconds)
+        for _ in range(bench.n(3)):
+            seconds, done = timed(subprocess.run, [str(cli), "import", str(source), "-o", str(output), "--force"],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"`release-graph import {source}` exited {done.returncode}:\n{done.stderr}")
+            section.row(f"{label}: `release-graph import` command", "including interpreter start and imports"
+                        ).samples.append(seconds)
+    section.notes.append(f"Inputs read in place from {SHARED_FLEETS}; the written fleet.yaml goes to a temporary "
+                         "folder and is validated by the manifest loader before it is written (part of the time).")
+
+
+# --- cleanup ---------------------------------------------------------------------------------------------------------
+
+
+def remove_images(repository: str, attempts: int = 5) -> None:
+    """Delete every manifest of `repository` from the registry and untag its local images.
+
+    Untag only: image ids and layers can be shared with other builds on this engine. Podman 4.3 answers an
+    image listing with 500 ("image not known") while another process removes an image, so listing is retried.
+    """
+    import docker
+
+    from resources.registry import Registry
+
+    registry = Registry()
+    for tag in registry.tags(repository):
+        digest = registry.manifest_digest(repository, tag)
+        if digest:
+            registry.delete(repository, digest)
+    client = docker.from_env(timeout=120)
+    try:
+        for attempt in range(attempts):
+            try:
+                images = client.images.list(name=repository)
+                break
+            except docker.errors.APIError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1 + attempt)
+        for image in images:
+            for tag in image.tags:
+                if tag.startswith(repository + ":"):
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(tag)
+    finally:
+        client.close()
+
+
+def cleanup(bench: Bench) -> list[str]:
+    """Remove everything the run created; returns what could not be removed (reported, never hidden)."""
+    problems: list[str] = []
+    if bench._resources is not None and bench.fleet_name:
+        target = bench._resources["docker_target"]
+        for environment in list(bench.environments):
+            try:
+                target.teardown_environment(bench.fleet_name, environment)
+            except Exception as exc:
+                problems.append(f"environment {environment}: {exc}")
+    if bench.fleet_name:
+        for service in yaml.safe_load(DEMO_FLEET.read_text())["services"]:
+            repository = f"{bench.registry}/{service}"
+            try:
+                remove_images(repository)
+            except Exception as exc:
+                problems.append(f"{repository}: {type(exc).__name__}: {exc}")
+        try:
+            import docker
+
+            client = docker.from_env(timeout=120)
+            leftovers = {"label": f"release-graph.fleet={bench.fleet_name}"}
+            for container in client.containers.list(all=True, filters=leftovers, ignore_removed=True):
+                container.remove(force=True)
+            client.close()
+        except Exception as exc:
+            problems.append(f"containers of {bench.fleet_name}: {type(exc).__name__}: {exc}")
+    shutil.rmtree(bench.work, ignore_errors=True)
+    return problems
+
+
+# --- the report ------------------------------------------------------------------------------------------------------
+
+
+def render(facts: dict[str, str], sections: list[Section], started: float, load: tuple, load_after: tuple,
+           runs_note: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks.run`); the whole file is rewritten on every run. Each case "
+        "ran N times on real repositories, the real container engine, registry and haproxy; times are wall-clock "
+        "(median, fastest and slowest run). " + runs_note,
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in facts.items()]
+    lines += [
+        f"| load average (1/5/15 min) | {' / '.join(f'{x:.2f}' for x in load)} at the start, "
+        f"{' / '.join(f'{x:.2f}' for x in load_after)} at the end |",
+        f"| benchmark duration | {time.perf_counter() - started:.0f} s |",
+        "",
+        "The machine is shared with other work (tests, builds): the load average above says how busy it was. "
+        "Compare medians between runs on the same machine, not across machines.",
+        "",
+    ]
+    for section in sections:
+        lines += [f"## ({section.key}) {section.title}", "", section.intro, ""]
+        if section.rows:
+            lines += ["| case | N | median | min | max | what it covers |", "|---|---:|---:|---:|---:|---|"]
+            for row in section.rows:
+                if not row.samples:
+                    continue
+                lines.append(
+                    f"| {row.case} | {len(row.samples)} | {fmt_seconds(statistics.median(row.samples))} | "
+                    f"{fmt_seconds(min(row.samples))} | {fmt_seconds(max(row.samples))} | {row.note} |"
+                )
+            lines.append("")
+        if section.error:
+            lines += ["**This section failed**; the figures above (if any) are what it measured before:", "",
+                      "```", section.error.strip(), "```", ""]
+        lines += [f"- {note}" for note in section.notes]
+        if section.notes:
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
+    ("a", "Manifest validation and graph build",
+     "`load_fleet` (validation of the whole manifest, with the file checks of local repositories), "
+     "`build_definitions` (every service's assets, checks, sensors) and Dagster resolving the repository (asset "
+     "graph, implicit job). The demo fleet, and generated fleets whose services each live in a local folder "
+     "with a Dockerfile and have 1-3 hard edges to other services; three environments, prod approval-gated.",
+     bench_graph),
+    ("b", "Git sensor ticks (demo fleet)",
+     "`sensors.git_commits.evaluate_git_tick` on a copy of the demo fleet's four git repositories (local paths), "
+     "with the registry lookup of the first tick; and the idle tick through the sensor definition.",
+     bench_sensor),
+    ("c", f"Image build and push ({BUILT_SERVICE})",
+     "One demo service built from a commit with the Docker Engine API and pushed to the local registry; then "
+     "the `<svc>/image` asset step as a run executes it (in-process, SQLite instance).",
+     bench_image),
+    ("d", f"Deployment to a docker environment ({BUILT_SERVICE})",
+     "`resources.targets.DockerTarget.deploy` of the digests built in (c): a first deployment, a no-op redeploy, "
+     "a switch to another digest behind the same published port, and the teardown.",
+     bench_deploy),
+    ("e", "`release-graph import` of the shared fleets",
+     "The importer on two public microservice demos' deploy files: infer services, infrastructure and edges, "
+     "write and validate a fleet.yaml.",
+     bench_import),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run per case (a smoke test); prints only")
+    parser.add_argument("--only", help="comma-separated sections to run (a-e); prints only. (d) needs (c)")
+    parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
+                                                    f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
+    args = parser.parse_args(argv)
+    selected = set((args.only or "abcde").replace(" ", "").split(","))
+    if len(selected) == 1 and len(next(iter(selected))) > 1:
+        selected = set(next(iter(selected)))
+    unknown = selected - {key for key, *_ in SECTIONS}
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: a, b, c, d, e)")
+    full = not args.quick and not args.only
+    output = args.output or (DEFAULT_OUTPUT if full else None)
+    if not os.environ.get("DOCKER_HOST") and selected & {"c", "d"}:
+        log("DOCKER_HOST is not set: run through `make bench` (it sources /var/lib/release-graph/env)")
+        return 2
+
+    prefix = f"rgb{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))  # short: haproxy's admin socket path lives under it
+    bench = Bench(prefix=prefix, work=work, quick=args.quick,
+                  registry_host=os.environ.get("RG_REGISTRY", "127.0.0.1:5000"), fleet_name=f"{prefix}-shop")
+    started, load = time.perf_counter(), os.getloadavg()
+    log(f"prefix {prefix}, work folder {work}")
+    facts = machine_facts()
+    sections: list[Section] = []
+    failed = False
+    try:
+        write_demo_copy(bench)
+        for key, title, intro, function in SECTIONS:
+            if key not in selected:
+                continue
+            section = Section(key, title, intro)
+            sections.append(section)
+            log(f"({key}) {title}")
+            section_started = time.perf_counter()
+            try:
+                function(bench, section)
+            except Exception:
+                failed = True
+                section.error = traceback.format_exc(limit=6)
+                log(f"({key}) FAILED:\n{section.error}")
+            log(f"({key}) done in {time.perf_counter() - section_started:.1f} s")
+    finally:
+        problems = cleanup(bench)
+        for problem in problems:
+            log(f"clean-up: {problem}")
+    runs_note = ("This was a `--quick` run: one sample per case." if args.quick else
+                 "N differs per case to keep the whole run within a few minutes.")
+    report = render(facts, sections, started, load, os.getloadavg(), runs_note)
+    if output is not None:
+        output.write_text(report)
+        log(f"wrote {output}")
+    else:
+        sys.stdout.write(report)
+    return 1 if failed or problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
