@@ -94,12 +94,12 @@ def verify_provenance(instance, service: Service, environment: Environment, dige
                       f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
 
 
-def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> None:
+def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> dict:
     """Refuse an image above this environment's `scan_threshold` (after waivers) before anything changes.
 
     The findings are the ones the `vulnerability_scan` check recorded for exactly this digest; no scan of it is
-    a refusal too. The gate's result and the IAM policy the service needs here (least privilege: read only its
-    own secrets; references, never values) go into the deployment's metadata.
+    a refusal too. Returns the gate's result and the IAM policy the service needs here (least privilege: read
+    only its own secrets; references, never values), for the deployment's metadata.
     """
     from release_graph import security_checks
     from release_graph.security.findings import parse_threshold
@@ -147,7 +147,7 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
             "scan_total_findings": result.total,
             "scan_waivers_used": security_checks.rows_table(result.waiver_rows, security_checks.WAIVER_COLUMNS),
         })
-    context.add_output_metadata(metadata)
+    return metadata
 
 
 def verify_approval(context, service: Service, environment: Environment, digest: str):
@@ -184,7 +184,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     record = choose_digest(context, fleet, service, environment, config)
     digest = record.digest
     verify_provenance(context.instance, service, environment, digest)
-    verify_security_gate(context, fleet, service, environment, digest)
+    security_metadata = verify_security_gate(context, fleet, service, environment, digest)
     approval = verify_approval(context, service, environment, digest) if environment.requires_approval else None
     git_sha = record.git_sha or ""
     context.instance.add_run_tags(context.run.run_id, {
@@ -214,6 +214,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"
     )
     metadata = {
+        **security_metadata,
         "digest": digest,
         "git_sha": git_sha,
         "short_sha": git_sha[:12],

@@ -21,16 +21,18 @@ def _recorded(context, service: Service, environment: Environment):
     return record
 
 
-def check_healthy(context, fleet: Fleet, service: Service, environment: Environment) -> dg.AssetCheckResult:
-    record = _recorded(context, service, environment)
+def check_healthy(context, fleet: Fleet, service: Service, environment: Environment,
+                  digest: str | None = None) -> dg.AssetCheckResult:
+    digest = digest or _recorded(context, service, environment).digest
     target = context.resources.docker_target
     actual = target.running(fleet.name, environment.name, service.name)
     probe = target.probe(fleet.name, environment.name, service.name, port=service.port, path=service.health)
     passed = actual is not None and actual.running and probe.healthy
     return dg.AssetCheckResult(
+        check_name="healthy",
         passed=passed,
         metadata={
-            "digest": record.digest,
+            "digest": digest,
             "container": actual.container_name if actual else "none",
             "status": actual.status if actual else "absent",
             "health": probe.detail,
@@ -50,8 +52,10 @@ def in_sync_evaluation(fleet: Fleet, service: Service, environment: Environment,
     }
 
 
-def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment) -> dg.AssetCheckResult:
-    record = _recorded(context, service, environment)
+def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment,
+                  digest: str | None = None) -> dg.AssetCheckResult:
+    digest = digest or _recorded(context, service, environment).digest
     actual = context.resources.docker_target.running(fleet.name, environment.name, service.name)
-    passed, metadata = in_sync_evaluation(fleet, service, environment, record.digest, actual)
-    return dg.AssetCheckResult(passed=passed, metadata=metadata, description=metadata["drift"])
+    passed, metadata = in_sync_evaluation(fleet, service, environment, digest, actual)
+    return dg.AssetCheckResult(check_name="in_sync", passed=passed, metadata=metadata,
+                               description=metadata["drift"])

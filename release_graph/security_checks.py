@@ -346,10 +346,14 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
 # --- hardening of the running container ----------------------------------------------------------------------
 
 
-def check_hardening(context, fleet: Fleet, service: Service, environment: Environment) -> dg.AssetCheckResult:
-    record = history.latest(context.instance, environment_key(service, environment))
-    if record is None:
-        raise ReleaseStepError(f"service '{service.name}', environment '{environment.name}': nothing deployed yet")
+def check_hardening(context, fleet: Fleet, service: Service, environment: Environment,
+                    digest: str | None = None) -> dg.AssetCheckResult:
+    if digest is None:
+        record = history.latest(context.instance, environment_key(service, environment))
+        if record is None:
+            raise ReleaseStepError(
+                f"service '{service.name}', environment '{environment.name}': nothing deployed yet")
+        digest = record.digest
     actual = context.resources.docker_target.running(fleet.name, environment.name, service.name)
     if actual is None:
         raise ReleaseStepError(f"service '{service.name}', environment '{environment.name}': no container runs, "
@@ -358,10 +362,11 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
     findings = container_hardening(inspect)
     host = inspect.get("HostConfig") or {}
     return dg.AssetCheckResult(
+        check_name="hardening",
         passed=not findings,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "digest": record.digest,
+            "digest": digest,
             "container": actual.container_name,
             "user": (inspect.get("Config") or {}).get("User") or "(image default: root)",
             "read_only_root_filesystem": bool(host.get("ReadonlyRootfs")),

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from release_graph import deploy_step, environment_checks, image_checks, image_step, integration_step
+from release_graph import (
+    deploy_step,
+    environment_checks,
+    image_checks,
+    image_step,
+    integration_step,
+    security_checks,
+)
 from release_graph.automation import stage_condition
 from release_graph.manifest import Environment, Fleet, Service
 from release_graph.stages import (
@@ -161,6 +168,22 @@ def _environment_stage(fleet: Fleet, service: Service, environment: Environment)
     ]
     gate = "approval" if environment.requires_approval else previous.to_user_string()
 
+    # The evidence about a deployment is produced by the deploy step itself (check specs, not separate check
+    # steps): Dagster's automation selects exactly the checks it requests when a tick also requests an asset
+    # whose checks are specs (integration, e2e), and separate checks of a deployment would then never run.
+    check_specs = [
+        dg.AssetCheckSpec("healthy", asset=key, blocking=True,
+                          description=f"The deployed container runs and {service.health or 'its process'} answers."),
+        dg.AssetCheckSpec("in_sync", asset=key,
+                          description="What actually runs is the digest last recorded here (drift); the "
+                          "environment_drift sensor re-evaluates it between deployments."),
+    ]
+    if environment.target == "docker":  # only the docker target can show how its containers run
+        check_specs.append(dg.AssetCheckSpec(
+            "hardening", asset=key,
+            description="The running container: non-root user, read-only root filesystem, not privileged, "
+            "no added capabilities (a warning)."))
+
     @dg.asset(
         key=key,
         deps=deps,
@@ -174,26 +197,24 @@ def _environment_stage(fleet: Fleet, service: Service, environment: Environment)
             [trigger], label=f"new {gate} for {service.name}/{environment.name}",
             not_with=environment_key(service, before) if environment.requires_approval and before else None,
         ),
+        check_specs=check_specs,
         pool=pool_name(service, environment),
-        required_resource_keys={"docker_target", "secrets"},
+        required_resource_keys={"docker_target", "secrets", "engine"},
         **_common(fleet, service),
     )
     def deployment(context: dg.AssetExecutionContext, config: deploy_step.DeployConfig) -> dg.MaterializeResult:
-        return deploy_step.materialize_deployment(context, config, fleet, service, environment)
+        deployed = deploy_step.materialize_deployment(context, config, fleet, service, environment)
+        digest = deployed.metadata["digest"]
+        evidence = [
+            environment_checks.check_healthy(context, fleet, service, environment, digest),
+            environment_checks.check_in_sync(context, fleet, service, environment, digest),
+        ]
+        if environment.target == "docker":
+            evidence.append(security_checks.check_hardening(context, fleet, service, environment, digest))
+        return dg.MaterializeResult(data_version=deployed.data_version, metadata=deployed.metadata,
+                                    check_results=evidence)
 
-    @dg.asset_check(asset=key, name="healthy", blocking=True,
-                    description=f"The deployed container runs and {service.health or 'its process'} answers.",
-                    required_resource_keys={"docker_target"})
-    def healthy(context) -> dg.AssetCheckResult:
-        return environment_checks.check_healthy(context, fleet, service, environment)
-
-    @dg.asset_check(asset=key, name="in_sync", blocking=False,
-                    description="What actually runs is the digest last recorded here (drift).",
-                    required_resource_keys={"docker_target"})
-    def in_sync(context) -> dg.AssetCheckResult:
-        return environment_checks.check_in_sync(context, fleet, service, environment)
-
-    return deployment, [healthy, in_sync]
+    return deployment, []
 
 
 def _built_release(fleet: Fleet, service: Service) -> ServiceRelease:
@@ -271,9 +292,7 @@ def _built_release(fleet: Fleet, service: Service) -> ServiceRelease:
 
 def _security_checks(fleet: Fleet, service: Service) -> list:
     """The security evidence of a built service: SAST, and what `security:` turns on (vulnerability scan, SBOM,
-    compliance) on its image; the hardening of its container in every docker environment."""
-    from release_graph import security_checks
-
+    compliance) on its image. (The hardening of its containers is evidence of each deployment.)"""
     image = image_key(service)
     settings = fleet.security
     checks = []
@@ -316,18 +335,6 @@ def _security_checks(fleet: Fleet, service: Service) -> list:
 
         checks.append(compliance)
 
-    def hardening_check(environment: Environment):
-        @dg.asset_check(asset=environment_key(service, environment), name="hardening", blocking=False,
-                        description="The running container: non-root user, read-only root filesystem, "
-                        "not privileged, no added capabilities (a warning).",
-                        required_resource_keys={"docker_target", "engine"})
-        def hardening(context) -> dg.AssetCheckResult:
-            return security_checks.check_hardening(context, fleet, service, environment)
-
-        return hardening
-
-    # Only the docker target can show how its containers run.
-    checks += [hardening_check(e) for e in fleet.environments.values() if e.target == "docker"]
     return checks
 
 

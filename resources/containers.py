@@ -614,7 +614,7 @@ class ContainerEngine(dg.ConfigurableResource):
         client = self.client()
         filters = {"label": selectors}
         containers: list[str] = []
-        for container in client.containers.list(all=True, filters=filters):
+        for container in client.containers.list(all=True, ignore_removed=True, filters=filters):
             with suppress(NotFound):
                 container.remove(force=True)
                 containers.append(container.name)

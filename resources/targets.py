@@ -560,13 +560,13 @@ class DockerTarget(dg.ConfigurableResource):
             labels.append(f"{SERVICE_LABEL}={service}")
         client = self._docker()
         with self._engine(f"listing containers of {fleet}/{environment}"):
-            found = client.containers.list(all=True, filters={"label": labels})
+            found = client.containers.list(all=True, ignore_removed=True, filters={"label": labels})
         return sorted(found, key=lambda c: _epoch(c.attrs.get("Created")))
 
     def _network_members(self, network: str) -> list:
         client = self._docker()
         with self._engine(f"listing containers on network {network}"):
-            return client.containers.list(all=True, filters={"network": network})
+            return client.containers.list(all=True, ignore_removed=True, filters={"network": network})
 
     def _pick(self, candidates: Sequence, network: str, service: str):
         """The container that is (or was last) the service: the running alias holder, else any alias
@@ -1023,7 +1023,7 @@ class DockerTarget(dg.ConfigurableResource):
                 networks.extend(found[1])
 
         with self._engine("reap: listing containers"):
-            labelled = client.containers.list(all=True, filters={"label": [*base, SERVICE_LABEL]})
+            labelled = client.containers.list(all=True, ignore_removed=True, filters={"label": [*base, SERVICE_LABEL]})
         groups: dict[tuple[str, str, str], list] = {}
         for container in labelled:
             labels = container.attrs.get("Config", {}).get("Labels") or {}
@@ -1132,14 +1132,14 @@ class DockerTarget(dg.ConfigurableResource):
         client = self._docker()
         members = {}
         with self._engine(f"tearing down {net}"):
-            labelled = client.containers.list(all=True, filters={"label": f"{EPHEMERAL_LABEL}={net}"})
+            labelled = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{EPHEMERAL_LABEL}={net}"})
             members.update({c.id: c for c in labelled})
             try:
                 network = client.networks.get(net)
             except NotFound:
                 network = None
             if network is not None:
-                members.update({c.id: c for c in client.containers.list(all=True, filters={"network": net})})
+                members.update({c.id: c for c in client.containers.list(all=True, ignore_removed=True, filters={"network": net})})
         removed = []
         for container in members.values():
             with suppress(NotFound), self._engine(f"tearing down {net}: removing {container.name}"):

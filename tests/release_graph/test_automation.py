@@ -110,17 +110,17 @@ def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(sto
     assert key("orders", "dev") not in story.tick()
 
 
-def test_a_consumers_first_deployment_waits_for_its_providers_first_deployment(story):
+def test_a_consumers_first_deployment_goes_with_its_providers_first_deployment(story):
     story.tick()
     for service in ("orders", "inventory"):
         story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
     assert story.tick() == {key("orders", "integration"), key("inventory", "integration")}
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}1", {"integration_tests": True})
-    # Inventory was never deployed (no healthy evidence yet): orders stays armed and waits.
-    assert story.tick() == {key("inventory", "dev")}
-    story.record(key("inventory", "dev"), "sha256:inventory1", {"healthy": True})
-    assert key("orders", "dev") in story.tick()
+    # Both first deployments are requested together; in their one run the provider's step (and its blocking
+    # `healthy` evidence) comes first, and a failure there skips the consumer.
+    assert story.tick() == {key("inventory", "dev"), key("orders", "dev")}
+    assert key("inventory", "dev") in story.defs.resolve_asset_graph().get(key("orders", "dev")).parent_keys
 
 
 def test_a_provider_and_its_consumer_changing_together_are_requested_in_one_tick(story):
