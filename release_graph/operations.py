@@ -42,7 +42,8 @@ def run_assets(fleet: Fleet, keys: list[dg.AssetKey], *, tags: dict | None = Non
         instance=instance or _instance(),
         asset_selection=keys,
         tags={"dagster/max_retries": "0", **(tags or {})},
-        run_config=run_config or {},
+        # The terminal gets `report`'s summary; the full event log is in the UI, not on stderr.
+        run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         raise_on_error=False,
     )
 
