@@ -1132,14 +1132,17 @@ class DockerTarget(dg.ConfigurableResource):
         client = self._docker()
         members = {}
         with self._engine(f"tearing down {net}"):
-            labelled = client.containers.list(all=True, ignore_removed=True, filters={"label": f"{EPHEMERAL_LABEL}={net}"})
+            labelled = client.containers.list(
+                all=True, ignore_removed=True, filters={"label": f"{EPHEMERAL_LABEL}={net}"}
+            )
             members.update({c.id: c for c in labelled})
             try:
                 network = client.networks.get(net)
             except NotFound:
                 network = None
             if network is not None:
-                members.update({c.id: c for c in client.containers.list(all=True, ignore_removed=True, filters={"network": net})})
+                attached = client.containers.list(all=True, ignore_removed=True, filters={"network": net})
+                members.update({c.id: c for c in attached})
         removed = []
         for container in members.values():
             with suppress(NotFound), self._engine(f"tearing down {net}: removing {container.name}"):
