@@ -37,6 +37,16 @@ def stage_condition(
     return condition.with_label(label)
 
 
+def report_condition(sources: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
+    """For a report over many stages (the environment matrix): refresh after any of them changed, without
+    waiting for every one of them to exist, so the first deployment already shows."""
+    return (
+        AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*sources)).since(AC.newly_requested())
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label(label)
+
+
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """The project's own automation sensor, running by default (Dagster's default one starts stopped)."""
     return dg.AutomationConditionSensorDefinition(

@@ -7,7 +7,7 @@ import json
 import dagster as dg
 
 from release_graph import history, matrix
-from release_graph.automation import stage_condition
+from release_graph.automation import report_condition, stage_condition
 from release_graph.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.image_step import stream_to_run
 from release_graph.manifest import Environment, Fleet
@@ -107,7 +107,7 @@ def _matrix_asset(fleet: Fleet) -> dg.AssetsDefinition:
         group_name="fleet",
         description="Which version of every service runs in every environment, since when, approved by whom.",
         kinds={"table"},
-        automation_condition=stage_condition(deployments, label="any deployment changed"),
+        automation_condition=report_condition(deployments, label="any deployment changed"),
     )
     def environments(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         cells = matrix.read_matrix(context.instance, fleet)

@@ -169,3 +169,11 @@ def test_prod_waits_for_an_approval_and_deploys_once_per_approval(story):
     # and a second approval deploys again
     story.record(key("inventory", "prod_approval"), "sha256:i1")
     assert key("inventory", "prod") in story.tick()
+
+
+def test_the_environment_matrix_refreshes_after_the_first_deployment(story):
+    story.tick()
+    release_to_dev(story, "inventory", "sha256:i1")
+    # orders has never been deployed anywhere, yet the matrix already shows inventory in dev
+    assert key("fleet", "environments") in story.tick()
+    assert key("fleet", "environments") not in story.tick()
