@@ -158,7 +158,6 @@ class AddressBook:
 
 
 ADDRESSES = AddressBook()
-CONNECT_SECONDS = 1.0
 
 
 def http_request(base_url: str, method: str, path: str, body: Any = None, timeout: float = 5.0,
@@ -171,19 +170,15 @@ def http_request(base_url: str, method: str, path: str, body: Any = None, timeou
     if payload is not None:
         all_headers["Content-Type"] = "application/json"
     for attempt in (1, 2):
-        # Connecting on the same network takes well under a millisecond; a short connect timeout matters when
-        # the cached address belongs to a container that was replaced: a dead bridge address is not refused,
-        # it just never answers.
-        conn = http.client.HTTPConnection(ADDRESSES.lookup(host, port), port, timeout=min(timeout, CONNECT_SECONDS))
+        conn = http.client.HTTPConnection(ADDRESSES.lookup(host, port), port, timeout=timeout)
         try:
             try:
                 conn.connect()
-            except OSError:
+            except ConnectionRefusedError:
                 ADDRESSES.forget(host, port)  # nothing was sent, so asking the name's new address is safe
                 if attempt == 2:
                     raise
                 continue
-            conn.sock.settimeout(timeout)
             conn.request(method, parts.path.rstrip("/") + path, body=payload, headers=all_headers)
             response = conn.getresponse()
             return response.status, response.read(), dict(response.getheaders())
