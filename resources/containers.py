@@ -142,6 +142,12 @@ def network_dns_options(client, network: str | None) -> dict:
     return {"dns": gateways[:1], "dns_opt": ["timeout:1", "attempts:5"]} if gateways else {}
 
 
+def _container_vanished(exc: APIError) -> bool:
+    """Docker answers 404 for a removed container; Podman sometimes 500 "does not exist in database"."""
+    text = str(exc).lower()
+    return isinstance(exc, NotFound) or "no such container" in text or "does not exist" in text
+
+
 class ContainerEngine(dg.ConfigurableResource):
     """Builds, pushes and runs images on the engine `DOCKER_HOST` (or `docker_host`) points at."""
 
@@ -485,7 +491,9 @@ class ContainerEngine(dg.ConfigurableResource):
             seconds = round(time.monotonic() - started, 3)
             try:
                 container.reload()
-            except NotFound as exc:
+            except APIError as exc:  # NotFound, or Podman's 500 "does not exist in database"
+                if not _container_vanished(exc):
+                    raise
                 raise ContainerCrashed(
                     f"container {name} ({image}) was removed while it ran: no result", name=name
                 ) from exc
@@ -516,7 +524,9 @@ class ContainerEngine(dg.ConfigurableResource):
     def _wait(self, container, name: str, image: str, timeout_seconds: float, started: float, tail_lines: int):
         try:
             return container.wait(timeout=timeout_seconds)
-        except NotFound as exc:
+        except APIError as exc:  # NotFound, or Podman's 500 "does not exist in database"
+            if not _container_vanished(exc):
+                raise
             raise ContainerCrashed(
                 f"container {name} ({image}) was removed while it ran: no result", name=name
             ) from exc

@@ -1342,6 +1342,9 @@ class _HaproxyRouter:
             "    timeout client 60s",
             "    timeout server 60s",
             "    timeout http-keep-alive 10s",
+            # Clients keep their connections; haproxy opens a new server connection per request, so no pooled
+            # connection to an old container outlives a switch of the server address.
+            "    option http-server-close",
             # A request that meets a closing old container is replayed on a fresh connection (new address).
             "    retries 3",
             "    option redispatch",
