@@ -193,7 +193,7 @@ class Bench:
         return str(path)
 
     def resources(self) -> dict:
-        """The same adapters as the demo (release_graph.graph.default_resources), with state in the work folder."""
+        """The same adapters as the demo (release_graph.wiring.default_resources), with state in the work folder."""
         if self._resources is None:
             from resources.containers import ContainerEngine
             from resources.git import GitResource
@@ -282,8 +282,8 @@ def free_port() -> int:
 
 
 def bench_graph(bench: Bench, section: Section) -> None:
-    from release_graph.graph import build_definitions, default_resources
-    from release_graph.manifest import load_fleet
+    from release_graph.fleet import load_fleet
+    from release_graph.wiring import build_definitions, default_resources
 
     fleets = [("demo fleet", bench.fleet_path, None)]
     for size in GENERATED_SIZES:
@@ -333,8 +333,8 @@ def bench_sensor(bench: Bench, section: Section) -> None:
     import dagster as dg
 
     from release_graph.demo import commit_change
-    from release_graph.graph import build_definitions
-    from release_graph.manifest import load_fleet
+    from release_graph.fleet import load_fleet
+    from release_graph.wiring import build_definitions
     from resources.git import GitResource
     from resources.registry import Registry
     from sensors.git_commits import build_git_commit_sensor, evaluate_git_tick
@@ -392,10 +392,11 @@ def bench_sensor(bench: Bench, section: Section) -> None:
 def bench_image(bench: Bench, section: Section) -> None:
     import dagster as dg
 
+    from release_graph.assets.image import export_build_context, image_labels
     from release_graph.demo import commit_change
-    from release_graph.graph import build_definitions
-    from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, export_build_context, image_labels
-    from release_graph.manifest import load_fleet
+    from release_graph.fleet import load_fleet
+    from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+    from release_graph.wiring import build_definitions
 
     fleet = load_fleet(bench.fleet_path)
     service = fleet.services[BUILT_SERVICE]

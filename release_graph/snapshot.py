@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.manifest import load_fleet
+from release_graph.fleet import load_fleet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_FLEET = REPO_ROOT / "examples" / "shop" / "fleet.yaml"
@@ -61,7 +61,7 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
 
 
 def demo_snapshot() -> dict:
-    from release_graph.graph import build_definitions, default_resources
+    from release_graph.wiring import build_definitions, default_resources
 
     # check_files=False: the snapshot describes the graph, whether or not the demo repos exist yet.
     fleet = load_fleet(DEMO_FLEET, check_files=False)

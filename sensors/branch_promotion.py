@@ -12,11 +12,11 @@ import json
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.deploy_step import blocking_checks_passed
-from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
-from release_graph.manifest import Fleet
-from release_graph.stages import environment_key, image_key, previous_stage_key
+from release_graph.fleet import Fleet
+from release_graph.release import history
+from release_graph.release.keys import environment_key, image_key, previous_stage_key
+from release_graph.release.promotion import blocking_checks_passed
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from resources.git import GitResource
 
 

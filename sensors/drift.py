@@ -12,10 +12,10 @@ import json
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.environment_checks import in_sync_evaluation
-from release_graph.manifest import Fleet
-from release_graph.stages import environment_key
+from release_graph.fleet import Fleet
+from release_graph.release import history
+from release_graph.release.keys import environment_key
+from release_graph.release.matrix import in_sync_evaluation
 from resources.targets import DockerTarget
 
 

@@ -29,8 +29,9 @@ from typing import Protocol
 
 import dagster as dg
 
-from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
-from release_graph.manifest import Fleet, Service
+from release_graph.fleet import Fleet, Service
+from release_graph.release import metadata as M
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from resources.git import CommitInfo, GitError, GitResource, redact_url
 from resources.registry import RegistryUnavailable
 
@@ -79,8 +80,8 @@ class NewRelease:
     def observation(self) -> dg.AssetObservation:
         metadata: dict[str, object] = {
             "sha": self.sha,
-            "short_sha": self.commit.short_sha,
-            "author": self.commit.author,
+            M.SHORT_SHA: self.commit.short_sha,
+            M.AUTHOR: self.commit.author,
             "message": self.commit.message,
             "committed_at": self.commit.committed_at,
             "repository": redact_url(self.repo_url),

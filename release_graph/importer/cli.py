@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from release_graph.fleet import DNS_LABEL, IMAGE_REPOSITORY, ManifestError, load_fleet
 from release_graph.importer.compose import COMPOSE_FILE_NAMES, ComposeOptions, project_files, read_compose
 from release_graph.importer.cycles import CycleReport, resolve_cycles
 from release_graph.importer.edges import EdgeReport, describe_host, infer_edges
@@ -25,7 +26,6 @@ from release_graph.importer.model import COMPOSE, KUBERNETES, ImportedFleet
 from release_graph.importer.names import dns_name
 from release_graph.importer.writer import plural, render
 from release_graph.importer.yamlfiles import InputError, LineDict, load_documents
-from release_graph.manifest import DNS_LABEL, IMAGE_REPOSITORY, ManifestError, load_fleet
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from release_graph.fleet import IMAGE_REFERENCE
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     has_credentials,
@@ -37,7 +38,6 @@ from release_graph.importer.model import (
 )
 from release_graph.importer.names import dns_name, rename_note
 from release_graph.importer.yamlfiles import InputError, LineDict, LineList, Override, Reset, load_documents
-from release_graph.manifest import IMAGE_REFERENCE
 
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 _OVERRIDE_NAMES = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from release_graph.fleet import IMAGE_REFERENCE
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     expand_shell,
@@ -34,7 +35,6 @@ from release_graph.importer.model import (
 )
 from release_graph.importer.names import dns_name, rename_note
 from release_graph.importer.yamlfiles import InputError, LineDict, LineList, load_documents
-from release_graph.manifest import IMAGE_REFERENCE
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from release_graph import evidence
+from release_graph.release import evidence
 from release_graph.security.findings import Finding, finding, sort_findings
 from release_graph.security.tools import ToolError, excerpt, isolated_tool, run_tool
 
@@ -108,7 +108,7 @@ def load_policy(rule_ids: Iterable[str], *, where: str = "compliance policy", kn
 
 
 def run_hadolint(dockerfile: str | Path, *, relative_to: str | Path | None = None) -> list[Finding]:
-    """hadolint on one Dockerfile (release_graph.evidence runs it); locations are `<file>:<line>`."""
+    """hadolint on one Dockerfile (release_graph.release.evidence runs it); locations are `<file>:<line>`."""
     path = Path(dockerfile)
     shown = _relative(path, relative_to)
     return sort_findings(

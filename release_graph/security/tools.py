@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from release_graph.evidence import EvidenceError
-from release_graph.evidence import ToolMissing as EvidenceToolMissing
+from release_graph.release.evidence import EvidenceError
+from release_graph.release.evidence import ToolMissing as EvidenceToolMissing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_ENV = "RELEASE_GRAPH_TOOLS"

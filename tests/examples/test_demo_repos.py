@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from release_graph import demo
-from release_graph.manifest import load_fleet
+from release_graph.fleet import load_fleet
 
 SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
 SOURCES = SHOP_DIR / "services"

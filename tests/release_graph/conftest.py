@@ -17,8 +17,8 @@ import docker
 import pytest
 
 from release_graph.demo import SHOP_DIR, SOURCES_DIR, commit_change, sync_repo
-from release_graph.graph import build_definitions
-from release_graph.manifest import Fleet, load_fleet
+from release_graph.fleet import Fleet, load_fleet
+from release_graph.wiring import build_definitions
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
@@ -126,7 +126,7 @@ class ReleaseWorld:
         return data if isinstance(data, dg.AssetCheckEvaluation) else None
 
     def latest(self, key: dg.AssetKey):
-        from release_graph import history
+        from release_graph.release import history
 
         return history.latest(self.instance, key)
 

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from release_graph.manifest import Fleet, load_fleet
+from release_graph.fleet import Fleet, load_fleet
 from resources.git import GitResource
 from resources.registry import Registry
 from sensors.git_commits import DATA_VERSION_TAG, build_git_commit_sensor

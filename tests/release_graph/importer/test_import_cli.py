@@ -7,8 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from release_graph.cli import main as release_graph_main
-from release_graph.manifest import load_fleet
+from release_graph.cli.main import main as release_graph_main
+from release_graph.fleet import load_fleet
 
 COMPOSE = """\
     services:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from release_graph.fleet import load_fleet
 from release_graph.importer.cli import run
-from release_graph.manifest import load_fleet
 
 
 def write(root: Path, files: dict[str, str]) -> None:

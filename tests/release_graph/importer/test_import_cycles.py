@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from release_graph.fleet import find_hard_cycles, load_fleet
 from release_graph.importer.cli import run
 from release_graph.importer.cycles import shortest_cycle, strongly_connected
-from release_graph.manifest import find_hard_cycles, load_fleet
 
 
 def compose(tmp_path: Path, text: str) -> Path:

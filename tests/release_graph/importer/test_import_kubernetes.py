@@ -9,8 +9,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from release_graph.fleet import load_fleet
 from release_graph.importer.cli import run
-from release_graph.manifest import load_fleet
 
 SHOP = {
     "base/api.yaml": """\

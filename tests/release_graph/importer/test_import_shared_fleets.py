@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from release_graph.fleet import ManifestError, load_fleet, topological_order
 from release_graph.importer.cli import run
-from release_graph.manifest import ManifestError, load_fleet, topological_order
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

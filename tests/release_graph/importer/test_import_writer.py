@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from release_graph.fleet import load_fleet
 from release_graph.importer.cli import run
 from release_graph.importer.writer import scalar
-from release_graph.manifest import load_fleet
 
 MANIFESTS = {
     "b/orders.yaml": """\

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from release_graph.evidence import (
+from release_graph.release.evidence import (
     BanditFinding,
     EvidenceError,
     HadolintFinding,

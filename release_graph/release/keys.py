@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from release_graph.manifest import Environment, Fleet, Service
+from release_graph.fleet import Environment, Fleet, Service
 
 
 def source_key(service: Service) -> dg.AssetKey:

@@ -4,7 +4,6 @@ The digest the registry reports becomes the asset's data version, so a rebuild t
 (or a second request for a SHA whose image exists) leaves everything downstream in sync.
 """
 
-from __future__ import annotations
 
 import re
 import tempfile
@@ -15,19 +14,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.manifest import Fleet, Service, build_files_problem
+from release_graph.assets.common import asset_attributes, describe, edges_metadata
+from release_graph.fleet import Fleet, Service, build_files_problem
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import image_key, source_key
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from resources.git import GitError
 
-SHA_TAG = "release/git_sha"
-SERVICE_TAG = "release/service"
-SHORT_SHA_TAG = "release/short_sha"
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
 BUILD_PROGRESS_LINE = re.compile(r"^(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
-
-
-class ReleaseStepError(dg.Failure):
-    """A release step that cannot go on; the description says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -130,12 +127,12 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
     seconds = round(time.monotonic() - started, 2)
 
     metadata = {
-        "git_sha": sha,
-        "short_sha": sha[:12],
-        "author": commit.author_name + (f" <{commit.author_email}>" if commit.author_email else ""),
+        M.GIT_SHA: sha,
+        M.SHORT_SHA: sha[:12],
+        M.AUTHOR: commit.author_name + (f" <{commit.author_email}>" if commit.author_email else ""),
         "commit_message": commit.message.splitlines()[0] if commit.message else "",
         "committed_at": commit.committed_at,
-        "digest": digest,
+        M.DIGEST: digest,
         "image": f"{repository}@{digest}",
         "tag": reference,
         "built": built,
@@ -162,5 +159,51 @@ def pin_prebuilt_image(context: dg.AssetExecutionContext, service: Service, regi
     context.instance.add_run_tags(context.run.run_id, {SERVICE_TAG: service.name})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
-        metadata={"digest": digest, "reference": reference, "image": f"{repository}@{digest}"},
+        metadata={M.DIGEST: digest, "reference": reference, "image": f"{repository}@{digest}"},
     )
+
+
+def image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
+    repository = service.image_repository(fleet)
+
+    kinds = {"docker"} | ({service.language} if service.language else set())
+
+    @dg.asset(
+        key=image_key(service),
+        deps=[source_key(service)],
+        description=describe(
+            service,
+            f"`{repository}:<sha>`: the commit built with its Dockerfile (`{service.build.dockerfile}`), "
+            "pushed; the data version is the image digest. Built only by the Git sensor, the UI or "
+            "`release-graph build`.",
+        ),
+        kinds=kinds,
+        metadata={"repository": repository, **edges_metadata(fleet, service)},
+        required_resource_keys={"git", "engine", "registry"},
+        **asset_attributes(service),
+    )
+    def image(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        r = context.resources
+        return materialize_image(context, fleet, service, r.git, r.engine, r.registry)
+
+    return image
+
+
+def prebuilt_image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
+    """A prebuilt image is promoted, never built: its image stage pins the reference to a digest."""
+    role = "infrastructure (deployed, never released)" if service.infrastructure else "prebuilt application image"
+
+    @dg.asset(
+        key=image_key(service),
+        description=describe(service, f"Prebuilt image `{service.image}`: {role}. Promoted, never built; "
+                              "materializing it pins the reference to the digest the registry serves now."),
+        kinds={"docker"},
+        metadata={"reference": service.image, "infrastructure": service.infrastructure,
+                  **edges_metadata(fleet, service)},
+        required_resource_keys={"registry"},
+        **asset_attributes(service),
+    )
+    def image(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        return pin_prebuilt_image(context, service, context.resources.registry)
+
+    return image

@@ -6,12 +6,13 @@ import json
 
 import dagster as dg
 
-from release_graph import history, matrix
-from release_graph.automation import report_condition, stage_condition
-from release_graph.image_checks import junit_metadata, read_test_report, tests_passed
-from release_graph.image_step import stream_to_run
-from release_graph.manifest import Environment, Fleet
-from release_graph.stages import MATRIX_KEY, e2e_key, environment_key
+from release_graph.assets.automation import report_condition, stage_condition
+from release_graph.assets.image import stream_to_run
+from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
+from release_graph.fleet import Environment, Fleet
+from release_graph.release import history, matrix
+from release_graph.release import metadata as M
+from release_graph.release.keys import MATRIX_KEY, e2e_key, environment_key
 
 E2E_TIMEOUT_SECONDS = 600
 
@@ -85,8 +86,8 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(fingerprint),
         metadata={
-            "digest": fingerprint,
-            "deployed_digests": dg.MetadataValue.json(deployed),
+            M.DIGEST: fingerprint,
+            M.DEPLOYED_DIGESTS: dg.MetadataValue.json(deployed),
             "tests": summary.tests,
             "failed": summary.failed + summary.errors,
         },
@@ -94,7 +95,7 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
     yield dg.AssetCheckResult(
         check_name="e2e_tests",
         passed=tests_passed(summary),
-        metadata={"digest": fingerprint, **junit_metadata(summary)},
+        metadata={M.DIGEST: fingerprint, **junit_metadata(summary)},
     )
 
 

@@ -8,11 +8,12 @@ import sys
 
 import dagster as dg
 
-from release_graph import matrix
-from release_graph.graph import build_definitions, default_resources
-from release_graph.image_step import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
-from release_graph.manifest import Fleet, ManifestError
-from release_graph.stages import approval_key, environment_key, image_key
+from release_graph.fleet import Fleet, ManifestError
+from release_graph.release import matrix
+from release_graph.release import metadata as M
+from release_graph.release.keys import approval_key, environment_key, image_key
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.wiring import build_definitions, default_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -54,7 +55,7 @@ def report(result, out=None) -> int:
     for event in result.all_events:
         if event.is_step_materialization:
             materialization = event.step_materialization_data.materialization
-            digest = materialization.metadata.get("digest")
+            digest = materialization.metadata.get(M.DIGEST)
             print(f"recorded {materialization.asset_key.to_user_string()}"
                   + (f": {digest.value}" if digest else ""), file=out)
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":

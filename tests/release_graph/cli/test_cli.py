@@ -10,7 +10,7 @@ import json
 import dagster as dg
 import pytest
 
-from release_graph.cli import main as cli
+from release_graph.cli.main import main as cli
 
 ENVIRONMENTS = """\
   dev: {target: docker}

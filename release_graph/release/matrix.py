@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.manifest import Fleet
-from release_graph.stages import environment_key
+from release_graph.fleet import Environment, Fleet, Service
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.keys import environment_key
 
 
 @dataclass
@@ -45,10 +46,10 @@ def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
             record = history.latest(instance, environment_key(service, environment))
             cell = MatrixCell(service=service.name, environment=environment.name)
             if record is not None:
-                cell.short_sha = record.value("short_sha", "") or ""
+                cell.short_sha = record.value(M.SHORT_SHA, "") or ""
                 cell.digest = record.digest or ""
-                cell.deployed_at = _when(record.value("deployed_at")) or record.recorded_at
-                cell.approved_by = record.value("approved_by", "") or ""
+                cell.deployed_at = _when(record.value(M.DEPLOYED_AT)) or record.recorded_at
+                cell.approved_by = record.value(M.APPROVED_BY, "") or ""
             cells.append(cell)
     return cells
 
@@ -145,3 +146,14 @@ def as_text(cells: list[MatrixCell], fleet: Fleet) -> str:
 
 def as_json(cells: list[MatrixCell]) -> list[dict]:
     return [asdict(c) for c in cells]
+
+
+def in_sync_evaluation(fleet: Fleet, service: Service, environment: Environment, recorded_digest: str,
+                       actual) -> tuple[bool, dict]:
+    reason = drift_reason(recorded_digest, actual)
+    return not reason, {
+        M.DIGEST: recorded_digest,
+        "running_digest": actual.digest if actual else "none",
+        "container": actual.container_name if actual else "none",
+        "drift": reason or "none",
+    }

@@ -9,8 +9,8 @@ import textwrap
 import dagster as dg
 import pytest
 
-from release_graph.graph import build_definitions
-from release_graph.manifest import load_fleet
+from release_graph.fleet import load_fleet
+from release_graph.wiring import build_definitions
 
 FLEET = """\
 fleet: shop

@@ -3,15 +3,15 @@
 The same comparison serves the check (in a run) and the drift sensor (between runs).
 """
 
-from __future__ import annotations
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.image_step import ReleaseStepError
-from release_graph.manifest import Environment, Fleet, Service
-from release_graph.matrix import drift_reason
-from release_graph.stages import environment_key
+from release_graph.fleet import Environment, Fleet, Service
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import environment_key
+from release_graph.release.matrix import in_sync_evaluation
 
 
 def _recorded(context, service: Service, environment: Environment):
@@ -32,24 +32,13 @@ def check_healthy(context, fleet: Fleet, service: Service, environment: Environm
         check_name="healthy",
         passed=passed,
         metadata={
-            "digest": digest,
+            M.DIGEST: digest,
             "container": actual.container_name if actual else "none",
             "status": actual.status if actual else "absent",
             "health": probe.detail,
         },
         description=probe.detail,
     )
-
-
-def in_sync_evaluation(fleet: Fleet, service: Service, environment: Environment, recorded_digest: str,
-                       actual) -> tuple[bool, dict]:
-    reason = drift_reason(recorded_digest, actual)
-    return not reason, {
-        "digest": recorded_digest,
-        "running_digest": actual.digest if actual else "none",
-        "container": actual.container_name if actual else "none",
-        "drift": reason or "none",
-    }
 
 
 def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment,

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from release_graph.release import metadata as M
+
 HISTORY_LIMIT = 500
 
 
@@ -44,8 +46,8 @@ def _record(key: dg.AssetKey, event_record) -> StageRecord:
     metadata = _plain(materialization.metadata)
     return StageRecord(
         key=key,
-        digest=metadata.get("digest"),
-        git_sha=metadata.get("git_sha"),
+        digest=metadata.get(M.DIGEST),
+        git_sha=metadata.get(M.GIT_SHA),
         metadata=metadata,
         timestamp=event_record.timestamp,
         run_id=event_record.run_id,
@@ -77,7 +79,7 @@ def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, 
     for record in records:
         evaluation = record.event.dagster_event.event_specific_data if record.event else None
         metadata = _plain(getattr(evaluation, "metadata", None))
-        if metadata.get("digest") == digest:
+        if metadata.get(M.DIGEST) == digest:
             return record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
     return None
 
@@ -92,6 +94,6 @@ def check_metadata_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
     for record in records:
         evaluation = record.event.dagster_event.event_specific_data if record.event else None
         metadata = _plain(getattr(evaluation, "metadata", None))
-        if metadata.get("digest") == digest:
+        if metadata.get(M.DIGEST) == digest:
             return metadata
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from release_graph.manifest import ManifestError, load_fleet, resolve_fleet_path
+from release_graph.fleet import ManifestError, load_fleet, resolve_fleet_path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -31,27 +31,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from release_graph.operations import build_image
+    from release_graph.cli.operations import build_image
 
     fleet = load_fleet(resolve_fleet_path(args.fleet))
     return build_image(fleet, args.service, sha=args.sha)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from release_graph.operations import deploy
+    from release_graph.cli.operations import deploy
 
     return deploy(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, digest=args.digest)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from release_graph.operations import approve
+    from release_graph.cli.operations import approve
 
     return approve(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, by=args.by,
                    ticket=args.ticket, digest=args.digest)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from release_graph.operations import status
+    from release_graph.cli.operations import status
 
     return status(load_fleet(resolve_fleet_path(args.fleet)), as_json=args.json)
 

@@ -10,7 +10,6 @@ materialization and records `digest`, which is how the deploy step finds the eva
 raises: Dagster shows an error, never a pass. "The check ran and found problems" is `passed=False`.
 """
 
-from __future__ import annotations
 
 import dataclasses
 import os
@@ -22,18 +21,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.evidence import EvidenceError
-from release_graph.image_checks import image_under_check
-from release_graph.image_step import ReleaseStepError, export_build_context
-from release_graph.manifest import Environment, Fleet, Service
+from release_graph.assets.image import export_build_context
+from release_graph.assets.image_checks import image_under_check
+from release_graph.fleet import Environment, Fleet, Service
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.evidence import EvidenceError
+from release_graph.release.keys import environment_key, image_key
 from release_graph.security import compliance, sast, sbom
 from release_graph.security.findings import SEVERITIES, Finding, count_by_severity, parse_threshold
 from release_graph.security.gate import GateResult, evaluate_gate
 from release_graph.security.least_privilege import container_hardening
 from release_graph.security.vulnerabilities import ScanReport
 from release_graph.security.waivers import Waiver, WaiverError, fleet_owners, load_waivers
-from release_graph.stages import environment_key, image_key
 
 FINDING_COLUMNS = ("status", "severity", "rule", "location", "tool", "message", "fixed_version")
 WAIVER_COLUMNS = ("finding", "severity", "rule", "service", "location", "owner", "reason", "expires", "source")
@@ -125,8 +126,8 @@ def check_sast(context, fleet: Fleet, service: Service, git) -> dg.AssetCheckRes
         passed=result.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
-            "git_sha": sha,
-            "digest": digest,
+            M.GIT_SHA: sha,
+            M.DIGEST: digest,
             "tools": ", ".join(report.tools),
             **gate_metadata(result),
             "waivers_file": waivers_label(fleet),
@@ -218,8 +219,8 @@ def check_vulnerability_scan(context, fleet: Fleet, service: Service, registry) 
         passed=not blocked_in,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "git_sha": sha,
-            "digest": digest,
+            M.GIT_SHA: sha,
+            M.DIGEST: digest,
             "scanner": report.tool,
             "image": report.image,
             **{f"{level.lower()}_findings": counts[level] for level in SEVERITIES},
@@ -275,8 +276,8 @@ def check_sbom(context, fleet: Fleet, service: Service, engine) -> dg.AssetCheck
         passed=True,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "git_sha": sha,
-            "digest": digest,
+            M.GIT_SHA: sha,
+            M.DIGEST: digest,
             **summary.metadata(),
             "sbom": dg.MetadataValue.path(str(path)),
             "python_runtime": ", ".join(runtime) or "none",
@@ -326,8 +327,8 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
         passed=result.passed,
         severity=dg.AssetCheckSeverity.ERROR if rules else dg.AssetCheckSeverity.WARN,
         metadata={
-            "git_sha": sha,
-            "digest": digest,
+            M.GIT_SHA: sha,
+            M.DIGEST: digest,
             "tools": "hadolint, checkov",
             "blocking_rules": ", ".join(rules) or "none (the policy blocks no rule)",
             **gate_metadata(result),
@@ -366,7 +367,7 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
         passed=not findings,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "digest": digest,
+            M.DIGEST: digest,
             "container": actual.container_name,
             "user": (inspect.get("Config") or {}).get("User") or "(image default: root)",
             "read_only_root_filesystem": bool(host.get("ReadonlyRootfs")),
@@ -380,3 +381,51 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
 
 def image_scan_key(service: Service) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(image_key(service), VULNERABILITY_SCAN)
+
+
+def security_check_definitions(fleet: Fleet, service: Service) -> list:
+    """The security evidence of a built service: SAST, and what `security:` turns on (vulnerability scan, SBOM,
+    compliance) on its image. (The hardening of its containers is evidence of each deployment.)"""
+    image = image_key(service)
+    settings = fleet.security
+    checks = []
+
+    @dg.asset_check(asset=image, name="sast", blocking=True,
+                    description=f"Static analysis: semgrep (the rules shipped with release-graph) and, for Python, "
+                    f"bandit; findings at or above {fleet.sast_threshold} block unless waived.",
+                    required_resource_keys={"git"})
+    def sast(context) -> dg.AssetCheckResult:
+        return check_sast(context, fleet, service, context.resources.git)
+
+    checks.append(sast)
+    if settings.scanner != "none":
+
+        @dg.asset_check(asset=image, name=VULNERABILITY_SCAN, blocking=False,
+                        description=f"Image vulnerability scan ({settings.scanner}): counts per severity and the "
+                        "top findings. Each environment's deploy step refuses findings above its scan_threshold.",
+                        required_resource_keys={"registry"})
+        def vulnerability_scan(context) -> dg.AssetCheckResult:
+            return check_vulnerability_scan(context, fleet, service, context.resources.registry)
+
+        checks.append(vulnerability_scan)
+    if settings.sbom:
+
+        @dg.asset_check(asset=image, name="sbom", blocking=False,
+                        description="CycloneDX SBOM of the image (Debian packages, Python distributions), "
+                        "stored with the run's reports.", required_resource_keys={"engine"})
+        def sbom(context) -> dg.AssetCheckResult:
+            return check_sbom(context, fleet, service, context.resources.engine)
+
+        checks.append(sbom)
+    if settings.compliance_blocking is not None:
+        rules = ", ".join(settings.compliance_blocking) or "none"
+
+        @dg.asset_check(asset=image, name="compliance", blocking=bool(settings.compliance_blocking),
+                        description=f"hadolint and checkov on the Dockerfile and Kubernetes manifests; blocking "
+                        f"rules: {rules}.", required_resource_keys={"git"})
+        def compliance(context) -> dg.AssetCheckResult:
+            return check_compliance(context, fleet, service, context.resources.git)
+
+        checks.append(compliance)
+
+    return checks

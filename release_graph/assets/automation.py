@@ -6,7 +6,6 @@ its own deployment runs. Every gate also requires its dependencies' blocking che
 because a blocking check stops downstream steps only inside the run it failed in.
 """
 
-from __future__ import annotations
 
 from collections.abc import Iterable
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.automation import automation_sensor
-from release_graph.fleet_assets import build_fleet_assets
-from release_graph.manifest import Fleet, load_fleet, resolve_fleet_path
-from release_graph.service_release import build_service_release
+from release_graph.assets.automation import automation_sensor
+from release_graph.assets.fleet import build_fleet_assets
+from release_graph.assets.service import build_service_release
+from release_graph.fleet import Fleet, load_fleet, resolve_fleet_path
 
 
 def state_dir() -> Path:

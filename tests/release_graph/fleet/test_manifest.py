@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from release_graph.cli import main as cli_main
-from release_graph.manifest import ManifestError, load_fleet, resolve_fleet_path, topological_order
+from release_graph.cli.main import main as cli_main
+from release_graph.fleet import ManifestError, load_fleet, resolve_fleet_path, topological_order
 
 GOOD = """\
 fleet: shop

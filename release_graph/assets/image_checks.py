@@ -6,16 +6,18 @@ Each check reads the commit of the image's latest materialization, so it judges 
 execution error, never a pass. "The check ran and found problems" is `passed=False`.
 """
 
-from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 
-from release_graph import evidence
-from release_graph.image_step import ReleaseStepError, export_build_context, stream_to_run
-from release_graph.manifest import Fleet, Service
+from release_graph.assets.image import export_build_context, stream_to_run
+from release_graph.fleet import Fleet, Service
+from release_graph.release import evidence
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import image_key
 
 TEST_REPORTS_DIR = "/reports"
 UNIT_TEST_TIMEOUT_SECONDS = 600
@@ -29,7 +31,7 @@ def image_under_check(context, service: Service) -> tuple[str, str]:
     if event is None or event.asset_materialization is None:
         raise ReleaseStepError(f"service '{service.name}': no image has been built yet, nothing to check")
     metadata = event.asset_materialization.metadata
-    return metadata["git_sha"].value, metadata["digest"].value
+    return metadata[M.GIT_SHA].value, metadata[M.DIGEST].value
 
 
 def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg.AssetCheckResult:
@@ -59,7 +61,7 @@ def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg
     return dg.AssetCheckResult(
         passed=tests_passed(summary),
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"git_sha": sha, "digest": digest, **junit_metadata(summary),
+        metadata={M.GIT_SHA: sha, M.DIGEST: digest, **junit_metadata(summary),
                   "container_exit_code": run.exit_code},
         description=(
             f"{summary.passed}/{summary.tests} unit tests passed"
@@ -121,8 +123,8 @@ def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult
         passed=not problems,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "git_sha": sha,
-            "digest": digest,
+            M.GIT_SHA: sha,
+            M.DIGEST: digest,
             "tool": "hadolint",
             "errors_and_warnings": len(problems),
             "findings": findings_table(
@@ -131,3 +133,36 @@ def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult
         },
         description=f"{len(problems)} hadolint error(s)/warning(s), {len(findings)} finding(s) in all",
     )
+
+
+def image_check_definitions(fleet: Fleet, service: Service) -> list:
+    """Unit tests (blocking) and Dockerfile lint (a warning) on `<service>/image`."""
+    checks = []
+    if service.build.test_target:
+
+        @dg.asset_check(
+            asset=image_key(service),
+            name="unit_tests",
+            blocking=True,
+            description=f"Unit tests: the `{service.build.test_target}` stage of the Dockerfile run in a "
+            "container, JUnit XML from /reports.",
+            required_resource_keys={"git", "engine"},
+        )
+        def unit_tests(context) -> dg.AssetCheckResult:
+            r = context.resources
+            return check_unit_tests(context, fleet, service, r.git, r.engine)
+
+        checks.append(unit_tests)
+
+    @dg.asset_check(
+        asset=image_key(service),
+        name="dockerfile_lint",
+        blocking=False,
+        description="Dockerfile lint with hadolint: a warning, never blocking.",
+        required_resource_keys={"git"},
+    )
+    def dockerfile_lint(context) -> dg.AssetCheckResult:
+        return check_dockerfile_lint(context, service, context.resources.git)
+
+    checks.append(dockerfile_lint)
+    return checks

@@ -4,20 +4,23 @@ The dependencies run the digests the first environment runs (or their latest pas
 test answers "does this change work with what it would meet". Everything is torn down, also on failure.
 """
 
-from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 
-from release_graph import history
-from release_graph.deploy_step import blocking_checks_passed, image_reference
-from release_graph.fleet_assets import service_urls
-from release_graph.image_checks import junit_metadata, read_test_report, tests_passed
-from release_graph.image_step import ReleaseStepError, export_build_context, stream_to_run
-from release_graph.manifest import Fleet, Service, topological_order
-from release_graph.stages import environment_key, image_key
+from release_graph.assets.automation import stage_condition
+from release_graph.assets.common import asset_attributes, describe
+from release_graph.assets.fleet import service_urls
+from release_graph.assets.image import export_build_context, stream_to_run
+from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
+from release_graph.fleet import Fleet, Service, topological_order
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import environment_key, image_key, integration_key
+from release_graph.release.promotion import blocking_checks_passed, image_reference
 
 INTEGRATION_TIMEOUT_SECONDS = 600
 
@@ -97,9 +100,9 @@ def run_integration(context, fleet: Fleet, service: Service):
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(image.digest),
         metadata={
-            "digest": image.digest,
-            "git_sha": sha,
-            "short_sha": sha[:12] if sha else "",
+            M.DIGEST: image.digest,
+            M.GIT_SHA: sha,
+            M.SHORT_SHA: sha[:12] if sha else "",
             "tested_with": ", ".join(started),
             "tests": summary.tests,
             "failed": summary.failed + summary.errors,
@@ -108,5 +111,25 @@ def run_integration(context, fleet: Fleet, service: Service):
     yield dg.AssetCheckResult(
         check_name="integration_tests",
         passed=tests_passed(summary),
-        metadata={"digest": image.digest, **junit_metadata(summary), "tested_with": ", ".join(started)},
+        metadata={M.DIGEST: image.digest, **junit_metadata(summary), "tested_with": ", ".join(started)},
     )
+
+
+def integration_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=integration_key(service),
+        deps=[image_key(service)],
+        description=describe(service, "The image and its transitive hard dependencies started on a private "
+                              "network, the integration tests run against them, everything torn down. "
+                              "The data version is the tested digest."),
+        kinds={"docker"},
+        automation_condition=stage_condition([image_key(service)], label=f"new image of {service.name}"),
+        check_specs=[dg.AssetCheckSpec("integration_tests", asset=integration_key(service), blocking=True,
+                                       description="JUnit XML of the integration-test container")],
+        required_resource_keys={"docker_target", "engine", "git", "secrets"},
+        **asset_attributes(service),
+    )
+    def integration(context: dg.AssetExecutionContext):
+        yield from run_integration(context, fleet, service)
+
+    return integration

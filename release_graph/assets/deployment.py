@@ -1,0 +1,235 @@
+"""`<service>/<environment>`: deploying the digest that passed the previous stage.
+
+Whatever must prevent a deployment (a digest that never passed the previous stage, one this fleet did not
+build, a missing or mismatched approval, a missing secret, a scan above the threshold) refuses here, before
+anything changes: the rules are in release_graph/release/promotion.py. The evidence about the deployment
+(healthy, in_sync, hardening) is produced by this step as check results.
+
+No `from __future__ import annotations` here: Dagster reads the Config classes' annotations at import.
+"""
+
+import time
+from typing import Optional
+
+import dagster as dg
+
+from release_graph.assets import deployment_checks
+from release_graph.assets.automation import stage_condition
+from release_graph.assets.common import asset_attributes, describe
+from release_graph.assets.security_checks import check_hardening
+from release_graph.fleet import Environment, Fleet, Service
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.keys import (
+    approval_key,
+    e2e_key,
+    environment_key,
+    pool_name,
+    previous_environment,
+    previous_stage_key,
+)
+from release_graph.release.promotion import (
+    choose_digest,
+    image_reference,
+    refuse,
+    verify_approval,
+    verify_provenance,
+)
+from release_graph.release.tags import release_tags
+
+
+class DeployConfig(dg.Config):
+    """Leave empty to deploy what the previous stage passed last; give a digest to roll back or forward."""
+
+    digest: Optional[str] = None  # noqa: UP045 - Dagster's Config needs typing.Optional here
+
+
+def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> dict:
+    """Refuse an image above this environment's `scan_threshold` (after waivers) before anything changes.
+
+    The findings are the ones the `vulnerability_scan` check recorded for exactly this digest; no scan of it is
+    a refusal too. Returns the gate's result and the IAM policy the service needs here (least privilege: read
+    only its own secrets; references, never values), for the deployment's metadata.
+    """
+    from release_graph.assets import security_checks
+    from release_graph.security.findings import parse_threshold
+    from release_graph.security.gate import evaluate_gate
+    from release_graph.security.least_privilege import needed_policy
+    from release_graph.security.waivers import WaiverError
+
+    ecr = fleet.security.ecr
+    # Without a configured region/account the policy uses IAM's own variables: the caller's account and region.
+    policy = needed_policy(environment.secrets.get(service.name, {}),
+                           region=ecr.region if ecr else "${aws:RequestedRegion}",
+                           account=ecr.registry_id if ecr and ecr.registry_id else "${aws:PrincipalAccount}")
+    metadata = {"iam_policy": dg.MetadataValue.json(policy)}
+    if environment.scan_threshold is None:
+        metadata["security_gate"] = "no scan_threshold in this environment"
+    elif fleet.security.scanner == "none":
+        metadata["security_gate"] = (f"not enforced: scan_threshold {environment.scan_threshold} is set, "
+                                     "but security.scanner is none")
+        context.log.warning(f"{service.name}@{environment.name}: {metadata['security_gate']}")
+    else:
+        threshold = parse_threshold(environment.scan_threshold,
+                                    f"environment '{environment.name}', field 'scan_threshold'")
+        check_key = security_checks.image_scan_key(service)
+        scan = history.check_metadata_for(context.instance, check_key, digest)
+        if scan is None:
+            raise refuse(service, environment, f"no vulnerability scan of {digest} is recorded "
+                          f"({check_key.asset_key.to_user_string()} check '{check_key.name}'"
+                          + (", and prebuilt images are not scanned" if service.is_prebuilt else "")
+                          + f"): nothing may enter an environment with scan_threshold '{threshold.text}' unscanned")
+        findings = security_checks.findings_from_metadata(scan.get("all_findings"))
+        try:
+            waivers = security_checks.load_fleet_waivers(fleet)
+            result = evaluate_gate(findings, threshold, waivers, security_checks.today(), service.name)
+        except WaiverError as exc:
+            raise refuse(service, environment, f"the vulnerability gate cannot be applied: {exc}") from None
+        if not result.passed:
+            worst = "; ".join(f"{f.rule} ({f.severity}) at {f.location}" for f in result.blocking[:10])
+            raise refuse(service, environment, f"image {digest} is above the scan threshold '{threshold.text}' "
+                          f"({threshold.describe()}): {len(result.blocking)} blocking finding(s): {worst}. "
+                          "Fix the image, or waive the findings in the waivers file with an owner and expiry")
+        metadata.update({
+            "security_gate": f"passed: {result.summary()}",
+            "scan_threshold": threshold.text,
+            "scan_blocking_findings": len(result.blocking),
+            "scan_total_findings": result.total,
+            "scan_waivers_used": security_checks.rows_table(result.waiver_rows, security_checks.WAIVER_COLUMNS),
+        })
+    return metadata
+
+
+def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service: Service,
+                           environment: Environment) -> dg.MaterializeResult:
+    from resources.targets import DeploymentSpec
+
+    record = choose_digest(context.instance, fleet, service, environment, config.digest)
+    digest = record.digest
+    verify_provenance(context.instance, service, environment, digest)
+    security_metadata = verify_security_gate(context, fleet, service, environment, digest)
+    approval = (verify_approval(context.instance, service, environment, digest)
+                if environment.requires_approval else None)
+    git_sha = record.git_sha or ""
+    context.instance.add_run_tags(context.run.run_id, release_tags(service.name, git_sha, environment.name))
+    # Secrets resolve before anything stops: a missing one leaves the running version untouched.
+    secrets = context.resources.secrets.resolve(
+        environment.secrets.get(service.name, {}), environment=environment.name, service=service.name
+    )
+    target = _target(context, service, environment)
+    started = time.monotonic()
+    result = target.deploy(DeploymentSpec(
+        fleet=fleet.name,
+        environment=environment.name,
+        service=service.name,
+        image=image_reference(fleet, service, digest),
+        port=service.port,
+        health=service.health,
+        # The commit rides along as GIT_SHA (for /version); the build arg alone is not reliable on every engine.
+        env={**environment.service_env(service), **({"GIT_SHA": git_sha} if git_sha else {})},
+        secrets=secrets,
+        publish=environment.publish.get(service.name),
+        labels={"io.release-graph.git-sha": git_sha},
+    ))
+    context.log.info(
+        f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"
+    )
+    metadata = {
+        **security_metadata,
+        M.DIGEST: digest,
+        M.GIT_SHA: git_sha,
+        M.SHORT_SHA: git_sha[:12],
+        "image": image_reference(fleet, service, digest),
+        "container": result.container_name,
+        M.DEPLOYED_AT: dg.MetadataValue.timestamp(time.time()),
+        "changed": result.changed,
+        "deploy_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 2)),
+        "promoted_from": previous_stage_key(fleet, service, environment).to_user_string(),
+        "target": environment.target,
+        "secrets": ", ".join(sorted(environment.secrets.get(service.name, {}))) or "none",
+    }
+    if result.published_url:
+        metadata["url"] = dg.MetadataValue.url(result.published_url)
+    if approval is not None:
+        metadata.update({
+            M.APPROVED_BY: approval.value(M.APPROVER),
+            M.APPROVAL_TICKET: approval.value(M.TICKET) or "",
+            M.APPROVAL_RUN_ID: approval.run_id,
+        })
+    return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
+
+
+def _target(context, service: Service, environment: Environment):
+    if environment.target != "docker":
+        raise refuse(service, environment, f"target '{environment.target}' is not configured on this instance "
+                      "(see docs/operations.md: Kubernetes)")
+    return context.resources.docker_target
+
+
+def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -> dg.AssetsDefinition:
+    key = environment_key(service, environment)
+    before = previous_environment(fleet, environment)
+    previous = previous_stage_key(fleet, service, environment)
+    deps = [previous]
+    if environment.requires_approval:
+        deps.append(approval_key(service, environment))
+        trigger = approval_key(service, environment)
+    else:
+        trigger = previous
+    if before is not None and fleet.e2e is not None:
+        deps.append(e2e_key(before))
+    # Hard edges order deployments: a provider's deployment here precedes its consumers'. Edges inside one
+    # deploy_unit are left out: that is how a cycle of calls stays deployable.
+    deps += [
+        environment_key(dep, environment) for dep in service.hard_deps
+        if not (service.deploy_unit and fleet.services[dep].deploy_unit == service.deploy_unit)
+    ]
+    gate = "approval" if environment.requires_approval else previous.to_user_string()
+
+    # The evidence about a deployment is produced by the deploy step itself (check specs, not separate check
+    # steps): Dagster's automation selects exactly the checks it requests when a tick also requests an asset
+    # whose checks are specs (integration, e2e), and separate checks of a deployment would then never run.
+    check_specs = [
+        dg.AssetCheckSpec("healthy", asset=key, blocking=True,
+                          description=f"The deployed container runs and {service.health or 'its process'} answers."),
+        dg.AssetCheckSpec("in_sync", asset=key,
+                          description="What actually runs is the digest last recorded here (drift); the "
+                          "environment_drift sensor re-evaluates it between deployments."),
+    ]
+    if environment.target == "docker":  # only the docker target can show how its containers run
+        check_specs.append(dg.AssetCheckSpec(
+            "hardening", asset=key,
+            description="The running container: non-root user, read-only root filesystem, not privileged, "
+            "no added capabilities (a warning)."))
+
+    @dg.asset(
+        key=key,
+        deps=deps,
+        description=describe(service, f"{service.name} running in {environment.name} "
+                              f"({environment.target}): the digest that passed {previous.to_user_string()}"
+                              + (", approved" if environment.requires_approval else "")
+                              + ". The data version is the deployed digest."),
+        kinds={"docker"} if environment.target == "docker" else {"kubernetes"},
+        # An environment that tracks a branch is deployed only by the branch_promotion sensor.
+        automation_condition=None if environment.branch else stage_condition(
+            [trigger], label=f"new {gate} for {service.name}/{environment.name}",
+            not_with=environment_key(service, before) if environment.requires_approval and before else None,
+        ),
+        check_specs=check_specs,
+        pool=pool_name(service, environment),
+        required_resource_keys={"docker_target", "secrets", "engine"},
+        **asset_attributes(service),
+    )
+    def deployment(context: dg.AssetExecutionContext, config: DeployConfig) -> dg.MaterializeResult:
+        deployed = materialize_deployment(context, config, fleet, service, environment)
+        digest = deployed.metadata[M.DIGEST]
+        evidence = [
+            deployment_checks.check_healthy(context, fleet, service, environment, digest),
+            deployment_checks.check_in_sync(context, fleet, service, environment, digest),
+        ]
+        if environment.target == "docker":
+            evidence.append(check_hardening(context, fleet, service, environment, digest))
+        return dg.MaterializeResult(data_version=deployed.data_version, metadata=deployed.metadata,
+                                    check_results=evidence)
+
+    return deployment

@@ -1,0 +1,1 @@
+"""`release-graph`: the command line (validate, import, build, deploy, approve, status)."""

@@ -1,0 +1,16 @@
+"""Metadata keys that one step writes and another reads back: one constant each, used on both sides.
+
+Keys only shown to people (build seconds, image size, ...) stay literals where they are written.
+"""
+
+DIGEST = "digest"  # the image digest a stage is about; for an e2e run, the fingerprint of the tested set
+GIT_SHA = "git_sha"
+SHORT_SHA = "short_sha"
+AUTHOR = "author"  # `Name <email>` of the commit, recorded by the image step
+APPROVER = "approver"  # who approved, recorded by the approval step
+TICKET = "ticket"
+APPROVED_BY = "approved_by"  # the approver, copied onto the deployment the approval released
+APPROVAL_TICKET = "approval_ticket"
+APPROVAL_RUN_ID = "approval_run_id"  # which approval a deployment used: one approval releases once
+DEPLOYED_AT = "deployed_at"
+DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}

@@ -1,0 +1,164 @@
+"""The promotion rules: what a digest must have passed before a stage may take it, and who may approve it.
+
+Every rule reads the instance's records only (no engine, no registry), so each one is unit-tested on a bare
+instance. The deploy and approval steps call these before anything changes; the branch-promotion sensor and
+the integration stage call the same ones.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from release_graph.fleet import Environment, Fleet, Service
+from release_graph.release import history
+from release_graph.release import metadata as M
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import (
+    approval_key,
+    e2e_key,
+    environment_key,
+    image_key,
+    integration_key,
+    previous_environment,
+    previous_stage_key,
+)
+from release_graph.release.metadata import APPROVAL_RUN_ID
+
+
+def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> list[str]:
+    """The blocking checks a digest must have passed at a stage before the next stage may take it."""
+    stage = key.path[-1]
+    if stage == "image":
+        if service.is_prebuilt:
+            return []
+        return (["unit_tests"] if service.build.test_target else []) + ["sast"] + (
+            ["compliance"] if fleet.security.compliance_blocking else [])
+    if stage == "integration":
+        return ["integration_tests"]
+    if stage in fleet.environments:
+        return ["healthy"]
+    return []
+
+
+def refuse(service: Service, environment: Environment, message: str) -> ReleaseStepError:
+    return ReleaseStepError(f"service '{service.name}', environment '{environment.name}': {message}")
+
+
+def blocking_checks_passed(instance, fleet: Fleet, service: Service, key: dg.AssetKey, digest: str) -> list[str]:
+    """Names of the blocking checks of `key` that did not pass for `digest` (empty when all passed)."""
+    failed = []
+    for name in blocking_check_names(fleet, service, key):
+        if history.check_passed_for(instance, dg.AssetCheckKey(key, name), digest) is not True:
+            failed.append(name)
+    return failed
+
+
+def choose_digest(instance, fleet: Fleet, service: Service, environment: Environment, requested: str | None = None):
+    """The digest that passed the previous stage: its latest one, or the one the release manager named."""
+    previous_key = previous_stage_key(fleet, service, environment)
+    if requested:
+        record = history.record_with_digest(instance, previous_key, requested)
+        if record is None:
+            raise refuse(service, environment,
+                          f"digest {requested} never passed {previous_key.to_user_string()}: refused")
+    else:
+        record = history.latest(instance, previous_key)
+        if record is None:
+            raise refuse(service, environment, f"nothing has passed {previous_key.to_user_string()} yet")
+    if not record.digest:
+        raise refuse(service, environment, f"{previous_key.to_user_string()} recorded no digest")
+    failed = blocking_checks_passed(instance, fleet, service, previous_key, record.digest)
+    if failed:
+        raise refuse(service, environment, f"digest {record.digest} did not pass "
+                      f"{previous_key.to_user_string()} (blocking checks not passed: {', '.join(failed)})")
+    before = previous_environment(fleet, environment)
+    if before is not None and fleet.e2e is not None:
+        e2e = history.latest(instance, e2e_key(before))
+        if e2e is None or history.check_passed_for(
+            instance, dg.AssetCheckKey(e2e_key(before), "e2e_tests"), e2e.digest
+        ) is not True:
+            raise refuse(service, environment,
+                          f"the end-to-end tests of '{before.name}' have not passed: promotion beyond it is blocked")
+    return record
+
+
+def verify_provenance(instance, service: Service, environment: Environment, digest: str) -> None:
+    """Only a digest this fleet's image step produced may be promoted (not one pushed by hand)."""
+    if service.is_prebuilt:
+        return
+    if history.record_with_digest(instance, image_key(service), digest) is None:
+        raise refuse(service, environment,
+                      f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
+
+
+def verify_approval(instance, service: Service, environment: Environment, digest: str):
+    """A new approval of exactly this digest, not already used by an earlier deployment."""
+    approval = history.latest(instance, approval_key(service, environment))
+    if approval is None:
+        raise refuse(service, environment, "needs an approval: release-graph approve "
+                      f"{service.name} --env {environment.name} --by <you>")
+    if approval.digest != digest:
+        raise refuse(service, environment, f"the latest approval is for {approval.digest}, "
+                      f"not for {digest}, which is what would be deployed: approve this digest")
+    last = history.latest(instance, environment_key(service, environment))
+    if last is not None and last.value(APPROVAL_RUN_ID) == approval.run_id:
+        raise refuse(service, environment, "the latest approval has already been used: "
+                      "one approval releases one digest once")
+    return approval
+
+
+def image_reference(fleet: Fleet, service: Service, digest: str) -> str:
+    if service.is_prebuilt:
+        repository = service.image.split("@")[0]
+        last = repository.rsplit("/", 1)[-1]
+        if ":" in last:
+            repository = repository[: repository.rfind(":")]
+        return f"{repository}@{digest}"
+    return f"{service.image_repository(fleet)}@{digest}"
+
+
+def approvable_digest(instance, fleet: Fleet, service: Service, environment: Environment,
+                      requested: str | None) -> history.StageRecord:
+    """The release an approval for `environment` is about: what the previous stage runs now.
+
+    An approval names that digest (or none, meaning that one); any other digest is refused.
+    """
+    before = previous_environment(fleet, environment)
+    running_key = environment_key(service, before) if before else (
+        integration_key(service) if service.build and service.build.integration_target else image_key(service)
+    )
+    current = history.latest(instance, running_key)
+    if current is None or not current.digest:
+        raise refuse(service, environment, f"nothing to approve: {running_key.to_user_string()} has no release")
+    if requested and requested != current.digest:
+        raise refuse(service, environment, f"refused approval of {requested}: "
+                     f"{running_key.to_user_string()} runs {current.digest}")
+    return current
+
+
+def commit_author(instance, service: Service, digest: str) -> str:
+    """`Name <email>` of the commit the digest was built from, as the image step recorded it ('' if unknown)."""
+    built = history.record_with_digest(instance, image_key(service), digest)
+    return built.value(M.AUTHOR, "") if built else ""
+
+
+def is_author(approver: str, author: str) -> bool:
+    """Exact identity: the approver is the author's email or the author's full name (case-insensitive).
+
+    Never a substring: 'ann' does not match 'Joanna <joanna@example.com>'.
+    """
+    if not approver or not author:
+        return False
+    name, _, rest = author.partition("<")
+    identities = {name.strip().casefold(), rest.rstrip(">").strip().casefold(), author.strip().casefold()}
+    identities.discard("")
+    return approver.strip().casefold() in identities
+
+
+def verify_approver(service: Service, environment: Environment, approver: str, author: str) -> None:
+    """The approvers list (when the environment has one) and the author rule."""
+    if environment.approvers and approver not in environment.approvers:
+        raise refuse(service, environment, f"'{approver}' may not approve here "
+                     f"(approvers: {', '.join(environment.approvers)})")
+    if environment.author_cannot_approve and is_author(approver, author):
+        raise refuse(service, environment, f"'{approver}' wrote this commit and may not approve it")

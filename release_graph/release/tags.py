@@ -1,0 +1,20 @@
+"""Run tags: written by the steps and the sensors, read by the CLI and the UI's filters. One owner for each."""
+
+SERVICE_TAG = "release/service"
+ENV_TAG = "release/env"
+SHA_TAG = "release/git_sha"
+SHORT_SHA_TAG = "release/short_sha"
+APPROVED_BY_TAG = "release/approved_by"
+TRIGGER_TAG = "release/trigger"
+# Deploy runs must never be retried behind the release manager's back (a refused deployment stays refused).
+MAX_RETRIES_TAG = "dagster/max_retries"
+
+
+def release_tags(service: str, sha: str | None = None, environment: str | None = None) -> dict[str, str]:
+    """The tags that let the Runs page filter by service, environment and commit."""
+    tags = {SERVICE_TAG: service}
+    if environment:
+        tags[ENV_TAG] = environment
+    if sha:
+        tags.update({SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]})
+    return tags
