@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.assets.automation import automation_sensor
+from release_graph.assets.automation import automation_sensors
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
 from release_graph.fleet import Fleet, load_fleet, resolve_fleet_path
@@ -49,7 +49,7 @@ def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definit
         release = build_service_release(fleet, service)
         assets += release.assets
         checks += release.checks
-    sensors = [build_git_commit_sensor(fleet), automation_sensor(), build_drift_sensor(fleet)]
+    sensors = [build_git_commit_sensor(fleet), *automation_sensors(fleet), build_drift_sensor(fleet)]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))
     return dg.Definitions(

@@ -1,23 +1,68 @@
-"""Automation conditions for the stages after the image, as verified against Dagster 1.13 (see the notes).
+"""Automation conditions for the stages after the image, and the sensors that evaluate them.
 
 Only a stage's *own* trigger starts it: a provider's new deployment never redeploys an unchanged consumer.
 `since(newly_requested())` instead of `since_last_handled()`: the latter loses an image that lands while
-its own deployment runs. Every gate also requires its dependencies' blocking checks to have passed,
-because a blocking check stops downstream steps only inside the run it failed in.
-"""
+its own deployment runs (Dagster 1.13, verified in tests/release_graph/assets/test_automation.py).
 
+The gate is the project's own promotion rules (`release_graph.release.promotion.waiting_reason`), not
+Dagster's `all_deps_blocking_checks_passed()`: that one reads the *latest* execution of every dependency's
+checks, so a check that was planned in a run that failed elsewhere ("execution failed") froze everything
+downstream for good. The rules judge the evidence about the digest the stage would take: the last check
+that actually executed for that digest, the e2e run whose tested set contains it, an approval of it.
+
+Isolation: one automation sensor per service (and one for the fleet's assets). Dagster launches every asset
+one sensor requests in one tick as ONE run, so with a single sensor one service's failure skipped another
+service's step. Per-service sensors also tag each run with its service from launch.
+"""
 
 from collections.abc import Iterable
 
 import dagster as dg
+from dagster._core.definitions.declarative_automation.automation_context import AutomationContext
+
+from release_graph.fleet import Fleet, Service
+from release_graph.release.promotion import waiting_reason
+from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, TRIGGER_TAG
 
 AC = dg.AutomationCondition
+FLEET_GROUP = "fleet"
+
+
+class PromotionGate(dg.AutomationCondition):
+    """True when the promotion rules let this stage take the release its previous stage holds now."""
+
+    def __init__(self, fleet: Fleet, service: Service):
+        self._fleet = fleet
+        self._service = service
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    @property
+    def name(self) -> str:
+        return "promotion_gate"
+
+    @property
+    def description(self) -> str:
+        return ("the digest this stage would take passed its previous stage's blocking checks, the previous "
+                "environment's e2e run with that digest, and its approval (release-graph why)")
+
+    def evaluate(self, context: AutomationContext) -> dg.AutomationResult:
+        if context.candidate_subset.is_empty:
+            return dg.AutomationResult(context, context.get_empty_subset())
+        instance = context.asset_graph_view.instance
+        reason = waiting_reason(instance, self._fleet, self._service, context.key)
+        subset = context.get_empty_subset() if reason else context.candidate_subset
+        return dg.AutomationResult(context, subset)
 
 
 def stage_condition(
-    own_triggers: Iterable[dg.AssetKey], *, label: str, not_with: dg.AssetKey | None = None
+    fleet: Fleet, service: Service, own_triggers: Iterable[dg.AssetKey], *, label: str,
+    not_with: dg.AssetKey | None = None,
 ) -> dg.AutomationCondition:
-    """Fires once after any of `own_triggers` is updated, when every dependency is present, idle and passed.
+    """Fires once after any of `own_triggers` is updated, when the promotion rules allow it and every
+    dependency is present and idle (a consumer waits while its provider deploys).
 
     `not_with`: a dependency that must not be requested in the same tick (for a gated environment, the
     previous environment: otherwise an image and an approval landing together would deploy the gated
@@ -26,7 +71,7 @@ def stage_condition(
     triggers = dg.AssetSelection.assets(*own_triggers)
     condition = (
         AC.any_deps_match(AC.newly_updated()).allow(triggers).since(AC.newly_requested())
-        & AC.all_deps_blocking_checks_passed()
+        & PromotionGate(fleet, service)
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
@@ -37,8 +82,9 @@ def stage_condition(
 
 
 def report_condition(sources: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
-    """For a report over many stages (the environment matrix): refresh after any of them changed, without
-    waiting for every one of them to exist, so the first deployment already shows."""
+    """For a fleet-level asset over many deployments (e2e tests, the environment matrix): run after any of
+    them changed, without waiting for every one of them to exist or to be healthy (the e2e tests judge
+    what actually runs; a failed deployment leaves the previous version serving)."""
     return (
         AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*sources)).since(AC.newly_requested())
         & ~AC.any_deps_in_progress()
@@ -46,12 +92,32 @@ def report_condition(sources: Iterable[dg.AssetKey], *, label: str) -> dg.Automa
     ).with_label(label)
 
 
-def automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    """The project's own automation sensor, running by default (Dagster's default one starts stopped)."""
-    return dg.AutomationConditionSensorDefinition(
-        name="release_automation",
-        target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=15,
-        run_tags={"release/trigger": "automation", "dagster/max_retries": "0"},
-    )
+def e2e_condition(deployments: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
+    """An environment's e2e tests: after any deployment there changed, once every service runs there."""
+    return (report_condition(deployments, label=label) & ~AC.any_deps_missing()).with_label(label)
+
+
+def automation_sensors(fleet: Fleet) -> list[dg.AutomationConditionSensorDefinition]:
+    """One automation sensor per service and one for the fleet group, running by default (Dagster's default
+    sensor starts stopped), evaluated in the code server because the promotion gate is Python."""
+    common = {"default_status": dg.DefaultSensorStatus.RUNNING, "minimum_interval_seconds": 15,
+              "use_user_code_server": True}
+    tags = {TRIGGER_TAG: "automation", MAX_RETRIES_TAG: "0"}
+    sensors = [
+        dg.AutomationConditionSensorDefinition(
+            name=f"release_automation_{service.group}",
+            target=dg.AssetSelection.groups(service.group),
+            run_tags={**tags, SERVICE_TAG: service.name},
+            description=f"Integrates, deploys and promotes {service.name}: one run per service and tick.",
+            **common,
+        )
+        for service in fleet.services.values()
+    ]
+    sensors.append(dg.AutomationConditionSensorDefinition(
+        name="release_automation_fleet",
+        target=dg.AssetSelection.groups(FLEET_GROUP),
+        run_tags=tags,
+        description="Runs each environment's end-to-end tests and refreshes the environment matrix.",
+        **common,
+    ))
+    return sensors

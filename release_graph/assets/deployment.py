@@ -150,6 +150,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     }
     if result.published_url:
         metadata["url"] = dg.MetadataValue.url(result.published_url)
+    metadata.update(rollback_metadata(context.instance, fleet, service, environment, digest, config.digest))
     if approval is not None:
         metadata.update({
             M.APPROVED_BY: approval.value(M.APPROVER),
@@ -157,6 +158,19 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
             M.APPROVAL_RUN_ID: approval.run_id,
         })
     return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
+
+
+def rollback_metadata(instance, fleet: Fleet, service: Service, environment: Environment, digest: str,
+                      requested: str | None) -> dict:
+    """A digest named by hand that is not the newest release of the previous stage is a rollback (or a pin):
+    it is marked, so it never flows forward by automation and the digest it replaced is not promoted here
+    again automatically."""
+    newest = history.latest(instance, previous_stage_key(fleet, service, environment))
+    if not requested or newest is None or newest.digest == requested:
+        return {}
+    before = history.latest(instance, environment_key(service, environment))
+    replaced = before.digest if before is not None and before.digest != digest else newest.digest
+    return {M.ROLLED_BACK_FROM: replaced or ""}
 
 
 def _target(context, service: Service, environment: Environment):
@@ -212,7 +226,7 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
         kinds={"docker"} if environment.target == "docker" else {"kubernetes"},
         # An environment that tracks a branch is deployed only by the branch_promotion sensor.
         automation_condition=None if environment.branch else stage_condition(
-            [trigger], label=f"new {gate} for {service.name}/{environment.name}",
+            fleet, service, [trigger], label=f"new {gate} for {service.name}/{environment.name}",
             not_with=environment_key(service, before) if environment.requires_approval and before else None,
         ),
         check_specs=check_specs,

@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from release_graph.assets.automation import report_condition, stage_condition
+from release_graph.assets.automation import e2e_condition, report_condition
 from release_graph.assets.image import stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.fleet import Environment, Fleet
@@ -44,7 +44,7 @@ def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
         description=f"The fleet's end-to-end tests run against {environment.name}. A failure blocks promotion "
         "beyond this environment. The data version identifies the set of deployed digests tested.",
         kinds={"docker"},
-        automation_condition=stage_condition(deployments, label=f"a deployment in {environment.name} changed"),
+        automation_condition=e2e_condition(deployments, label=f"a deployment in {environment.name} changed"),
         check_specs=[dg.AssetCheckSpec("e2e_tests", asset=key, blocking=True,
                                        description="JUnit XML of the end-to-end test container")],
         required_resource_keys={"engine", "docker_target"},

@@ -123,7 +123,8 @@ def integration_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
                               "network, the integration tests run against them, everything torn down. "
                               "The data version is the tested digest."),
         kinds={"docker"},
-        automation_condition=stage_condition([image_key(service)], label=f"new image of {service.name}"),
+        automation_condition=stage_condition(fleet, service, [image_key(service)],
+                                             label=f"new image of {service.name}"),
         check_specs=[dg.AssetCheckSpec("integration_tests", asset=integration_key(service), blocking=True,
                                        description="JUnit XML of the integration-test container")],
         required_resource_keys={"docker_target", "engine", "git", "secrets"},

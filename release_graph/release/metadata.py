@@ -14,3 +14,4 @@ APPROVAL_TICKET = "approval_ticket"
 APPROVAL_RUN_ID = "approval_run_id"  # which approval a deployment used: one approval releases once
 DEPLOYED_AT = "deployed_at"
 DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}
+ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an older digest: the digest it replaced

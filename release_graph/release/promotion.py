@@ -71,14 +71,9 @@ def choose_digest(instance, fleet: Fleet, service: Service, environment: Environ
     if failed:
         raise refuse(service, environment, f"digest {record.digest} did not pass "
                       f"{previous_key.to_user_string()} (blocking checks not passed: {', '.join(failed)})")
-    before = previous_environment(fleet, environment)
-    if before is not None and fleet.e2e is not None:
-        e2e = history.latest(instance, e2e_key(before))
-        if e2e is None or history.check_passed_for(
-            instance, dg.AssetCheckKey(e2e_key(before), "e2e_tests"), e2e.digest
-        ) is not True:
-            raise refuse(service, environment,
-                          f"the end-to-end tests of '{before.name}' have not passed: promotion beyond it is blocked")
+    blocker = e2e_blocker(instance, fleet, service, environment, record.digest)
+    if blocker:
+        raise refuse(service, environment, f"{blocker}: promotion beyond it is blocked")
     return record
 
 
@@ -130,6 +125,11 @@ def approvable_digest(instance, fleet: Fleet, service: Service, environment: Env
     current = history.latest(instance, running_key)
     if current is None or not current.digest:
         raise refuse(service, environment, f"nothing to approve: {running_key.to_user_string()} has no release")
+    if current.value(M.ROLLED_BACK_FROM):
+        raise refuse(service, environment, f"{running_key.to_user_string()} was rolled back by hand to "
+                     f"{current.digest}: a rollback is not approved forward; approve the next release, or "
+                     "deploy a digest explicitly "
+                     f"with release-graph deploy {service.name} --env {environment.name} --digest ...")
     if requested and requested != current.digest:
         raise refuse(service, environment, f"refused approval of {requested}: "
                      f"{running_key.to_user_string()} runs {current.digest}")
@@ -162,3 +162,69 @@ def verify_approver(service: Service, environment: Environment, approver: str, a
                      f"(approvers: {', '.join(environment.approvers)})")
     if environment.author_cannot_approve and is_author(approver, author):
         raise refuse(service, environment, f"'{approver}' wrote this commit and may not approve it")
+
+
+def e2e_blocker(instance, fleet: Fleet, service: Service, environment: Environment, digest: str) -> str | None:
+    """The end-to-end gate in front of `environment`: the previous environment's e2e must have passed with a
+    tested set that contains exactly `digest` for this service. A pass for another set is no evidence."""
+    before = previous_environment(fleet, environment)
+    if before is None or fleet.e2e is None:
+        return None
+    key = e2e_key(before)
+    e2e = history.latest(instance, key)
+    if e2e is None:
+        return f"waiting for {key.to_user_string()} to pass with {service.name} {digest}"
+    tested = e2e.value(M.DEPLOYED_DIGESTS) or {}
+    passed = history.check_passed_for(instance, dg.AssetCheckKey(key, "e2e_tests"), e2e.digest)
+    if tested.get(service.name) != digest:
+        return f"waiting for {key.to_user_string()} to pass with {service.name} {digest}"
+    if passed is not True:
+        return (f"the end-to-end tests of '{before.name}' "
+                + ("failed" if passed is False else "have not passed") + f" with {service.name} {digest}")
+    return None
+
+
+def rolled_back_from(instance, service: Service, environment: Environment, digest: str) -> history.StageRecord | None:
+    """The deployment that rolled `digest` back out of `environment`, if one did."""
+    return next((r for r in history.history(instance, environment_key(service, environment))
+                 if r.value(M.ROLLED_BACK_FROM) == digest), None)
+
+
+def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -> str | None:
+    """Why the stage `key` (integration or an environment) would not take the release its previous stage
+    holds now, in words; None when it may (or already did). The automation gate and `release-graph why`
+    both ask this, so what waits always says why."""
+    stage = key.path[-1]
+    if stage == "integration":
+        previous, environment = image_key(service), None
+    else:
+        environment = fleet.environments[stage]
+        previous = previous_stage_key(fleet, service, environment)
+    candidate = history.latest(instance, previous)
+    if candidate is None or not candidate.digest:
+        return f"waiting for {previous.to_user_string()}: nothing has passed it yet"
+    digest = candidate.digest
+    short = (candidate.git_sha or "")[:7] or digest[7:19]
+    current = history.latest(instance, key)
+    if current is not None and current.digest == digest and stage == "integration":
+        return None
+    failed = blocking_checks_passed(instance, fleet, service, previous, digest)
+    if failed:
+        return f"blocked: {', '.join(failed)} did not pass for {short} at {previous.to_user_string()}"
+    if environment is None:
+        return None
+    if candidate.value(M.ROLLED_BACK_FROM):
+        return (f"{previous.to_user_string()} was rolled back to {digest} by hand: a rollback does not flow "
+                "forward (the next new release will)")
+    if rolled_back_from(instance, service, environment, digest) is not None:
+        return f"{digest} was rolled back out of {environment.name}: it is not promoted there again automatically"
+    blocker = e2e_blocker(instance, fleet, service, environment, digest)
+    if blocker:
+        return blocker
+    if environment.requires_approval:
+        approval = history.latest(instance, approval_key(service, environment))
+        if approval is None or approval.digest != digest:
+            return f"waiting for an approval of {digest} ({short}) for {environment.name}"
+        if current is not None and current.value(APPROVAL_RUN_ID) == approval.run_id:
+            return None  # the approval was used: this environment runs what it approved
+    return None

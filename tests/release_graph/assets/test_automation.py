@@ -177,3 +177,125 @@ def test_the_environment_matrix_refreshes_after_the_first_deployment(story):
     # orders has never been deployed anywhere, yet the matrix already shows inventory in dev
     assert key("fleet", "environments") in story.tick()
     assert key("fleet", "environments") not in story.tick()
+
+
+def test_a_failed_check_of_an_older_digest_does_not_block_a_newer_release(story):
+    story.tick()
+    # Given inventory's dev deployment of i1 failed its health check
+    release_to_dev(story, "inventory", "sha256:i1")
+    story.record(key("inventory", "dev"), "sha256:i1", {"healthy": False})
+    story.tick()
+    # when i2 passes dev and is approved, prod deploys i2: the evidence judged is i2's, not i1's
+    release_to_dev(story, "inventory", "sha256:i2")
+    story.tick()
+    story.record(key("inventory", "prod_approval"), "sha256:i2")
+    assert key("inventory", "prod") in story.tick()
+
+
+def test_an_approval_waits_while_the_digest_it_names_has_not_passed_the_previous_environment(story):
+    story.tick()
+    release_to_dev(story, "inventory", "sha256:i1")
+    # Given dev's deployment of i2 recorded, but its health check failed
+    story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
+    story.record(key("inventory", "integration"), "sha256:i2", {"integration_tests": True})
+    story.record(key("inventory", "dev"), "sha256:i2", {"healthy": False})
+    story.tick()
+    story.record(key("inventory", "prod_approval"), "sha256:i2")
+    # then prod is not requested, on this tick or later ones
+    for _ in range(2):
+        assert key("inventory", "prod") not in story.tick()
+
+
+def test_a_rollback_of_dev_does_not_flow_forward(story):
+    story.tick()
+    release_to_dev(story, "inventory", "sha256:i1")
+    release_to_dev(story, "inventory", "sha256:i2")
+    story.tick()
+    # Given dev rolled back by hand from i2 to i1
+    story.instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=key("inventory", "dev"), metadata={"digest": "sha256:i1", "rolled_back_from": "sha256:i2"},
+        tags={"dagster/data_version": "sha256:i1"}))
+    # when prod is approved for what dev runs now, prod is not deployed: a rollback stays where it was made
+    story.record(key("inventory", "prod_approval"), "sha256:i1")
+    for _ in range(2):
+        assert key("inventory", "prod") not in story.tick()
+
+
+def test_each_service_is_automated_by_its_own_sensor_so_its_runs_are_its_own(story):
+    sensors = {s.name: s for s in story.defs.sensors if isinstance(s, dg.AutomationConditionSensorDefinition)}
+    assert set(sensors) == {"release_automation_orders", "release_automation_inventory", "release_automation_fleet"}
+    repository = story.defs.get_repository_def()
+    cursors: dict[str, str | None] = dict.fromkeys(sensors)
+
+    def tick() -> list[dg.RunRequest]:
+        requests = []
+        for name, sensor in sensors.items():
+            context = dg.build_sensor_context(instance=story.instance, cursor=cursors[name],
+                                              repository_def=repository)
+            data = sensor.evaluate_tick(context)
+            cursors[name] = data.cursor
+            requests += data.run_requests or []
+        return requests
+
+    tick()
+    # Given new images of a provider and its consumer in the same tick
+    for service in ("orders", "inventory"):
+        story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
+    requests = tick()
+    # then each service's integration is its own run, tagged with its service from launch
+    assert sorted((r.tags["release/service"], tuple(k.to_user_string() for k in r.asset_selection))
+                  for r in requests) == [("inventory", ("inventory/integration",)), ("orders", ("orders/integration",))]
+
+
+E2E_FLEET = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+e2e: {context: e2e}
+services:
+  inventory:
+    repo: repos/inventory
+    build: {dockerfile: Dockerfile}
+environments:
+  dev: {target: docker}
+  staging: {target: docker}
+"""
+
+
+@pytest.fixture
+def e2e_story(tmp_path):
+    for folder in ("repos/inventory", "e2e"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "fleet.yaml").write_text(E2E_FLEET)
+    defs = build_definitions(load_fleet(tmp_path / "fleet.yaml"),
+                             resources={k: dg.ResourceDefinition.none_resource() for k in RESOURCE_KEYS})
+    with dg.instance_for_test() as instance:
+        yield Story(defs, instance)
+
+
+def record_e2e(story: Story, tested: dict[str, str], passed: bool) -> None:
+    fingerprint = "sha256:" + "-".join(sorted(tested.values()))
+    story.instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=key("fleet", "dev_e2e"), metadata={"digest": fingerprint, "deployed_digests": tested},
+        tags={"dagster/data_version": fingerprint}))
+    story.instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=key("fleet", "dev_e2e"), check_name="e2e_tests", passed=passed, metadata={"digest": fingerprint}))
+
+
+def test_staging_takes_a_digest_only_after_the_dev_e2e_run_that_tested_it_passed(e2e_story):
+    story = e2e_story
+    story.tick()
+    story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
+    story.record(key("inventory", "dev"), "sha256:i1", {"healthy": True})
+    # Given dev runs i1: the e2e tests are requested, staging is not (nothing tested i1 yet)
+    requested = story.tick()
+    assert key("fleet", "dev_e2e") in requested and key("inventory", "staging") not in requested
+    # when an e2e pass is recorded for another tested set, staging still waits
+    record_e2e(story, {"inventory": "sha256:i0"}, passed=True)
+    assert key("inventory", "staging") not in story.tick()
+    # and a failed e2e with i1 keeps it waiting
+    record_e2e(story, {"inventory": "sha256:i1"}, passed=False)
+    assert key("inventory", "staging") not in story.tick()
+    # then once e2e passes with i1 in its tested set, staging takes i1
+    record_e2e(story, {"inventory": "sha256:i1"}, passed=True)
+    assert key("inventory", "staging") in story.tick()
