@@ -56,6 +56,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status(load_fleet(resolve_fleet_path(args.fleet)), as_json=args.json)
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import why
+
+    return why(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, as_json=args.json)
+
+
 def cmd_import(argv: list[str]) -> int:
     from release_graph.importer.cli import run
 
@@ -98,9 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet_argument(status)
     status.set_defaults(handler=cmd_status)
 
+    why = commands.add_parser("why", help="why a stage is where it is: running, up to date, waiting for what, "
+                              "blocked or failed; exits 1 when blocked or failed")
+    why.add_argument("service")
+    why.add_argument("--env", required=True, help="an environment, or `integration`")
+    why.add_argument("--json", action="store_true")
+    _fleet_argument(why)
+    why.set_defaults(handler=cmd_why)
+
     commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
                         add_help=False)
     return parser
+
+
+def quiet_dagster() -> None:
+    """The terminal gets each command's own summary: Dagster's beta and preview warnings and its event
+    stream are for the UI and the log, not for a release manager's terminal."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"dagster(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(is currently in (beta|preview)|deprecated).*")
+    logging.getLogger("dagster").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "import":
         # The importer owns its arguments (files, folders, output); hand them over untouched.
         return cmd_import(argv[1:])
+    quiet_dagster()
     parser = build_parser()
     args = parser.parse_args(argv)
     from resources.git import GitError

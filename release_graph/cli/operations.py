@@ -9,10 +9,11 @@ import sys
 import dagster as dg
 
 from release_graph.fleet import Fleet, ManifestError
-from release_graph.release import matrix
+from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, image_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, stage_status
 from release_graph.wiring import build_definitions, default_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -44,14 +45,16 @@ def run_assets(fleet: Fleet, keys: list[dg.AssetKey], *, tags: dict | None = Non
         asset_selection=keys,
         tags={"dagster/max_retries": "0", **(tags or {})},
         # The terminal gets `report`'s summary; the full event log is in the UI, not on stderr.
-        run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
     )
 
 
 def report(result, out=None) -> int:
-    """One line per materialization and check, then the failure, in words a release manager reads."""
+    """One line per materialization and check; a failure is one line with its reason, no traceback."""
     out = out or sys.stdout
+    run = result.dagster_run
+    failures = []
     for event in result.all_events:
         if event.is_step_materialization:
             materialization = event.step_materialization_data.materialization
@@ -64,14 +67,20 @@ def report(result, out=None) -> int:
             print(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {verdict}"
                   + (f": {evaluation.description}" if evaluation.description else ""), file=out)
         elif event.is_step_failure:
-            error = event.step_failure_data.error
-            message = error.message.strip() if error else "failed"
-            # A Failure's description is the reason; the class name and traceback help nobody here.
-            print(f"FAILED {event.step_key}: {message.split(': ', 1)[-1] if 'Failure' in message else message}",
-                  file=out)
-    run = result.dagster_run
-    print(f"run {run.run_id} {'succeeded' if result.success else 'failed'}", file=out)
-    return EXIT_OK if result.success else EXIT_FAILED
+            failures.append(failure_reason(event.step_failure_data.error))
+    if result.success:
+        print(f"run {run.run_id} succeeded", file=out)
+        return EXIT_OK
+    for reason in failures or ["the run failed"]:
+        print(f"refused: {reason} (run {run.run_id})", file=out)
+    return EXIT_FAILED
+
+
+def failure_reason(error) -> str:
+    """The reason in a step's error, without the exception's module and class: `ReleaseStepError: x` -> `x`."""
+    message = (error.message if error else "").strip().splitlines()[0] if error and error.message else "failed"
+    head, separator, rest = message.partition(": ")
+    return rest if separator and (head.endswith(("Error", "Failure", "Exception")) or "." in head) else message
 
 
 def build_image(fleet: Fleet, service_name: str, sha: str | None = None) -> int:
@@ -96,7 +105,8 @@ def deploy(fleet: Fleet, service_name: str, environment_name: str, digest: str |
 
 
 def approve(fleet: Fleet, service_name: str, environment_name: str, *, by: str, ticket: str | None = None,
-            digest: str | None = None) -> int:
+            digest: str | None = None, out=None) -> int:
+    out = out or sys.stdout
     service = _service(fleet, service_name)
     environment = _environment(fleet, environment_name)
     if not environment.requires_approval:
@@ -104,8 +114,33 @@ def approve(fleet: Fleet, service_name: str, environment_name: str, *, by: str, 
                              "approval"])
     key = approval_key(service, environment)
     config = {"approver": by, **({"ticket": ticket} if ticket else {}), **({"digest": digest} if digest else {})}
-    return report(run_assets(fleet, [key], run_config={"ops": {key.to_python_identifier(): {"config": config}}},
-                             tags={"release/trigger": "cli"}))
+    code = report(run_assets(fleet, [key], run_config={"ops": {key.to_python_identifier(): {"config": config}}},
+                             tags={"release/trigger": "cli"}), out=out)
+    if code == EXIT_OK:
+        print(f"next: {next_step(_instance(), fleet, service, environment)}", file=out)
+    return code
+
+
+def next_step(instance, fleet: Fleet, service, environment) -> str:
+    """What happens after an approval: the deployment starts, or what it waits for."""
+    status = stage_status(instance, fleet, service, environment.name)
+    if status.state in (RUNNING, UP_TO_DATE) or not status.reason.startswith(("waiting", "blocked")):
+        approved = history.latest(instance, approval_key(service, environment))
+        digest = approved.digest if approved else ""
+        return (f"{service.name}/{environment.name} deploys {digest} at the next automation tick "
+                "(release_automation_" + service.group + ", every 15 s while `make demo` runs)")
+    return f"{service.name}/{environment.name} {status.state}: {status.reason}"
+
+
+def why(fleet: Fleet, service_name: str, stage: str, *, as_json: bool = False, out=None) -> int:
+    """Why one stage of one service is where it is; exits 1 when it is blocked or failed."""
+    out = out or sys.stdout
+    service = _service(fleet, service_name)
+    if stage != "integration":
+        _environment(fleet, stage)
+    status = stage_status(_instance(), fleet, service, stage)
+    print(json.dumps(status.as_dict(), indent=2) if as_json else status.line(), file=out)
+    return EXIT_FAILED if status.state in (BLOCKED, FAILED) else EXIT_OK
 
 
 def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
@@ -116,4 +151,6 @@ def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
         print(json.dumps(matrix.as_json(cells), indent=2), file=out)
     else:
         print(matrix.as_text(cells, fleet), file=out)
-    return EXIT_FAILED if any(cell.drift for cell in cells) else EXIT_OK
+    # Drift, a failed stage and a blocked one are each worth a non-zero exit: something needs a person.
+    stuck = any(cell.waiting_for.startswith((FAILED, BLOCKED)) for cell in cells)
+    return EXIT_FAILED if stuck or any(cell.drift for cell in cells) else EXIT_OK

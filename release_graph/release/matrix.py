@@ -27,6 +27,7 @@ class MatrixCell:
     approved_by: str = ""
     running_digest: str | None = None  # filled in by `with_drift`
     drift: str = ""  # "" = in sync (or not observed); otherwise what differs
+    waiting_for: str = ""  # "" = up to date; otherwise what the stage waits for (release-graph why)
 
     @property
     def deployed(self) -> bool:
@@ -40,6 +41,8 @@ def _when(value) -> str:
 
 
 def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
+    from release_graph.release.why import waiting_for
+
     cells = []
     for service in fleet.services.values():
         for environment in fleet.environments.values():
@@ -50,6 +53,7 @@ def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
                 cell.digest = record.digest or ""
                 cell.deployed_at = _when(record.value(M.DEPLOYED_AT)) or record.recorded_at
                 cell.approved_by = record.value(M.APPROVED_BY, "") or ""
+            cell.waiting_for = waiting_for(instance, fleet, service, environment.name)
             cells.append(cell)
     return cells
 
@@ -100,20 +104,22 @@ def as_markdown(cells: list[MatrixCell], fleet: Fleet) -> str:
         for env in envs:
             cell = by_key[(service, env)]
             if not cell.deployed:
-                row.append("—")
+                row.append("—" + (f" _{cell.waiting_for}_" if cell.waiting_for else ""))
                 continue
             text = f"`{cell.short_sha or short(cell.digest)}` since {cell.deployed_at}"
             if cell.approved_by:
                 text += f", approved by {cell.approved_by}"
             if cell.drift:
                 text += f" **DRIFT: {cell.drift}**"
+            if cell.waiting_for:
+                text += f" _{cell.waiting_for}_"
             row.append(text)
         lines.append(f"| {service} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def as_table(cells: list[MatrixCell]) -> dg.TableMetadataValue:
-    columns = ["service", "environment", "short_sha", "digest", "deployed_at", "approved_by"]
+    columns = ["service", "environment", "short_sha", "digest", "deployed_at", "approved_by", "waiting_for"]
     return dg.MetadataValue.table(
         records=[dg.TableRecord({c: getattr(cell, c) for c in columns}) for cell in cells],
         schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]),
@@ -141,6 +147,7 @@ def as_text(cells: list[MatrixCell], fleet: Fleet) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     drifted = [c for c in cells if c.drift]
     lines += [f"drift: {c.service}/{c.environment}: {c.drift}" for c in drifted]
+    lines += [f"{c.service}/{c.environment}: {c.waiting_for}" for c in cells if c.waiting_for]
     return "\n".join(lines)
 
 

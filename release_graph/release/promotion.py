@@ -23,6 +23,7 @@ from release_graph.release.keys import (
     previous_stage_key,
 )
 from release_graph.release.metadata import APPROVAL_RUN_ID
+from release_graph.release.tags import SERVICE_TAG
 
 
 def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> list[str]:
@@ -221,6 +222,13 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     blocker = e2e_blocker(instance, fleet, service, environment, digest)
     if blocker:
         return blocker
+    for provider in service.hard_deps:
+        if service.deploy_unit and fleet.services[provider].deploy_unit == service.deploy_unit:
+            continue  # edges inside a deploy unit do not order deployments
+        if history.latest(instance, environment_key(provider, environment)) is None:
+            return f"waiting for {provider}/{environment.name} (provider) to be deployed first"
+        if about_to_deploy(instance, fleet, fleet.services[provider], environment):
+            return f"waiting for {provider}/{environment.name} (provider) to deploy its new release first"
     if environment.requires_approval:
         approval = history.latest(instance, approval_key(service, environment))
         if approval is None or approval.digest != digest:
@@ -228,3 +236,23 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
         if current is not None and current.value(APPROVAL_RUN_ID) == approval.run_id:
             return None  # the approval was used: this environment runs what it approved
     return None
+
+
+def about_to_deploy(instance, fleet: Fleet, service: Service, environment: Environment) -> bool:
+    """Whether `service` has a release it is about to deploy in `environment`: its own trigger (the previous
+    stage, or the approval) is newer than its last deployment there, its gate is open, and no attempt since
+    failed (automation does not retry a failed run). A consumer waits for that: providers deploy first, each
+    in a run of its own."""
+    key = environment_key(service, environment)
+    trigger_key = approval_key(service, environment) if environment.requires_approval else (
+        previous_stage_key(fleet, service, environment))
+    trigger = history.latest(instance, trigger_key)
+    current = history.latest(instance, key)
+    if trigger is None or (current is not None and current.storage_id > trigger.storage_id):
+        return False
+    if waiting_reason(instance, fleet, service, key) is not None:
+        return False
+    failed = instance.get_runs(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name},
+                                                     statuses=[dg.DagsterRunStatus.FAILURE]), limit=10)
+    return not any(run.asset_selection and key in run.asset_selection and run.create_timestamp > trigger.timestamp
+                   for run in failed)

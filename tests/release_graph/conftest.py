@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from release_graph.demo import SHOP_DIR, SOURCES_DIR, commit_change, sync_repo
-from release_graph.fleet import Fleet, load_fleet
+from release_graph.fleet import Fleet, load_fleet, topological_order
 from release_graph.wiring import build_definitions
 from resources.containers import ContainerEngine
 from resources.git import GitResource
@@ -104,7 +104,15 @@ class ReleaseWorld:
             requested = sorted((k for k in keys if result.get_num_requested(k)), key=lambda k: k.path)
             if not requested:
                 return runs
-            runs.append((requested, self.materialize(requested, tags={"release/trigger": "automation"})))
+            # One run per service (and one for the fleet's assets), as the per-service automation sensors
+            # launch them; providers first.
+            order = {name: i for i, name in enumerate(topological_order(self.fleet.services))}
+            by_service: dict[str, list[dg.AssetKey]] = {}
+            for k in requested:
+                by_service.setdefault(k.path[0], []).append(k)
+            for service in sorted(by_service, key=lambda name: order.get(name, len(order))):
+                tags = {"release/trigger": "automation", **({"release/service": service} if service in order else {})}
+                runs.append((by_service[service], self.materialize(by_service[service], tags=tags)))
         raise AssertionError(f"automation still requesting after {max_ticks} ticks: {runs[-1][0]}")
 
     def approve(self, service: str, environment: str, *, by: str = "release@shop.example", digest=None,

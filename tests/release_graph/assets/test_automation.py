@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from release_graph.fleet import load_fleet
+from release_graph.release.promotion import waiting_reason
 from release_graph.wiring import build_definitions
 
 FLEET = """\
@@ -39,8 +40,8 @@ def key(*path: str) -> dg.AssetKey:
 class Story:
     """A fleet's definitions, an instance, and the automation sensor's cursor between ticks."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
-        self.defs, self.instance, self.cursor = defs, instance, None
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, fleet=None):
+        self.defs, self.instance, self.cursor, self.fleet = defs, instance, None, fleet
 
     def record(self, asset: dg.AssetKey, digest: str, checks: dict[str, bool] | None = None) -> None:
         self.instance.report_runless_asset_event(dg.AssetMaterialization(
@@ -69,7 +70,7 @@ def story(tmp_path):
     fleet = load_fleet(tmp_path / "fleet.yaml")
     defs = build_definitions(fleet, resources={k: dg.ResourceDefinition.none_resource() for k in RESOURCE_KEYS})
     with dg.instance_for_test() as instance:
-        yield Story(defs, instance)
+        yield Story(defs, instance, fleet)
 
 
 def release_to_dev(story: Story, service: str, digest: str) -> None:
@@ -110,20 +111,23 @@ def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(sto
     assert key("orders", "dev") not in story.tick()
 
 
-def test_a_consumers_first_deployment_goes_with_its_providers_first_deployment(story):
+def test_a_consumers_first_deployment_waits_for_its_providers_first_deployment(story):
     story.tick()
     for service in ("orders", "inventory"):
         story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
     assert story.tick() == {key("orders", "integration"), key("inventory", "integration")}
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}1", {"integration_tests": True})
-    # Both first deployments are requested together; in their one run the provider's step (and its blocking
-    # `healthy` evidence) comes first, and a failure there skips the consumer.
-    assert story.tick() == {key("inventory", "dev"), key("orders", "dev")}
-    assert key("inventory", "dev") in story.defs.resolve_asset_graph().get(key("orders", "dev")).parent_keys
+    # The provider deploys first (in a run of its own); the consumer waits for it, and says so
+    assert story.tick() == {key("inventory", "dev")}
+    assert waiting_reason(story.instance, story.fleet, story.fleet.services["orders"], key("orders", "dev")) == (
+        "waiting for inventory/dev (provider) to be deployed first")
+    story.record(key("inventory", "dev"), "sha256:inventory1", {"healthy": True})
+    # then the consumer follows on the next tick
+    assert key("orders", "dev") in story.tick()
 
 
-def test_a_provider_and_its_consumer_changing_together_are_requested_in_one_tick(story):
+def test_a_provider_and_its_consumer_changing_together_deploy_provider_first(story):
     story.tick()
     release_to_dev(story, "orders", "sha256:o1")
     release_to_dev(story, "inventory", "sha256:i1")
@@ -133,9 +137,13 @@ def test_a_provider_and_its_consumer_changing_together_are_requested_in_one_tick
     story.tick()
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}2", {"integration_tests": True})
-    # Both deploy in the same tick: Dagster runs them in one run, provider first (inventory/dev is a dep).
-    assert {key("inventory", "dev"), key("orders", "dev")} <= story.tick()
-    assert key("inventory", "dev") in story.defs.resolve_asset_graph().get(key("orders", "dev")).parent_keys
+    # The provider goes first; the consumer waits for the provider's new release
+    requested = story.tick()
+    assert key("inventory", "dev") in requested and key("orders", "dev") not in requested
+    assert "to deploy its new release first" in waiting_reason(
+        story.instance, story.fleet, story.fleet.services["orders"], key("orders", "dev"))
+    story.record(key("inventory", "dev"), "sha256:inventory2", {"healthy": True})
+    assert key("orders", "dev") in story.tick()
 
 
 def test_a_failed_integration_check_stops_the_release_on_every_later_tick(story):

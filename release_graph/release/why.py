@@ -1,0 +1,79 @@
+"""Why a stage is where it is: running, up to date, waiting (and for what), blocked or failed, in words.
+
+One answer for `release-graph why`, the `waiting_for` column of the environment matrix and what
+`release-graph approve` says happens next. The waiting reasons are the promotion rules' own
+(`promotion.waiting_reason`), so what the automation gate decides and what a person reads never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import dagster as dg
+
+from release_graph.fleet import Fleet, Service
+from release_graph.release import history
+from release_graph.release.keys import environment_key, integration_key
+from release_graph.release.promotion import waiting_reason
+from release_graph.release.tags import SERVICE_TAG
+
+RUNNING, UP_TO_DATE, WAITING, BLOCKED, FAILED = "running", "up to date", "waiting", "blocked", "failed"
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED]
+RUNS_LOOKED_AT = 25
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str  # e.g. orders/staging
+    state: str  # one of RUNNING, UP_TO_DATE, WAITING, BLOCKED, FAILED
+    reason: str  # a sentence for a release manager
+    run_id: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.stage}: {self.state}: {self.reason}" + (f" (run {self.run_id})" if self.run_id else "")
+
+
+def _runs_with(instance, service: Service, key: dg.AssetKey, statuses) -> list:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name}, statuses=statuses),
+                             limit=RUNS_LOOKED_AT)
+    return [run for run in runs if run.asset_selection and key in run.asset_selection]
+
+
+def _failure_message(instance, run_id: str) -> str:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records
+    if not records:
+        return "the run failed"
+    error = records[0].event_log_entry.dagster_event.step_failure_data.error
+    message = (error.message if error else "").strip()
+    return message.split(": ", 1)[-1] if "Failure" in message.split(":", 1)[0] else (message or "the step failed")
+
+
+def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageStatus:
+    """`stage` is `integration` or an environment name."""
+    key = integration_key(service) if stage == "integration" else environment_key(service, stage)
+    name = key.to_user_string()
+    running = _runs_with(instance, service, key, IN_PROGRESS)
+    if running:
+        return StageStatus(name, RUNNING, "a run is deploying it now" if stage != "integration"
+                           else "the integration tests are running", running[0].run_id)
+    latest = history.latest(instance, key)
+    failed = _runs_with(instance, service, key, [dg.DagsterRunStatus.FAILURE])
+    if failed and (latest is None or failed[0].create_timestamp > latest.timestamp):
+        return StageStatus(name, FAILED, _failure_message(instance, failed[0].run_id), failed[0].run_id)
+    reason = waiting_reason(instance, fleet, service, key)
+    if reason:
+        return StageStatus(name, BLOCKED if reason.startswith("blocked") else WAITING, reason)
+    if latest is not None and latest.digest:
+        return StageStatus(name, UP_TO_DATE, f"runs {latest.digest}"
+                           + (f" ({latest.git_sha[:7]})" if latest.git_sha else ""))
+    return StageStatus(name, WAITING, "will be requested at the next automation tick")
+
+
+def waiting_for(instance, fleet: Fleet, service: Service, stage: str) -> str:
+    """'' when the stage is up to date; otherwise its state and reason, for the matrix."""
+    status = stage_status(instance, fleet, service, stage)
+    return "" if status.state == UP_TO_DATE else f"{status.state}: {status.reason}"
