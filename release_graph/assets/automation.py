@@ -22,7 +22,7 @@ from dagster._core.definitions.declarative_automation.automation_context import 
 
 from release_graph.fleet import Fleet, Service
 from release_graph.release.promotion import waiting_reason
-from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, TRIGGER_TAG
+from release_graph.release.tags import MAX_RETRIES_TAG, RUN_RETRIES_AFTER_A_CRASH, SERVICE_TAG, TRIGGER_TAG
 
 AC = dg.AutomationCondition
 FLEET_GROUP = "fleet"
@@ -102,7 +102,7 @@ def automation_sensors(fleet: Fleet) -> list[dg.AutomationConditionSensorDefinit
     sensor starts stopped), evaluated in the code server because the promotion gate is Python."""
     common = {"default_status": dg.DefaultSensorStatus.RUNNING, "minimum_interval_seconds": 15,
               "use_user_code_server": True}
-    tags = {TRIGGER_TAG: "automation", MAX_RETRIES_TAG: "0"}
+    tags = {TRIGGER_TAG: "automation", MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH}
     sensors = [
         dg.AutomationConditionSensorDefinition(
             name=f"release_automation_{service.group}",

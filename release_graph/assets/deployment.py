@@ -16,6 +16,7 @@ import dagster as dg
 from release_graph.assets import deployment_checks
 from release_graph.assets.automation import stage_condition
 from release_graph.assets.common import asset_attributes, describe
+from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.security_checks import check_hardening
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
@@ -100,6 +101,7 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
     return metadata
 
 
+@retry_when_transient("the deployment")
 def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service: Service,
                            environment: Environment) -> dg.MaterializeResult:
     from resources.targets import DeploymentSpec

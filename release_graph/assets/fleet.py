@@ -9,6 +9,7 @@ import dagster as dg
 from release_graph.assets.automation import e2e_condition, report_condition
 from release_graph.assets.image import stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
+from release_graph.assets.retry import retry_when_transient
 from release_graph.fleet import Environment, Fleet
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
@@ -56,6 +57,7 @@ def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
     return e2e
 
 
+@retry_when_transient("the end-to-end tests")
 def run_e2e(context, fleet: Fleet, environment: Environment):
     deployed = {
         name: record.digest

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from release_graph.assets.common import asset_attributes, describe, edges_metadata
+from release_graph.assets.retry import retry_when_transient
 from release_graph.fleet import Fleet, Service, build_files_problem
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
@@ -88,6 +89,7 @@ def stream_to_run(context: dg.AssetExecutionContext):
     return on_log
 
 
+@retry_when_transient("building the image")
 def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: Service, git, engine, registry):
     sha = resolve_sha(context, service, git)
     repository = service.image_repository(fleet)

@@ -15,6 +15,7 @@ from release_graph.assets.common import asset_attributes, describe
 from release_graph.assets.fleet import service_urls
 from release_graph.assets.image import export_build_context, stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
+from release_graph.assets.retry import retry_when_transient
 from release_graph.fleet import Fleet, Service, topological_order
 from release_graph.release import history
 from release_graph.release import metadata as M
@@ -52,6 +53,7 @@ def dependency_digest(context, fleet: Fleet, name: str) -> str:
                            "with: build it first")
 
 
+@retry_when_transient("the integration stage")
 def run_integration(context, fleet: Fleet, service: Service):
     instance = context.instance
     image = history.latest(instance, image_key(service))

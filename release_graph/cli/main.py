@@ -56,6 +56,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status(load_fleet(resolve_fleet_path(args.fleet)), as_json=args.json)
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import retry
+
+    return retry(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env)
+
+
 def cmd_why(args: argparse.Namespace) -> int:
     from release_graph.cli.operations import why
 
@@ -103,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     _fleet_argument(status)
     status.set_defaults(handler=cmd_status)
+
+    retry = commands.add_parser("retry", help="run one stage again (integration or an environment); the release "
+                                "continues from there")
+    retry.add_argument("service")
+    retry.add_argument("--env", required=True, help="an environment, or `integration`")
+    _fleet_argument(retry)
+    retry.set_defaults(handler=cmd_retry)
 
     why = commands.add_parser("why", help="why a stage is where it is: running, up to date, waiting for what, "
                               "blocked or failed; exits 1 when blocked or failed")

@@ -11,7 +11,7 @@ import dagster as dg
 from release_graph.fleet import Fleet, ManifestError
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
-from release_graph.release.keys import approval_key, environment_key, image_key
+from release_graph.release.keys import approval_key, environment_key, image_key, integration_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, stage_status
 from release_graph.wiring import build_definitions, default_resources
@@ -130,6 +130,15 @@ def next_step(instance, fleet: Fleet, service, environment) -> str:
         return (f"{service.name}/{environment.name} deploys {digest} at the next automation tick "
                 "(release_automation_" + service.group + ", every 15 s while `make demo` runs)")
     return f"{service.name}/{environment.name} {status.state}: {status.reason}"
+
+
+def retry(fleet: Fleet, service_name: str, stage: str) -> int:
+    """Run one stage again (integration or an environment) with what its previous stage holds now; the
+    release continues from there by automation, without rerunning the earlier stages."""
+    service = _service(fleet, service_name)
+    key = integration_key(service) if stage == "integration" else environment_key(
+        service, _environment(fleet, stage))
+    return report(run_assets(fleet, [key], tags={"release/trigger": "cli retry"}))
 
 
 def why(fleet: Fleet, service_name: str, stage: str, *, as_json: bool = False, out=None) -> int:

@@ -6,8 +6,10 @@ SHA_TAG = "release/git_sha"
 SHORT_SHA_TAG = "release/short_sha"
 APPROVED_BY_TAG = "release/approved_by"
 TRIGGER_TAG = "release/trigger"
-# Deploy runs must never be retried behind the release manager's back (a refused deployment stays refused).
+# Whole-run retries by the instance: dagster.yaml sets `retry_on_asset_or_op_failure: false`, so only a run
+# whose process died (killed, out of memory, daemon restarted) is run again; a refused step stays refused.
 MAX_RETRIES_TAG = "dagster/max_retries"
+RUN_RETRIES_AFTER_A_CRASH = "2"
 
 
 def release_tags(service: str, sha: str | None = None, environment: str | None = None) -> dict[str, str]:
