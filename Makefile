@@ -49,10 +49,12 @@ demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets
 # Every test, against the real engine, registry and git.
 test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Rewrite the committed graph snapshot after an intended change of the asset graph.
 snapshot: venv
