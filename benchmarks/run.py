@@ -295,7 +295,7 @@ def bench_graph(bench: Bench, section: Section) -> None:
         runs = bench.n(5 if "200" not in label else 3)
         for _ in range(runs):
             validate, fleet = timed(load_fleet, path)
-            build, defs = timed(build_definitions, fleet, default_resources())
+            build, defs = timed(build_definitions, fleet, default_resources(fleet))
             resolve, repository = timed(defs.get_repository_def)
             graph = repository.asset_graph
             assets = len(graph.get_all_asset_keys())

@@ -65,7 +65,7 @@ def demo_snapshot() -> dict:
 
     # check_files=False: the snapshot describes the graph, whether or not the demo repos exist yet.
     fleet = load_fleet(DEMO_FLEET, check_files=False)
-    return graph_snapshot(build_definitions(fleet, resources=default_resources()))
+    return graph_snapshot(build_definitions(fleet, resources=default_resources(fleet)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,23 @@ def state_dir() -> Path:
     return Path(os.environ.get("RELEASE_GRAPH_STATE") or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
 
 
-def default_resources() -> dict:
-    """The adapters, each configured in this one place from the environment; none does I/O on creation."""
+def scanner_resource(fleet: Fleet | None):
+    """The `scanner` resource as the manifest's `security:` configures it (backend none without a fleet)."""
+    from resources.scanners import VulnerabilityScanner
+
+    security = fleet.security if fleet is not None else None
+    if security is None or security.scanner == "none":
+        return VulnerabilityScanner(backend="none")
+    if security.scanner == "ecr" and security.ecr is not None:
+        ecr = security.ecr
+        return VulnerabilityScanner(backend="ecr", ecr_region=ecr.region,
+                                    ecr_endpoint_url=ecr.resolved_endpoint_url(), ecr_registry_id=ecr.registry_id)
+    return VulnerabilityScanner(backend=security.scanner)
+
+
+def default_resources(fleet: Fleet | None = None) -> dict:
+    """The adapters, each configured in this one place from the environment (and, for the scanner, from the
+    fleet's manifest); none does I/O on creation."""
     from resources.containers import ContainerEngine
     from resources.git import GitResource
     from resources.registry import Registry
@@ -33,6 +48,7 @@ def default_resources() -> dict:
         "git": GitResource(mirror_dir=str(state_dir() / "git-mirrors")),
         "engine": ContainerEngine(),
         "registry": Registry(),
+        "scanner": scanner_resource(fleet),
         # haproxy state for published ports must be the same folder for the UI, the daemon and every run.
         "docker_target": DockerTarget(state_dir=str(state_dir() / "targets")),
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
@@ -56,7 +72,7 @@ def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definit
         assets=assets,
         asset_checks=checks,
         sensors=sensors,
-        resources=resources if resources is not None else default_resources(),
+        resources=resources if resources is not None else default_resources(fleet),
         # Release steps mostly wait on the engine; a process per step would cost ~1.8 s each (notes).
         executor=dg.in_process_executor,
     )

@@ -29,6 +29,11 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+# Single-platform image manifests: what a scanner that takes a manifest (ECR's put_image) can be given.
+IMAGE_MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
 DEFAULT_REGISTRY = "docker.io"
 BODY_EXCERPT_CHARS = 300
 
@@ -130,6 +135,13 @@ def is_loopback_host(registry: str) -> bool:
         return False
 
 
+class Manifest(NamedTuple):
+    """An image manifest as the registry serves it: the exact bytes (their sha256 is the digest) and media type."""
+
+    body: bytes
+    media_type: str
+
+
 class RegistryError(Exception):
     """The registry answered, but not with what was asked for (the status and its words are in the message)."""
 
@@ -163,6 +175,20 @@ class Registry(dg.ConfigurableResource):
                 "Docker-Content-Digest header"
             )
         return digest
+
+    def manifest(self, repository: str, tag_or_digest: str,
+                 media_types: tuple[str, ...] = MANIFEST_MEDIA_TYPES) -> Manifest | None:
+        """The manifest of `repository:tag` or `repository@digest` in one of `media_types`; None when there is none.
+
+        The bytes are returned untouched, so a copy put elsewhere keeps the digest.
+        """
+        ref = self._reference(repository, tag_or_digest)
+        response = self._request("GET", ref, f"manifests/{urllib.parse.quote(tag_or_digest, safe=':')}",
+                                 accept=", ".join(media_types))
+        if response is None:
+            return None
+        media_type = (response.headers.get("Content-Type") or media_types[0]).split(";")[0].strip()
+        return Manifest(response.body, media_type)
 
     def tags(self, repository: str) -> list[str]:
         """Every tag of the repository, following the registry's pagination; [] when it has none."""

@@ -17,6 +17,7 @@ import pytest
 
 from resources.containers import ContainerEngine
 from resources.registry import (
+    IMAGE_MANIFEST_MEDIA_TYPES,
     ImageReference,
     Registry,
     RegistryError,
@@ -70,6 +71,19 @@ def test_given_the_base_image_in_the_registry_when_asked_then_it_exists_with_a_d
     # Asking by digest confirms the same manifest: that is how a deployment pins it.
     assert registry.manifest_digest(repository, digest) == digest
     assert "latest" in registry.tags(repository)
+
+
+def test_given_an_image_when_its_manifest_is_read_then_the_bytes_hash_to_its_digest(registry, registry_addr):
+    import hashlib
+
+    repository = f"{registry_addr}/{BASE_BUSYBOX}"
+    digest = registry.manifest_digest(repository, "latest")
+    manifest = registry.manifest(repository, digest, media_types=IMAGE_MANIFEST_MEDIA_TYPES)
+    # untouched bytes: a copy put into another registry (ECR, for its scan) keeps the digest
+    assert "sha256:" + hashlib.sha256(manifest.body).hexdigest() == digest
+    assert manifest.media_type in IMAGE_MANIFEST_MEDIA_TYPES
+    assert registry.manifest(repository, "latest", media_types=IMAGE_MANIFEST_MEDIA_TYPES) == manifest
+    assert registry.manifest(repository, "sha256:" + "0" * 64) is None
 
 
 def test_given_a_sha_never_built_when_asked_then_the_image_does_not_exist(registry, registry_addr, run_id):
