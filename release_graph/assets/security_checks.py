@@ -303,6 +303,10 @@ def sbom_components(path: Path) -> list[dict[str, str]]:
 
 
 def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCheckResult:
+    # The manifest's rule ids are checked against the installed tools here and by `release-graph validate`.
+    unknown = compliance.rule_id_problems(fleet)
+    if unknown:
+        raise ReleaseStepError(f"service '{service.name}': the compliance check cannot run: " + "; ".join(unknown))
     sha, digest = image_under_check(context, service)
     rules = fleet.security.compliance_blocking or ()
     policy = compliance.CompliancePolicy(frozenset(rules), ", ".join(rules))

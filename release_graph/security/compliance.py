@@ -17,7 +17,7 @@ from pathlib import Path
 
 from release_graph.release import evidence
 from release_graph.security.findings import Finding, finding, sort_findings
-from release_graph.security.tools import ToolError, excerpt, isolated_tool, run_tool
+from release_graph.security.tools import ToolError, ToolMissing, excerpt, isolated_tool, run_tool
 
 CHECKOV_FRAMEWORKS = ("dockerfile", "kubernetes")
 CHECKOV_TIMEOUT_SECONDS = 600
@@ -102,6 +102,27 @@ def load_policy(rule_ids: Iterable[str], *, where: str = "compliance policy", kn
             "(DLxxxx, SCxxxx) nor a checkov dockerfile/kubernetes check (CKV_DOCKER_n, CKV_K8S_n, CKV2_K8S_n)"
         )
     return CompliancePolicy(frozenset(ids), ", ".join(ids))
+
+
+def rule_id_problems(fleet, *, tools_base: Path | None = None) -> list[str]:
+    """The fleet's `security.compliance_blocking` ids that no installed tool knows, as manifest problems
+    (`fleet.yaml:12: field 'security.compliance_blocking': ...`); [] when every id is known or none is given.
+
+    Run by `release-graph validate` and by the compliance check, not while the manifest loads: it asks
+    checkov (`checkov --list`, once per process), and loading a manifest runs no tool.
+    """
+    rules = fleet.security.compliance_blocking
+    if not rules:
+        return []
+    field_name = "security.compliance_blocking"
+    where = f"{fleet.security.compliance_blocking_at or fleet.source_file.name}: field '{field_name}'"
+    try:
+        load_policy(rules, where=field_name, known=known_rule_ids(tools_base=tools_base))
+    except PolicyError as exc:
+        return [f"{where}: {str(exc).removeprefix(f'{field_name}: ')}"]
+    except (ToolMissing, ToolError) as exc:
+        return [f"{where}: cannot check the rule ids: {exc}"]
+    return []
 
 
 # --- hadolint ------------------------------------------------------------------------------------------------
