@@ -6,12 +6,13 @@ Each check reads the commit of the image's latest materialization, so it judges 
 execution error, never a pass. "The check ran and found problems" is `passed=False`.
 """
 
-
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 
+from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context, stream_to_run
 from release_graph.fleet import Fleet, Service
 from release_graph.release import evidence
@@ -103,16 +104,6 @@ def junit_metadata(summary: evidence.JUnitSummary) -> dict:
     }
 
 
-def findings_table(findings, columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
-    """Findings as a table in the UI (the first MAX_TABLE_ROWS; counts are reported separately)."""
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, type=kind) for name, kind in columns])
-    records = [
-        dg.TableRecord({name: getattr(finding, name) for name, _ in columns})
-        for finding in findings[:MAX_TABLE_ROWS]
-    ]
-    return dg.MetadataValue.table(records=records, schema=schema)
-
-
 def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
     with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
@@ -127,8 +118,10 @@ def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult
             M.DIGEST: digest,
             "tool": "hadolint",
             "errors_and_warnings": len(problems),
-            "findings": findings_table(
-                findings, [("rule", "string"), ("level", "string"), ("line", "int"), ("message", "string")]
+            "findings": rows_table(
+                [dataclasses.asdict(f) for f in findings],
+                ["rule", "level", ("line", "int"), "message"],
+                limit=MAX_TABLE_ROWS,
             ),
         },
         description=f"{len(problems)} hadolint error(s)/warning(s), {len(findings)} finding(s) in all",

@@ -15,12 +15,13 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
 
+from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context
 from release_graph.assets.image_checks import image_under_check
 from release_graph.fleet import Environment, Fleet, Service
@@ -55,12 +56,6 @@ def today() -> date:
 
 
 # --- tables ------------------------------------------------------------------------------------------------
-
-
-def rows_table(rows: Iterable[Mapping[str, object]], columns: Sequence[str]) -> dg.TableMetadataValue:
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in columns])
-    records = [dg.TableRecord({name: str(row.get(name, "") or "") for name in columns}) for row in rows]
-    return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def gate_metadata(result: GateResult) -> dict[str, object]:
