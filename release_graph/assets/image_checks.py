@@ -7,7 +7,9 @@ execution error, never a pass. "The check ran and found problems" is `passed=Fal
 """
 
 import dataclasses
+import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -104,11 +106,25 @@ def junit_metadata(summary: evidence.JUnitSummary) -> dict:
     }
 
 
+def hadolint_once(context, service: Service, sha: str, report: Callable[[], str]) -> list[evidence.HadolintFinding]:
+    """hadolint's findings on the Dockerfile of `service` at `sha`, linted once for both checks that need them
+    (dockerfile_lint and compliance): `report()` runs hadolint the first time; the report is kept under
+    `<instance root>/reports/hadolint/` and read by the check that comes second."""
+    dockerfile = f"{service.build.context}/{service.build.dockerfile}"
+    key = hashlib.sha256(f"{service.path}\0{dockerfile}".encode()).hexdigest()[:12]
+    path = Path(context.instance.root_directory) / "reports" / "hadolint" / service.name / f"{sha}-{key}.json"
+    return evidence.parse_hadolint(evidence.cached_report(path, report))
+
+
 def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
-    with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
-        context_dir = export_build_context(git, service, sha, Path(tmp))
-        findings = evidence.run_hadolint(context_dir / service.build.dockerfile)
+
+    def report() -> str:
+        with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
+            context_dir = export_build_context(git, service, sha, Path(tmp))
+            return evidence.hadolint_report(context_dir / service.build.dockerfile)
+
+    findings = hadolint_once(context, service, sha, report)
     problems = [f for f in findings if f.level in ("error", "warning")]
     return dg.AssetCheckResult(
         passed=not problems,

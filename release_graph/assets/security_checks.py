@@ -23,9 +23,9 @@ import dagster as dg
 
 from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context
-from release_graph.assets.image_checks import image_under_check
+from release_graph.assets.image_checks import hadolint_once, image_under_check
 from release_graph.fleet import Environment, Fleet, Service
-from release_graph.release import history
+from release_graph.release import evidence, history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.evidence import EvidenceError
@@ -311,7 +311,9 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
         context_dir = export_build_context(git, service, sha, Path(tmp))
         service_dir = Path(tmp) / service.path
         try:
-            findings = compliance.run_hadolint(context_dir / service.build.dockerfile, relative_to=service_dir)
+            dockerfile = context_dir / service.build.dockerfile
+            linted = hadolint_once(context, service, sha, lambda: evidence.hadolint_report(dockerfile))
+            findings = compliance.from_hadolint(linted, dockerfile, relative_to=service_dir)
             hadolint_seconds = time.monotonic() - started
             # The service's folder: its Dockerfile and any Kubernetes manifests it ships.
             findings += compliance.run_checkov([service_dir], root=service_dir)

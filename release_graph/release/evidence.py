@@ -6,9 +6,11 @@ means the check could not run (`EvidenceError`, `ToolMissing`), which is never t
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -242,6 +244,14 @@ def run_hadolint(
     dockerfile_path: str | Path, *, bin_dir: Path | None = None, timeout_seconds: float = TOOL_TIMEOUT_SECONDS
 ) -> list[HadolintFinding]:
     """Lint one Dockerfile. Runs in the Dockerfile's folder, so a `.hadolint.yaml` next to it applies."""
+    return parse_hadolint(hadolint_report(dockerfile_path, bin_dir=bin_dir, timeout_seconds=timeout_seconds))
+
+
+def hadolint_report(
+    dockerfile_path: str | Path, *, bin_dir: Path | None = None, timeout_seconds: float = TOOL_TIMEOUT_SECONDS
+) -> str:
+    """hadolint's JSON report on one Dockerfile, checked to be one (EvidenceError otherwise): what run_hadolint
+    parses, and what a cache keeps so that one commit's Dockerfile is linted once."""
     dockerfile = Path(dockerfile_path)
     if not dockerfile.is_file():
         raise EvidenceError(f"hadolint: Dockerfile {dockerfile} does not exist")
@@ -260,9 +270,31 @@ def run_hadolint(
         # hadolint then lints with its defaults and exits 0: the service's own rules were not applied.
         raise EvidenceError(f"hadolint on {dockerfile}: its config file is invalid: {excerpt(completed.stderr)}")
     try:
-        return parse_hadolint(completed.stdout)
+        parse_hadolint(completed.stdout)
     except EvidenceError as exc:
         raise EvidenceError(f"hadolint on {dockerfile}: {exc}; stderr: {excerpt(completed.stderr)}") from exc
+    return completed.stdout
+
+
+def cached_report(path: Path, produce: Callable[[], str]) -> str:
+    """The report kept at `path`, produced once: the first caller runs `produce` and stores its text, callers
+    after it (other checks, other processes: an exclusive file lock orders them) read the stored text.
+
+    A report that could not be produced (`produce` raised) is not stored, so the next caller tries again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.is_file():
+                return path.read_text(encoding="utf-8")
+            text = produce()
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+            return text
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --- shared -----------------------------------------------------------------------------------------------

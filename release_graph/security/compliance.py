@@ -130,12 +130,16 @@ def rule_id_problems(fleet, *, tools_base: Path | None = None) -> list[str]:
 
 def run_hadolint(dockerfile: str | Path, *, relative_to: str | Path | None = None) -> list[Finding]:
     """hadolint on one Dockerfile (release_graph.release.evidence runs it); locations are `<file>:<line>`."""
-    path = Path(dockerfile)
-    shown = _relative(path, relative_to)
-    return sort_findings(
-        finding("hadolint", item.rule, item.level, f"{shown}:{item.line}", item.message)
-        for item in evidence.run_hadolint(path)
-    )
+    return from_hadolint(evidence.run_hadolint(Path(dockerfile)), dockerfile, relative_to=relative_to)
+
+
+def from_hadolint(items: Iterable[evidence.HadolintFinding], dockerfile: str | Path, *,
+                  relative_to: str | Path | None = None) -> list[Finding]:
+    """hadolint's findings on `dockerfile` as compliance findings, located `<file>:<line>` (file relative to
+    `relative_to`)."""
+    shown = _relative(Path(dockerfile), relative_to)
+    return sort_findings(finding("hadolint", item.rule, item.level, f"{shown}:{item.line}", item.message)
+                         for item in items)
 
 
 # --- checkov -------------------------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 TOOLS_ENV = "RELEASE_GRAPH_TOOLS"
 DEFAULT_TOOLS_DIR = ".tools"
 INSTALL_SCRIPT = "scripts/install_tools.sh"
 EXCERPT_CHARS = 800
+# How often each tool was started by this process: what tells that a tool ran once, not once per check.
+RUNS: Counter[str] = Counter()
 
 
 class EvidenceError(Exception):
@@ -68,6 +71,7 @@ def run_tool(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
+    RUNS[name] += 1
     try:
         return subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout_seconds, cwd=cwd, env=env, check=False
