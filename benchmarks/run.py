@@ -214,10 +214,10 @@ class Bench:
 def write_demo_copy(bench: Bench) -> Path:
     """The demo manifest with its repositories recreated under the work folder, and the benchmark's fleet name
     and registry. Published ports are dropped: the demo's fixed ports belong to a demo that may be running."""
-    from release_graph.demo import SOURCES_DIR, sync_repos
+    from release_graph.demo import sync_repos
 
     bench.repos = bench.work / "repos"
-    sync_repos(SOURCES_DIR, bench.repos)
+    sync_repos(DEMO_FLEET.parent / "services", bench.repos)
     document = yaml.safe_load(DEMO_FLEET.read_text())
     document["fleet"] = bench.fleet_name
     document["registry"] = bench.registry

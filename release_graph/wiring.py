@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 
@@ -11,14 +10,7 @@ from release_graph.assets.automation import automation_sensor
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
 from release_graph.fleet import Fleet, load_fleet, resolve_fleet_path
-
-
-def state_dir() -> Path:
-    """Runtime state (git mirrors, haproxy state): $RELEASE_GRAPH_STATE, else $DAGSTER_HOME, else ./.dagster_home.
-
-    Every process of one installation (UI, daemon, runs, CLI) must agree on it.
-    """
-    return Path(os.environ.get("RELEASE_GRAPH_STATE") or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+from resources.state import state_dir
 
 
 def scanner_resource(fleet: Fleet | None):

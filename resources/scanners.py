@@ -25,6 +25,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from release_graph.fleet import references
 from release_graph.security.vulnerabilities import (
     ScanError,
     ScannerMissing,
@@ -46,17 +47,13 @@ CLI_HINTS = {
 
 
 def split_reference(reference: str) -> tuple[str, str, str | None]:
-    """(registry host, repository path, digest) of `host/path[:tag]@sha256:...` (a digest is required)."""
-    name, _, digest = reference.partition("@")
-    if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
+    """(registry host, repository path, digest) of `host/path[:tag]@sha256:...` (a digest is required); the host
+    is "" when the reference names none."""
+    name, _tag, digest = references.split_reference(reference)
+    if digest is None or not references.SHA256_DIGEST.match(digest):
         raise ValueError(f"image reference {reference!r}: scans address an image by digest (repo@sha256:<64 hex>)")
-    host, _, path = name.partition("/")
-    if not path or not ("." in host or ":" in host or host == "localhost"):
-        host, path = "", name
-    colon, slash = path.rfind(":"), path.rfind("/")
-    if colon > slash:
-        path = path[:colon]
-    return host, path, digest
+    host, path = references.split_host(name)
+    return host or "", "/".join(path), digest
 
 
 class EcrScanner(dg.ConfigurableResource):

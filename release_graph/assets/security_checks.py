@@ -15,21 +15,22 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
 
+from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context
-from release_graph.assets.image_checks import image_under_check
+from release_graph.assets.image_checks import hadolint_once, image_under_check
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
-from release_graph.release.evidence import EvidenceError
 from release_graph.release.keys import environment_key, image_key
-from release_graph.security import compliance, sast, sbom
+from release_graph.security import compliance, evidence, sast, sbom
+from release_graph.security.evidence import EvidenceError
 from release_graph.security.findings import SEVERITIES, Finding, count_by_severity, parse_threshold
 from release_graph.security.gate import GateResult, evaluate_gate
 from release_graph.security.least_privilege import container_hardening
@@ -50,12 +51,6 @@ def today() -> date:
 
 
 # --- tables ------------------------------------------------------------------------------------------------
-
-
-def rows_table(rows: Iterable[Mapping[str, object]], columns: Sequence[str]) -> dg.TableMetadataValue:
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in columns])
-    records = [dg.TableRecord({name: str(row.get(name, "") or "") for name in columns}) for row in rows]
-    return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def gate_metadata(result: GateResult) -> dict[str, object]:
@@ -264,6 +259,10 @@ def sbom_components(path: Path) -> list[dict[str, str]]:
 
 
 def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCheckResult:
+    # The manifest's rule ids are checked against the installed tools here and by `release-graph validate`.
+    unknown = compliance.rule_id_problems(fleet)
+    if unknown:
+        raise ReleaseStepError(f"service '{service.name}': the compliance check cannot run: " + "; ".join(unknown))
     sha, digest = image_under_check(context, service)
     rules = fleet.security.compliance_blocking or ()
     policy = compliance.CompliancePolicy(frozenset(rules), ", ".join(rules))
@@ -273,7 +272,9 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
         context_dir = export_build_context(git, service, sha, Path(tmp))
         service_dir = Path(tmp) / service.path
         try:
-            findings = compliance.run_hadolint(context_dir / service.build.dockerfile, relative_to=service_dir)
+            dockerfile = context_dir / service.build.dockerfile
+            linted = hadolint_once(context, service, sha, lambda: evidence.hadolint_report(dockerfile))
+            findings = compliance.from_hadolint(linted, dockerfile, relative_to=service_dir)
             hadolint_seconds = time.monotonic() - started
             # The service's folder: its Dockerfile and any Kubernetes manifests it ships.
             findings += compliance.run_checkov([service_dir], root=service_dir)

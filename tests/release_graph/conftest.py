@@ -16,12 +16,15 @@ import dagster as dg
 import docker
 import pytest
 
-from release_graph.demo import SHOP_DIR, SOURCES_DIR, commit_change, sync_repo
+from release_graph.demo import commit_change, sync_repo
 from release_graph.fleet import Fleet, load_fleet
 from release_graph.wiring import build_definitions, scanner_resource
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
+
+SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
+SOURCES_DIR = SHOP_DIR / "services"
 
 ENGINE_BUILDS: list[str] = []  # tags built by CountingEngine, across the test session
 
