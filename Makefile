@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RELEASE_GRAPH_FLEET ?= $(CURDIR)/examples/shop/fleet.yaml
+# Where scripts/install_tools.sh puts semgrep and checkov (the package never looks inside the checkout itself).
+export RELEASE_GRAPH_TOOLS ?= $(CURDIR)/.tools
 # uv compiles bytecode at install time; without it every import recompiles when PYTHONDONTWRITEBYTECODE is set.
 export UV_COMPILE_BYTECODE := 1
 HOST_ENV := /var/lib/release-graph/env
@@ -34,7 +36,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	ln -sf $(CURDIR)/dagster.yaml $@
 
 demo-repos: venv
-	$(VENV)/bin/python -m release_graph.demo repos
+	$(VENV)/bin/python -m release_graph.demo repos --demo-dir examples/shop
 
 # The demo's one secret, generated once and kept out of the repository.
 $(DAGSTER_HOME)/demo-secrets.env:
@@ -49,14 +51,16 @@ demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets
 # Every test, against the real engine, registry and git.
 test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Rewrite the committed graph snapshot after an intended change of the asset graph.
 snapshot: venv
-	$(VENV)/bin/python -m release_graph.snapshot --write
+	$(VENV)/bin/python -m release_graph.snapshot --fleet examples/shop/fleet.yaml --write tests/release_graph/graph_snapshot.json
 
 bench: setup
 	$(WITH_HOST_ENV) $(VENV)/bin/python -m benchmarks.run

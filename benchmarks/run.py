@@ -214,10 +214,10 @@ class Bench:
 def write_demo_copy(bench: Bench) -> Path:
     """The demo manifest with its repositories recreated under the work folder, and the benchmark's fleet name
     and registry. Published ports are dropped: the demo's fixed ports belong to a demo that may be running."""
-    from release_graph.demo import SOURCES_DIR, sync_repos
+    from release_graph.demo import sync_repos
 
     bench.repos = bench.work / "repos"
-    sync_repos(SOURCES_DIR, bench.repos)
+    sync_repos(DEMO_FLEET.parent / "services", bench.repos)
     document = yaml.safe_load(DEMO_FLEET.read_text())
     document["fleet"] = bench.fleet_name
     document["registry"] = bench.registry
@@ -295,7 +295,7 @@ def bench_graph(bench: Bench, section: Section) -> None:
         runs = bench.n(5 if "200" not in label else 3)
         for _ in range(runs):
             validate, fleet = timed(load_fleet, path)
-            build, defs = timed(build_definitions, fleet, default_resources())
+            build, defs = timed(build_definitions, fleet, default_resources(fleet))
             resolve, repository = timed(defs.get_repository_def)
             graph = repository.asset_graph
             assets = len(graph.get_all_asset_keys())

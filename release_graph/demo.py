@@ -8,6 +8,9 @@ change is merged into main, so commits made in the demo repository are kept. `--
 `commit <service>` makes a small real change (bumps VERSION) and commits it, so a user sees the sensor fire;
 `--break KIND` also breaks the unit tests, the integration tests, the health endpoint or the static
 analysis of that commit, and `--repair` undoes every such breakage.
+
+The demo fleet's folder is `--demo-dir`, else $RELEASE_GRAPH_DEMO_DIR, else ./examples/shop: the demo ships
+with the repository, not with the package, so `make` runs this from the checkout.
 """
 
 from __future__ import annotations
@@ -24,10 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHOP_DIR = PROJECT_ROOT / "examples" / "shop"
-SOURCES_DIR = SHOP_DIR / "services"
-REPOS_DIR = SHOP_DIR / ".repos"
+DEMO_DIR_ENV = "RELEASE_GRAPH_DEMO_DIR"
+DEFAULT_DEMO_DIR = "examples/shop"  # relative to the working folder: the checkout, where `make` runs
 BRANCH = "main"
 # The last imported state of a source folder. Updates are committed on top of it and merged into main.
 SOURCE_REF = "refs/demo/source"
@@ -131,7 +132,7 @@ def _rev(repo: Path, ref: str) -> str | None:
         return None
 
 
-def service_sources(sources_dir: Path = SOURCES_DIR) -> dict[str, Path]:
+def service_sources(sources_dir: Path) -> dict[str, Path]:
     """Service name -> source folder: every folder under `sources_dir` that has a Dockerfile."""
     if not sources_dir.is_dir():
         raise DemoError(f"{sources_dir}: the demo services' source folder does not exist")
@@ -190,13 +191,12 @@ def sync_repo(service: str, source: Path, repo: Path, *, force: bool = False) ->
     return RepoResult(service, repo, "updated", _git(repo, "rev-parse", "HEAD"))
 
 
-def sync_repos(sources_dir: Path = SOURCES_DIR, repos_dir: Path = REPOS_DIR, *,
-               force: bool = False) -> list[RepoResult]:
+def sync_repos(sources_dir: Path, repos_dir: Path, *, force: bool = False) -> list[RepoResult]:
     return [sync_repo(name, source, repos_dir / name, force=force)
             for name, source in service_sources(sources_dir).items()]
 
 
-def demo_repo(service: str, repos_dir: Path = REPOS_DIR) -> Path:
+def demo_repo(service: str, repos_dir: Path) -> Path:
     repo = repos_dir / service
     if (repo / ".git").is_dir():
         return repo
@@ -206,7 +206,7 @@ def demo_repo(service: str, repos_dir: Path = REPOS_DIR) -> Path:
     raise DemoError(f"service '{service}': no demo repository {repo} (services: {', '.join(known)})")
 
 
-def commit_change(service: str, repos_dir: Path = REPOS_DIR, *, message: str | None = None,
+def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
                   breakage: str | None = None, repair: bool = False) -> CommitResult:
     """Bumps the patch version in VERSION (plus an optional breakage or repair) and commits it on main."""
     if breakage is not None and breakage not in BREAK_KINDS:
@@ -264,28 +264,37 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+REPOS_HELP = "where the repositories live (default: <demo dir>/.repos)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m release_graph.demo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     repos = commands.add_parser("repos", help="create (or update) a git repository per demo service")
     repos.add_argument("--force", action="store_true", help="delete and recreate the repositories")
-    repos.add_argument("--sources", type=Path, default=SOURCES_DIR, help="folder of the services' sources")
-    repos.add_argument("--repos-dir", type=Path, default=REPOS_DIR, help="where the repositories live")
+    repos.add_argument("--sources", type=Path, help="folder of the services' sources (default: <demo dir>/services)")
+    repos.add_argument("--repos-dir", type=Path, help=REPOS_HELP)
     commit = commands.add_parser("commit", help="commit a small real change to one demo service")
     commit.add_argument("service")
     commit.add_argument("--message", "-m", help="commit message (default: 'Bump <service> to <version>')")
     kind = commit.add_mutually_exclusive_group()
     kind.add_argument("--break", dest="breakage", choices=BREAK_KINDS, help="also break this in the commit")
     kind.add_argument("--repair", action="store_true", help="also undo every demo breakage")
-    commit.add_argument("--repos-dir", type=Path, default=REPOS_DIR, help="where the repositories live")
+    commit.add_argument("--repos-dir", type=Path, help=REPOS_HELP)
+    for command in (repos, commit):
+        command.add_argument("--demo-dir", type=Path, help=f"the demo fleet's folder (default: ${DEMO_DIR_ENV}, "
+                             f"then ./{DEFAULT_DEMO_DIR})")
     args = parser.parse_args(argv)
+    shop = args.demo_dir or Path(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
+    repos_dir = args.repos_dir or shop / ".repos"
 
     try:
         if args.command == "repos":
-            for result in sync_repos(args.sources.resolve(), args.repos_dir.resolve(), force=args.force):
+            sources = args.sources or shop / "services"
+            for result in sync_repos(sources.resolve(), repos_dir.resolve(), force=args.force):
                 print(f"{result.service}: {result.action} {_shown(result.path)} ({BRANCH} at {result.head[:12]})")
             return 0
-        result = commit_change(args.service, args.repos_dir.resolve(), message=args.message,
+        result = commit_change(args.service, repos_dir.resolve(), message=args.message,
                                breakage=args.breakage, repair=args.repair)
     except DemoError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)

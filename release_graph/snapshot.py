@@ -1,7 +1,9 @@
 """A snapshot of the whole asset graph (keys, deps, groups, checks, kinds, owners, automation), committed
 and compared strictly by the tests, so a change of the graph is always a reviewed change.
 
-Rewrite it after an intended change with `make snapshot` (python -m release_graph.snapshot --write).
+`python -m release_graph.snapshot [--fleet PATH] [--write FILE]` prints (or writes) the snapshot of a fleet
+(default: $RELEASE_GRAPH_FLEET, then ./fleet.yaml). Rewrite the demo's committed snapshot after an intended
+change with `make snapshot`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.fleet import load_fleet
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_FLEET = REPO_ROOT / "examples" / "shop" / "fleet.yaml"
-SNAPSHOT_FILE = REPO_ROOT / "tests" / "release_graph" / "graph_snapshot.json"
+from release_graph.fleet import load_fleet, resolve_fleet_path
 
 
 def describe_condition(condition: dg.AutomationCondition | None) -> str | None:
@@ -60,22 +58,28 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
     }
 
 
-def demo_snapshot() -> dict:
+def fleet_snapshot(path: str | Path) -> dict:
+    """The snapshot of the manifest at `path` with the default adapters."""
     from release_graph.wiring import build_definitions, default_resources
 
-    # check_files=False: the snapshot describes the graph, whether or not the demo repos exist yet.
-    fleet = load_fleet(DEMO_FLEET, check_files=False)
-    return graph_snapshot(build_definitions(fleet, resources=default_resources()))
+    # check_files=False: the snapshot describes the graph, whether or not the repos exist yet.
+    fleet = load_fleet(path, check_files=False)
+    return graph_snapshot(build_definitions(fleet, resources=default_resources(fleet)))
+
+
+def snapshot_text(path: str | Path) -> str:
+    return json.dumps(fleet_snapshot(path), indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the committed snapshot")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fleet", help="the fleet manifest (default: $RELEASE_GRAPH_FLEET, then ./fleet.yaml)")
+    parser.add_argument("--write", type=Path, metavar="FILE", help="write the snapshot to FILE instead of stdout")
     args = parser.parse_args(argv)
-    text = json.dumps(demo_snapshot(), indent=2, sort_keys=True) + "\n"
+    text = snapshot_text(resolve_fleet_path(args.fleet))
     if args.write:
-        SNAPSHOT_FILE.write_text(text)
-        print(f"wrote {SNAPSHOT_FILE.relative_to(REPO_ROOT)}")
+        args.write.write_text(text)
+        print(f"wrote {args.write}")
     else:
         sys.stdout.write(text)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 
@@ -11,18 +10,26 @@ from release_graph.assets.automation import automation_sensors
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
 from release_graph.fleet import Fleet, load_fleet, resolve_fleet_path
+from resources.state import state_dir
 
 
-def state_dir() -> Path:
-    """Runtime state (git mirrors, haproxy state): $RELEASE_GRAPH_STATE, else $DAGSTER_HOME, else ./.dagster_home.
+def scanner_resource(fleet: Fleet | None):
+    """The `scanner` resource as the manifest's `security:` configures it (backend none without a fleet)."""
+    from resources.scanners import VulnerabilityScanner
 
-    Every process of one installation (UI, daemon, runs, CLI) must agree on it.
-    """
-    return Path(os.environ.get("RELEASE_GRAPH_STATE") or os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    security = fleet.security if fleet is not None else None
+    if security is None or security.scanner == "none":
+        return VulnerabilityScanner(backend="none")
+    if security.scanner == "ecr" and security.ecr is not None:
+        ecr = security.ecr
+        return VulnerabilityScanner(backend="ecr", ecr_region=ecr.region,
+                                    ecr_endpoint_url=ecr.resolved_endpoint_url(), ecr_registry_id=ecr.registry_id)
+    return VulnerabilityScanner(backend=security.scanner)
 
 
-def default_resources() -> dict:
-    """The adapters, each configured in this one place from the environment; none does I/O on creation."""
+def default_resources(fleet: Fleet | None = None) -> dict:
+    """The adapters, each configured in this one place from the environment (and, for the scanner, from the
+    fleet's manifest); none does I/O on creation."""
     from resources.containers import ContainerEngine
     from resources.git import GitResource
     from resources.registry import Registry
@@ -33,6 +40,7 @@ def default_resources() -> dict:
         "git": GitResource(mirror_dir=str(state_dir() / "git-mirrors")),
         "engine": ContainerEngine(),
         "registry": Registry(),
+        "scanner": scanner_resource(fleet),
         # haproxy state for published ports must be the same folder for the UI, the daemon and every run.
         "docker_target": DockerTarget(state_dir=str(state_dir() / "targets")),
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
@@ -56,7 +64,7 @@ def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definit
         assets=assets,
         asset_checks=checks,
         sensors=sensors,
-        resources=resources if resources is not None else default_resources(),
+        resources=resources if resources is not None else default_resources(fleet),
         # Release steps mostly wait on the engine; a process per step would cost ~1.8 s each (notes).
         executor=dg.in_process_executor,
     )

@@ -3,7 +3,7 @@
 Works against whatever `DOCKER_HOST` points at, Docker or Podman's compatible service. The client is
 created on first use, so importing or configuring this resource does no I/O.
 
-Engine behaviour this module is written around (measured on Podman 4.3, see notes/host-facts.md):
+Engine behaviour this module is written around (measured on Podman 4.3; docs/operations.md describes the host):
 - Build and push errors arrive inside a 200 response, as `error`/`errorDetail` items of the stream.
 - docker-py's `timeout` is a socket read timeout, not a deadline: a build that keeps printing never hits
   it. `build` therefore reads the stream in a worker thread and, at the deadline, shuts the socket down.
@@ -275,7 +275,7 @@ class ContainerEngine(dg.ConfigurableResource):
                     target=target,
                     labels=dict(labels or {}),
                     buildargs=dict(buildargs or {}),
-                    pull=False,  # base images come from the local registry; see notes/host-facts.md
+                    pull=False,  # base images sit in the local registry (scripts/setup_host.sh)
                     rm=True,
                     forcerm=True,
                     decode=True,

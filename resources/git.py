@@ -27,6 +27,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from resources.state import state_dir
+
 COMMIT_ID = re.compile(r"^[0-9a-f]{7,64}$")
 # The generic advice git appends to every transport error says nothing about this repo.
 _GIT_BOILERPLATE = (
@@ -161,7 +163,8 @@ class GitResource(dg.ConfigurableResource):
     mirror_dir: str | None = Field(
         default=None,
         description="Folder of the cached bare mirrors (one per repo). Default: "
-        "$RELEASE_GRAPH_STATE/git-mirrors, else ./.dagster_home/git-mirrors, resolved on first use.",
+        "<state dir>/git-mirrors (resources.state: $RELEASE_GRAPH_STATE, else $DAGSTER_HOME, "
+        "else ./.dagster_home), resolved on first use.",
     )
     timeout_seconds: float = Field(
         default=10, description="Timeout of each query of a remote (git ls-remote)."
@@ -176,10 +179,7 @@ class GitResource(dg.ConfigurableResource):
     def mirror_root(self) -> Path:
         if self.mirror_dir:
             return Path(self.mirror_dir).expanduser().resolve()
-        state = os.environ.get("RELEASE_GRAPH_STATE")
-        if state:
-            return Path(state).expanduser().resolve() / "git-mirrors"
-        return Path.cwd() / ".dagster_home" / "git-mirrors"
+        return state_dir() / "git-mirrors"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -23,97 +23,21 @@ from typing import NamedTuple
 import dagster as dg
 from pydantic import Field
 
+# The one image-reference parser (shared vocabulary); re-exported for the adapters that import it from here.
+from release_graph.fleet.references import DEFAULT_REGISTRY, SHA256_DIGEST, ImageReference, parse_image_reference
+
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-DEFAULT_REGISTRY = "docker.io"
+# Single-platform image manifests: what a scanner that takes a manifest (ECR's put_image) can be given.
+IMAGE_MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
 BODY_EXCERPT_CHARS = 300
-
-# The reference grammar of distribution/reference, spelled out so each part can say what is wrong.
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = re.compile(rf"^{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?$|^\[[0-9a-fA-F:.]+\](?::[0-9]+)?$")
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
-MAX_NAME_LENGTH = 255
-
-
-class ImageReference(NamedTuple):
-    """`registry/repository[:tag][@digest]`, split. A tuple, so `host, path, tag, digest = ...` works."""
-
-    registry: str  # host[:port]; docker.io when the reference names none
-    repository: str  # path inside the registry, e.g. shop/orders (library/redis for a bare `redis`)
-    tag: str | None
-    digest: str | None
-
-    @property
-    def name(self) -> str:
-        """registry/repository, the form `Registry` methods take."""
-        return f"{self.registry}/{self.repository}"
-
-
-def parse_image_reference(ref: str) -> ImageReference:
-    """Split an image reference; a ValueError says which part is wrong and why.
-
-    A bare Docker Hub name is normalised the way engines do it (`redis:7.2` → docker.io, library/redis).
-    A reference without tag and digest keeps `tag=None`; callers decide whether that means `latest`.
-    """
-    if not isinstance(ref, str) or not ref.strip():
-        raise ValueError("image reference is empty")
-    if ref != ref.strip() or any(c.isspace() for c in ref):
-        raise ValueError(f"image reference {ref!r} contains whitespace")
-    rest, digest = ref, None
-    if "@" in rest:
-        rest, digest = rest.split("@", 1)
-        _check_digest(ref, digest)
-    name, tag = rest, None
-    # The tag follows the last colon only when that colon comes after the last slash (else it is a port).
-    colon, slash = rest.rfind(":"), rest.rfind("/")
-    if colon > slash:
-        name, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG.match(tag):
-            raise ValueError(
-                f"image reference {ref!r}: tag {tag!r} is invalid (letters, digits, '_', '.', '-'; "
-                "at most 128 characters, not starting with '.' or '-')"
-            )
-    if not name:
-        raise ValueError(f"image reference {ref!r} has no repository name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"image reference {ref!r}: name is longer than {MAX_NAME_LENGTH} characters")
-    parts = name.split("/")
-    first = parts[0]
-    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        registry, path_parts = first, parts[1:]
-        if not _DOMAIN.match(registry):
-            raise ValueError(f"image reference {ref!r}: registry host {registry!r} is not a valid host[:port]")
-    else:
-        registry, path_parts = DEFAULT_REGISTRY, parts
-        if len(parts) == 1:
-            path_parts = ["library", *parts]
-    for component in path_parts:
-        if not component:
-            raise ValueError(f"image reference {ref!r}: repository path has an empty component (check the '/')")
-        if not _PATH_COMPONENT.match(component) and _PATH_COMPONENT.match(component.lower()):
-            raise ValueError(f"image reference {ref!r}: repository name must be lowercase ({component!r})")
-        if not _PATH_COMPONENT.match(component):
-            raise ValueError(
-                f"image reference {ref!r}: repository path component {component!r} is invalid "
-                "(lowercase letters and digits, separated by '.', '_', '__' or '-')"
-            )
-    return ImageReference(registry, "/".join(path_parts), tag, digest)
-
-
-def _check_digest(ref: str, digest: str) -> None:
-    if not _DIGEST.match(digest):
-        raise ValueError(f"image reference {ref!r}: digest {digest!r} is not <algorithm>:<hex>")
-    algorithm, encoded = digest.split(":", 1)
-    if algorithm == "sha256" and not _SHA256_HEX.match(encoded):
-        raise ValueError(f"image reference {ref!r}: a sha256 digest has exactly 64 lowercase hex characters")
-
 
 def is_loopback_host(registry: str) -> bool:
     """True for 127.0.0.0/8, ::1 and localhost, with or without a port: those registries speak plain HTTP."""
@@ -128,6 +52,13 @@ def is_loopback_host(registry: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class Manifest(NamedTuple):
+    """An image manifest as the registry serves it: the exact bytes (their sha256 is the digest) and media type."""
+
+    body: bytes
+    media_type: str
 
 
 class RegistryError(Exception):
@@ -164,6 +95,20 @@ class Registry(dg.ConfigurableResource):
             )
         return digest
 
+    def manifest(self, repository: str, tag_or_digest: str,
+                 media_types: tuple[str, ...] = MANIFEST_MEDIA_TYPES) -> Manifest | None:
+        """The manifest of `repository:tag` or `repository@digest` in one of `media_types`; None when there is none.
+
+        The bytes are returned untouched, so a copy put elsewhere keeps the digest.
+        """
+        ref = self._reference(repository, tag_or_digest)
+        response = self._request("GET", ref, f"manifests/{urllib.parse.quote(tag_or_digest, safe=':')}",
+                                 accept=", ".join(media_types))
+        if response is None:
+            return None
+        media_type = (response.headers.get("Content-Type") or media_types[0]).split(";")[0].strip()
+        return Manifest(response.body, media_type)
+
     def tags(self, repository: str) -> list[str]:
         """Every tag of the repository, following the registry's pagination; [] when it has none."""
         ref = self._reference(repository, None)
@@ -188,7 +133,7 @@ class Registry(dg.ConfigurableResource):
 
         The registry must run with `storage.delete.enabled: true`; otherwise it answers 405, raised here.
         """
-        if not digest.startswith("sha256:") or not _SHA256_HEX.match(digest.removeprefix("sha256:")):
+        if not SHA256_DIGEST.match(digest):
             raise ValueError(f"delete needs a digest (sha256:<64 hex>), not {digest!r}: registries delete by digest")
         ref = self._reference(repository, digest)
         return self._request("DELETE", ref, f"manifests/{digest}") is not None

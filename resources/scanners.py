@@ -1,5 +1,8 @@
 """Image vulnerability scanner backends behind one method: `scan(reference) -> ScanReport`.
 
+- `VulnerabilityScanner`: the `scanner` resource (release_graph/wiring.py configures it from the manifest's
+  `security:`), the one way the vulnerability_scan check reaches a backend: `scan_image(repository, digest)`.
+
 - `EcrScanner`: Amazon ECR image scanning (basic, or enhanced by Amazon Inspector) through boto3. With
   `endpoint_url` it talks to any ECR-compatible endpoint; the tests use `moto_server`, whose findings are canned.
 - `CliScanner`: the Trivy or Grype command line, when its binary is installed. Their vulnerability databases
@@ -22,6 +25,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from release_graph.fleet import references
 from release_graph.security.vulnerabilities import (
     ScanError,
     ScannerMissing,
@@ -30,6 +34,7 @@ from release_graph.security.vulnerabilities import (
     parse_grype,
     parse_trivy,
 )
+from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry
 
 SCAN_DONE = {"COMPLETE", "ACTIVE"}  # ACTIVE: enhanced (Inspector) scanning keeps the image under watch
 SCAN_FAILED = {"FAILED", "UNSUPPORTED_IMAGE", "FINDINGS_UNAVAILABLE", "SCAN_ELIGIBILITY_EXPIRED"}
@@ -42,17 +47,13 @@ CLI_HINTS = {
 
 
 def split_reference(reference: str) -> tuple[str, str, str | None]:
-    """(registry host, repository path, digest) of `host/path[:tag]@sha256:...` (a digest is required)."""
-    name, _, digest = reference.partition("@")
-    if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
+    """(registry host, repository path, digest) of `host/path[:tag]@sha256:...` (a digest is required); the host
+    is "" when the reference names none."""
+    name, _tag, digest = references.split_reference(reference)
+    if digest is None or not references.SHA256_DIGEST.match(digest):
         raise ValueError(f"image reference {reference!r}: scans address an image by digest (repo@sha256:<64 hex>)")
-    host, _, path = name.partition("/")
-    if not path or not ("." in host or ":" in host or host == "localhost"):
-        host, path = "", name
-    colon, slash = path.rfind(":"), path.rfind("/")
-    if colon > slash:
-        path = path[:colon]
-    return host, path, digest
+    host, path = references.split_host(name)
+    return host or "", "/".join(path), digest
 
 
 class EcrScanner(dg.ConfigurableResource):
@@ -226,3 +227,53 @@ class CliScanner(dg.ConfigurableResource):
         findings = parse(text, str(report_path or f"{self.tool} output"))
         return ScanReport(self.tool, reference, digest, findings, {"report": str(report_path or "")})
 
+
+
+def is_ecr_host(host: str) -> bool:
+    """Whether a registry host is an ECR registry (`<account>.dkr.ecr.<region>.amazonaws.com`)."""
+    return ".dkr.ecr." in host and host.endswith(".amazonaws.com")
+
+
+class VulnerabilityScanner(dg.ConfigurableResource):
+    """The fleet's image scanner: the backend the manifest's `security.scanner` names, behind `scan_image`.
+
+    With `ecr`, an image that lives in another registry is first put into ECR under the same digest (its
+    manifest read through the `registry` resource the caller passes; real ECR also needs the layers, the moto
+    stand-in takes the manifest alone).
+    """
+
+    backend: Literal["none", "ecr", "trivy", "grype"] = Field(
+        default="none", description="The manifest's security.scanner; none: no image is scanned."
+    )
+    ecr_region: str = Field(default="us-east-1", description="AWS region of the ECR registry (backend ecr).")
+    ecr_endpoint_url: str | None = Field(default=None, description="ECR endpoint; None = AWS (backend ecr).")
+    ecr_registry_id: str | None = Field(default=None, description="AWS account id of the ECR registry.")
+    ecr_poll_interval_seconds: float = Field(default=2.0, description="Pause between polls of a running scan.")
+    timeout_seconds: float = Field(default=900.0, description="How long one scan may take.")
+    executable: str | None = Field(default=None, description="trivy/grype binary; None = look it up on PATH.")
+
+    def ecr(self) -> EcrScanner:
+        return EcrScanner(region_name=self.ecr_region, endpoint_url=self.ecr_endpoint_url,
+                          registry_id=self.ecr_registry_id, poll_interval_seconds=self.ecr_poll_interval_seconds,
+                          timeout_seconds=self.timeout_seconds)
+
+    def scan_image(self, repository: str, digest: str, *, registry: Registry, tag: str | None = None,
+                   report_path: str | None = None) -> ScanReport:
+        """Scan `repository@digest` (repository = `host[:port]/path`, read through `registry`). `tag` names the
+        copy put into ECR; a CLI scanner's JSON report is kept at `report_path` when given."""
+        reference = f"{repository}@{digest}"
+        if self.backend == "none":
+            raise ScanError(f"no scanner is configured (security.scanner: none): {reference} cannot be scanned")
+        if self.backend != "ecr":
+            return CliScanner(tool=self.backend, executable=self.executable,
+                              timeout_seconds=self.timeout_seconds).scan(reference, report_path=report_path)
+        host, ecr_repository, _ = split_reference(reference)
+        scanner = self.ecr()
+        if not is_ecr_host(host):
+            manifest = registry.manifest(repository, digest, media_types=IMAGE_MANIFEST_MEDIA_TYPES)
+            if manifest is None:
+                raise ScanError(f"image {reference} is not in its registry: nothing to scan")
+            mirrored = scanner.mirror_manifest(ecr_repository, manifest.body, manifest.media_type, tag=tag)
+            if mirrored != digest:
+                raise ScanError(f"the manifest of {reference} put into ECR has digest {mirrored}, not {digest}")
+        return scanner.scan_digest(ecr_repository, digest)

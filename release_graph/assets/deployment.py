@@ -15,7 +15,7 @@ import dagster as dg
 
 from release_graph.assets import deployment_checks
 from release_graph.assets.automation import stage_condition
-from release_graph.assets.common import asset_attributes, describe
+from release_graph.assets.common import asset_attributes, describe, rows_table
 from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.security_checks import check_hardening
 from release_graph.fleet import Environment, Fleet, Service
@@ -96,7 +96,7 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
             "scan_threshold": threshold.text,
             "scan_blocking_findings": len(result.blocking),
             "scan_total_findings": result.total,
-            "scan_waivers_used": security_checks.rows_table(result.waiver_rows, security_checks.WAIVER_COLUMNS),
+            "scan_waivers_used": rows_table(result.waiver_rows, security_checks.WAIVER_COLUMNS),
         })
     return metadata
 

@@ -17,6 +17,7 @@ import dagster as dg
 from release_graph.assets.common import asset_attributes, describe, edges_metadata
 from release_graph.assets.retry import retry_when_transient
 from release_graph.fleet import Fleet, Service, build_files_problem
+from release_graph.fleet.references import split_reference
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key, source_key
@@ -149,13 +150,9 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
 def pin_prebuilt_image(context: dg.AssetExecutionContext, service: Service, registry) -> dg.MaterializeResult:
     """Record the digest a prebuilt reference points to now, so every environment deploys that digest."""
     reference = service.image
-    if "@sha256:" in reference:
-        repository, digest = reference.split("@", 1)
-    else:
-        repository, _, tag = reference.rpartition(":")
-        if "/" in tag or not repository:  # `host:port/name` without a tag
-            repository, tag = reference, "latest"
-        digest = registry.manifest_digest(repository, tag)
+    repository, tag, digest = split_reference(reference)
+    if digest is None:
+        digest = registry.manifest_digest(repository, tag or "latest")
         if digest is None:
             raise ReleaseStepError(f"service '{service.name}', field 'image': {reference} is not in its registry")
     context.instance.add_run_tags(context.run.run_id, {SERVICE_TAG: service.name})

@@ -6,18 +6,21 @@ Each check reads the commit of the image's latest materialization, so it judges 
 execution error, never a pass. "The check ran and found problems" is `passed=False`.
 """
 
-
+import dataclasses
+import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
+from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context, stream_to_run
 from release_graph.fleet import Fleet, Service
-from release_graph.release import evidence
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key
+from release_graph.security import evidence
 
 TEST_REPORTS_DIR = "/reports"
 UNIT_TEST_TIMEOUT_SECONDS = 600
@@ -103,21 +106,25 @@ def junit_metadata(summary: evidence.JUnitSummary) -> dict:
     }
 
 
-def findings_table(findings, columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
-    """Findings as a table in the UI (the first MAX_TABLE_ROWS; counts are reported separately)."""
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, type=kind) for name, kind in columns])
-    records = [
-        dg.TableRecord({name: getattr(finding, name) for name, _ in columns})
-        for finding in findings[:MAX_TABLE_ROWS]
-    ]
-    return dg.MetadataValue.table(records=records, schema=schema)
+def hadolint_once(context, service: Service, sha: str, report: Callable[[], str]) -> list[evidence.HadolintFinding]:
+    """hadolint's findings on the Dockerfile of `service` at `sha`, linted once for both checks that need them
+    (dockerfile_lint and compliance): `report()` runs hadolint the first time; the report is kept under
+    `<instance root>/reports/hadolint/` and read by the check that comes second."""
+    dockerfile = f"{service.build.context}/{service.build.dockerfile}"
+    key = hashlib.sha256(f"{service.path}\0{dockerfile}".encode()).hexdigest()[:12]
+    path = Path(context.instance.root_directory) / "reports" / "hadolint" / service.name / f"{sha}-{key}.json"
+    return evidence.parse_hadolint(evidence.cached_report(path, report))
 
 
 def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
-    with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
-        context_dir = export_build_context(git, service, sha, Path(tmp))
-        findings = evidence.run_hadolint(context_dir / service.build.dockerfile)
+
+    def report() -> str:
+        with tempfile.TemporaryDirectory(prefix=f"rg-lint-{service.name}-") as tmp:
+            context_dir = export_build_context(git, service, sha, Path(tmp))
+            return evidence.hadolint_report(context_dir / service.build.dockerfile)
+
+    findings = hadolint_once(context, service, sha, report)
     problems = [f for f in findings if f.level in ("error", "warning")]
     return dg.AssetCheckResult(
         passed=not problems,
@@ -127,8 +134,10 @@ def check_dockerfile_lint(context, service: Service, git) -> dg.AssetCheckResult
             M.DIGEST: digest,
             "tool": "hadolint",
             "errors_and_warnings": len(problems),
-            "findings": findings_table(
-                findings, [("rule", "string"), ("level", "string"), ("line", "int"), ("message", "string")]
+            "findings": rows_table(
+                [dataclasses.asdict(f) for f in findings],
+                ["rule", "level", ("line", "int"), "message"],
+                limit=MAX_TABLE_ROWS,
             ),
         },
         description=f"{len(problems)} hadolint error(s)/warning(s), {len(findings)} finding(s) in all",

@@ -15,37 +15,33 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
 
+from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context
-from release_graph.assets.image_checks import image_under_check
+from release_graph.assets.image_checks import hadolint_once, image_under_check
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
-from release_graph.release.evidence import EvidenceError
 from release_graph.release.keys import environment_key, image_key
-from release_graph.security import compliance, sast, sbom
+from release_graph.security import compliance, evidence, sast, sbom
+from release_graph.security.evidence import EvidenceError
 from release_graph.security.findings import SEVERITIES, Finding, count_by_severity, parse_threshold
 from release_graph.security.gate import GateResult, evaluate_gate
 from release_graph.security.least_privilege import container_hardening
-from release_graph.security.vulnerabilities import ScanReport
 from release_graph.security.waivers import Waiver, WaiverError, fleet_owners, load_waivers
+from resources.registry import Registry
+from resources.scanners import VulnerabilityScanner
 
 FINDING_COLUMNS = ("status", "severity", "rule", "location", "tool", "message", "fixed_version")
 WAIVER_COLUMNS = ("finding", "severity", "rule", "service", "location", "owner", "reason", "expires", "source")
 ENVIRONMENT_COLUMNS = ("environment", "threshold", "verdict", "blocking", "waived")
 TOP_FINDINGS = 20
-ECR_POLL_SECONDS = 2.0
-ECR_TIMEOUT_SECONDS = 900.0
-MANIFEST_MEDIA_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 VULNERABILITY_SCAN = "vulnerability_scan"
 
 
@@ -55,12 +51,6 @@ def today() -> date:
 
 
 # --- tables ------------------------------------------------------------------------------------------------
-
-
-def rows_table(rows: Iterable[Mapping[str, object]], columns: Sequence[str]) -> dg.TableMetadataValue:
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in columns])
-    records = [dg.TableRecord({name: str(row.get(name, "") or "") for name in columns}) for row in rows]
-    return dg.MetadataValue.table(records=records, schema=schema)
 
 
 def gate_metadata(result: GateResult) -> dict[str, object]:
@@ -142,59 +132,25 @@ def check_sast(context, fleet: Fleet, service: Service, git) -> dg.AssetCheckRes
 # --- vulnerability scan ------------------------------------------------------------------------------------
 
 
-def _ecr_hosted(registry: str) -> bool:
-    host = registry.split("/", 1)[0]
-    return ".dkr.ecr." in host and host.endswith(".amazonaws.com")
-
-
-def registry_manifest(registry, repository: str, digest: str) -> tuple[bytes, str]:
-    """The manifest bytes and media type of `repository@digest` as the fleet's registry serves them."""
-    ref = registry._reference(repository, digest)
-    response = registry._request("GET", ref, f"manifests/{digest}", accept=", ".join(MANIFEST_MEDIA_TYPES))
-    if response is None:
-        raise ReleaseStepError(f"image {repository}@{digest} is not in its registry: nothing to scan")
-    media_type = (response.headers.get("Content-Type") or MANIFEST_MEDIA_TYPES[0]).split(";")[0].strip()
-    return response.body, media_type
-
-
-def scan_image(fleet: Fleet, service: Service, registry, digest: str, sha: str, reports_dir: Path) -> ScanReport:
-    """Scan `<registry>/<service>@digest` with the fleet's scanner backend."""
-    from resources.scanners import CliScanner, EcrScanner, split_reference
-
-    repository = service.image_repository(fleet)
-    reference = f"{repository}@{digest}"
-    settings = fleet.security
-    if settings.scanner == "ecr":
-        ecr = settings.ecr
-        scanner = EcrScanner(region_name=ecr.region, endpoint_url=ecr.resolved_endpoint_url(),
-                             registry_id=ecr.registry_id, poll_interval_seconds=ECR_POLL_SECONDS,
-                             timeout_seconds=ECR_TIMEOUT_SECONDS)
-        _, ecr_repository, _ = split_reference(reference)
-        if not _ecr_hosted(fleet.registry):
-            # The image lives in another registry: ECR scans what it holds, so the pushed manifest is put there
-            # under the same digest (real ECR also needs the layers; the moto stand-in takes the manifest alone).
-            manifest, media_type = registry_manifest(registry, repository, digest)
-            mirrored = scanner.mirror_manifest(ecr_repository, manifest, media_type, tag=sha)
-            if mirrored != digest:
-                raise ReleaseStepError(f"service '{service.name}': the manifest mirrored into ECR has digest "
-                                       f"{mirrored}, not {digest}")
-        return scanner.scan_digest(ecr_repository, digest)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    report_path = reports_dir / f"{service.name}-{settings.scanner}.json"
-    return CliScanner(tool=settings.scanner).scan(reference, report_path=str(report_path))
-
-
 def reports_dir(context) -> Path:
     """`<instance root>/reports/<run id>`: the run's reports, beside the instance's storage (DAGSTER_HOME)."""
     return Path(context.instance.root_directory) / "reports" / context.run.run_id
 
 
-def check_vulnerability_scan(context, fleet: Fleet, service: Service, registry) -> dg.AssetCheckResult:
+def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: VulnerabilityScanner,
+                             registry: Registry) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
     waivers = fleet_waivers(fleet, service, "the vulnerability scan")
+    if scanner.backend != fleet.security.scanner:
+        raise ReleaseStepError(f"service '{service.name}': the scanner resource runs '{scanner.backend}', but the "
+                               f"manifest's security.scanner is '{fleet.security.scanner}' "
+                               "(release_graph/wiring.py scanner_resource configures it from the manifest)")
+    folder = reports_dir(context)
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        report = scan_image(fleet, service, registry, digest, sha, reports_dir(context))
+        report = scanner.scan_image(service.image_repository(fleet), digest, registry=registry, tag=sha,
+                                    report_path=str(folder / f"{service.name}-{scanner.backend}.json"))
     except EvidenceError as exc:  # ScannerMissing, ScanError: the scan could not run
         raise ReleaseStepError(f"service '{service.name}': the vulnerability scan ({fleet.security.scanner}) of "
                                f"{digest} could not run: {exc}") from None
@@ -303,6 +259,10 @@ def sbom_components(path: Path) -> list[dict[str, str]]:
 
 
 def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCheckResult:
+    # The manifest's rule ids are checked against the installed tools here and by `release-graph validate`.
+    unknown = compliance.rule_id_problems(fleet)
+    if unknown:
+        raise ReleaseStepError(f"service '{service.name}': the compliance check cannot run: " + "; ".join(unknown))
     sha, digest = image_under_check(context, service)
     rules = fleet.security.compliance_blocking or ()
     policy = compliance.CompliancePolicy(frozenset(rules), ", ".join(rules))
@@ -312,7 +272,9 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
         context_dir = export_build_context(git, service, sha, Path(tmp))
         service_dir = Path(tmp) / service.path
         try:
-            findings = compliance.run_hadolint(context_dir / service.build.dockerfile, relative_to=service_dir)
+            dockerfile = context_dir / service.build.dockerfile
+            linted = hadolint_once(context, service, sha, lambda: evidence.hadolint_report(dockerfile))
+            findings = compliance.from_hadolint(linted, dockerfile, relative_to=service_dir)
             hadolint_seconds = time.monotonic() - started
             # The service's folder: its Dockerfile and any Kubernetes manifests it ships.
             findings += compliance.run_checkov([service_dir], root=service_dir)
@@ -402,10 +364,9 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
 
         @dg.asset_check(asset=image, name=VULNERABILITY_SCAN, blocking=False,
                         description=f"Image vulnerability scan ({settings.scanner}): counts per severity and the "
-                        "top findings. Each environment's deploy step refuses findings above its scan_threshold.",
-                        required_resource_keys={"registry"})
-        def vulnerability_scan(context) -> dg.AssetCheckResult:
-            return check_vulnerability_scan(context, fleet, service, context.resources.registry)
+                        "top findings. Each environment's deploy step refuses findings above its scan_threshold.")
+        def vulnerability_scan(context, scanner: VulnerabilityScanner, registry: Registry) -> dg.AssetCheckResult:
+            return check_vulnerability_scan(context, fleet, service, scanner, registry)
 
         checks.append(vulnerability_scan)
     if settings.sbom:

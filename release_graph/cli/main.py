@@ -20,8 +20,13 @@ def _fleet_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from release_graph.security.compliance import rule_id_problems
+
     path = resolve_fleet_path(args.fleet or args.fleet_positional)
     fleet = load_fleet(path)
+    problems = rule_id_problems(fleet)  # asks the installed tools, which loading the manifest never does
+    if problems:
+        raise ManifestError(problems)
     built = len(fleet.built_services)
     print(
         f"{path}: fleet '{fleet.name}' is valid: {len(fleet.services)} services ({built} built, "

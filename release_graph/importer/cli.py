@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release_graph.fleet import DNS_LABEL, IMAGE_REPOSITORY, ManifestError, load_fleet
+from release_graph.fleet import DNS_LABEL, ManifestError, is_image_repository, load_fleet
 from release_graph.importer.compose import COMPOSE_FILE_NAMES, ComposeOptions, project_files, read_compose
 from release_graph.importer.cycles import CycleReport, resolve_cycles
 from release_graph.importer.edges import EdgeReport, describe_host, infer_edges
@@ -119,7 +119,7 @@ def import_fleet(inputs: list[Path], output: Path, *, fleet_name: str | None = N
     if not DNS_LABEL.match(name):
         raise InputError(f"--fleet-name {name!r}: expected a DNS label (lowercase letters, digits, '-')")
     registry = registry or f"{DEFAULT_REGISTRY_HOST}/{name}"
-    if not IMAGE_REPOSITORY.match(registry):
+    if not is_image_repository(registry):
         raise InputError(f"--registry {registry!r}: expected an image repository such as 127.0.0.1:5000/{name}")
     edges = infer_edges(fleet)
     cycles = resolve_cycles(edges, fleet.services)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from release_graph.fleet import IMAGE_REFERENCE
+from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     has_credentials,
@@ -514,7 +514,7 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         if image is None:
             raise InputError(f"{where.label}:{where.line}: services.{source_name}: neither `image` nor `build`: "
                              "Compose cannot run it and the importer cannot place it")
-        if not IMAGE_REFERENCE.match(image):
+        if not is_image_reference(image):
             raise InputError(f"{image_prov.label}:{image_prov.line}: services.{source_name}.image: {image!r} is "
                              "not a valid image reference (an unset variable?)")
         service.image = image
@@ -571,7 +571,7 @@ def _built_infrastructure(reader: _Reader, service: ImportedService, build: dict
     context = build.get("context")
     context_text = reader.label(Path(context.value)) + "/" if context and not _GIT_CONTEXT.match(context.value) \
         else (context.value if context else ".")
-    if image and IMAGE_REFERENCE.match(image):
+    if image and is_image_reference(image):
         service.image = image
         service.notes.append(f"compose builds this from {context_text} and tags it {image}: the manifest keeps "
                              "infrastructure prebuilt, so build and push that image outside release-graph")

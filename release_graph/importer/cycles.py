@@ -3,7 +3,8 @@
 An edge is judged soft when the service called receives telemetry (its name or image says collector,
 OpenTelemetry, Jaeger, Zipkin, Tempo) or when every piece of evidence is a telemetry or callback key
 (`OTEL_*`, `*_COLLECTOR*`, `*CALLBACK*`, `*REDIRECT*`, `*RETURN_URL*`, ...): such calls never need
-the other side deployed first. Any strongly connected set of the remaining hard edges (Tarjan) becomes
+the other side deployed first. Any strongly connected set of the remaining hard edges (Tarjan, shared
+with the manifest's cycle check in release_graph.fleet.dependencies) becomes
 one `deploy_unit`, so its members deploy together instead of in an order that cannot exist.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from release_graph.fleet.dependencies import shortest_cycle, strongly_connected
 from release_graph.importer import infra
 from release_graph.importer.edges import EdgeReport, InferredEdge
 from release_graph.importer.model import ImportedService
@@ -41,77 +43,6 @@ def soft_reason(edge: InferredEdge, provider: ImportedService) -> str:
             return (f"only callback URLs name it ({', '.join(sorted(set(keys)))}): "
                     "a callback is handed out, not called at start-up")
     return ""
-
-
-def strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative (deep chains must not hit the recursion limit); sets of 2 or more."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    components: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph.get(root, ()))))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            advanced = False
-            for child in children:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph.get(child, ())))))
-                    advanced = True
-                    break
-                if child in on_stack:
-                    low[node] = min(low[node], index[child])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    components.append(sorted(component))
-    return sorted(components)
-
-
-def shortest_cycle(graph: dict[str, list[str]], members: list[str]) -> list[str]:
-    """A shortest cycle through the smallest member, for a message people can follow."""
-    start = min(members)
-    inside = set(members)
-    came_from: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for child in sorted(graph.get(node, ())):
-                if child == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(came_from[path[-1]])
-                    return list(reversed(path))
-                if child in inside and child not in came_from:
-                    came_from[child] = node
-                    following.append(child)
-        frontier = following
-    return [start]
 
 
 def unit_name(members: list[str]) -> str:

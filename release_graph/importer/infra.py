@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from release_graph.fleet.references import repository_of, split_host
+
 
 @dataclass(frozen=True)
 class WellKnown:
@@ -71,19 +73,13 @@ _VENDOR_ONLY = {"all-in-one": "jaegertracing/"}
 
 def image_name(image: str) -> str:
     """`docker.io/library/redis:7@sha256:...` -> `redis`: the last path component, without tag or digest."""
-    reference = image.split("@", 1)[0]
-    last = reference.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0].lower()
+    return repository_of(image).rsplit("/", 1)[-1].lower()
 
 
 def image_path(image: str) -> str:
     """The repository path without registry host, tag or digest: `bitnami/redis`, `redis`."""
-    reference = image.split("@", 1)[0]
-    parts = reference.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        parts = parts[1:]
-    path = "/".join(parts).rsplit(":", 1)[0] if ":" in parts[-1] else "/".join(parts)
-    return path.removeprefix("library/").lower()
+    _host, parts = split_host(repository_of(image))
+    return "/".join(parts).removeprefix("library/").lower()
 
 
 def by_image(image: str) -> WellKnown | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release_graph.fleet import IMAGE_REFERENCE
+from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     expand_shell,
@@ -423,7 +423,7 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
 
     image = str(main.get("image") or "")
     image_line = main.line_of("image") if isinstance(main, LineDict) else obj.line
-    if not IMAGE_REFERENCE.match(image):
+    if not is_image_reference(image):
         raise InputError(f"{obj.label}:{image_line}: {obj.kind} {obj.name}: container {main_name}: "
                          f"{image!r} is not a valid image reference")
     service.image = image

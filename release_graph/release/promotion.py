@@ -10,6 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from release_graph.fleet import Environment, Fleet, Service
+from release_graph.fleet.references import pinned
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
@@ -104,13 +105,8 @@ def verify_approval(instance, service: Service, environment: Environment, digest
 
 
 def image_reference(fleet: Fleet, service: Service, digest: str) -> str:
-    if service.is_prebuilt:
-        repository = service.image.split("@")[0]
-        last = repository.rsplit("/", 1)[-1]
-        if ":" in last:
-            repository = repository[: repository.rfind(":")]
-        return f"{repository}@{digest}"
-    return f"{service.image_repository(fleet)}@{digest}"
+    """What a deployment of `digest` pulls: the prebuilt reference's repository, or the fleet's, `@digest`."""
+    return pinned(service.image if service.is_prebuilt else service.image_repository(fleet), digest)
 
 
 def approvable_digest(instance, fleet: Fleet, service: Service, environment: Environment,

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from release_graph.release import evidence
+from release_graph.security import evidence
 from release_graph.security.findings import Finding, finding, sort_findings
-from release_graph.security.tools import ToolError, excerpt, isolated_tool, run_tool
+from release_graph.security.tools import ToolError, ToolMissing, excerpt, isolated_tool, run_tool
 
 CHECKOV_FRAMEWORKS = ("dockerfile", "kubernetes")
 CHECKOV_TIMEOUT_SECONDS = 600
@@ -104,17 +104,42 @@ def load_policy(rule_ids: Iterable[str], *, where: str = "compliance policy", kn
     return CompliancePolicy(frozenset(ids), ", ".join(ids))
 
 
+def rule_id_problems(fleet, *, tools_base: Path | None = None) -> list[str]:
+    """The fleet's `security.compliance_blocking` ids that no installed tool knows, as manifest problems
+    (`fleet.yaml:12: field 'security.compliance_blocking': ...`); [] when every id is known or none is given.
+
+    Run by `release-graph validate` and by the compliance check, not while the manifest loads: it asks
+    checkov (`checkov --list`, once per process), and loading a manifest runs no tool.
+    """
+    rules = fleet.security.compliance_blocking
+    if not rules:
+        return []
+    field_name = "security.compliance_blocking"
+    where = f"{fleet.security.compliance_blocking_at or fleet.source_file.name}: field '{field_name}'"
+    try:
+        load_policy(rules, where=field_name, known=known_rule_ids(tools_base=tools_base))
+    except PolicyError as exc:
+        return [f"{where}: {str(exc).removeprefix(f'{field_name}: ')}"]
+    except (ToolMissing, ToolError) as exc:
+        return [f"{where}: cannot check the rule ids: {exc}"]
+    return []
+
+
 # --- hadolint ------------------------------------------------------------------------------------------------
 
 
 def run_hadolint(dockerfile: str | Path, *, relative_to: str | Path | None = None) -> list[Finding]:
-    """hadolint on one Dockerfile (release_graph.release.evidence runs it); locations are `<file>:<line>`."""
-    path = Path(dockerfile)
-    shown = _relative(path, relative_to)
-    return sort_findings(
-        finding("hadolint", item.rule, item.level, f"{shown}:{item.line}", item.message)
-        for item in evidence.run_hadolint(path)
-    )
+    """hadolint on one Dockerfile (release_graph.security.evidence runs it); locations are `<file>:<line>`."""
+    return from_hadolint(evidence.run_hadolint(Path(dockerfile)), dockerfile, relative_to=relative_to)
+
+
+def from_hadolint(items: Iterable[evidence.HadolintFinding], dockerfile: str | Path, *,
+                  relative_to: str | Path | None = None) -> list[Finding]:
+    """hadolint's findings on `dockerfile` as compliance findings, located `<file>:<line>` (file relative to
+    `relative_to`)."""
+    shown = _relative(Path(dockerfile), relative_to)
+    return sort_findings(finding("hadolint", item.rule, item.level, f"{shown}:{item.line}", item.message)
+                         for item in items)
 
 
 # --- checkov -------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from release_graph.release import evidence
+from release_graph.security import evidence
 from release_graph.security.findings import Finding, finding, sort_findings
 from release_graph.security.tools import ToolError, excerpt, isolated_tool, run_tool
 
@@ -159,7 +159,7 @@ def run_semgrep(
 
 
 def from_bandit(bandit_findings: Iterable[evidence.BanditFinding]) -> list[Finding]:
-    """bandit's findings (release_graph.release.evidence) as Findings; the rule is bandit's test id (B602...)."""
+    """bandit's findings (release_graph.security.evidence) as Findings; the rule is bandit's test id (B602...)."""
     return [
         finding("bandit", item.rule, item.severity, f"{item.file}:{item.line}", item.text) for item in bandit_findings
     ]

@@ -1,9 +1,10 @@
-"""Where the security tools live and how they are run.
+"""Where the analysis tools live and how they are run: the one tool runner of release-graph (security
+checks and release evidence alike).
 
 semgrep and checkov pin libraries that clash with Dagster's, so each has its own venv under
-`$RELEASE_GRAPH_TOOLS` (default `<repo>/.tools`), made by `scripts/install_tools.sh`. hadolint and bandit
-come with the main venv (requirements.lock). A tool that is not there raises ToolMissing with the command
-that installs it: a missing tool is "the check could not run", never a clean result.
+`$RELEASE_GRAPH_TOOLS` (default `./.tools`, as `make tools` creates it), made by `scripts/install_tools.sh`.
+hadolint and bandit come with the main venv (requirements.lock). A tool that is not there raises ToolMissing
+with the command that installs it: a missing tool is "the check could not run", never a clean result.
 """
 
 from __future__ import annotations
@@ -11,29 +12,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
-from release_graph.release.evidence import EvidenceError
-from release_graph.release.evidence import ToolMissing as EvidenceToolMissing
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_ENV = "RELEASE_GRAPH_TOOLS"
+DEFAULT_TOOLS_DIR = ".tools"
 INSTALL_SCRIPT = "scripts/install_tools.sh"
 EXCERPT_CHARS = 800
+# How often each tool was started by this process: what tells that a tool ran once, not once per check.
+RUNS: Counter[str] = Counter()
+
+
+class EvidenceError(Exception):
+    """A tool run or a report that yields no usable evidence: the check could not run."""
 
 
 class ToolError(EvidenceError):
     """A tool ran but gave no usable report (crash, timeout, output that is not its report)."""
 
 
-class ToolMissing(EvidenceToolMissing):
-    """A security tool is not installed where release-graph looks for it."""
+class ToolMissing(EvidenceError):
+    """A tool is not installed where release-graph looks for it (or could not be started)."""
 
 
 def tools_dir() -> Path:
-    """`$RELEASE_GRAPH_TOOLS`, else `<repo>/.tools`, read at call time (never at import)."""
+    """`$RELEASE_GRAPH_TOOLS`, else `./.tools`, read at call time (never at import)."""
     configured = os.environ.get(TOOLS_ENV)
-    return Path(configured).expanduser() if configured else REPO_ROOT / ".tools"
+    return Path(configured).expanduser() if configured else Path.cwd() / DEFAULT_TOOLS_DIR
 
 
 def isolated_tool(name: str, base: Path | None = None) -> Path:
@@ -48,9 +53,9 @@ def isolated_tool(name: str, base: Path | None = None) -> Path:
     return executable
 
 
-def main_venv_tool(name: str, package: str) -> Path:
-    """A tool installed in the venv release-graph runs from (never whatever else is on PATH)."""
-    executable = Path(sys.executable).parent / name
+def main_venv_tool(name: str, package: str, bin_dir: Path | None = None) -> Path:
+    """A tool installed in the venv release-graph runs from (never whatever else is on PATH); `bin_dir` another."""
+    executable = (Path(bin_dir) if bin_dir is not None else Path(sys.executable).parent) / name
     if not executable.is_file():
         raise ToolMissing(
             f"{name} is not installed: no {executable} (add `{package}` to requirements.in and install the lock)"
@@ -66,6 +71,7 @@ def run_tool(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
+    RUNS[name] += 1
     try:
         return subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout_seconds, cwd=cwd, env=env, check=False

@@ -32,6 +32,12 @@ def commit_count(repo: Path) -> int:
     return int(git(repo, "rev-list", "--count", "HEAD"))
 
 
+@pytest.fixture(autouse=True)
+def demo_dir(monkeypatch):
+    """`python -m release_graph.demo` finds the demo through $RELEASE_GRAPH_DEMO_DIR (else ./examples/shop)."""
+    monkeypatch.setenv("RELEASE_GRAPH_DEMO_DIR", str(SHOP_DIR))
+
+
 @pytest.fixture
 def repos(tmp_path) -> Path:
     return tmp_path / "repos"
@@ -71,7 +77,7 @@ def test_the_demo_manifest_is_valid_against_the_repositories_it_names(tmp_path):
     fleet = load_fleet(tmp_path / "fleet.yaml")  # also checks each repo's Dockerfile and build context
 
     assert (fleet.name, fleet.registry) == ("shop", "127.0.0.1:5000/shop")
-    assert set(fleet.services) == set(SERVICES) == set(demo.service_sources())
+    assert set(fleet.services) == set(SERVICES) == set(demo.service_sources(SOURCES))
     assert {name: set(s.hard_deps) for name, s in fleet.services.items()} == {
         "gateway": {"orders"}, "orders": {"inventory", "payments"}, "inventory": set(), "payments": set(),
     }

@@ -16,12 +16,15 @@ import dagster as dg
 import docker
 import pytest
 
-from release_graph.demo import SHOP_DIR, SOURCES_DIR, commit_change, sync_repo
+from release_graph.demo import commit_change, sync_repo
 from release_graph.fleet import Fleet, load_fleet, topological_order
-from release_graph.wiring import build_definitions
+from release_graph.wiring import build_definitions, scanner_resource
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
+
+SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
+SOURCES_DIR = SHOP_DIR / "services"
 
 ENGINE_BUILDS: list[str] = []  # tags built by CountingEngine, across the test session
 
@@ -202,6 +205,7 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
             (root / name).write_text(text)
         fleet = load_fleet(path)
         resources = world_resources(root, fleet_name)
+        resources["scanner"] = scanner_resource(fleet)  # as the manifest configures it
         (root / "dagster_home").mkdir()
         instance_context = dg.instance_for_test(temp_dir=str(root / "dagster_home"))
         instance = instance_context.__enter__()

@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from release_graph.release.evidence import parse_junit
+from release_graph.security.evidence import parse_junit
 from resources.containers import (
     ABANDON_GRACE_SECONDS,
     RELEASE_GRAPH_LABEL,

@@ -28,9 +28,12 @@ def git(tmp_path: Path) -> GitResource:
 def test_constructing_the_resource_touches_no_disk(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RELEASE_GRAPH_STATE", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     resource = GitResource()
     assert list(tmp_path.iterdir()) == []
     assert resource.mirror_root() == tmp_path / ".dagster_home" / "git-mirrors"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert resource.mirror_root() == tmp_path / "home" / "git-mirrors"
     monkeypatch.setenv("RELEASE_GRAPH_STATE", str(tmp_path / "state"))
     assert resource.mirror_root() == tmp_path / "state" / "git-mirrors"
     assert GitResource(mirror_dir=str(tmp_path / "m")).mirror_root() == tmp_path / "m"

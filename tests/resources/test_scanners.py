@@ -13,7 +13,8 @@ import pytest
 
 from release_graph.security.gate import GateBlocked, evaluate_gate
 from release_graph.security.vulnerabilities import ScanError, ScannerMissing
-from resources.scanners import CliScanner, EcrScanner, split_reference
+from resources.registry import Registry
+from resources.scanners import CliScanner, EcrScanner, VulnerabilityScanner, split_reference
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -115,3 +116,35 @@ def test_a_cli_scanner_that_is_not_installed_names_the_tool(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ScannerMissing, match=r"grype is not installed \(no `grype` on PATH\): install the grype"):
         CliScanner(tool="grype").scan(reference)
+
+
+# --- the `scanner` resource: the one way the vulnerability_scan check reaches a backend ---------------------
+
+
+def test_the_scanner_resource_puts_an_image_from_the_fleets_registry_into_ecr_and_scans_it(
+        ecr, moto_server, registry_addr):
+    registry = Registry()
+    repository = f"{registry_addr}/base/busybox"
+    digest = registry.manifest_digest(repository, "latest")
+    scanner = VulnerabilityScanner(backend="ecr", ecr_region=REGION, ecr_endpoint_url=moto_server,
+                                   ecr_poll_interval_seconds=0.2, timeout_seconds=30)
+    try:
+        report = scanner.scan_image(repository, digest, registry=registry, tag="a1b2c3d4e5f6")
+        assert report.tool == "ecr" and report.digest == digest and report.image == f"base/busybox@{digest}"
+        assert [f.rule for f in report.findings] == ["CVE-9999-9999"]
+        (image,) = ecr.client().describe_images(repositoryName="base/busybox")["imageDetails"]
+        assert image["imageDigest"] == digest and image["imageTags"] == ["a1b2c3d4e5f6"]
+        # a digest the fleet's registry does not have cannot be put into ECR: the scan cannot run
+        with pytest.raises(ScanError, match=r"is not in its registry: nothing to scan"):
+            scanner.scan_image(repository, "sha256:" + "0" * 64, registry=registry)
+    finally:
+        ecr.delete_repository("base/busybox")
+
+
+def test_the_scanner_resource_names_a_cli_backend_that_is_not_installed_and_refuses_without_a_backend(tmp_path):
+    digest = "sha256:" + "a" * 64
+    trivy = VulnerabilityScanner(backend="trivy", executable=str(tmp_path / "trivy"))
+    with pytest.raises(ScannerMissing, match=r"^trivy is not installed \(no executable at "):
+        trivy.scan_image("127.0.0.1:5000/shop/orders", digest, registry=Registry())
+    with pytest.raises(ScanError, match=r"no scanner is configured \(security.scanner: none\)"):
+        VulnerabilityScanner().scan_image("127.0.0.1:5000/shop/orders", digest, registry=Registry())

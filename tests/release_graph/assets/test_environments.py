@@ -215,9 +215,15 @@ def test_when_a_provider_and_its_consumer_change_the_providers_staging_deploy_fi
     for request in world.tick("git_commits").run_requests:
         assert world.execute(request).success
     runs = world.automate()
-    (staging_run,) = [run for keys, run in runs if key("orders", "staging") in keys]
-    events = world.instance.all_logs(staging_run.run_id)
-    finished = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.is_step_success}
-    started = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.is_step_start}
-    assert finished["inventory__staging"] <= started["orders__staging"]
+    # Each service's staging deployment is a run of its own, and the provider's finished before the consumer's
+    (provider_run,) = [run for keys, run in runs if key("inventory", "staging") in keys]
+    (consumer_run,) = [run for keys, run in runs if key("orders", "staging") in keys]
+    assert provider_run.run_id != consumer_run.run_id
+    assert provider_run.dagster_run.tags["release/service"] == "inventory"
+
+    def step_time(run, step: str, success: bool) -> float:
+        return next(e.timestamp for e in world.instance.all_logs(run.run_id) if e.dagster_event and e.step_key == step
+                    and (e.dagster_event.is_step_success if success else e.dagster_event.is_step_start))
+
+    assert step_time(provider_run, "inventory__staging", True) <= step_time(consumer_run, "orders__staging", False)
     assert world.latest(key("orders", "staging")).git_sha == world.latest(key("orders", "image")).git_sha

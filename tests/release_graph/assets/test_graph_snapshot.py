@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import json
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
-from release_graph.snapshot import DEMO_FLEET, SNAPSHOT_FILE, demo_snapshot
+from release_graph.snapshot import fleet_snapshot, snapshot_text
+
+DEMO_FLEET = Path(__file__).resolve().parents[3] / "examples" / "shop" / "fleet.yaml"
+SNAPSHOT_FILE = Path(__file__).resolve().parents[1] / "graph_snapshot.json"
+
+
+def demo_snapshot() -> dict:
+    return fleet_snapshot(DEMO_FLEET)
 
 
 def test_the_demo_graph_matches_the_committed_snapshot():
-    current = json.dumps(demo_snapshot(), indent=2, sort_keys=True) + "\n"
+    current = snapshot_text(DEMO_FLEET)
     committed = SNAPSHOT_FILE.read_text()
     if current != committed:
         diff = "".join(difflib.unified_diff(committed.splitlines(True), current.splitlines(True),

@@ -11,7 +11,7 @@ import time
 import dagster as dg
 import pytest
 
-from release_graph.release import evidence
+from release_graph.security import evidence
 
 INVENTORY_IMAGE = dg.AssetKey(["inventory", "image"])
 

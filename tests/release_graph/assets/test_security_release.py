@@ -14,6 +14,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from release_graph.security import tools
+
 INVENTORY_IMAGE = dg.AssetKey(["inventory", "image"])
 OWNED = {"inventory": "    owners: [team:warehouse]"}
 NO_WAIVERS = "waivers: []\n"
@@ -274,11 +276,15 @@ def test_a_dockerfile_rule_the_policy_lists_blocks_the_release(release_world_fac
     world = release_world_factory(["inventory"], integration=False,
                                   extra_top="security:\n  compliance_blocking: [DL3003]\n")
     world.automate()
+    hadolint_runs = tools.RUNS["hadolint"]
     _, run = release_head(world)
     assert run.success, world.failures(run)
     clean = world.check_evaluation(INVENTORY_IMAGE, "compliance")
     assert clean.passed and clean.metadata["blocking_rules"].value == "DL3003"
     assert clean.metadata["tools"].value == "hadolint, checkov"
+    # hadolint ran once for the image, and both checks that read it used that one report
+    assert world.check_evaluation(INVENTORY_IMAGE, "dockerfile_lint").passed
+    assert tools.RUNS["hadolint"] - hadolint_runs == 1
     world.automate()
     first = world.latest(key("inventory", "dev"))
     assert first is not None
@@ -296,5 +302,8 @@ def test_a_dockerfile_rule_the_policy_lists_blocks_the_release(release_world_fac
     assert failed.passed is False and failed.severity == dg.AssetCheckSeverity.ERROR
     blocking = [r for r in table_rows(failed, "findings") if r["status"] == "blocking"]
     assert [(r["rule"], r["location"], r["tool"]) for r in blocking] == [("DL3003", f"Dockerfile:{line}", "hadolint")]
+    lint = world.check_evaluation(INVENTORY_IMAGE, "dockerfile_lint")
+    assert "DL3003" in [r["rule"] for r in table_rows(lint, "findings")]
+    assert tools.RUNS["hadolint"] - hadolint_runs == 2  # once per commit
     world.automate()
     assert world.latest(key("inventory", "dev")).digest == first.digest

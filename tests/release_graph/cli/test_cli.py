@@ -95,3 +95,23 @@ def test_build_a_given_commit_by_its_short_sha_and_refuse_an_unknown_one(release
     assert cli(["build", "inventory", "--sha", "deadbeef"]) == 2
     err = capsys.readouterr().err
     assert "no commit 'deadbeef'" in err and "Traceback" not in err
+
+
+@pytest.mark.engine
+def test_status_json_exits_1_and_names_the_drift_when_a_container_was_stopped_by_hand(released, capsys,
+                                                                                        docker_client):
+    world = released
+    recorded = world.latest(key("inventory", "dev")).digest
+    capsys.readouterr()
+    assert cli(["status", "--json"]) == 0
+    cells = {(c["service"], c["environment"]): c for c in json.loads(capsys.readouterr().out)}
+    assert cells[("inventory", "dev")]["drift"] == ""
+
+    running = world.resources["docker_target"].running(world.fleet.name, "dev", "inventory")
+    docker_client.containers.get(running.container_id).stop(timeout=1)
+    assert cli(["status", "--json"]) == 1
+    # still one JSON document (scripts parse it), with the drift in the cell that drifted
+    cells = {(c["service"], c["environment"]): c for c in json.loads(capsys.readouterr().out)}
+    drift = cells[("inventory", "dev")]["drift"]
+    assert drift.startswith(f"recorded {recorded} but its container") and running.container_name in drift
+    assert cells[("inventory", "prod")]["drift"] == ""

@@ -9,6 +9,7 @@ import pytest
 
 from release_graph.cli.main import main as cli_main
 from release_graph.fleet import ManifestError, load_fleet, resolve_fleet_path, topological_order
+from release_graph.security.compliance import rule_id_problems
 
 GOOD = """\
 fleet: shop
@@ -397,21 +398,35 @@ security:
     ]
 
 
-def test_an_unknown_compliance_rule_id_is_an_error_naming_it(tmp_path):
+def test_an_unknown_compliance_rule_id_is_an_error_naming_it(tmp_path, capsys):
     text = with_security(GOOD, "security:\n  compliance_blocking: [DL3007, CKV_DOCKER_999, DL9999]\n")
-    (problem,) = problems_of(write_fleet(tmp_path, text))
+    path = write_fleet(tmp_path, text)
+    # Loading runs no tool: `release-graph validate` (and the compliance check) ask the installed tools.
+    fleet = load_fleet(path)
+    assert fleet.security.compliance_blocking == ("DL3007", "CKV_DOCKER_999", "DL9999")
+    (problem,) = rule_id_problems(fleet)
     assert problem.startswith("fleet.yaml:4: field 'security.compliance_blocking': unknown rule ids "
                               "CKV_DOCKER_999, DL9999: not a hadolint rule")
+    assert cli_main(["validate", str(path)]) == 2
+    assert f"  - {problem}\n" in capsys.readouterr().err
     text = with_security(GOOD, "security:\n  compliance_blocking: DL3007\n")
     assert problems_of(write_fleet(tmp_path, text)) == [
         "fleet.yaml:4: field 'security.compliance_blocking': expected a list of rule ids such as "
         "[DL3007, CKV_DOCKER_3], got 'DL3007'",
     ]
+    text = with_security(GOOD, "security:\n  compliance_blocking: [DL3007, 7]\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:4: field 'security.compliance_blocking': rule ids must be text such as DL3007 or "
+        "CKV_DOCKER_2, got [7]",
+    ]
 
 
-def test_compliance_rules_cannot_be_checked_without_checkov(tmp_path, monkeypatch):
+def test_compliance_rules_cannot_be_checked_without_checkov(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RELEASE_GRAPH_TOOLS", str(tmp_path / "no-tools"))
-    text = with_security(GOOD, "security:\n  compliance_blocking: [CKV_DOCKER_3]\n")
-    (problem,) = problems_of(write_fleet(tmp_path, text))
+    path = write_fleet(tmp_path, with_security(GOOD, "security:\n  compliance_blocking: [CKV_DOCKER_3]\n"))
+    fleet = load_fleet(path)  # without checkov the manifest still loads (and the graph builds)
+    (problem,) = rule_id_problems(fleet)
     assert problem.startswith("fleet.yaml:4: field 'security.compliance_blocking': cannot check the rule ids: "
                               f"checkov is not installed: no {tmp_path}/no-tools/checkov-venv/bin/checkov")
+    assert cli_main(["validate", str(path)]) == 2
+    assert problem in capsys.readouterr().err

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from release_graph.fleet import find_hard_cycles, load_fleet
 from release_graph.importer.cli import run
-from release_graph.importer.cycles import shortest_cycle, strongly_connected
 
 
 def compose(tmp_path: Path, text: str) -> Path:
@@ -101,13 +100,3 @@ def test_given_telemetry_in_a_three_service_cycle_when_imported_then_only_what_s
     assert ("otel-collector", "api") in {(n, e.name) for n, s in fleet.services.items() for e in s.depends_on}
     text = comments(out.read_text())
     assert "soft: otel-collector receives telemetry: sending to it never needs it deployed first" in text
-
-
-def test_tarjan_finds_each_strongly_connected_set_and_survives_deep_chains():
-    graph = {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": ["e"], "e": ["d"], "f": ["a"], "g": []}
-    assert strongly_connected(graph) == [["a", "b", "c"], ["d", "e"]]
-    assert shortest_cycle(graph, ["a", "b", "c"]) == ["a", "b", "c"]
-    chain = {f"s{i}": [f"s{i + 1}"] for i in range(5000)}
-    chain["s5000"] = ["s0"]
-    (component,) = strongly_connected(chain)
-    assert len(component) == 5001

@@ -11,16 +11,19 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from release_graph.release.evidence import (
+from release_graph.security.evidence import (
     BanditFinding,
     EvidenceError,
     HadolintFinding,
     ToolMissing,
     bandit_errors,
+    cached_report,
     findings_at_or_above,
     parse_bandit,
     parse_hadolint,
@@ -315,3 +318,33 @@ def test_given_no_dockerfile_then_evidence_error_names_the_path(tmp_path):
 def test_given_output_that_is_not_a_hadolint_report_then_evidence_error(output, problem):
     with pytest.raises(EvidenceError, match=problem):
         parse_hadolint(output)
+
+
+# --- one report per commit --------------------------------------------------------------------------------
+
+
+def test_a_cached_report_is_produced_once_however_many_checks_ask_at_the_same_time(tmp_path):
+    produced = []
+
+    def produce() -> str:
+        produced.append(1)
+        time.sleep(0.2)  # both callers are waiting on the lock by now
+        return "[]"
+
+    path = tmp_path / "reports" / "hadolint" / "orders" / "abc.json"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        texts = list(pool.map(lambda _: cached_report(path, produce), range(2)))
+    assert texts == ["[]", "[]"] and len(produced) == 1
+    assert cached_report(path, produce) == "[]" and len(produced) == 1
+
+
+def test_a_report_that_could_not_be_produced_is_not_kept(tmp_path):
+    path = tmp_path / "abc.json"
+
+    def fail() -> str:
+        raise EvidenceError("hadolint crashed")
+
+    with pytest.raises(EvidenceError, match="hadolint crashed"):
+        cached_report(path, fail)
+    assert not path.exists()
+    assert cached_report(path, lambda: "[]") == "[]"

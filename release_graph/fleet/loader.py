@@ -1,33 +1,44 @@
-"""The fleet manifest: one YAML file, validated as a whole into typed, immutable models.
+"""The fleet manifest: one YAML file, validated as a whole into the typed, immutable models of
+release_graph.fleet.model.
 
 Every problem is collected and reported at once, each naming the file, line, service and field, before
 any Dagster object exists, so a broken manifest never yields half a graph. The field reference lives
-in docs/manifest.md; later capabilities add their fields here and there.
+in docs/manifest.md; later capabilities add their fields here and there. Plain Python: no Dagster, no
+subprocess (the compliance rule ids are checked against the installed tools by `release-graph validate`
+and by the compliance check: release_graph.security.compliance.rule_id_problems).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
+from release_graph.fleet.dependencies import find_hard_cycles
+from release_graph.fleet.model import (
+    AWS_ENDPOINT_URL_VARIABLE,
+    GIT_URL,
+    SCANNERS,
+    Build,
+    E2ETests,
+    EcrSettings,
+    Edge,
+    Environment,
+    Fleet,
+    SecretRef,
+    Security,
+    Service,
+)
+from release_graph.fleet.references import is_image_reference, is_image_repository
+from release_graph.fleet.yaml_lines import LineDict, empty_line_dict, load_single
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM = re.compile(r"^team:[A-Za-z0-9][A-Za-z0-9_.-]*$")
-GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
-# Image references: [host[:port]/]path[:tag][@sha256:<64 hex>] (the OCI distribution grammar, simplified).
-_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REF_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
-IMAGE_REPOSITORY = re.compile(rf"^(?:{_REF_HOST}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
-IMAGE_REFERENCE = re.compile(
-    rf"^(?:{_REF_HOST}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
-)
 GIT_BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
 
 RESERVED_SERVICE_NAMES = {"fleet"}
@@ -45,211 +56,10 @@ class ManifestError(Exception):
         super().__init__(f"invalid fleet manifest ({count}):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-@dataclass(frozen=True)
-class Edge:
-    """`A depends on name`. Hard edges order deployments; soft ones are recorded as metadata only."""
-
-    name: str
-    soft: bool = False
-    startup_only: bool = False  # only a start-up ordering was seen (compose depends_on), no call
-    evidence: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Build:
-    context: str = "."  # relative to the service's path inside its repo
-    dockerfile: str = "Dockerfile"  # relative to the context
-    target: str | None = None  # the stage that is released; None = the last stage
-    test_target: str | None = "test"  # the stage whose container runs the unit tests
-    integration_target: str | None = None  # the stage whose container runs the integration tests
-    args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    repo: str | None = None
-    repo_url: str | None = None
-    branch: str = "main"
-    path: str = "."
-    build: Build | None = None
-    image: str | None = None
-    port: int | None = None
-    health: str | None = "/healthz"
-    depends_on: tuple[Edge, ...] = ()
-    owners: tuple[str, ...] = ()
-    description: str = ""
-    language: str | None = None
-    infrastructure: bool = False
-    deploy_unit: str | None = None
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def group(self) -> str:
-        """Dagster group names cannot hold `-`."""
-        return self.name.replace("-", "_")
-
-    @property
-    def is_prebuilt(self) -> bool:
-        return self.build is None
-
-    @property
-    def is_local_repo(self) -> bool:
-        return self.repo is not None and not GIT_URL.match(self.repo)
-
-    @property
-    def hard_deps(self) -> tuple[str, ...]:
-        return tuple(e.name for e in self.depends_on if not e.soft)
-
-    @property
-    def soft_deps(self) -> tuple[str, ...]:
-        return tuple(e.name for e in self.depends_on if e.soft)
-
-    def image_repository(self, fleet: Fleet) -> str:
-        return f"{fleet.registry}/{self.name}"
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret's value lives; resolved only at deploy time, never stored or shown."""
-
-    source: str  # "aws" (Secrets Manager secret id) or "env" (a variable of the orchestrator's process)
-    name: str
-
-    def describe(self) -> str:
-        return f"{self.source}:{self.name}"
-
-
-@dataclass(frozen=True)
-class Environment:
-    name: str
-    target: str = "docker"
-    approval: str | None = None
-    approvers: tuple[str, ...] = ()  # empty: anyone may approve
-    author_cannot_approve: bool = False
-    branch: str | None = None  # git-based promotion: a new head here promotes that commit's digest
-    publish: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # service -> host port
-    config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
-    secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
-    scan_threshold: str | None = None  # the lowest vulnerability severity that blocks a deploy here
-
-    @property
-    def requires_approval(self) -> bool:
-        return self.approval == "required"
-
-    def service_env(self, service: Service) -> dict[str, str]:
-        """Plain configuration for one service here: the service's own, then this environment's."""
-        return {**service.env, **self.config.get(service.name, {})}
-
-
-@dataclass(frozen=True)
-class E2ETests:
-    """The fleet's end-to-end tests: an image built from a folder beside the manifest, run per environment."""
-
-    context: str  # relative to the manifest's folder
-    dockerfile: str = "Dockerfile"
-    target: str | None = None
-
-
-SCANNERS = ("none", "ecr", "trivy", "grype")
-AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
-
-
-@dataclass(frozen=True)
-class EcrSettings:
-    """Where the ECR scanner asks: the region, an endpoint (None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time,
-    else AWS itself) and the registry's account id (None: the caller's)."""
-
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
-    registry_id: str | None = None
-
-    def resolved_endpoint_url(self) -> str | None:
-        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
-
-
-@dataclass(frozen=True)
-class Security:
-    """The fleet's security gates (top-level `security:`); the defaults turn off everything that needs setup."""
-
-    waivers: Path | None = None  # absolute; None: no waivers file
-    scanner: str = "none"  # none, ecr, trivy, grype
-    ecr: EcrSettings | None = None  # only with scanner: ecr
-    # None: no compliance check (dockerfile_lint still runs); () : the check runs and blocks nothing.
-    compliance_blocking: tuple[str, ...] | None = None
-    sbom: bool = True
-
-
-@dataclass(frozen=True)
-class Fleet:
-    name: str
-    registry: str
-    services: Mapping[str, Service]
-    environments: Mapping[str, Environment]
-    source_file: Path
-    sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
-    e2e: E2ETests | None = None
-    security: Security = Security()
-
-    @property
-    def root(self) -> Path:
-        return self.source_file.parent
-
-    @property
-    def built_services(self) -> tuple[Service, ...]:
-        return tuple(s for s in self.services.values() if not s.is_prebuilt)
-
-
 def resolve_fleet_path(explicit: str | os.PathLike | None = None) -> Path:
     """`--fleet`, then `$RELEASE_GRAPH_FLEET`, then `./fleet.yaml`."""
     chosen = explicit or os.environ.get("RELEASE_GRAPH_FLEET") or "fleet.yaml"
     return Path(chosen).expanduser().resolve()
-
-
-# --- YAML with line numbers and duplicate-key detection ---------------------------------------------
-
-
-class _LinedDict(dict):
-    """A mapping that remembers the line of each key (1-based) and of itself."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-
-class _ManifestLoader(yaml.SafeLoader):
-    duplicate_keys: list[tuple[str, int, int]]  # key, line, line of the first definition
-
-
-def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode, deep: bool = False) -> _LinedDict:
-    loader.flatten_mapping(node)
-    result = _LinedDict()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            key = str(key)
-        line = key_node.start_mark.line + 1
-        if key in result:
-            # Keep the first definition: the later one is reported, never silently applied.
-            loader.duplicate_keys.append((key, line, result.key_lines[key]))
-            continue
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
-    return result
-
-
-_ManifestLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _read_yaml(path: Path) -> tuple[Any, list[tuple[str, int, int]]]:
-    text = path.read_text(encoding="utf-8")
-    loader = _ManifestLoader(text)
-    loader.duplicate_keys = []
-    try:
-        return loader.get_single_data(), loader.duplicate_keys
-    finally:
-        loader.dispose()
 
 
 # --- validation --------------------------------------------------------------------------------------
@@ -277,12 +87,12 @@ def _where(service: str | None = None, field_name: str | None = None, environmen
 
 
 def _line(mapping: Any, key: str) -> int | None:
-    if isinstance(mapping, _LinedDict):
-        return mapping.key_lines.get(key, mapping.line)
+    if isinstance(mapping, LineDict):
+        return mapping.line_of(key)
     return None
 
 
-def _check_keys(problems: _Problems, mapping: _LinedDict, allowed: set[str], **where: str | None) -> None:
+def _check_keys(problems: _Problems, mapping: LineDict, allowed: set[str], **where: str | None) -> None:
     for key in mapping:
         if key not in allowed:
             problems.add(
@@ -324,7 +134,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
     if not source_file.is_file():
         raise ManifestError([f"{source_file}: manifest file not found"])
     try:
-        document, duplicates = _read_yaml(source_file)
+        document, duplicates = load_single(source_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -336,7 +146,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
     for key, line, first_line in duplicates:
         problems.add(line, f"key '{key}'", f"defined twice in the same mapping (first at line {first_line}); "
                      "the second definition is ignored until the duplicate is removed")
-    if not isinstance(document, _LinedDict):
+    if not isinstance(document, LineDict):
         problems.add(None, "manifest", "expected a mapping with keys fleet, registry, services, environments")
         raise ManifestError(problems.items)
 
@@ -346,7 +156,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
         problems.add(_line(document, "fleet"), _where(field_name="fleet"),
                      f"expected a DNS label (lowercase letters, digits, '-'), got {fleet_name!r}")
     registry = document.get("registry")
-    if not (_is_str(registry) and IMAGE_REPOSITORY.match(registry)):
+    if not (_is_str(registry) and is_image_repository(registry)):
         problems.add(_line(document, "registry"), _where(field_name="registry"),
                      f"expected an image repository such as 127.0.0.1:5000/shop, got {registry!r}")
 
@@ -386,11 +196,11 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
     )
 
 
-def _parse_e2e(problems: _Problems, document: _LinedDict, root: Path, check_files: bool) -> E2ETests | None:
+def _parse_e2e(problems: _Problems, document: LineDict, root: Path, check_files: bool) -> E2ETests | None:
     raw = document.get("e2e")
     if raw is None:
         return None
-    if not isinstance(raw, _LinedDict) or not _is_str(raw.get("context")):
+    if not isinstance(raw, LineDict) or not _is_str(raw.get("context")):
         problems.add(_line(document, "e2e"), _where(field_name="e2e"),
                      "expected {context: <folder beside this file>, dockerfile: Dockerfile}")
         return None
@@ -409,19 +219,19 @@ AWS_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
 DEFAULT_WAIVERS_FILE = "waivers.yaml"
 
 
-def _parse_security(problems: _Problems, document: _LinedDict, root: Path, check_files: bool) -> Security:
+def _parse_security(problems: _Problems, document: LineDict, root: Path, check_files: bool) -> Security:
     """The top-level `security:` block; absent, everything that needs setup is off (and a `waivers.yaml`
     beside the manifest is still used)."""
     raw = document.get("security")
     default_waivers = root / DEFAULT_WAIVERS_FILE
     if raw is None:
         return Security(waivers=default_waivers if default_waivers.is_file() else None)
-    if not isinstance(raw, _LinedDict):
+    if not isinstance(raw, LineDict):
         problems.add(_line(document, "security"), _where(field_name="security"),
                      "expected a mapping such as {scanner: ecr, waivers: waivers.yaml, sbom: true}")
         return Security()
 
-    def report(key: str, message: str, mapping: _LinedDict = raw) -> None:
+    def report(key: str, message: str, mapping: LineDict = raw) -> None:
         problems.add(_line(mapping, key), _where(field_name=f"security.{key}"), message)
 
     for key in raw:
@@ -450,24 +260,26 @@ def _parse_security(problems: _Problems, document: _LinedDict, root: Path, check
     if ecr_raw is not None and scanner != "ecr":
         report("ecr", f"ECR settings only apply with scanner: ecr (scanner is {scanner!r})")
     elif scanner == "ecr":
-        if not isinstance(ecr_raw, _LinedDict):
+        if not isinstance(ecr_raw, LineDict):
             report("ecr" if "ecr" in raw else "scanner",
                    "scanner: ecr needs ecr: {region: <AWS region>} (endpoint_url and registry_id are optional)")
         else:
             ecr = _parse_ecr(problems, ecr_raw)
 
-    compliance_blocking = None
+    compliance_blocking, compliance_blocking_at = None, ""
     if "compliance_blocking" in raw:
         compliance_blocking = _parse_compliance_blocking(problems, raw)
+        compliance_blocking_at = f"{problems.file_label}:{_line(raw, 'compliance_blocking')}"
 
     sbom = raw.get("sbom", True)
     if not isinstance(sbom, bool):
         report("sbom", f"expected true or false, got {sbom!r}")
         sbom = True
-    return Security(waivers=waivers, scanner=scanner, ecr=ecr, compliance_blocking=compliance_blocking, sbom=sbom)
+    return Security(waivers=waivers, scanner=scanner, ecr=ecr, compliance_blocking=compliance_blocking, sbom=sbom,
+                    compliance_blocking_at=compliance_blocking_at)
 
 
-def _parse_ecr(problems: _Problems, raw: _LinedDict) -> EcrSettings | None:
+def _parse_ecr(problems: _Problems, raw: LineDict) -> EcrSettings | None:
     def report(key: str, message: str) -> None:
         problems.add(_line(raw, key), _where(field_name=f"security.ecr.{key}"), message)
 
@@ -493,10 +305,9 @@ def _parse_ecr(problems: _Problems, raw: _LinedDict) -> EcrSettings | None:
     return EcrSettings(region=region, endpoint_url=endpoint_url, registry_id=registry_id) if ok else None
 
 
-def _parse_compliance_blocking(problems: _Problems, raw: _LinedDict) -> tuple[str, ...] | None:
-    from release_graph.security.compliance import PolicyError, known_rule_ids, load_policy
-    from release_graph.security.tools import ToolError, ToolMissing
-
+def _parse_compliance_blocking(problems: _Problems, raw: LineDict) -> tuple[str, ...] | None:
+    """The list's shape only: which ids the installed tools know is checked by
+    release_graph.security.compliance.rule_id_problems (`release-graph validate`, the compliance check)."""
     field_name = "security.compliance_blocking"
     line = _line(raw, "compliance_blocking")
     rules = raw["compliance_blocking"]
@@ -506,22 +317,16 @@ def _parse_compliance_blocking(problems: _Problems, raw: _LinedDict) -> tuple[st
         problems.add(line, _where(field_name=field_name),
                      f"expected a list of rule ids such as [DL3007, CKV_DOCKER_3], got {rules!r}")
         return None
-    if not rules:
-        return ()
-    try:
-        # Rule ids are checked against what the installed tools know (checkov is asked once per process).
-        policy = load_policy(rules, where=field_name, known=known_rule_ids())
-    except PolicyError as exc:
-        problems.add(line, _where(field_name=field_name), str(exc).removeprefix(f"{field_name}: "))
+    bad_types = [r for r in rules if not isinstance(r, str) or not r.strip()]
+    if bad_types:
+        problems.add(line, _where(field_name=field_name),
+                     f"rule ids must be text such as DL3007 or CKV_DOCKER_2, got {bad_types!r}")
         return None
-    except (ToolMissing, ToolError) as exc:
-        problems.add(line, _where(field_name=field_name), f"cannot check the rule ids: {exc}")
-        return None
-    return tuple(dict.fromkeys(r for r in rules if r in policy.blocking_rules))
+    return tuple(dict.fromkeys(rules))
 
 
 def _parse_service(
-    problems: _Problems, root: Path, parent: _LinedDict, name: Any, raw: Any, check_files: bool
+    problems: _Problems, root: Path, parent: LineDict, name: Any, raw: Any, check_files: bool
 ) -> Service | None:
     line = _line(parent, name)
     if not (isinstance(name, str) and DNS_LABEL.match(name)):
@@ -530,9 +335,8 @@ def _parse_service(
     elif name in RESERVED_SERVICE_NAMES:
         problems.add(line, _where(service=name), f"'{name}' is reserved (the fleet-level asset group)")
     if raw is None:
-        raw = _LinedDict()
-        raw.line, raw.key_lines = line or 0, {}
-    if not isinstance(raw, _LinedDict):
+        raw = empty_line_dict(line or 0)
+    if not isinstance(raw, LineDict):
         problems.add(line, _where(service=str(name)), "expected a mapping of service settings")
         return None
     where = {"service": str(name)}
@@ -549,7 +353,7 @@ def _parse_service(
     elif image is None and build_raw is None:
         problems.add(raw.line, _where(field_name="build", **where),
                      "missing: give build (with repo) to build the service, or image for a prebuilt one")
-    elif image is not None and not (_is_str(image) and IMAGE_REFERENCE.match(image)):
+    elif image is not None and not (_is_str(image) and is_image_reference(image)):
         problems.add(_line(raw, "image"), _where(field_name="image", **where),
                      f"not a valid image reference: {image!r}")
     if infrastructure is True and image is None:
@@ -645,8 +449,8 @@ def build_files_problem(repo_dir: Path, path: str, build: Build) -> str | None:
     return None
 
 
-def _parse_build(problems: _Problems, raw: _LinedDict, build_raw: Any, where: dict) -> Build | None:
-    if not isinstance(build_raw, _LinedDict):
+def _parse_build(problems: _Problems, raw: LineDict, build_raw: Any, where: dict) -> Build | None:
+    if not isinstance(build_raw, LineDict):
         problems.add(_line(raw, "build"), _where(field_name="build", **where),
                      "expected a mapping such as {dockerfile: Dockerfile, test_target: test}")
         return None
@@ -670,7 +474,7 @@ def _parse_build(problems: _Problems, raw: _LinedDict, build_raw: Any, where: di
     return Build(args=args, **values)
 
 
-def _string_map(problems: _Problems, raw: _LinedDict, key: str, where: dict, label: str | None = None):
+def _string_map(problems: _Problems, raw: LineDict, key: str, where: dict, label: str | None = None):
     value = raw.get(key, {})
     label = label or key
     if value is None:
@@ -688,7 +492,7 @@ def _string_map(problems: _Problems, raw: _LinedDict, key: str, where: dict, lab
     return MappingProxyType(result)
 
 
-def _parse_edges(problems: _Problems, raw: _LinedDict, where: dict) -> tuple[Edge, ...]:
+def _parse_edges(problems: _Problems, raw: LineDict, where: dict) -> tuple[Edge, ...]:
     items = raw.get("depends_on", [])
     if items is None:
         return ()
@@ -702,7 +506,7 @@ def _parse_edges(problems: _Problems, raw: _LinedDict, where: dict) -> tuple[Edg
         if isinstance(item, str):
             edges.append(Edge(name=item))
             continue
-        if not isinstance(item, _LinedDict) or not _is_str(item.get("name")):
+        if not isinstance(item, LineDict) or not _is_str(item.get("name")):
             problems.add(line, _where(field_name="depends_on", **where),
                          f"expected a service name or a mapping with 'name', got {item!r}")
             continue
@@ -726,7 +530,7 @@ def _parse_edges(problems: _Problems, raw: _LinedDict, where: dict) -> tuple[Edg
     return tuple(edges)
 
 
-def _parse_environments(problems: _Problems, document: _LinedDict, service_names: set) -> dict[str, Environment]:
+def _parse_environments(problems: _Problems, document: LineDict, service_names: set) -> dict[str, Environment]:
     raw_envs = document.get("environments")
     if not isinstance(raw_envs, dict) or not raw_envs:
         problems.add(_line(document, "environments"), _where(field_name="environments"),
@@ -743,16 +547,16 @@ def _parse_environments(problems: _Problems, document: _LinedDict, service_names
             problems.add(line, _where(environment=str(name)), "environment names must be DNS labels")
             continue
         if raw is None:
-            raw = _LinedDict()
+            raw = LineDict()
             raw.line, raw.key_lines = line or 0, {}
-        if not isinstance(raw, _LinedDict):
+        if not isinstance(raw, LineDict):
             problems.add(line, _where(environment=name), "expected a mapping such as {target: docker}")
             continue
         environments[name] = _parse_environment(problems, name, raw, service_names)
     return environments
 
 
-def _parse_environment(problems: _Problems, name: str, raw: _LinedDict, service_names: set) -> Environment:
+def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_names: set) -> Environment:
     def report(key: str, message: str) -> None:
         problems.add(_line(raw, key), _where(environment=name, field_name=key), message)
 
@@ -824,7 +628,7 @@ def _parse_environment(problems: _Problems, name: str, raw: _LinedDict, service_
     )
 
 
-def _parse_secret_refs(problems: _Problems, env: str, service: str, parent: _LinedDict, refs: Any):
+def _parse_secret_refs(problems: _Problems, env: str, service: str, parent: LineDict, refs: Any):
     where = {"environment": env}
     if not isinstance(refs, dict):
         problems.add(_line(parent, service), _where(field_name=f"secrets.{service}", **where),
@@ -870,93 +674,3 @@ def _check_edges(problems: _Problems, raw_services: dict, services: dict[str, Se
             + " (mark one edge soft: true, or give the services one deploy_unit)",
         )
 
-
-def find_hard_cycles(services: Mapping[str, Service]) -> list[list[str]]:
-    """Strongly connected sets of hard edges (Tarjan), ignoring edges inside one deploy_unit.
-
-    Each cycle is returned as a path in edge order starting at its smallest name, so messages are stable.
-    """
-    def unit(name: str) -> str | None:
-        return services[name].deploy_unit if name in services else None
-
-    graph = {
-        name: sorted(
-            dep for dep in svc.hard_deps
-            if dep in services and dep != name and not (svc.deploy_unit and unit(dep) == svc.deploy_unit)
-        )
-        for name, svc in services.items()
-    }
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-    counter = 0
-
-    def visit(node: str) -> None:
-        nonlocal counter
-        index[node] = low[node] = counter
-        counter += 1
-        stack.append(node)
-        on_stack.add(node)
-        for dep in graph[node]:
-            if dep not in index:
-                visit(dep)
-                low[node] = min(low[node], low[dep])
-            elif dep in on_stack:
-                low[node] = min(low[node], index[dep])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                components.append(component)
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return [_cycle_path(graph, set(c)) for c in sorted(components, key=min)]
-
-
-def _cycle_path(graph: dict[str, list[str]], members: set[str]) -> list[str]:
-    """The shortest cycle through the component's smallest member (breadth-first), for a readable message."""
-    start = min(members)
-    came_from: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for dep in graph[node]:
-                if dep == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(came_from[path[-1]])
-                    return list(reversed(path))
-                if dep in members and dep not in came_from:
-                    came_from[dep] = node
-                    following.append(dep)
-        frontier = following
-    return [start]
-
-
-def topological_order(services: Mapping[str, Service]) -> list[str]:
-    """Providers before consumers along hard edges (stable by name)."""
-    order: list[str] = []
-    done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for dep in sorted(services[name].hard_deps):
-            if dep in services:
-                visit(dep)
-        order.append(name)
-
-    for name in sorted(services):
-        visit(name)
-    return order

@@ -1,0 +1,173 @@
+"""The fleet as typed, immutable values: what a validated manifest describes (release_graph.fleet.loader reads it).
+
+Plain Python: no Dagster, no files read, no subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
+SCANNERS = ("none", "ecr", "trivy", "grype")
+AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """`A depends on name`. Hard edges order deployments; soft ones are recorded as metadata only."""
+
+    name: str
+    soft: bool = False
+    startup_only: bool = False  # only a start-up ordering was seen (compose depends_on), no call
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Build:
+    context: str = "."  # relative to the service's path inside its repo
+    dockerfile: str = "Dockerfile"  # relative to the context
+    target: str | None = None  # the stage that is released; None = the last stage
+    test_target: str | None = "test"  # the stage whose container runs the unit tests
+    integration_target: str | None = None  # the stage whose container runs the integration tests
+    args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    repo: str | None = None
+    repo_url: str | None = None
+    branch: str = "main"
+    path: str = "."
+    build: Build | None = None
+    image: str | None = None
+    port: int | None = None
+    health: str | None = "/healthz"
+    depends_on: tuple[Edge, ...] = ()
+    owners: tuple[str, ...] = ()
+    description: str = ""
+    language: str | None = None
+    infrastructure: bool = False
+    deploy_unit: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def group(self) -> str:
+        """Dagster group names cannot hold `-`."""
+        return self.name.replace("-", "_")
+
+    @property
+    def is_prebuilt(self) -> bool:
+        return self.build is None
+
+    @property
+    def is_local_repo(self) -> bool:
+        return self.repo is not None and not GIT_URL.match(self.repo)
+
+    @property
+    def hard_deps(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.depends_on if not e.soft)
+
+    @property
+    def soft_deps(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.depends_on if e.soft)
+
+    def image_repository(self, fleet: Fleet) -> str:
+        return f"{fleet.registry}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret's value lives; resolved only at deploy time, never stored or shown."""
+
+    source: str  # "aws" (Secrets Manager secret id) or "env" (a variable of the orchestrator's process)
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    target: str = "docker"
+    approval: str | None = None
+    approvers: tuple[str, ...] = ()  # empty: anyone may approve
+    author_cannot_approve: bool = False
+    branch: str | None = None  # git-based promotion: a new head here promotes that commit's digest
+    publish: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # service -> host port
+    config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
+    scan_threshold: str | None = None  # the lowest vulnerability severity that blocks a deploy here
+
+    @property
+    def requires_approval(self) -> bool:
+        return self.approval == "required"
+
+    def service_env(self, service: Service) -> dict[str, str]:
+        """Plain configuration for one service here: the service's own, then this environment's."""
+        return {**service.env, **self.config.get(service.name, {})}
+
+
+@dataclass(frozen=True)
+class E2ETests:
+    """The fleet's end-to-end tests: an image built from a folder beside the manifest, run per environment."""
+
+    context: str  # relative to the manifest's folder
+    dockerfile: str = "Dockerfile"
+    target: str | None = None
+
+
+
+
+@dataclass(frozen=True)
+class EcrSettings:
+    """Where the ECR scanner asks: the region, an endpoint (None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time,
+    else AWS itself) and the registry's account id (None: the caller's)."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    registry_id: str | None = None
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
+
+@dataclass(frozen=True)
+class Security:
+    """The fleet's security gates (top-level `security:`); the defaults turn off everything that needs setup."""
+
+    waivers: Path | None = None  # absolute; None: no waivers file
+    scanner: str = "none"  # none, ecr, trivy, grype
+    ecr: EcrSettings | None = None  # only with scanner: ecr
+    # None: no compliance check (dockerfile_lint still runs); () : the check runs and blocks nothing.
+    compliance_blocking: tuple[str, ...] | None = None
+    sbom: bool = True
+    # Where compliance_blocking is written (`fleet.yaml:12`): its rule ids are checked against the installed
+    # tools by `release-graph validate` and by the compliance check, not while the manifest loads.
+    compliance_blocking_at: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    registry: str
+    services: Mapping[str, Service]
+    environments: Mapping[str, Environment]
+    source_file: Path
+    sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
+    e2e: E2ETests | None = None
+    security: Security = Security()
+
+    @property
+    def root(self) -> Path:
+        return self.source_file.parent
+
+    @property
+    def built_services(self) -> tuple[Service, ...]:
+        return tuple(s for s in self.services.values() if not s.is_prebuilt)

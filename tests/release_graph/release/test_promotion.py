@@ -1,0 +1,286 @@
+"""The promotion rules as release stories, on a bare instance: no container engine, no registry, no git.
+
+Each story records what the stages would have recorded (materializations with a digest, check evaluations for
+that digest) and asks the rule in release_graph/release/promotion.py whether a promotion or an approval may go
+on. A refusal is a ReleaseStepError whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import dagster as dg
+import pytest
+
+from release_graph.fleet import load_fleet
+from release_graph.release import metadata as M
+from release_graph.release import promotion
+from release_graph.release.errors import ReleaseStepError
+from release_graph.release.keys import approval_key, environment_key, image_key
+
+BUILT = "sha256:" + "b" * 64  # built by orders/image, tests and scans passed
+NEWER = "sha256:" + "c" * 64  # built by orders/image later, never deployed anywhere
+BY_HAND = "sha256:" + "d" * 64  # pushed to the registry by hand: no orders/image materialization has it
+AUTHOR = "Joanna Smith <joanna@shop.example>"
+
+MANIFEST = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+services:
+  orders:
+    repo: https://git.shop.example/orders.git
+    build: {dockerfile: Dockerfile, test_target: test}
+    port: 8080
+environments:
+  dev: {target: docker}
+  staging: {target: docker}
+  prod:
+    target: docker
+    approval: required
+    approvers: [rm@shop.example, joanna@shop.example]
+    author_cannot_approve: true
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(textwrap.dedent(MANIFEST))
+    return load_fleet(path, check_files=False)
+
+
+@pytest.fixture
+def orders(fleet):
+    return fleet.services["orders"]
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def record(instance, key: dg.AssetKey, **metadata) -> None:
+    """`key` recorded this metadata, as its step would (outside a run: fast, and no run id)."""
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata=metadata))
+
+
+def record_in_run(instance, key: dg.AssetKey, **metadata) -> str:
+    """Materialize `key` in a run of its own, with this metadata; returns the run id (approvals are told apart by
+    their run)."""
+
+    @dg.asset(key=key)
+    def stage() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=metadata)
+
+    return dg.materialize([stage], instance=instance).run_id
+
+
+def evaluate(instance, key: dg.AssetKey, check: str, digest: str, *, passed: bool) -> None:
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=key, check_name=check, passed=passed, metadata={M.DIGEST: digest},
+    ))
+
+
+def build(instance, service, digest: str, *, sha: str = "1a2b3c4d", author: str = AUTHOR,
+          unit_tests: bool = True, sast: bool = True) -> None:
+    """orders/image recorded `digest` built from commit `sha`, and its blocking checks evaluated for it."""
+    record(instance, image_key(service), **{M.DIGEST: digest, M.GIT_SHA: sha, M.AUTHOR: author})
+    evaluate(instance, image_key(service), "unit_tests", digest, passed=unit_tests)
+    evaluate(instance, image_key(service), "sast", digest, passed=sast)
+
+
+def deploy(instance, service, environment: str, digest: str, *, healthy: bool = True, **metadata) -> None:
+    key = environment_key(service, environment)
+    record(instance, key, **{M.DIGEST: digest, M.GIT_SHA: "1a2b3c4d", **metadata})
+    evaluate(instance, key, "healthy", digest, passed=healthy)
+
+
+def approve(instance, service, environment, digest: str, approver: str = "rm@shop.example") -> str:
+    return record_in_run(instance, approval_key(service, environment), **{M.DIGEST: digest, M.APPROVER: approver})
+
+
+# --- which digest a stage may take ------------------------------------------------------------------------
+
+
+def test_given_a_digest_that_never_passed_dev_when_staging_is_asked_for_it_then_it_is_refused(
+        instance, fleet, orders):
+    build(instance, orders, BUILT)
+    deploy(instance, orders, "dev", BUILT)
+    build(instance, orders, NEWER)  # built and checked, but never deployed to dev
+    staging = fleet.environments["staging"]
+
+    with pytest.raises(ReleaseStepError, match=rf"digest {NEWER} never passed orders/dev: refused"):
+        promotion.choose_digest(instance, fleet, orders, staging, requested=NEWER)
+    # what dev passed is what staging takes, by default or by name
+    assert promotion.choose_digest(instance, fleet, orders, staging).digest == BUILT
+    assert promotion.choose_digest(instance, fleet, orders, staging, requested=BUILT).digest == BUILT
+
+
+def test_given_nothing_passed_dev_yet_when_staging_deploys_then_it_is_refused(instance, fleet, orders):
+    build(instance, orders, BUILT)
+    with pytest.raises(ReleaseStepError, match="nothing has passed orders/dev yet"):
+        promotion.choose_digest(instance, fleet, orders, fleet.environments["staging"])
+
+
+def test_given_a_built_digest_whose_unit_tests_failed_when_dev_deploys_it_then_it_is_refused(
+        instance, fleet, orders):
+    build(instance, orders, BUILT, unit_tests=False)
+    dev = fleet.environments["dev"]
+    with pytest.raises(ReleaseStepError, match=rf"digest {BUILT} did not pass orders/image "
+                       r"\(blocking checks not passed: unit_tests\)"):
+        promotion.choose_digest(instance, fleet, orders, dev)
+    with pytest.raises(ReleaseStepError, match="blocking checks not passed: unit_tests"):
+        promotion.choose_digest(instance, fleet, orders, dev, requested=BUILT)
+
+
+def test_given_a_digest_that_was_deployed_but_unhealthy_in_dev_when_staging_deploys_it_then_it_is_refused(
+        instance, fleet, orders):
+    build(instance, orders, BUILT)
+    deploy(instance, orders, "dev", BUILT, healthy=False)
+    with pytest.raises(ReleaseStepError, match=r"did not pass orders/dev \(blocking checks not passed: healthy\)"):
+        promotion.choose_digest(instance, fleet, orders, fleet.environments["staging"])
+
+
+def test_given_a_digest_whose_checks_never_ran_when_dev_deploys_it_then_it_is_refused(instance, fleet, orders):
+    record(instance, image_key(orders), **{M.DIGEST: BUILT, M.GIT_SHA: "1a2b3c4d"})  # no check evaluations
+    with pytest.raises(ReleaseStepError, match="blocking checks not passed: unit_tests, sast"):
+        promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"])
+
+
+def test_given_a_failed_check_then_a_passing_rerun_for_the_same_digest_when_dev_deploys_then_it_goes_on(
+        instance, fleet, orders):
+    build(instance, orders, BUILT, sast=False)
+    evaluate(instance, image_key(orders), "sast", BUILT, passed=True)  # the newest evaluation counts
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == BUILT
+
+
+# --- provenance: only what orders/image built is promoted ------------------------------------------------
+
+
+def test_given_a_digest_pushed_by_hand_and_recorded_in_dev_when_staging_takes_it_then_provenance_refuses_it(
+        instance, fleet, orders):
+    build(instance, orders, BUILT)
+    # dev shows a healthy deployment of a digest no orders/image materialization produced
+    deploy(instance, orders, "dev", BY_HAND)
+    staging = fleet.environments["staging"]
+    assert promotion.choose_digest(instance, fleet, orders, staging).digest == BY_HAND  # it did pass dev
+
+    with pytest.raises(ReleaseStepError, match=rf"digest {BY_HAND} was not produced by orders/image: refused"):
+        promotion.verify_provenance(instance, orders, staging, BY_HAND)
+    promotion.verify_provenance(instance, orders, staging, BUILT)  # what the image step built goes on
+
+
+def test_given_a_digest_pushed_by_hand_when_the_staging_step_runs_then_it_refuses_before_touching_the_target(
+        instance, fleet, orders):
+    """The deploy step itself applies the provenance rule, before secrets or the target are touched."""
+    from release_graph.assets.deployment import deployment_asset
+
+    build(instance, orders, BUILT)
+    deploy(instance, orders, "dev", BY_HAND)
+    touched = []
+
+    class Untouchable:
+        def __getattr__(self, name):
+            if name.startswith("_"):  # Dagster probing the object while wrapping it as a resource
+                raise AttributeError(name)
+            touched.append(name)
+            raise AssertionError(f"the step reached the adapters ({name}) with a digest of unknown provenance")
+
+    step = deployment_asset(fleet, orders, fleet.environments["staging"])
+    result = dg.materialize([step], instance=instance, raise_on_error=False,
+                            resources={"docker_target": Untouchable(), "secrets": Untouchable(),
+                                       "engine": Untouchable()})
+    assert not result.success and touched == []
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert f"digest {BY_HAND} was not produced by orders/image: refused" in failure.step_failure_data.error.message
+
+
+# --- approvals -----------------------------------------------------------------------------------------
+
+
+def released_to_staging(instance, fleet, orders, digest: str = BUILT) -> None:
+    build(instance, orders, digest)
+    deploy(instance, orders, "dev", digest)
+    deploy(instance, orders, "staging", digest)
+
+
+def test_given_an_approval_of_another_digest_when_prod_deploys_then_it_is_refused(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    prod = fleet.environments["prod"]
+    approve(instance, orders, prod, NEWER)
+    with pytest.raises(ReleaseStepError, match=rf"the latest approval is for {NEWER}, not for {BUILT}"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+def test_given_no_approval_when_prod_deploys_then_it_is_refused(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    with pytest.raises(ReleaseStepError, match="needs an approval: release-graph approve orders --env prod"):
+        promotion.verify_approval(instance, orders, fleet.environments["prod"], BUILT)
+
+
+def test_given_an_approval_already_used_when_prod_deploys_again_then_it_is_refused(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    prod = fleet.environments["prod"]
+    approval_run = approve(instance, orders, prod, BUILT)
+    assert promotion.verify_approval(instance, orders, prod, BUILT).run_id == approval_run
+    # prod deployed with that approval; the same approval does not release a second time
+    deploy(instance, orders, "prod", BUILT, **{M.APPROVAL_RUN_ID: approval_run})
+    with pytest.raises(ReleaseStepError, match="the latest approval has already been used"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+    # a new approval of the same digest releases it again
+    approve(instance, orders, prod, BUILT)
+    promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+def test_given_an_approval_of_a_digest_staging_does_not_run_then_it_is_refused(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    prod = fleet.environments["prod"]
+    with pytest.raises(ReleaseStepError, match=rf"refused approval of {NEWER}: orders/staging runs {BUILT}"):
+        promotion.approvable_digest(instance, fleet, orders, prod, NEWER)
+    assert promotion.approvable_digest(instance, fleet, orders, prod, None).digest == BUILT
+
+
+def test_given_an_approver_not_in_the_list_when_they_approve_prod_then_they_are_refused(fleet, orders):
+    prod = fleet.environments["prod"]
+    with pytest.raises(ReleaseStepError, match=r"'mallory@shop.example' may not approve here "
+                       r"\(approvers: rm@shop.example, joanna@shop.example\)"):
+        promotion.verify_approver(orders, prod, "mallory@shop.example", AUTHOR)
+    promotion.verify_approver(orders, prod, "rm@shop.example", AUTHOR)
+
+
+def test_given_the_commit_author_when_she_approves_her_own_change_then_she_is_refused(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    prod = fleet.environments["prod"]
+    # the author comes from what orders/image recorded for exactly this digest
+    author = promotion.commit_author(instance, orders, BUILT)
+    assert author == AUTHOR
+    with pytest.raises(ReleaseStepError, match="'joanna@shop.example' wrote this commit and may not approve it"):
+        promotion.verify_approver(orders, prod, "joanna@shop.example", author)
+    # another approver from the list approves her change
+    promotion.verify_approver(orders, prod, "rm@shop.example", author)
+
+
+def test_given_a_digest_built_from_someone_elses_commit_when_joanna_approves_then_she_may(instance, fleet, orders):
+    released_to_staging(instance, fleet, orders)
+    build(instance, orders, NEWER, author="Ann Lee <ann@shop.example>")
+    assert promotion.commit_author(instance, orders, NEWER) == "Ann Lee <ann@shop.example>"
+    promotion.verify_approver(orders, fleet.environments["prod"], "joanna@shop.example",
+                              promotion.commit_author(instance, orders, NEWER))
+
+
+@pytest.mark.parametrize(("approver", "author", "same_person"), [
+    ("joanna@x", "Joanna <joanna@x>", True),  # the email
+    ("Joanna", "Joanna <joanna@x>", True),  # the full name
+    ("JOANNA@X", "Joanna <joanna@x>", True),  # case-insensitive
+    (" joanna@x ", "Joanna <joanna@x>", True),
+    ("Joanna <joanna@x>", "Joanna <joanna@x>", True),  # the whole identity
+    ("ann", "Joanna <joanna@x>", False),  # never a substring of the name ...
+    ("anna@x", "Joanna <joanna@x>", False),  # ... nor of the email
+    ("joanna", "Joanna Smith <joanna@x>", False),  # a first name is not the full name
+    ("x", "Joanna <joanna@x>", False),
+    ("joanna@x", "", False),  # unknown author: the rule cannot apply
+    ("", "Joanna <joanna@x>", False),
+])
+def test_the_author_rule_matches_exact_identities_only(approver, author, same_person):
+    assert promotion.is_author(approver, author) is same_person

@@ -1,0 +1,45 @@
+"""The adapters are configured in one place, release_graph/wiring.py: the scanner from the manifest's `security:`."""
+
+from __future__ import annotations
+
+import textwrap
+
+from release_graph.fleet import load_fleet
+from release_graph.wiring import build_definitions, default_resources
+
+MANIFEST = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+{security}services:
+  orders:
+    repo: https://git.shop.example/orders.git
+    build: {{dockerfile: Dockerfile}}
+environments:
+  dev: {{target: docker}}
+"""
+
+
+def fleet_with(tmp_path, security: str = ""):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(textwrap.dedent(MANIFEST.format(security=security)))
+    return load_fleet(path, check_files=False)
+
+
+def test_the_scanner_is_the_backend_the_manifest_names(tmp_path):
+    fleet = fleet_with(tmp_path, "security:\n  scanner: ecr\n  ecr: {region: eu-west-1, registry_id: "
+                                 "'123456789012', endpoint_url: 'http://127.0.0.1:5999'}\n")
+    resources = default_resources(fleet)
+    scanner = resources["scanner"]
+    assert (scanner.backend, scanner.ecr_region, scanner.ecr_registry_id, scanner.ecr_endpoint_url) == (
+        "ecr", "eu-west-1", "123456789012", "http://127.0.0.1:5999")
+    # the vulnerability_scan check gets it by type; nothing else constructs a scanner
+    defs = build_definitions(fleet)
+    (check,) = [c for c in defs.asset_checks if "vulnerability_scan" in {k.name for k in c.check_keys}]
+    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry"}
+    defs.resolve_implicit_global_asset_job_def()  # every required resource is there
+
+
+def test_without_a_scanner_in_the_manifest_the_resource_scans_nothing(tmp_path):
+    assert default_resources(fleet_with(tmp_path))["scanner"].backend == "none"
+    assert default_resources()["scanner"].backend == "none"
+    assert default_resources(fleet_with(tmp_path, "security:\n  scanner: grype\n"))["scanner"].backend == "grype"
