@@ -59,11 +59,12 @@ class ReleaseWorld:
     # --- sensors -----------------------------------------------------------------------------------
     def tick(self, sensor_name: str):
         sensor = self.defs.resolve_sensor_def(sensor_name)
-        context = dg.build_sensor_context(
+        # A context manager: deploy_targets nests the engine resource, which Dagster sets up and tears down.
+        with dg.build_sensor_context(
             instance=self.instance, cursor=self.sensor_cursors.get(sensor_name), resources=self.resources,
             definitions=self.defs,
-        )
-        result = sensor(context)
+        ) as context:
+            result = sensor(context)
         if isinstance(result, dg.SensorResult):
             if result.cursor is not None:
                 self.sensor_cursors[sensor_name] = result.cursor
