@@ -199,13 +199,15 @@ class Bench:
             from resources.git import GitResource
             from resources.registry import Registry
             from resources.secrets import SecretsResource
-            from resources.targets import DockerTarget
+            from resources.targets import DeployTargets, DockerTargetConfig
 
+            engine = ContainerEngine()
             self._resources = {
                 "git": GitResource(mirror_dir=str(self.work / "mirrors")),
-                "engine": ContainerEngine(),
+                "engine": engine,
                 "registry": Registry(),
-                "docker_target": DockerTarget(state_dir=str(self.work / "targets")),
+                "deploy_targets": DeployTargets(engine=engine,
+                                                docker=DockerTargetConfig(state_dir=str(self.work / "targets"))),
                 "secrets": SecretsResource(),
             }
         return self._resources
@@ -496,11 +498,12 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def bench_deploy(bench: Bench, section: Section) -> None:
+    from resources import labels as L
     from resources.targets import DeploymentSpec
 
     if len(bench.digests) < 2:
         raise RuntimeError("needs two built digests of the service: run section (c) first")
-    target = bench.resources()["docker_target"]
+    target = bench.resources()["deploy_targets"].for_environment("docker")
     repository = f"{bench.registry}/{BUILT_SERVICE}"
     (sha_a, digest_a), (sha_b, digest_b) = bench.digests[0], bench.digests[-1]
 
@@ -508,7 +511,7 @@ def bench_deploy(bench: Bench, section: Section) -> None:
         return DeploymentSpec(
             fleet=bench.fleet_name, environment=environment, service=BUILT_SERVICE,
             image=f"{repository}@{digest}", port=8080, health="/healthz",
-            env={"GIT_SHA": sha}, publish=port, labels={"io.release-graph.git-sha": sha},
+            env={"GIT_SHA": sha}, publish=port, labels={L.GIT_SHA: sha},
         )
 
     def serves(port: int, sha: str) -> None:
@@ -537,8 +540,8 @@ def bench_deploy(bench: Bench, section: Section) -> None:
             raise RuntimeError(f"switching {environment} to a new digest reported no change")
         serves(port, sha_b)
         section.row("new digest replaces the running one",
-                    f"start beside, health gate, move the name and the haproxy route, drain {target.drain_seconds:g} s,"
-                    " stop the old").samples.append(seconds)
+                    "start beside, health gate, move the name and the haproxy route, "
+                    f"drain {target.config.drain_seconds:g} s, stop the old").samples.append(seconds)
         seconds, _ = timed(target.teardown_environment, bench.fleet_name, environment)
         bench.environments.remove(environment)
         section.row("teardown of the environment", "containers, network, haproxy").samples.append(seconds)
@@ -630,7 +633,7 @@ def cleanup(bench: Bench) -> list[str]:
     """Remove everything the run created; returns what could not be removed (reported, never hidden)."""
     problems: list[str] = []
     if bench._resources is not None and bench.fleet_name:
-        target = bench._resources["docker_target"]
+        target = bench._resources["deploy_targets"].for_environment("docker")
         for environment in list(bench.environments):
             try:
                 target.teardown_environment(bench.fleet_name, environment)
@@ -647,9 +650,12 @@ def cleanup(bench: Bench) -> list[str]:
             import docker
 
             client = docker.from_env(timeout=120)
-            leftovers = {"label": f"release-graph.fleet={bench.fleet_name}"}
-            for container in client.containers.list(all=True, filters=leftovers, ignore_removed=True):
-                container.remove(force=True)
+            from resources import labels as L
+
+            for selectors in L.selectors((L.FLEET, bench.fleet_name)):
+                leftovers = {"label": selectors}
+                for container in client.containers.list(all=True, filters=leftovers, ignore_removed=True):
+                    container.remove(force=True)
             client.close()
         except Exception as exc:
             problems.append(f"containers of {bench.fleet_name}: {type(exc).__name__}: {exc}")

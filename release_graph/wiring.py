@@ -34,15 +34,19 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     from resources.git import GitResource
     from resources.registry import Registry
     from resources.secrets import SecretsResource
-    from resources.targets import DockerTarget
+    from resources.targets import DeployTargets, DockerTargetConfig
 
+    engine = ContainerEngine()
     return {
         "git": GitResource(mirror_dir=str(state_dir() / "git-mirrors")),
-        "engine": ContainerEngine(),
+        "engine": engine,
         "registry": Registry(),
         "scanner": scanner_resource(fleet),
-        # haproxy state for published ports must be the same folder for the UI, the daemon and every run.
-        "docker_target": DockerTarget(state_dir=str(state_dir() / "targets")),
+        # The docker target runs its containers on the same engine; haproxy state for published ports must be
+        # the same folder for the UI, the daemon and every run.
+        "deploy_targets": DeployTargets(
+            engine=engine, docker=DockerTargetConfig(state_dir=str(state_dir() / "targets"))
+        ),
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
     }
 

@@ -42,9 +42,10 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.utils.json_stream import json_stream
 from pydantic import Field, PrivateAttr
 
+from resources import labels as L
 from resources.registry import Registry, RegistryError, is_loopback_host, parse_image_reference
 
-RELEASE_GRAPH_LABEL = "release-graph"
+RELEASE_GRAPH_LABEL = L.MANAGED  # "1" on every container and network this engine creates
 BUILD_LOG_TAIL_LINES = 30
 RUN_LOG_TAIL_LINES = 100
 MAX_COPY_OUT_BYTES = 100 * 1024 * 1024
@@ -170,6 +171,10 @@ class ContainerEngine(dg.ConfigurableResource):
 
     def _engine_address(self) -> str:
         return self.docker_host or os.environ.get("DOCKER_HOST") or "the default Docker socket"
+
+    def engine_address(self) -> str:
+        """Where the engine is, for messages: `docker_host`, else $DOCKER_HOST, else the default socket."""
+        return self._engine_address()
 
     def _client_kwargs(self) -> dict[str, Any]:
         if self.docker_host:

@@ -1,6 +1,6 @@
 """Drift: what actually runs in each environment, compared with the last recorded deployment.
 
-Each tick reads the running containers of every docker environment and records an `in_sync` evaluation
+Each tick asks the deploy target of every environment what runs there and records an `in_sync` evaluation
 on `<svc>/<env>` whenever the answer changes (a container stopped or replaced by hand fails it; a
 redeploy that restores the recorded digest passes it again). The cursor holds the last answer per
 deployment, so an unchanged fleet writes nothing to the event log.
@@ -16,7 +16,7 @@ from release_graph.fleet import Fleet
 from release_graph.release import history
 from release_graph.release.keys import environment_key
 from release_graph.release.matrix import in_sync_evaluation
-from resources.targets import DockerTarget
+from resources.targets import DeployTargets, TargetNotConfigured
 
 
 def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
@@ -27,13 +27,14 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def environment_drift(context: dg.SensorEvaluationContext, docker_target: DockerTarget):
+    def environment_drift(context: dg.SensorEvaluationContext, deploy_targets: DeployTargets):
         previous = json.loads(context.cursor) if context.cursor else {}
         answers, events, drifted = {}, [], []
-        target = docker_target
         for environment in fleet.environments.values():
-            if environment.target != "docker":
-                continue
+            try:
+                target = deploy_targets.for_environment(environment.target)
+            except TargetNotConfigured:
+                continue  # nothing can run there, so nothing has drifted
             running = target.running_services(fleet.name, environment.name)
             for service in fleet.services.values():
                 key = environment_key(service, environment)

@@ -37,6 +37,10 @@ from release_graph.release.promotion import (
     verify_provenance,
 )
 from release_graph.release.tags import release_tags
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.secrets import SecretsResource
+from resources.targets import DeploymentSpec, DeployTarget, DeployTargets, TargetNotConfigured
 
 
 class DeployConfig(dg.Config):
@@ -102,10 +106,8 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
 
 
 @retry_when_transient("the deployment")
-def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service: Service,
-                           environment: Environment) -> dg.MaterializeResult:
-    from resources.targets import DeploymentSpec
-
+def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service: Service, environment: Environment,
+                           deploy_targets: DeployTargets, secrets_resource: SecretsResource) -> dg.MaterializeResult:
     record = choose_digest(context.instance, fleet, service, environment, config.digest)
     digest = record.digest
     verify_provenance(context.instance, service, environment, digest)
@@ -115,10 +117,10 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     git_sha = record.git_sha or ""
     context.instance.add_run_tags(context.run.run_id, release_tags(service.name, git_sha, environment.name))
     # Secrets resolve before anything stops: a missing one leaves the running version untouched.
-    secrets = context.resources.secrets.resolve(
+    secrets = secrets_resource.resolve(
         environment.secrets.get(service.name, {}), environment=environment.name, service=service.name
     )
-    target = _target(context, service, environment)
+    target = target_for(deploy_targets, service, environment)
     started = time.monotonic()
     result = target.deploy(DeploymentSpec(
         fleet=fleet.name,
@@ -131,7 +133,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         env={**environment.service_env(service), **({"GIT_SHA": git_sha} if git_sha else {})},
         secrets=secrets,
         publish=environment.publish.get(service.name),
-        labels={"io.release-graph.git-sha": git_sha},
+        labels={L.GIT_SHA: git_sha},
     ))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"
@@ -175,11 +177,12 @@ def rollback_metadata(instance, fleet: Fleet, service: Service, environment: Env
     return {M.ROLLED_BACK_FROM: replaced or ""}
 
 
-def _target(context, service: Service, environment: Environment):
-    if environment.target != "docker":
-        raise refuse(service, environment, f"target '{environment.target}' is not configured on this instance "
-                      "(see docs/operations.md: Kubernetes)")
-    return context.resources.docker_target
+def target_for(deploy_targets: DeployTargets, service: Service, environment: Environment) -> DeployTarget:
+    """The target of the environment's `target:`; a refusal (nothing changed) when this instance has none."""
+    try:
+        return deploy_targets.for_environment(environment.target)
+    except TargetNotConfigured as exc:
+        raise refuse(service, environment, str(exc)) from None
 
 
 def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -> dg.AssetsDefinition:
@@ -233,18 +236,19 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
         ),
         check_specs=check_specs,
         pool=pool_name(service, environment),
-        required_resource_keys={"docker_target", "secrets", "engine"},
         **asset_attributes(service),
     )
-    def deployment(context: dg.AssetExecutionContext, config: DeployConfig) -> dg.MaterializeResult:
-        deployed = materialize_deployment(context, config, fleet, service, environment)
+    def deployment(context: dg.AssetExecutionContext, config: DeployConfig, deploy_targets: DeployTargets,
+                   secrets: SecretsResource, engine: ContainerEngine) -> dg.MaterializeResult:
+        deployed = materialize_deployment(context, config, fleet, service, environment, deploy_targets, secrets)
+        target = target_for(deploy_targets, service, environment)
         digest = deployed.metadata[M.DIGEST]
         evidence = [
-            deployment_checks.check_healthy(context, fleet, service, environment, digest),
-            deployment_checks.check_in_sync(context, fleet, service, environment, digest),
+            deployment_checks.check_healthy(context, fleet, service, environment, target, digest),
+            deployment_checks.check_in_sync(context, fleet, service, environment, target, digest),
         ]
         if environment.target == "docker":
-            evidence.append(check_hardening(context, fleet, service, environment, digest))
+            evidence.append(check_hardening(context, fleet, service, environment, target, engine, digest))
         return dg.MaterializeResult(data_version=deployed.data_version, metadata=deployed.metadata,
                                     check_results=evidence)
 

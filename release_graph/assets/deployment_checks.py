@@ -12,6 +12,7 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import environment_key
 from release_graph.release.matrix import in_sync_evaluation
+from resources.targets import DeployTarget
 
 
 def _recorded(context, service: Service, environment: Environment):
@@ -21,10 +22,9 @@ def _recorded(context, service: Service, environment: Environment):
     return record
 
 
-def check_healthy(context, fleet: Fleet, service: Service, environment: Environment,
+def check_healthy(context, fleet: Fleet, service: Service, environment: Environment, target: DeployTarget,
                   digest: str | None = None) -> dg.AssetCheckResult:
     digest = digest or _recorded(context, service, environment).digest
-    target = context.resources.docker_target
     actual = target.running(fleet.name, environment.name, service.name)
     probe = target.probe(fleet.name, environment.name, service.name, port=service.port, path=service.health)
     passed = actual is not None and actual.running and probe.healthy
@@ -41,10 +41,10 @@ def check_healthy(context, fleet: Fleet, service: Service, environment: Environm
     )
 
 
-def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment,
+def check_in_sync(context, fleet: Fleet, service: Service, environment: Environment, target: DeployTarget,
                   digest: str | None = None) -> dg.AssetCheckResult:
     digest = digest or _recorded(context, service, environment).digest
-    actual = context.resources.docker_target.running(fleet.name, environment.name, service.name)
+    actual = target.running(fleet.name, environment.name, service.name)
     passed, metadata = in_sync_evaluation(fleet, service, environment, digest, actual)
     return dg.AssetCheckResult(check_name="in_sync", passed=passed, metadata=metadata,
                                description=metadata["drift"])

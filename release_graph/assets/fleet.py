@@ -14,6 +14,9 @@ from release_graph.fleet import Environment, Fleet
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import MATRIX_KEY, e2e_key, environment_key
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.targets import DeployTarget, DeployTargets
 
 E2E_TIMEOUT_SECONDS = 600
 
@@ -48,17 +51,17 @@ def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
         automation_condition=e2e_condition(deployments, label=f"a deployment in {environment.name} changed"),
         check_specs=[dg.AssetCheckSpec("e2e_tests", asset=key, blocking=True,
                                        description="JUnit XML of the end-to-end test container")],
-        required_resource_keys={"engine", "docker_target"},
         tags={"release/env": environment.name},
     )
-    def e2e(context: dg.AssetExecutionContext):
-        yield from run_e2e(context, fleet, environment)
+    def e2e(context: dg.AssetExecutionContext, engine: ContainerEngine, deploy_targets: DeployTargets):
+        yield from run_e2e(context, fleet, environment, engine=engine,
+                           target=deploy_targets.for_environment(environment.target))
 
     return e2e
 
 
 @retry_when_transient("the end-to-end tests")
-def run_e2e(context, fleet: Fleet, environment: Environment):
+def run_e2e(context, fleet: Fleet, environment: Environment, *, engine: ContainerEngine, target: DeployTarget):
     deployed = {
         name: record.digest
         for name in fleet.services
@@ -66,7 +69,6 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
     }
     # The tested set of digests, as one stable value: the data version and what check evidence refers to.
     fingerprint = "sha256:" + hashlib.sha256(json.dumps(deployed, sort_keys=True).encode()).hexdigest()
-    engine = context.resources.engine
     tag = f"{fleet.registry}/fleet-e2e:{fingerprint[7:19]}"
     # The tests live beside the manifest, so they are built from that folder (not from a service's commit).
     engine.build(
@@ -74,11 +76,11 @@ def run_e2e(context, fleet: Fleet, environment: Environment):
         dockerfile=fleet.e2e.dockerfile,
         tag=tag,
         target=fleet.e2e.target,
-        labels={"io.release-graph.fleet": fleet.name, "io.release-graph.step": "e2e"},
+        labels={L.FLEET: fleet.name, L.STEP: "e2e"},
         buildargs={},
         on_log=stream_to_run(context),
     )
-    run = context.resources.docker_target.run_tests(
+    run = target.run_tests(
         fleet.name, environment.name, tag,
         env=service_urls(fleet),
         copy_out="/reports",

@@ -22,7 +22,10 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key, source_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
-from resources.git import GitError
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.git import GitError, GitResource
+from resources.registry import Registry
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
@@ -61,8 +64,8 @@ def image_labels(fleet: Fleet, service: Service, sha: str) -> dict[str, str]:
         "org.opencontainers.image.source": service.repo or "",
         "org.opencontainers.image.title": service.name,
         "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "io.release-graph.fleet": fleet.name,
-        "io.release-graph.service": service.name,
+        L.FLEET: fleet.name,
+        L.SERVICE: service.name,
     }
 
 
@@ -178,12 +181,11 @@ def image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
         ),
         kinds=kinds,
         metadata={"repository": repository, **edges_metadata(fleet, service)},
-        required_resource_keys={"git", "engine", "registry"},
         **asset_attributes(service),
     )
-    def image(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        r = context.resources
-        return materialize_image(context, fleet, service, r.git, r.engine, r.registry)
+    def image(context: dg.AssetExecutionContext, git: GitResource, engine: ContainerEngine,
+              registry: Registry) -> dg.MaterializeResult:
+        return materialize_image(context, fleet, service, git, engine, registry)
 
     return image
 
@@ -199,10 +201,9 @@ def prebuilt_image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
         kinds={"docker"},
         metadata={"reference": service.image, "infrastructure": service.infrastructure,
                   **edges_metadata(fleet, service)},
-        required_resource_keys={"registry"},
         **asset_attributes(service),
     )
-    def image(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return pin_prebuilt_image(context, service, context.resources.registry)
+    def image(context: dg.AssetExecutionContext, registry: Registry) -> dg.MaterializeResult:
+        return pin_prebuilt_image(context, service, registry)
 
     return image

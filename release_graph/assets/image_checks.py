@@ -21,6 +21,9 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key
 from release_graph.security import evidence
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.git import GitResource
 
 TEST_REPORTS_DIR = "/reports"
 UNIT_TEST_TIMEOUT_SECONDS = 600
@@ -49,13 +52,13 @@ def check_unit_tests(context, fleet: Fleet, service: Service, git, engine) -> dg
                 dockerfile=service.build.dockerfile,
                 tag=test_reference,
                 target=service.build.test_target,
-                labels={"io.release-graph.service": service.name, "org.opencontainers.image.revision": sha},
+                labels={L.SERVICE: service.name, "org.opencontainers.image.revision": sha},
                 buildargs=dict(service.build.args),
                 on_log=stream_to_run(context),
             )
     run = engine.run_to_completion(
         test_reference,
-        labels={"io.release-graph.service": service.name, "io.release-graph.step": "unit-tests"},
+        labels={L.SERVICE: service.name, L.STEP: "unit-tests"},
         name=f"rg-unit-{fleet.name}-{service.name}-{sha[:12]}-{context.run.run_id[:8]}",
         timeout_seconds=UNIT_TEST_TIMEOUT_SECONDS,
         copy_out=TEST_REPORTS_DIR,
@@ -155,11 +158,10 @@ def image_check_definitions(fleet: Fleet, service: Service) -> list:
             blocking=True,
             description=f"Unit tests: the `{service.build.test_target}` stage of the Dockerfile run in a "
             "container, JUnit XML from /reports.",
-            required_resource_keys={"git", "engine"},
         )
-        def unit_tests(context) -> dg.AssetCheckResult:
-            r = context.resources
-            return check_unit_tests(context, fleet, service, r.git, r.engine)
+        def unit_tests(context: dg.AssetCheckExecutionContext, git: GitResource,
+                       engine: ContainerEngine) -> dg.AssetCheckResult:
+            return check_unit_tests(context, fleet, service, git, engine)
 
         checks.append(unit_tests)
 
@@ -168,10 +170,9 @@ def image_check_definitions(fleet: Fleet, service: Service) -> list:
         name="dockerfile_lint",
         blocking=False,
         description="Dockerfile lint with hadolint: a warning, never blocking.",
-        required_resource_keys={"git"},
     )
-    def dockerfile_lint(context) -> dg.AssetCheckResult:
-        return check_dockerfile_lint(context, service, context.resources.git)
+    def dockerfile_lint(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
+        return check_dockerfile_lint(context, service, git)
 
     checks.append(dockerfile_lint)
     return checks

@@ -22,6 +22,11 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import environment_key, image_key, integration_key
 from release_graph.release.promotion import blocking_checks_passed, image_reference
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.git import GitResource
+from resources.secrets import SecretsResource
+from resources.targets import DeployTarget, DeployTargets
 
 INTEGRATION_TIMEOUT_SECONDS = 600
 
@@ -54,7 +59,8 @@ def dependency_digest(context, fleet: Fleet, name: str) -> str:
 
 
 @retry_when_transient("the integration stage")
-def run_integration(context, fleet: Fleet, service: Service):
+def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTarget, engine: ContainerEngine,
+                    git: GitResource, secrets: SecretsResource):
     instance = context.instance
     image = history.latest(instance, image_key(service))
     if image is None or not image.digest:
@@ -65,15 +71,14 @@ def run_integration(context, fleet: Fleet, service: Service):
                                f"{', '.join(failed)}: not integrated")
     sha = image.git_sha
     first = next(iter(fleet.environments.values()))
-    engine, target = context.resources.engine, context.resources.docker_target
     test_reference = f"{service.image_repository(fleet)}:{sha}-{service.build.integration_target}"
     if not engine.local_image_exists(test_reference):
         with tempfile.TemporaryDirectory(prefix=f"rg-it-{service.name}-") as tmp:
-            context_dir = export_build_context(context.resources.git, service, sha, Path(tmp))
+            context_dir = export_build_context(git, service, sha, Path(tmp))
             engine.build(
                 context_dir, dockerfile=service.build.dockerfile, tag=test_reference,
                 target=service.build.integration_target,
-                labels={"io.release-graph.service": service.name, "org.opencontainers.image.revision": sha},
+                labels={L.SERVICE: service.name, "org.opencontainers.image.revision": sha},
                 buildargs=dict(service.build.args), on_log=stream_to_run(context),
             )
     dependencies = {name: dependency_digest(context, fleet, name) for name in transitive_hard_deps(fleet, service)}
@@ -87,7 +92,7 @@ def run_integration(context, fleet: Fleet, service: Service):
                 port=member.port,
                 health=member.health,
                 env=first.service_env(member),
-                secrets=context.resources.secrets.resolve(
+                secrets=secrets.resolve(
                     first.secrets.get(name, {}), environment=first.name, service=name),
             )
             started.append(f"{name}@{digest[7:19]}")
@@ -129,10 +134,11 @@ def integration_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
                                              label=f"new image of {service.name}"),
         check_specs=[dg.AssetCheckSpec("integration_tests", asset=integration_key(service), blocking=True,
                                        description="JUnit XML of the integration-test container")],
-        required_resource_keys={"docker_target", "engine", "git", "secrets"},
         **asset_attributes(service),
     )
-    def integration(context: dg.AssetExecutionContext):
-        yield from run_integration(context, fleet, service)
+    def integration(context: dg.AssetExecutionContext, deploy_targets: DeployTargets, engine: ContainerEngine,
+                    git: GitResource, secrets: SecretsResource):
+        yield from run_integration(context, fleet, service, target=deploy_targets.for_integration(), engine=engine,
+                                   git=git, secrets=secrets)
 
     return integration

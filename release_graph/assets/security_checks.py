@@ -35,8 +35,12 @@ from release_graph.security.findings import SEVERITIES, Finding, count_by_severi
 from release_graph.security.gate import GateResult, evaluate_gate
 from release_graph.security.least_privilege import container_hardening
 from release_graph.security.waivers import Waiver, WaiverError, fleet_owners, load_waivers
+from resources import labels as L
+from resources.containers import ContainerEngine
+from resources.git import GitResource
 from resources.registry import Registry
 from resources.scanners import VulnerabilityScanner
+from resources.targets import DeployTarget
 
 FINDING_COLUMNS = ("status", "severity", "rule", "location", "tool", "message", "fixed_version")
 WAIVER_COLUMNS = ("finding", "severity", "rule", "service", "location", "owner", "reason", "expires", "source")
@@ -217,7 +221,7 @@ def check_sbom(context, fleet: Fleet, service: Service, engine) -> dg.AssetCheck
     try:
         summary = sbom.generate_sbom(
             engine.client(), repository, digest, folder,
-            labels={"io.release-graph.service": service.name, "io.release-graph.step": "sbom"},
+            labels={L.SERVICE: service.name, L.STEP: "sbom"},
             container_name=f"rg-sbom-{service.name}-{digest[7:19]}-{context.run.run_id[:8]}",
         )
     except sbom.SbomError as exc:
@@ -309,19 +313,19 @@ def check_compliance(context, fleet: Fleet, service: Service, git) -> dg.AssetCh
 # --- hardening of the running container ----------------------------------------------------------------------
 
 
-def check_hardening(context, fleet: Fleet, service: Service, environment: Environment,
-                    digest: str | None = None) -> dg.AssetCheckResult:
+def check_hardening(context, fleet: Fleet, service: Service, environment: Environment, target: DeployTarget,
+                    engine: ContainerEngine, digest: str | None = None) -> dg.AssetCheckResult:
     if digest is None:
         record = history.latest(context.instance, environment_key(service, environment))
         if record is None:
             raise ReleaseStepError(
                 f"service '{service.name}', environment '{environment.name}': nothing deployed yet")
         digest = record.digest
-    actual = context.resources.docker_target.running(fleet.name, environment.name, service.name)
+    actual = target.running(fleet.name, environment.name, service.name)
     if actual is None:
         raise ReleaseStepError(f"service '{service.name}', environment '{environment.name}': no container runs, "
                                "so its hardening cannot be inspected")
-    inspect = context.resources.engine.client().api.inspect_container(actual.container_id)
+    inspect = engine.client().api.inspect_container(actual.container_id)
     findings = container_hardening(inspect)
     host = inspect.get("HostConfig") or {}
     return dg.AssetCheckResult(
@@ -355,9 +359,9 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
     @dg.asset_check(asset=image, name="sast", blocking=True,
                     description=f"Static analysis: semgrep (the rules shipped with release-graph) and, for Python, "
                     f"bandit; findings at or above {fleet.sast_threshold} block unless waived.",
-                    required_resource_keys={"git"})
-    def sast(context) -> dg.AssetCheckResult:
-        return check_sast(context, fleet, service, context.resources.git)
+)
+    def sast(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
+        return check_sast(context, fleet, service, git)
 
     checks.append(sast)
     if settings.scanner != "none":
@@ -365,7 +369,8 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
         @dg.asset_check(asset=image, name=VULNERABILITY_SCAN, blocking=False,
                         description=f"Image vulnerability scan ({settings.scanner}): counts per severity and the "
                         "top findings. Each environment's deploy step refuses findings above its scan_threshold.")
-        def vulnerability_scan(context, scanner: VulnerabilityScanner, registry: Registry) -> dg.AssetCheckResult:
+        def vulnerability_scan(context: dg.AssetCheckExecutionContext, scanner: VulnerabilityScanner,
+                               registry: Registry) -> dg.AssetCheckResult:
             return check_vulnerability_scan(context, fleet, service, scanner, registry)
 
         checks.append(vulnerability_scan)
@@ -373,9 +378,9 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
 
         @dg.asset_check(asset=image, name="sbom", blocking=False,
                         description="CycloneDX SBOM of the image (Debian packages, Python distributions), "
-                        "stored with the run's reports.", required_resource_keys={"engine"})
-        def sbom(context) -> dg.AssetCheckResult:
-            return check_sbom(context, fleet, service, context.resources.engine)
+                        "stored with the run's reports.")
+        def sbom(context: dg.AssetCheckExecutionContext, engine: ContainerEngine) -> dg.AssetCheckResult:
+            return check_sbom(context, fleet, service, engine)
 
         checks.append(sbom)
     if settings.compliance_blocking is not None:
@@ -383,9 +388,9 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
 
         @dg.asset_check(asset=image, name="compliance", blocking=bool(settings.compliance_blocking),
                         description=f"hadolint and checkov on the Dockerfile and Kubernetes manifests; blocking "
-                        f"rules: {rules}.", required_resource_keys={"git"})
-        def compliance(context) -> dg.AssetCheckResult:
-            return check_compliance(context, fleet, service, context.resources.git)
+                        f"rules: {rules}.")
+        def compliance(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
+            return check_compliance(context, fleet, service, git)
 
         checks.append(compliance)
 

@@ -9,7 +9,7 @@ from release_graph.assets.common import asset_attributes, describe
 from release_graph.fleet import Service
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import source_key
-from resources.git import GitError
+from resources.git import GitError, GitResource
 
 
 def source_asset(service: Service) -> dg.SourceAsset:
@@ -19,11 +19,9 @@ def source_asset(service: Service) -> dg.SourceAsset:
                               + (f" (path `{service.path}`)" if service.path != "." else "")
                               + ". Observed by the `git_commits` sensor; the data version is the SHA."),
         metadata={"repo": service.repo, "branch": service.branch, "path": service.path},
-        required_resource_keys={"git"},
         **{k: v for k, v in asset_attributes(service).items() if k != "tags"},
     )
-    def source(context) -> dg.DataVersion:
-        git = context.resources.git
+    def source(git: GitResource) -> dg.DataVersion:
         try:
             return dg.DataVersion(git.release_commit(service.repo_url, service.branch, service.path))
         except GitError as exc:

@@ -155,7 +155,7 @@ def why(fleet: Fleet, service_name: str, stage: str, *, as_json: bool = False, o
 def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
     """The environment matrix with drift; non-zero when anything drifted."""
     out = out or sys.stdout
-    cells = matrix.with_drift(matrix.read_matrix(_instance(), fleet), fleet, default_resources()["docker_target"])
+    cells = matrix.with_drift(matrix.read_matrix(_instance(), fleet), fleet, default_resources()["deploy_targets"])
     if as_json:
         print(json.dumps(matrix.as_json(cells), indent=2), file=out)
     else:

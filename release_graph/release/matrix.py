@@ -58,10 +58,15 @@ def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
     return cells
 
 
-def with_drift(cells: list[MatrixCell], fleet: Fleet, target) -> list[MatrixCell]:
-    """Compare each recorded deployment with what the target actually runs."""
+def with_drift(cells: list[MatrixCell], fleet: Fleet, targets) -> list[MatrixCell]:
+    """Compare each recorded deployment with what its environment's target (`targets.for_environment`, the
+    `deploy_targets` resource) actually runs; environments whose target is not configured are left as recorded."""
+    from resources.targets import TargetNotConfigured
+
     for environment in fleet.environments.values():
-        if environment.target != "docker":
+        try:
+            target = targets.for_environment(environment.target)
+        except TargetNotConfigured:
             continue
         running = target.running_services(fleet.name, environment.name)
         for cell in cells:

@@ -51,6 +51,10 @@ class ReleaseWorld:
     sensor_cursors: dict = field(default_factory=dict)
     automation_cursor: object = None
 
+    def target(self, environment_target: str = "docker"):
+        """The deploy target the world's `deploy_targets` resource picks for `target: <environment_target>`."""
+        return self.resources["deploy_targets"].for_environment(environment_target)
+
     # --- git ---------------------------------------------------------------------------------------
     def commit(self, service: str, *, breakage: str | None = None, repair: bool = False, message=None):
         return commit_change(service, self.repos, breakage=breakage, repair=repair, message=message)
@@ -58,11 +62,12 @@ class ReleaseWorld:
     # --- sensors -----------------------------------------------------------------------------------
     def tick(self, sensor_name: str):
         sensor = self.defs.resolve_sensor_def(sensor_name)
-        context = dg.build_sensor_context(
+        # A context manager: deploy_targets nests the engine resource, which Dagster sets up and tears down.
+        with dg.build_sensor_context(
             instance=self.instance, cursor=self.sensor_cursors.get(sensor_name), resources=self.resources,
             definitions=self.defs,
-        )
-        result = sensor(context)
+        ) as context:
+            result = sensor(context)
         if isinstance(result, dg.SensorResult):
             if result.cursor is not None:
                 self.sensor_cursors[sensor_name] = result.cursor
@@ -225,21 +230,23 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
 
 def world_resources(root: Path, fleet_name: str) -> dict:
     from resources.secrets import SecretsResource
-    from resources.targets import DockerTarget
+    from resources.targets import DeployTargets, DockerTargetConfig
 
+    engine = CountingEngine()
     return {
         "git": GitResource(mirror_dir=str(root / "mirrors")),
-        "engine": CountingEngine(),
+        "engine": engine,
         "registry": Registry(),
         # haproxy's admin socket path must stay short (unix sockets): not under pytest's tmp_path.
-        "docker_target": DockerTarget(state_dir=f"/tmp/{fleet_name}-state/targets"),
+        "deploy_targets": DeployTargets(engine=engine,
+                                        docker=DockerTargetConfig(state_dir=f"/tmp/{fleet_name}-state/targets")),
         "secrets": SecretsResource(),
     }
 
 
 def cleanup_world(world: ReleaseWorld, docker_client) -> None:
     fleet = world.fleet
-    target = world.resources["docker_target"]
+    target = world.target()
     for environment in fleet.environments:
         target.teardown_environment(fleet.name, environment)
     for service in fleet.services.values():

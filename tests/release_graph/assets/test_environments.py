@@ -96,11 +96,11 @@ def test_a_provider_commit_reaches_staging_alone_and_prod_waits_for_an_approval(
     world.automate()
     prod = world.latest(key("inventory", "prod"))
     assert prod.digest == image.digest and prod.value("approved_by") == "release@shop.example"
-    running = world.resources["docker_target"].running(world.fleet.name, "prod", "inventory")
+    running = world.target().running(world.fleet.name, "prod", "inventory")
     assert running.digest == image.digest and running.digest_matches
 
     # The secret reached payments (its hash is served) and appears nowhere in Dagster's storage
-    payments = world.resources["docker_target"].running(world.fleet.name, "staging", "payments")
+    payments = world.target().running(world.fleet.name, "staging", "payments")
     with urllib.request.urlopen(f"http://{payments.address}:8080/secret-hash", timeout=5) as response:
         assert json.load(response)["sha256"] == hashlib.sha256(payments_key.encode()).hexdigest()
     assert_nowhere(Path(world.instance.root_directory), payments_key)
@@ -142,7 +142,7 @@ def test_an_image_whose_health_fails_leaves_the_running_version_serving(release_
     for request in world.tick("git_commits").run_requests:
         world.execute(request)
     world.automate()
-    target = world.resources["docker_target"]
+    target = world.target()
     before = target.running(world.fleet.name, "dev", "inventory")
     assert before is not None and before.running
     # When a commit makes /healthz answer 500
@@ -160,14 +160,14 @@ def test_an_image_whose_health_fails_leaves_the_running_version_serving(release_
 @pytest.mark.engine
 def test_a_missing_secret_fails_the_deployment_before_anything_stops(shop, monkeypatch):
     world = shop
-    before = world.resources["docker_target"].running(world.fleet.name, "dev", "payments")
+    before = world.target().running(world.fleet.name, "dev", "payments")
     monkeypatch.delenv(PAYMENTS_KEY_VARIABLE)
     build_new_commit(world, "payments")
     runs = world.automate()
     # (the integration stage needs the first environment's secrets too, so it is the first to refuse)
     failure = "\n".join(text for _, run in runs for text in world.failures(run).values())
     assert PAYMENTS_KEY_VARIABLE in failure and "service payments in environment dev" in failure, failure
-    after = world.resources["docker_target"].running(world.fleet.name, "dev", "payments")
+    after = world.target().running(world.fleet.name, "dev", "payments")
     assert after.container_id == before.container_id and after.running
 
 
@@ -176,7 +176,7 @@ def test_stopping_a_staging_container_by_hand_fails_in_sync_at_the_next_observat
     world = shop
     world.tick("environment_drift")
     assert world.check_evaluation(key("orders", "staging"), "in_sync").passed
-    running = world.resources["docker_target"].running(world.fleet.name, "staging", "orders")
+    running = world.target().running(world.fleet.name, "staging", "orders")
     docker_client.containers.get(running.container_id).stop(timeout=1)
     world.tick("environment_drift")
     evaluation = world.check_evaluation(key("orders", "staging"), "in_sync")

@@ -221,7 +221,7 @@ def test_the_ecr_scan_lets_an_image_into_staging_and_prods_deploy_step_refuses_i
         assert f"image {image.digest} is above the scan threshold 'HIGH' (blocks CRITICAL, HIGH)" in refusal
         assert "CVE-9999-9999 (HIGH) at moto_fake@9.9.9" in refusal
         assert world.latest(key("inventory", "prod")) is None
-        assert world.resources["docker_target"].running(world.fleet.name, "prod", "inventory") is None
+        assert world.target().running(world.fleet.name, "prod", "inventory") is None
 
         # An expired waiver for the finding is no way round the gate: the step refuses, naming it
         waivers_file = world.root / "waivers.yaml"
@@ -268,7 +268,7 @@ def test_a_scanner_that_is_not_installed_errors_the_scan_and_nothing_is_promoted
     digest = world.latest(INVENTORY_IMAGE).digest
     assert f"service 'inventory', environment 'dev': no vulnerability scan of {digest} is recorded" in refusal
     assert world.latest(key("inventory", "dev")) is None
-    assert world.resources["docker_target"].running(world.fleet.name, "dev", "inventory") is None
+    assert world.target().running(world.fleet.name, "dev", "inventory") is None
 
 
 @pytest.mark.engine

@@ -77,7 +77,7 @@ def test_status_approve_deploy_and_rollback_from_the_terminal(released, capsys, 
     assert cli(["status", "--json"]) == 0
     cells = {(c["service"], c["environment"]): c for c in json.loads(capsys.readouterr().out)}
     assert cells[("inventory", "prod")]["approved_by"] == "rm@shop.example"
-    running = world.resources["docker_target"].running(world.fleet.name, "dev", "inventory")
+    running = world.target().running(world.fleet.name, "dev", "inventory")
     docker_client.containers.get(running.container_id).stop(timeout=1)
     assert cli(["status"]) == 1
     assert "drift: inventory/dev" in capsys.readouterr().out
@@ -107,7 +107,7 @@ def test_status_json_exits_1_and_names_the_drift_when_a_container_was_stopped_by
     cells = {(c["service"], c["environment"]): c for c in json.loads(capsys.readouterr().out)}
     assert cells[("inventory", "dev")]["drift"] == ""
 
-    running = world.resources["docker_target"].running(world.fleet.name, "dev", "inventory")
+    running = world.target().running(world.fleet.name, "dev", "inventory")
     docker_client.containers.get(running.container_id).stop(timeout=1)
     assert cli(["status", "--json"]) == 1
     # still one JSON document (scripts parse it), with the drift in the cell that drifted

@@ -189,7 +189,7 @@ def test_given_a_digest_pushed_by_hand_when_the_staging_step_runs_then_it_refuse
 
     step = deployment_asset(fleet, orders, fleet.environments["staging"])
     result = dg.materialize([step], instance=instance, raise_on_error=False,
-                            resources={"docker_target": Untouchable(), "secrets": Untouchable(),
+                            resources={"deploy_targets": Untouchable(), "secrets": Untouchable(),
                                        "engine": Untouchable()})
     assert not result.success and touched == []
     (failure,) = [e for e in result.all_events if e.is_step_failure]

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import io
 import itertools
-import re
 import secrets
 import tarfile
 import threading
@@ -24,13 +23,16 @@ import docker
 import pytest
 from docker.errors import NotFound
 
+from resources import labels as L
+from resources.containers import ContainerEngine
 from resources.targets import (
     DeploymentFailed,
     DeploymentSpec,
+    DeployTargets,
     DockerTarget,
+    DockerTargetConfig,
     ImageNotPinned,
     ImageUnavailable,
-    InvalidDeploymentSpec,
 )
 
 pytestmark = pytest.mark.engine
@@ -141,12 +143,13 @@ def _digest(reference: str) -> str:
 
 @pytest.fixture
 def target(tmp_path_factory, run_id) -> DockerTarget:
-    return DockerTarget(
+    targets = DeployTargets(engine=ContainerEngine(), docker=DockerTargetConfig(
         health_timeout_seconds=20,
         drain_seconds=0.5,
         state_dir=str(tmp_path_factory.mktemp("targets")),
         extra_labels={TEST_RUN_LABEL: run_id},
-    )
+    ))
+    return targets.for_environment("docker")
 
 
 @pytest.fixture
@@ -157,7 +160,7 @@ def environment(target, run_id, docker_client):
     target.teardown_environment(run_id, name)
     assert not docker_client.networks.list(names=[target.network_name(run_id, name)])
     assert not docker_client.containers.list(
-        all=True, filters={"label": ["release-graph.fleet=" + run_id, "release-graph.environment=" + name]}
+        all=True, filters={"label": [f"{L.FLEET}={run_id}", f"{L.ENVIRONMENT}={name}"]}
     )
 
 
@@ -192,7 +195,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 def _service_containers(docker_client, run_id: str, environment: str) -> list:
     return docker_client.containers.list(all=True, filters={"label": [
-        f"release-graph.fleet={run_id}", f"release-graph.environment={environment}", f"release-graph.service={SERVICE}",
+        f"{L.FLEET}={run_id}", f"{L.ENVIRONMENT}={environment}", f"{L.SERVICE}={SERVICE}",
     ]})
 
 
@@ -275,11 +278,11 @@ def test_given_v1_is_deployed_then_it_answers_by_service_name_and_the_same_diges
 
     container = docker_client.containers.get(first.container_id)
     labels = container.labels
-    assert labels["release-graph"] == "1"
-    assert labels["release-graph.fleet"] == run_id
-    assert labels["release-graph.environment"] == environment
-    assert labels["release-graph.service"] == SERVICE
-    assert labels["release-graph.digest"] == first.digest
+    assert labels[L.MANAGED] == "1"
+    assert labels[L.FLEET] == run_id
+    assert labels[L.ENVIRONMENT] == environment
+    assert labels[L.SERVICE] == SERVICE
+    assert labels[L.DIGEST] == first.digest
     assert container.attrs["HostConfig"].get("Init") is True
 
     again = target.deploy(_spec(run_id, environment, images["v1"]))
@@ -328,7 +331,7 @@ def test_given_v1_serves_when_an_image_whose_healthz_fails_deploys_then_it_is_re
     target, environment, images, run_id, docker_client, free_port
 ):
     v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
-    impatient = target.model_copy(update={"health_timeout_seconds": 4})
+    impatient = target.with_config(health_timeout_seconds=4)
 
     started = time.monotonic()
     with pytest.raises(DeploymentFailed) as failure:
@@ -445,12 +448,12 @@ def test_reap_removes_orphans_stale_environments_and_expired_ephemeral_networks_
         docker_client.containers.get(kept.container_id).stop(timeout=5)  # drift: stays for the drift check
         expired_network = f"rg-{fleet}-it-dead-abc123"
         docker_client.networks.create(expired_network, internal=True, labels={
-            "release-graph": "1", "release-graph.fleet": fleet, "release-graph.ephemeral": expired_network,
-            "release-graph.expires-at": str(int(time.time()) - 10), TEST_RUN_LABEL: run_id,
+            L.MANAGED: "1", L.FLEET: fleet, L.EPHEMERAL: expired_network,
+            L.EXPIRES_AT: str(int(time.time()) - 10), TEST_RUN_LABEL: run_id,
         })
         leftover = docker_client.containers.create(
             BASE_IMAGE, ["sleep", "600"], name=f"{expired_network}-db", network=expired_network,
-            labels={"release-graph.ephemeral": expired_network, TEST_RUN_LABEL: run_id},
+            labels={L.EPHEMERAL: expired_network, TEST_RUN_LABEL: run_id},
         )
 
         with target.ephemeral_environment(fleet, "live") as live:
@@ -495,7 +498,7 @@ def test_an_ephemeral_environment_is_torn_down_even_when_its_body_raises(target,
         raise RuntimeError("integration tests blew up")
 
     assert not docker_client.networks.list(names=[network])
-    assert not docker_client.containers.list(all=True, filters={"label": f"release-graph.ephemeral={network}"})
+    assert not docker_client.containers.list(all=True, filters={"label": f"{L.EPHEMERAL}={network}"})
 
 
 def test_an_ephemeral_service_that_never_gets_healthy_fails_with_its_logs_and_is_torn_down(
@@ -525,28 +528,49 @@ def test_without_a_health_path_running_is_healthy_and_a_container_that_exits_at_
     assert [c.id for c in _service_containers(docker_client, run_id, environment)] == [quiet.container_id]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"service": "Orders_API"}, "service 'Orders_API' is not a DNS label"),
-        ({"environment": "staging!"}, "environment 'staging!' is not a DNS label"),
-        ({"port": 70000}, "api in staging: port 70000 is not a port number"),
-        ({"health": "healthz"}, "api in staging: health 'healthz' must be an HTTP path starting with '/'"),
-        ({"port": None}, "api in staging: a health path needs a port to ask"),
-        ({"port": None, "health": None, "publish": 8080}, "api in staging: publish needs the container port"),
-        ({"env": {"not-a-name": "x"}}, "api in staging: env name 'not-a-name' is not an environment variable name"),
-        ({"secrets": {"API_KEY": 12345}}, "api in staging: secrets API_KEY must be a string, not int"),
-        ({"env": {"API_KEY": "a"}, "secrets": {"API_KEY": "b"}}, "API_KEY given both as plain env and as secret"),
-        ({"labels": {"release-graph.digest": "x"}}, "labels release-graph.digest are reserved for release-graph"),
-        ({"image": "127.0.0.1:5000/shop/api"}, "is not pinned by digest"),
-        ({"image": "127.0.0.1:5000/shop/api@sha256:abc"}, "a sha256 digest has exactly 64 lowercase hex characters"),
-    ],
-)
-def test_a_bad_deployment_spec_is_refused_with_a_message_naming_service_and_field(overrides, message):
-    values = {
-        "fleet": "shop", "environment": "staging", "service": "api", "port": PORT, "health": "/healthz",
-        "image": f"127.0.0.1:5000/shop/api@sha256:{'a' * 64}",
-    } | overrides
-    unreachable = DockerTarget(docker_host="unix:///nonexistent/engine.sock")  # validation needs no engine
-    with pytest.raises(InvalidDeploymentSpec, match=re.escape(message)):
-        unreachable.deploy(DeploymentSpec(**values))
+def test_given_containers_an_earlier_version_labelled_release_graph_dot_then_they_are_listed_reaped_and_replaced(
+    target, images, run_id, docker_client, registry_addr
+):
+    fleet, environment = f"{run_id}-legacy", "old"
+    network = target.network_name(fleet, environment)
+    legacy = {"release-graph": "1", "release-graph.fleet": fleet, "release-graph.environment": environment,
+              TEST_RUN_LABEL: run_id}
+    digest = _digest(images["v1"])
+    service_labels = {**legacy, "release-graph.service": SERVICE, "release-graph.digest": digest,
+                      "release-graph.image": images["v1"], "release-graph.port": str(PORT),
+                      "release-graph.health": "/healthz"}
+    try:
+        docker_client.networks.create(network, driver="bridge", labels=legacy)
+        serving = docker_client.containers.create(  # what an earlier release-graph deployed
+            f"{registry_addr}/{run_id}/api:v1", name=f"{network}-{SERVICE}-before", labels=service_labels,
+            network=network, networking_config={network: docker_client.api.create_endpoint_config(aliases=[SERVICE])},
+        )
+        serving.start()
+        orphan = docker_client.containers.create(  # a deployment of that version that died halfway
+            f"{registry_addr}/{run_id}/api:v2", name=f"{network}-{SERVICE}-orphan", labels=service_labels,
+            network=network,
+        )
+
+        running = target.running(fleet, environment, SERVICE)
+        assert running is not None and running.container_id == serving.id and running.serving
+        assert running.digest == digest and running.url_inside == "http://api:8080"
+        assert set(target.running_services(fleet, environment)) == {SERVICE}
+        deadline = time.monotonic() + 20
+        while not (probe := target.probe(fleet, environment, SERVICE)).healthy and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert probe.healthy, probe.detail  # port and health path read from the legacy labels
+
+        report = target.reap(fleet, min_age_seconds=0)
+        assert report.containers == (orphan.name,)
+        with pytest.raises(NotFound):
+            docker_client.containers.get(orphan.id)
+
+        v2 = target.deploy(DeploymentSpec(fleet, environment, SERVICE, images["v2"], PORT, "/healthz"))
+        assert v2.changed and v2.replaced == (serving.name,)
+        assert docker_client.containers.get(v2.container_id).labels[L.SERVICE] == SERVICE
+        assert target.running(fleet, environment, SERVICE).digest == v2.digest
+    finally:
+        target.teardown_environment(fleet, environment)
+    assert not docker_client.networks.list(names=[network])
+    for selectors in L.selectors((L.FLEET, fleet)):
+        assert not docker_client.containers.list(all=True, filters={"label": selectors})

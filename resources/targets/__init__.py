@@ -1,0 +1,54 @@
+"""Deploy targets: where an environment's services run, and how a new version replaces the old one.
+
+`interface.py` is what every target does and the values it speaks in; `registry.py` is the `deploy_targets`
+resource that picks the implementation for an environment's `target:`; `docker/` is the docker target.
+"""
+
+from resources.targets.docker.ephemeral import DockerEphemeralEnvironment
+from resources.targets.docker.target import DockerTarget, DockerTargetConfig
+from resources.targets.interface import (
+    DeploymentFailed,
+    DeploymentResult,
+    DeploymentSpec,
+    DeployTarget,
+    EphemeralEnvironment,
+    HealthProbe,
+    ImageNotPinned,
+    ImageUnavailable,
+    InvalidDeploymentSpec,
+    PortUnavailable,
+    ProxyError,
+    ReapReport,
+    RunningService,
+    StartedService,
+    TargetError,
+    TargetNotConfigured,
+    pinned_reference,
+    validate_spec,
+)
+from resources.targets.registry import DeployTargets
+
+__all__ = [
+    "DeployTarget",
+    "DeployTargets",
+    "DeploymentFailed",
+    "DeploymentResult",
+    "DeploymentSpec",
+    "DockerEphemeralEnvironment",
+    "DockerTarget",
+    "DockerTargetConfig",
+    "EphemeralEnvironment",
+    "HealthProbe",
+    "ImageNotPinned",
+    "ImageUnavailable",
+    "InvalidDeploymentSpec",
+    "PortUnavailable",
+    "ProxyError",
+    "ReapReport",
+    "RunningService",
+    "StartedService",
+    "TargetError",
+    "TargetNotConfigured",
+    "pinned_reference",
+    "validate_spec",
+]

@@ -1,0 +1,685 @@
+"""The docker target: environments on one host through any Docker Engine API (Docker, or Podman's
+compatible service).
+
+Each (fleet, environment) gets its own user-defined network `<prefix>-<fleet>-<environment>`; a service is
+reachable there by its name, which is a network alias held by exactly one healthy container. A deployment:
+
+1. refuses an image that is not pinned by digest (`repo@sha256:...`): what runs must be what was tested;
+2. is a no-op when that digest already serves the service with the same config and secrets and is healthy;
+3. starts the new container next to the old one, on the network but *without* the service name, and waits
+   for its health endpoint (HTTP GET from this host to the container's address; `health.py`);
+4. only then moves the service name: the new container is reconnected with the alias, the host port
+   switches to it (`haproxy.py`), the old container gets `drain_seconds` for requests in flight, then it is
+   stopped and removed. A failed health check removes the new container and leaves the old one serving.
+
+The engine client is the `engine` resource's (`resources/containers.py`): one client per engine, with its
+120 s per-call timeout; a pull gets its own `PULL_TIMEOUT_SECONDS`.
+
+Engine behaviour this module is written around (Podman 4.3, measured; see notes/host-facts.md):
+- Bridge-network container addresses answer from the host, internal networks included.
+- The compat API moves an alias by disconnect + connect with `aliases=[...]` (the address changes).
+  While both containers hold the alias, DNS answers both addresses; stopping a container removes its
+  entries. On *internal* networks a disconnect breaks aardvark-dns for the rest of the network, so
+  ephemeral (internal) environments set aliases at creation and never reconnect anything (`ephemeral.py`).
+- A stopped container keeps its network membership and aliases in `inspect`, without an address.
+- A locally built image's `RepoDigests` holds a local digest, not the one the registry serves: the
+  deployment pulls by digest, which records the registry's digest on the image.
+
+Nothing here touches the engine, the file system or a process at import or construction time.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import secrets as _random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import dagster as dg
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+from docker.utils.json_stream import json_stream
+from pydantic import Field
+
+from resources import labels as L
+from resources.containers import ContainerEngine, ContainerEngineError, RunResult, network_dns_options
+from resources.registry import is_loopback_host, parse_image_reference
+from resources.targets.docker import health, inspect, reaper
+from resources.targets.docker.ephemeral import DockerEphemeralEnvironment
+from resources.targets.docker.haproxy import HaproxyRouter, Route
+from resources.targets.interface import (
+    DeploymentFailed,
+    DeploymentResult,
+    DeploymentSpec,
+    DeployTarget,
+    HealthProbe,
+    ImageUnavailable,
+    ProxyError,
+    ReapReport,
+    RunningService,
+    TargetError,
+    check_name,
+    pinned_reference,
+    validate_spec,
+)
+
+log = logging.getLogger(__name__)
+
+# After the alias moves, the new address must answer within this long (it is the same process, new interface).
+REATTACH_SECONDS = 10.0
+PULL_TIMEOUT_SECONDS = 600
+
+
+class DockerTargetConfig(dg.Config):
+    """How the docker target runs environments (the engine itself is the `engine` resource)."""
+
+    name_prefix: str = Field(default="rg", description="First part of every container and network name.")
+    health_timeout_seconds: float = Field(
+        default=60, description="How long a new container may take to answer its health path with 2xx."
+    )
+    drain_seconds: float = Field(
+        default=1.0,
+        description="After the switch, how long the old container keeps running for requests in flight.",
+    )
+    stop_timeout_seconds: int = Field(default=10, description="SIGTERM grace before the engine kills a container.")
+    publish_address: str = Field(default="127.0.0.1", description="Host address published ports listen on.")
+    state_dir: str | None = Field(
+        default=None,
+        description="Folder of the per-environment haproxy state. Default: $RELEASE_GRAPH_STATE/targets, "
+        "else ./.dagster_home/targets, resolved on first use.",
+    )
+    haproxy_binary: str = Field(default="haproxy", description="haproxy executable (2.4 or newer).")
+    extra_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels added to every container and network this target creates."
+    )
+
+
+def config_fingerprint(spec: DeploymentSpec) -> str:
+    """What, besides the digest, makes a running container the one this spec asks for. No secret values."""
+    material = {
+        "port": spec.port,
+        "health": spec.health,
+        "publish": spec.publish,
+        "env": dict(sorted(spec.env.items())),
+        "secret_names": sorted(spec.secrets),
+        "labels": dict(sorted(spec.labels.items())),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class DockerTarget(DeployTarget):
+    """Environments on one host through the Docker Engine API: one network per environment, service-name
+    DNS, digest-pinned containers, health-gated switches, published ports through a per-environment haproxy.
+
+    Made by `DeployTargets.for_environment("docker")`, or directly from an engine and a config.
+    """
+
+    def __init__(self, engine: ContainerEngine, config: DockerTargetConfig | None = None):
+        self.engine = engine
+        self.config = config if config is not None else DockerTargetConfig()
+
+    def with_config(self, **changes) -> "DockerTarget":
+        """The same target (same engine) with some settings changed."""
+        return DockerTarget(self.engine, self.config.model_copy(update=changes))
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    @property
+    def publish_address(self) -> str:
+        return self.config.publish_address
+
+    def _engine_address(self) -> str:
+        return self.engine.engine_address()
+
+    def _docker(self) -> docker.DockerClient:
+        try:
+            return self.engine.client()
+        except ContainerEngineError as exc:
+            raise TargetError(str(exc)) from exc
+
+    def _engine(self, what: str):
+        """Engine failures as TargetError naming the engine and the operation."""
+        return inspect.engine_errors(self._engine_address(), what)
+
+    def network_name(self, fleet: str, environment: str) -> str:
+        return f"{self.config.name_prefix}-{fleet}-{environment}"
+
+    def _state_root(self) -> Path:
+        if self.config.state_dir:
+            return Path(self.config.state_dir).expanduser().resolve()
+        state = os.environ.get("RELEASE_GRAPH_STATE")
+        if state:
+            return Path(state).expanduser().resolve() / "targets"
+        return Path.cwd() / ".dagster_home" / "targets"
+
+    def _router_at(self, directory: Path, title: str) -> HaproxyRouter:
+        return HaproxyRouter(directory, binary=self.config.haproxy_binary, bind_address=self.config.publish_address,
+                             title=title)
+
+    def _router(self, fleet: str, environment: str) -> HaproxyRouter:
+        return self._router_at(self._state_root() / self.network_name(fleet, environment), f"{fleet}/{environment}")
+
+    def _labels(self, **labels: str) -> dict[str, str]:
+        return {**self.config.extra_labels, L.MANAGED: "1", **labels}
+
+    def _list_containers(self, what: str, *selectors: str | tuple[str, str]) -> list:
+        """Containers (any state) with all these labels, written in today's namespace or the legacy one."""
+        client = self._docker()
+        found: dict[str, object] = {}
+        with self._engine(what):
+            for labels in L.selectors(*selectors):
+                for container in client.containers.list(all=True, ignore_removed=True, filters={"label": labels}):
+                    found.setdefault(container.id, container)
+        return list(found.values())
+
+    def _list_networks(self, what: str, *selectors: str | tuple[str, str]) -> list:
+        client = self._docker()
+        found: dict[str, object] = {}
+        with self._engine(what):
+            for labels in L.selectors(*selectors):
+                for network in client.networks.list(filters={"label": labels}):
+                    found.setdefault(network.id, network)
+        return list(found.values())
+
+    def _ensure_network(self, fleet: str, environment: str):
+        client = self._docker()
+        name = self.network_name(fleet, environment)
+        with self._engine(f"network {name}"):
+            try:
+                return client.networks.get(name)
+            except NotFound:
+                pass
+            labels = self._labels(**{L.FLEET: fleet, L.ENVIRONMENT: environment})
+            try:
+                return client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+            except APIError as exc:
+                if exc.status_code == 409:  # another deployment in this environment created it meanwhile
+                    return client.networks.get(name)
+                raise
+
+    def _ensure_image(self, reference: str, *, what: str, spec: DeploymentSpec | None = None) -> None:
+        """Have `reference` in the engine, pulling it when missing. Failures raise ImageUnavailable."""
+        client = self._docker()
+        try:
+            client.images.get(reference)
+            return
+        except NotFound:
+            pass
+        except (DockerException, requests.RequestException) as exc:
+            raise TargetError(f"{what}: engine at {self._engine_address()}: {inspect.describe(exc)}") from exc
+        ref = parse_image_reference(reference)
+        repository, _, rest = reference.partition("@") if ref.digest else reference.rpartition(":")
+        params = {"fromImage": repository, "tag": rest or "latest"}
+        if is_loopback_host(ref.registry):
+            params["tlsVerify"] = "false"  # Podman: loopback registries speak plain HTTP (Docker ignores it)
+        api = client.api
+        problem: str | None = None
+        try:
+            response = api.post(
+                f"{api.base_url}/v{api.api_version}/images/create",
+                params=params,
+                headers={"X-Registry-Auth": "e30="},
+                stream=True,
+                timeout=PULL_TIMEOUT_SECONDS,
+            )
+            with response:
+                if response.status_code >= 400:
+                    problem = f"engine refused the pull ({response.status_code}): {response.text.strip()[:300]}"
+                else:
+                    for item in json_stream(response.iter_content(chunk_size=None, decode_unicode=True)):
+                        if item.get("error") or item.get("errorDetail"):
+                            detail = item.get("errorDetail") or {}
+                            problem = str(detail.get("message") or item.get("error")).strip()
+        except requests.RequestException as exc:
+            problem = f"engine at {self._engine_address()} stopped answering: {exc}"
+        if problem is None:
+            try:
+                client.images.get(reference)
+                return
+            except NotFound:
+                problem = "the pull ended without the image"
+        raise ImageUnavailable(
+            f"{what}: cannot get image {reference} from registry {ref.registry}: {problem}; nothing was changed",
+            service=spec.service if spec else "",
+            environment=spec.environment if spec else "",
+            image=reference,
+        )
+
+    def _service_containers(self, fleet: str, environment: str, service: str | None = None) -> list:
+        """Labelled containers of an environment (any state, either label namespace), oldest first."""
+        selectors: list[str | tuple[str, str]] = [(L.FLEET, fleet), (L.ENVIRONMENT, environment)]
+        if service:
+            selectors.append((L.SERVICE, service))
+        found = self._list_containers(f"listing containers of {fleet}/{environment}", *selectors)
+        return sorted(found, key=inspect.created)
+
+    def _network_members(self, network: str) -> list:
+        client = self._docker()
+        with self._engine(f"listing containers on network {network}"):
+            return client.containers.list(all=True, ignore_removed=True, filters={"network": network})
+
+    def _network_exists(self, name: str) -> bool:
+        with self._engine(f"network {name}"):
+            try:
+                self._docker().networks.get(name)
+                return True
+            except NotFound:
+                return False
+
+    def _pick(self, candidates: Sequence, network: str, service: str):
+        """The container that is (or was last) the service: the running alias holder, else any alias
+        holder (stopped by hand), else the newest labelled one."""
+        holders = [c for c in candidates if inspect.holds_alias(c, network, service)]
+        running = [c for c in holders if inspect.status(c) == "running"]
+        for group in (running, holders, list(candidates)):
+            if group:
+                return max(group, key=inspect.created)
+        return None
+
+    def _image_digests(self, image_id: str) -> tuple[str, ...]:
+        try:
+            image = self._docker().images.get(image_id)
+        except NotFound:
+            return ()
+        digests = {entry.split("@", 1)[1] for entry in image.attrs.get("RepoDigests") or [] if "@" in entry}
+        return tuple(sorted(digests))
+
+    # --- deploy -----------------------------------------------------------------------------------------
+
+    def deploy(self, spec: DeploymentSpec) -> DeploymentResult:
+        """Make `spec.image` serve `spec.service` in `spec.environment`; see the module docstring.
+
+        Raises, before anything changed: InvalidDeploymentSpec (a ValueError; ImageNotPinned for a tag),
+        ImageUnavailable, PortUnavailable, TargetError (engine not answering). DeploymentFailed: the new
+        version was not healthy or could not take over; the previous one still serves.
+        """
+        reference, digest = pinned_reference(spec.image)
+        validate_spec(spec)
+        where = f"{spec.service} in {spec.fleet}/{spec.environment}"
+        network = self._ensure_network(spec.fleet, spec.environment)
+        net = network.name
+        fingerprint = config_fingerprint(spec)
+        router = self._router(spec.fleet, spec.environment)
+
+        current = self._serving(spec.fleet, spec.environment, spec.service)
+        if current is not None:
+            unchanged = self._unchanged_result(current, spec, reference, digest, fingerprint, net, router)
+            if unchanged is not None:
+                return unchanged
+
+        if spec.publish is not None:
+            router.check_port(spec.service, spec.publish, where=where)
+        self._ensure_image(reference, what=f"deploying {where}", spec=spec)
+
+        labels = {
+            **self._labels(),
+            **spec.labels,
+            L.FLEET: spec.fleet,
+            L.ENVIRONMENT: spec.environment,
+            L.SERVICE: spec.service,
+            L.DIGEST: digest,
+            L.IMAGE: reference,
+            L.CONFIG: fingerprint,
+        }
+        if spec.port is not None:
+            labels[L.PORT] = str(spec.port)
+        if spec.health is not None:
+            labels[L.HEALTH] = spec.health
+        base_name = f"{net}-{spec.service}-{digest[7:19]}"
+        container = self._create_unique(
+            base_name,
+            image=reference,
+            environment={**spec.env, **spec.secrets},
+            labels=labels,
+            network=net,
+            init=True,  # PID 1 forwards SIGTERM and reaps: stop takes effect at once
+            detach=True,
+            what=f"deploying {where}",
+            **network_dns_options(self._docker(), net),
+        )
+        try:
+            with self._engine(f"starting {container.name} for {where}"):
+                container.start()
+            health_seconds = self._wait_healthy(
+                container, net, spec.port, spec.health,
+                service=spec.service, environment=spec.environment, where=where, image=reference,
+            )
+            address = self._move_alias(network, container, spec, where=where, image=reference)
+        except BaseException:
+            with suppress(DockerException, requests.RequestException):
+                container.remove(force=True)
+            raise
+        log.info("%s: %s healthy after %.2f s", where, container.name, health_seconds)
+
+        old_route = router.route_of(spec.service)
+        try:
+            if spec.publish is not None and spec.port is not None:
+                router.set_route(spec.service, Route(spec.publish, address, spec.port))
+            elif old_route is not None:
+                router.remove_route(spec.service)
+        except ProxyError as exc:
+            with suppress(DockerException, requests.RequestException):
+                container.remove(force=True)  # stopping it removes its DNS entry: the old container serves alone
+            with suppress(ProxyError):
+                if old_route is not None:
+                    router.set_route(spec.service, old_route)
+            raise DeploymentFailed(
+                f"{where}: {container.name} was healthy but the published port could not switch to it: {exc}; "
+                "the previous version keeps serving",
+                service=spec.service, environment=spec.environment, image=reference,
+            ) from exc
+
+        replaced = self._retire(spec, keep=container.id)
+        container.reload()
+        return DeploymentResult(
+            container_name=container.name,
+            container_id=container.id,
+            digest=digest,
+            image=reference,
+            started_at=inspect.started_at(container) or "",
+            url_inside=f"http://{spec.service}:{spec.port}" if spec.port else None,
+            published_url=f"http://{self.publish_address}:{spec.publish}" if spec.publish else None,
+            changed=True,
+            health_seconds=round(health_seconds, 3),
+            network=net,
+            replaced=replaced,
+        )
+
+    def _serving(self, fleet: str, environment: str, service: str):
+        """The running container holding the service name, if any."""
+        net = self.network_name(fleet, environment)
+        candidates = self._service_containers(fleet, environment, service)
+        holders = [c for c in candidates if inspect.status(c) == "running" and inspect.holds_alias(c, net, service)]
+        return max(holders, key=inspect.created) if holders else None
+
+    def _unchanged_result(
+        self, current, spec: DeploymentSpec, reference: str, digest: str, fingerprint: str, net: str, router
+    ) -> DeploymentResult | None:
+        labels = inspect.container_labels(current)
+        if L.read(labels, L.DIGEST) != digest or L.read(labels, L.CONFIG) != fingerprint:
+            return None
+        if digest not in self._image_digests(current.attrs.get("Image", "")):
+            return None  # labels say so, the image does not: someone swapped it
+        actual_env = set(current.attrs.get("Config", {}).get("Env") or [])
+        # Compared in memory only: a rotated secret value must redeploy, and the engine holds it anyway.
+        if any(f"{k}={v}" not in actual_env for k, v in {**spec.env, **spec.secrets}.items()):
+            return None
+        address = inspect.address(current, net)
+        if not address:
+            return None
+        started = time.monotonic()
+        if spec.health is not None and spec.port is not None and not health.answers_healthy(
+            address, spec.port, spec.health
+        ):
+            return None
+        probe_seconds = time.monotonic() - started
+        where = f"{spec.service} in {spec.fleet}/{spec.environment}"
+        wanted = Route(spec.publish, address, spec.port) if spec.publish and spec.port else None
+        if router.route_of(spec.service) != wanted or (wanted is not None and not router.alive()):
+            # The container is right; only the published port is not (first publish, proxy gone after reboot).
+            if wanted is not None:
+                router.check_port(spec.service, spec.publish, where=where)
+                router.set_route(spec.service, wanted)
+            else:
+                router.remove_route(spec.service)
+        return DeploymentResult(
+            container_name=current.name,
+            container_id=current.id,
+            digest=digest,
+            image=reference,
+            started_at=inspect.started_at(current) or "",
+            url_inside=f"http://{spec.service}:{spec.port}" if spec.port else None,
+            published_url=f"http://{self.publish_address}:{spec.publish}" if spec.publish else None,
+            changed=False,
+            health_seconds=round(probe_seconds, 3),
+            network=net,
+        )
+
+    def _create_unique(self, base_name: str, *, what: str, **kwargs):
+        client = self._docker()
+        name = base_name
+        for _attempt in range(5):
+            with self._engine(what):
+                try:
+                    client.containers.get(name)
+                    name = f"{base_name}-{_random.token_hex(2)}"
+                    continue
+                except NotFound:
+                    pass
+                try:
+                    return client.containers.create(name=name, **kwargs)
+                except APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+                    name = f"{base_name}-{_random.token_hex(2)}"
+        raise TargetError(f"{what}: no free container name after 5 tries starting from {base_name}")
+
+    def _wait_healthy(
+        self,
+        container,
+        network: str,
+        port: int | None,
+        health_path: str | None,
+        *,
+        service: str,
+        environment: str,
+        where: str,
+        image: str,
+        timeout: float | None = None,
+    ) -> float:
+        """Seconds until `container` answered `health_path` with 2xx (or stayed running); DeploymentFailed if not."""
+        return health.wait_healthy(
+            container, network, port, health_path,
+            service=service, environment=environment, where=where, image=image,
+            timeout=self.config.health_timeout_seconds if timeout is None else timeout,
+            engine_address=self._engine_address(),
+        )
+
+    def _move_alias(self, network, container, spec: DeploymentSpec, *, where: str, image: str) -> str:
+        """Give `container` the service name (reconnecting it) and return its new address.
+
+        Until the old container stops, DNS answers both addresses; both are healthy, and clients that try
+        every address (getaddrinfo order) never see a refusal.
+        """
+        what = f"moving the name {spec.service} to {container.name} ({where})"
+        with self._engine(what):
+            network.disconnect(container)
+            network.connect(container, aliases=[spec.service])
+        deadline = time.monotonic() + REATTACH_SECONDS
+        problem = "no address after reconnecting"
+        while time.monotonic() < deadline:
+            with self._engine(what):
+                container.reload()
+            address = inspect.address(container, network.name)
+            if address and inspect.holds_alias(container, network.name, spec.service):
+                if spec.health is None or spec.port is None:
+                    return address
+                answer, problem = health.http_status(
+                    address, spec.port, spec.health, health.HEALTH_REQUEST_TIMEOUT_SECONDS
+                )
+                if answer is not None and 200 <= answer < 300:
+                    return address
+            time.sleep(health.HEALTH_POLL_SECONDS)
+        raise DeploymentFailed(
+            f"{where}: {container.name} was healthy but did not answer after it took the service name: {problem}; "
+            "the previous version keeps serving",
+            service=spec.service, environment=spec.environment, image=image, logs_tail=inspect.logs_tail(container),
+        )
+
+    def _retire(self, spec: DeploymentSpec, *, keep: str) -> tuple[str, ...]:
+        """Stop and remove every other container of the service: the previous version and leftovers."""
+        others = [c for c in self._service_containers(spec.fleet, spec.environment, spec.service) if c.id != keep]
+        if any(inspect.status(c) == "running" for c in others) and self.config.drain_seconds > 0:
+            time.sleep(self.config.drain_seconds)
+        removed = []
+        for container in others:
+            with suppress(NotFound), self._engine(f"removing {container.name}"):
+                if inspect.status(container) == "running":
+                    container.stop(timeout=self.config.stop_timeout_seconds)
+                container.remove(force=True)
+                removed.append(container.name)
+        return tuple(removed)
+
+    # --- what runs --------------------------------------------------------------------------------------
+
+    def running(self, fleet: str, environment: str, service: str, *, probe: bool = False) -> RunningService | None:
+        """What runs as `service` (None: no container at all). `probe=True` also asks its health path once."""
+        net = self.network_name(fleet, environment)
+        candidates = {c.id: c for c in self._service_containers(fleet, environment, service)}
+        # A container started by hand with the service name but without our labels still is what serves.
+        for member in self._network_members(net) if self._network_exists(net) else []:
+            if inspect.holds_alias(member, net, service):
+                candidates.setdefault(member.id, member)
+        chosen = self._pick(list(candidates.values()), net, service)
+        return None if chosen is None else self._describe_running(chosen, fleet, environment, service, probe)
+
+    def running_services(self, fleet: str, environment: str, *, probe: bool = False) -> dict[str, RunningService]:
+        """`running()` for every service that has a labelled container in the environment."""
+        net = self.network_name(fleet, environment)
+        by_service: dict[str, list] = {}
+        for container in self._service_containers(fleet, environment):
+            service = L.read(inspect.container_labels(container), L.SERVICE)
+            if service:
+                by_service.setdefault(service, []).append(container)
+        members = self._network_members(net) if self._network_exists(net) else []
+        result = {}
+        for service, containers in sorted(by_service.items()):
+            candidates = {c.id: c for c in containers}
+            for member in members:
+                if inspect.holds_alias(member, net, service):
+                    candidates.setdefault(member.id, member)
+            chosen = self._pick(list(candidates.values()), net, service)
+            if chosen is not None:
+                result[service] = self._describe_running(chosen, fleet, environment, service, probe)
+        return result
+
+    def probe(
+        self, fleet: str, environment: str, service: str, *, port: int | None = None, path: str | None = None
+    ) -> HealthProbe:
+        """Ask the container that serves `service` for its health once, from this host.
+
+        `port`/`path` default to what the deployment recorded; a service without a health path is healthy
+        while it runs. Not healthy: nothing holds the name, the container is not running, or a non-2xx answer.
+        """
+        net = self.network_name(fleet, environment)
+        current = self._serving(fleet, environment, service) if self._network_exists(net) else None
+        if current is None:
+            actual = self.running(fleet, environment, service)
+            detail = "no container runs it"
+            if actual is not None:
+                detail = f"container {actual.container_name} is {actual.status}"
+            return HealthProbe(False, f"{service} in {fleet}/{environment}: {detail}")
+        labels = inspect.container_labels(current)
+        recorded_port = L.read(labels, L.PORT, "")
+        if port is None and recorded_port.isdigit():
+            port = int(recorded_port)
+        return health.probe_container(current, net, port, path if path is not None else L.read(labels, L.HEALTH))
+
+    def _describe_running(self, container, fleet: str, environment: str, service: str, probe: bool) -> RunningService:
+        net = self.network_name(fleet, environment)
+        labels = inspect.container_labels(container)
+        status = inspect.status(container)
+        address = inspect.address(container, net) if status == "running" else None
+        recorded_port = L.read(labels, L.PORT, "")
+        port = int(recorded_port) if recorded_port.isdigit() else None
+        route = self._router(fleet, environment).route_of(service)
+        serving = status == "running" and inspect.holds_alias(container, net, service)
+        healthy = health.probe_container(container, net, port, L.read(labels, L.HEALTH)).healthy if probe else None
+        return RunningService(
+            fleet=fleet,
+            environment=environment,
+            service=service,
+            container_name=container.name,
+            container_id=container.id,
+            status=status,
+            serving=serving,
+            digest=L.read(labels, L.DIGEST),
+            image=L.read(labels, L.IMAGE) or container.attrs.get("Config", {}).get("Image"),
+            image_id=container.attrs.get("Image", ""),
+            image_digests=self._image_digests(container.attrs.get("Image", "")),
+            started_at=inspect.started_at(container),
+            url_inside=f"http://{service}:{port}" if port else None,
+            published_url=f"http://{self.publish_address}:{route.publish}" if route else None,
+            address=address,
+            healthy=healthy,
+        )
+
+    # --- clean-up (reaper.py) -----------------------------------------------------------------------------
+
+    def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
+        """Remove every container of the environment (and anything else on its network), the network and
+        its haproxy."""
+        return reaper.teardown_environment(self, fleet, environment)
+
+    def reap(
+        self,
+        fleet: str | None = None,
+        *,
+        keep_environments: Sequence[str] | None = None,
+        min_age_seconds: float | None = None,
+    ) -> ReapReport:
+        """Remove what earlier runs left behind and return what was removed; see `reaper.reap`."""
+        return reaper.reap(self, fleet, keep_environments=keep_environments, min_age_seconds=min_age_seconds)
+
+    # --- tests against environments -------------------------------------------------------------------------
+
+    def run_tests(
+        self,
+        fleet: str,
+        environment: str,
+        image: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        copy_out: str | None = "/reports",
+        timeout_seconds: float = 600,
+    ) -> RunResult:
+        """Run a test image on a deployed environment's network (end-to-end tests), then remove it.
+
+        The services answer by name there (`http://<service>:<port>`), exactly as they call each other.
+        """
+        net = self.network_name(fleet, environment)
+        if not self._network_exists(net):
+            raise TargetError(f"environment '{environment}' of fleet '{fleet}' has no network {net}: nothing is "
+                              "deployed there")
+        return self.engine.run_to_completion(
+            image,
+            env=dict(env or {}),
+            network=net,
+            labels=self._labels(**{L.FLEET: fleet}),
+            name=f"{net}-tests-{_random.token_hex(3)}",
+            timeout_seconds=timeout_seconds,
+            copy_out=copy_out,
+        )
+
+    @contextmanager
+    def ephemeral_environment(
+        self, fleet: str, name: str, *, ttl_seconds: float = 3600
+    ) -> Iterator[DockerEphemeralEnvironment]:
+        """A private internal network `<prefix>-<fleet>-<name>-<random>` for one integration run.
+
+        Everything started in it is removed when the block ends, also when it raises. `reap` removes what a
+        killed process left once `ttl_seconds` have passed.
+        """
+        check_name("fleet", fleet)
+        check_name("ephemeral environment name", name)
+        net = f"{self.config.name_prefix}-{fleet}-{name}-{_random.token_hex(3)}"
+        labels = self._labels(
+            **{L.FLEET: fleet, L.EPHEMERAL: net, L.EXPIRES_AT: str(int(time.time() + ttl_seconds))}
+        )
+        with self._engine(f"creating network {net}"):
+            # internal: no way out of the host, and DNS still works (aardvark answers on the gateway)
+            self._docker().networks.create(net, driver="bridge", internal=True, labels=labels, check_duplicate=True)
+        environment = DockerEphemeralEnvironment(self, fleet=fleet, network=net)
+        try:
+            yield environment
+        except BaseException as exc:
+            try:
+                reaper.remove_ephemeral(self, net)
+            except TargetError as cleanup:
+                exc.add_note(f"also: tearing down {net} failed: {cleanup}")
+            raise
+        reaper.remove_ephemeral(self, net)
