@@ -16,7 +16,12 @@ from release_graph.fleet import Fleet
 from release_graph.release import history
 from release_graph.release.keys import environment_key, image_key, previous_stage_key
 from release_graph.release.promotion import blocking_checks_passed
-from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.release.tags import (
+    MAX_RETRIES_TAG,
+    RUN_RETRIES_AFTER_A_CRASH,
+    TRIGGER_TAG,
+    release_tags,
+)
 from resources.git import GitResource
 
 
@@ -81,6 +86,6 @@ def promotion_for(instance, fleet: Fleet, service, environment, sha: str):
         run_key=f"{service.name}:{environment.name}:{sha}",
         asset_selection=[key],
         run_config={"ops": {key.to_python_identifier(): {"config": {"digest": built.digest}}}},
-        tags={SERVICE_TAG: service.name, "release/env": environment.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12],
-              "release/trigger": f"branch {environment.branch}", "dagster/max_retries": "0"},
+        tags={**release_tags(service.name, sha, environment.name), TRIGGER_TAG: f"branch {environment.branch}",
+              MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
     ), None

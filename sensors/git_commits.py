@@ -31,6 +31,7 @@ import dagster as dg
 
 from release_graph.fleet import Fleet, Service
 from release_graph.release import metadata as M
+from release_graph.release.keys import image_key, source_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
 from resources.git import CommitInfo, GitError, GitResource, redact_url
 from resources.registry import RegistryUnavailable
@@ -73,7 +74,7 @@ class NewRelease:
     def run_request(self) -> dg.RunRequest:
         return dg.RunRequest(
             run_key=f"{self.service}:{self.sha}",
-            asset_selection=[dg.AssetKey([self.service, "image"])],
+            asset_selection=[image_key(self.service)],
             tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12]},
         )
 
@@ -103,7 +104,7 @@ class NewRelease:
         if self.force_pushed:
             description += f" (branch force-pushed over {self.previous_head[:12]})"
         return dg.AssetObservation(
-            asset_key=dg.AssetKey([self.service, "source"]),
+            asset_key=source_key(self.service),
             description=description,
             metadata=metadata,
             tags={DATA_VERSION_TAG: self.sha},
@@ -317,7 +318,7 @@ def build_git_commit_sensor(
     fleet: Fleet, *, minimum_interval_seconds: int = 30, name: str = "git_commits"
 ) -> dg.SensorDefinition:
     """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists)."""
-    image_keys = [dg.AssetKey([s.name, "image"]) for branch in tracked_branches(fleet).values() for s in branch]
+    image_keys = [image_key(s) for branch in tracked_branches(fleet).values() for s in branch]
 
     @dg.sensor(
         name=name,

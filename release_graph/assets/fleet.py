@@ -14,6 +14,7 @@ from release_graph.fleet import Environment, Fleet
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import MATRIX_KEY, e2e_key, environment_key
+from release_graph.release.tags import ENV_TAG
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.targets import DeployTarget, DeployTargets
@@ -51,7 +52,7 @@ def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
         automation_condition=e2e_condition(deployments, label=f"a deployment in {environment.name} changed"),
         check_specs=[dg.AssetCheckSpec("e2e_tests", asset=key, blocking=True,
                                        description="JUnit XML of the end-to-end test container")],
-        tags={"release/env": environment.name},
+        tags={ENV_TAG: environment.name},
     )
     def e2e(context: dg.AssetExecutionContext, engine: ContainerEngine, deploy_targets: DeployTargets):
         yield from run_e2e(context, fleet, environment, engine=engine,

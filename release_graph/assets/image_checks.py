@@ -32,7 +32,7 @@ MAX_TABLE_ROWS = 50
 
 def image_under_check(context, service: Service) -> tuple[str, str]:
     """(sha, digest) of the latest `<service>/image` materialization."""
-    key = dg.AssetKey([service.name, "image"])
+    key = image_key(service)
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise ReleaseStepError(f"service '{service.name}': no image has been built yet, nothing to check")

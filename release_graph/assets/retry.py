@@ -15,11 +15,11 @@ import dagster as dg
 import requests
 
 from release_graph.release.errors import ReleaseStepError
+from release_graph.release.tags import FAILURE_TAG
 from resources.containers import REGISTRY_DOWN_SIGNS, ContainerEngineError
 from resources.registry import RegistryUnavailable
 from resources.secrets import SecretsUnavailable
 
-FAILURE_TAG = "release/failure"  # "transient" on a run that gave up because something outside the commit was down
 MAX_RETRIES = 5
 FIRST_WAIT_SECONDS = 10
 LONGEST_WAIT_SECONDS = 60  # 10, 20, 40, 60, 60: about three minutes of outage are ridden out

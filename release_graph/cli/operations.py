@@ -12,7 +12,7 @@ from release_graph.fleet import Fleet, ManifestError
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, image_key, integration_key
-from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, TRIGGER_TAG
 from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, stage_status
 from release_graph.wiring import build_definitions, default_resources
 
@@ -43,7 +43,7 @@ def run_assets(fleet: Fleet, keys: list[dg.AssetKey], *, tags: dict | None = Non
     return job.execute_in_process(
         instance=instance or _instance(),
         asset_selection=keys,
-        tags={"dagster/max_retries": "0", **(tags or {})},
+        tags={MAX_RETRIES_TAG: "0", **(tags or {})},
         # The terminal gets `report`'s summary; the full event log is in the UI, not on stderr.
         run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         raise_on_error=False,
@@ -88,7 +88,7 @@ def build_image(fleet: Fleet, service_name: str, sha: str | None = None) -> int:
     if service.is_prebuilt:
         raise ManifestError([f"{fleet.source_file.name}: service '{service_name}' is prebuilt ({service.image}): "
                              "it is promoted, never built"])
-    tags = {"release/trigger": "cli"}
+    tags = {TRIGGER_TAG: "cli"}
     if sha:
         resources = default_resources()
         full = resources["git"].resolve_commit(service.repo_url, sha)
@@ -101,7 +101,7 @@ def deploy(fleet: Fleet, service_name: str, environment_name: str, digest: str |
     environment = _environment(fleet, environment_name)
     key = environment_key(service, environment)
     config = {"ops": {key.to_python_identifier(): {"config": {"digest": digest}}}} if digest else None
-    return report(run_assets(fleet, [key], run_config=config, tags={"release/trigger": "cli"}))
+    return report(run_assets(fleet, [key], run_config=config, tags={TRIGGER_TAG: "cli"}))
 
 
 def approve(fleet: Fleet, service_name: str, environment_name: str, *, by: str, ticket: str | None = None,
@@ -115,7 +115,7 @@ def approve(fleet: Fleet, service_name: str, environment_name: str, *, by: str, 
     key = approval_key(service, environment)
     config = {"approver": by, **({"ticket": ticket} if ticket else {}), **({"digest": digest} if digest else {})}
     code = report(run_assets(fleet, [key], run_config={"ops": {key.to_python_identifier(): {"config": config}}},
-                             tags={"release/trigger": "cli"}), out=out)
+                             tags={TRIGGER_TAG: "cli"}), out=out)
     if code == EXIT_OK:
         print(f"next: {next_step(_instance(), fleet, service, environment)}", file=out)
     return code
@@ -138,7 +138,7 @@ def retry(fleet: Fleet, service_name: str, stage: str) -> int:
     service = _service(fleet, service_name)
     key = integration_key(service) if stage == "integration" else environment_key(
         service, _environment(fleet, stage))
-    return report(run_assets(fleet, [key], tags={"release/trigger": "cli retry"}))
+    return report(run_assets(fleet, [key], tags={TRIGGER_TAG: "cli retry"}))
 
 
 def why(fleet: Fleet, service_name: str, stage: str, *, as_json: bool = False, out=None) -> int:

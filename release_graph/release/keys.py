@@ -11,12 +11,16 @@ import dagster as dg
 from release_graph.fleet import Environment, Fleet, Service
 
 
-def source_key(service: Service) -> dg.AssetKey:
-    return dg.AssetKey([service.name, "source"])
+def _name(service: Service | str) -> str:
+    return service if isinstance(service, str) else service.name
 
 
-def image_key(service: Service) -> dg.AssetKey:
-    return dg.AssetKey([service.name, "image"])
+def source_key(service: Service | str) -> dg.AssetKey:
+    return dg.AssetKey([_name(service), "source"])
+
+
+def image_key(service: Service | str) -> dg.AssetKey:
+    return dg.AssetKey([_name(service), "image"])
 
 
 def integration_key(service: Service) -> dg.AssetKey:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from release_graph.fleet.references import SHA256_DIGEST
 from resources import labels as L
 from resources.containers import RunResult
 from resources.registry import parse_image_reference
@@ -31,7 +32,6 @@ LOG_TAIL_LINES = 30
 
 DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SHA256_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # --- errors ---------------------------------------------------------------------------------------------
