@@ -62,6 +62,14 @@ def _retry(context, what: str, cause: str) -> Exception:
     return dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait)
 
 
+def _transient_or_raise(context, what: str, exc: Exception) -> Exception:
+    """The exception to raise instead of `exc`: a retry request (or the named give-up) when transient."""
+    if isinstance(exc, dg.RetryRequested):
+        return exc
+    cause = transient_cause(exc)
+    return exc if cause is None else _retry(context, what, cause)
+
+
 def retry_when_transient(what: str):
     """Decorates a step (`fn(context, ...)`, plain or generator) so a transient failure is retried."""
 
@@ -72,13 +80,11 @@ def retry_when_transient(what: str):
             def generator_step(context, *args, **kwargs):
                 try:
                     yield from step(context, *args, **kwargs)
-                except dg.RetryRequested:
-                    raise
                 except Exception as exc:
-                    cause = transient_cause(exc)
-                    if cause is None:
+                    replacement = _transient_or_raise(context, what, exc)
+                    if replacement is exc:
                         raise
-                    raise _retry(context, what, cause) from exc
+                    raise replacement from exc
 
             return generator_step
 
@@ -86,13 +92,11 @@ def retry_when_transient(what: str):
         def plain_step(context, *args, **kwargs):
             try:
                 return step(context, *args, **kwargs)
-            except dg.RetryRequested:
-                raise
             except Exception as exc:
-                cause = transient_cause(exc)
-                if cause is None:
+                replacement = _transient_or_raise(context, what, exc)
+                if replacement is exc:
                     raise
-                raise _retry(context, what, cause) from exc
+                raise replacement from exc
 
         return plain_step
 

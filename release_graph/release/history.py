@@ -69,8 +69,11 @@ def record_with_digest(instance: dg.DagsterInstance, key: dg.AssetKey, digest: s
     return next((r for r in history(instance, key) if r.digest == digest), None)
 
 
-def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> bool | None:
-    """The newest completed evaluation of `check_key` for `digest`: True/False, or None if never evaluated."""
+def _evaluation_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str):
+    """(passed, metadata) of the newest evaluation of `check_key` that actually executed for `digest`, or None.
+
+    Only executed evaluations count: a check planned in a run that failed elsewhere is evidence of nothing.
+    """
     records = instance.event_log_storage.get_asset_check_execution_history(
         check_key,
         limit=HISTORY_LIMIT,
@@ -80,20 +83,17 @@ def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, 
         evaluation = record.event.dagster_event.event_specific_data if record.event else None
         metadata = _plain(getattr(evaluation, "metadata", None))
         if metadata.get(M.DIGEST) == digest:
-            return record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+            return record.status == AssetCheckExecutionRecordStatus.SUCCEEDED, metadata
     return None
+
+
+def check_passed_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> bool | None:
+    """The newest completed evaluation of `check_key` for `digest`: True/False, or None if never evaluated."""
+    found = _evaluation_for(instance, check_key, digest)
+    return found[0] if found else None
 
 
 def check_metadata_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, digest: str) -> dict | None:
     """The metadata (plain values) of the newest completed evaluation of `check_key` for `digest`, or None."""
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        check_key,
-        limit=HISTORY_LIMIT,
-        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
-    )
-    for record in records:
-        evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        metadata = _plain(getattr(evaluation, "metadata", None))
-        if metadata.get(M.DIGEST) == digest:
-            return metadata
-    return None
+    found = _evaluation_for(instance, check_key, digest)
+    return found[1] if found else None
