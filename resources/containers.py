@@ -457,6 +457,7 @@ class ContainerEngine(dg.ConfigurableResource):
         timeout_seconds: float,
         copy_out: str | None = None,
         log_tail_lines: int = RUN_LOG_TAIL_LINES,
+        extra_hosts: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run `image` until it exits and return its exit code, last log lines and the files under `copy_out`.
 
@@ -475,6 +476,7 @@ class ContainerEngine(dg.ConfigurableResource):
                 name=name,
                 init=True,  # PID 1 that forwards signals and reaps: stop/kill take effect at once
                 detach=True,
+                extra_hosts=dict(extra_hosts or {}),
                 **network_dns_options(client, network),
             )
         except NotFound as exc:

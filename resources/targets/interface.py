@@ -96,6 +96,8 @@ class DeploymentSpec:
     healthy (None: "running" is healthy; needs `port` otherwise). `env` is plain config; `secrets` are
     injected as environment variables at start and never logged, labelled or returned. `publish` is a host
     port on the target's `publish_address` (None: not published). `labels` are added to the container.
+    `calls` names the services it calls (its declared edges): a target reaches those through its switch, so
+    replacing a provider is invisible to its consumers.
     """
 
     fleet: str
@@ -108,6 +110,7 @@ class DeploymentSpec:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     publish: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    calls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -350,3 +350,61 @@ def _when_serving(container, timeout: float = 20) -> tuple[int, str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _push(client, registry_addr: str, repository: str, tag: str) -> str:
+    """Push `<registry>/<repository>:<tag>` and return it by digest (what a deploy target takes)."""
+    for item in client.api.push(f"{registry_addr}/{repository}", tag=tag, stream=True, decode=True):
+        assert "error" not in item and "errorDetail" not in item, item
+    request = urllib.request.Request(
+        f"http://{registry_addr}/v2/{repository}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                           "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return f"{registry_addr}/{repository}@{response.headers['Docker-Content-Digest']}"
+
+
+def test_the_fleet_e2e_passes_right_after_every_provider_redeploy_20_times_out_of_20(
+    docker_client, run_id, registry_addr, shop_images, payments_key, tmp_path_factory
+):
+    """A provider replaced under its consumers is invisible to them: they reach it through the environment's
+    switch, whose address never changes, so the e2e run right after each redeploy passes."""
+    from resources.containers import ContainerEngine
+    from resources.targets import DeploymentSpec, DeployTargets, DockerTargetConfig
+
+    # Given the demo fleet deployed by the docker target, providers first, and two inventory digests
+    images = {service: _push(docker_client, registry_addr, f"{run_id}/{service}", "runtime") for service in SERVICES}
+    build(docker_client, SHOP_DIR / "services" / "inventory", f"{registry_addr}/{run_id}/inventory:runtime-b",
+          "runtime", run_id, buildargs={"GIT_SHA": "b" * 40})
+    inventory_b = _push(docker_client, registry_addr, f"{run_id}/inventory", "runtime-b")
+    assert inventory_b != images["inventory"]
+    target = DeployTargets(engine=ContainerEngine(), docker=DockerTargetConfig(
+        drain_seconds=0.5, state_dir=str(tmp_path_factory.mktemp("targets")),
+        extra_labels={TEST_RUN_LABEL: run_id})).for_environment("docker")
+    calls = {"gateway": ("orders",), "orders": ("inventory", "payments"), "inventory": (), "payments": ()}
+    env = {"gateway": {"ORDERS_URL": "http://orders:8080"},
+           "orders": {"INVENTORY_URL": "http://inventory:8080", "PAYMENTS_URL": "http://payments:8080"}}
+
+    def spec(service: str, image: str) -> DeploymentSpec:
+        return DeploymentSpec(fleet=run_id, environment="switch", service=service, image=image, port=8080,
+                              health="/healthz", env=env.get(service, {}), calls=calls[service],
+                              secrets={"PAYMENTS_API_KEY": payments_key} if service == "payments" else {})
+
+    try:
+        for service in ("inventory", "payments", "orders", "gateway"):
+            target.deploy(spec(service, images[service]))
+        # When inventory is replaced, and the e2e tests run right after, 20 times
+        outcomes = []
+        for attempt in range(20):
+            target.deploy(spec("inventory", inventory_b if attempt % 2 == 0 else images["inventory"]))
+            run = target.run_tests(run_id, "switch", f"{registry_addr}/{run_id}/shop-e2e:test",
+                                   env={"GATEWAY_URL": "http://gateway:8080"}, timeout_seconds=120)
+            report = parse_junit(run.files["e2e.xml"]) if "e2e.xml" in run.files else None
+            outcomes.append(run.exit_code == 0 and report is not None and report.failed + report.errors == 0)
+            if not outcomes[-1]:
+                print(f"attempt {attempt + 1} failed:\n{run.logs_tail}")
+        # Then every one passed
+        print(f"\ne2e right after a provider redeploy: {sum(outcomes)} of {len(outcomes)} passed")
+        assert outcomes == [True] * 20
+    finally:
+        target.teardown_environment(run_id, "switch")

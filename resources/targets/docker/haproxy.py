@@ -1,4 +1,5 @@
-"""Published ports of one environment: a host haproxy per environment, switched without a reload.
+"""Published ports and service-to-service calls of one environment: a host haproxy per environment, switched
+without a reload.
 
 A host port cannot move between containers without a gap, so the docker target does not let the engine
 publish ports. Each environment that publishes anything gets a host `haproxy` (master-worker, admin socket
@@ -8,6 +9,15 @@ drops no request (0 failed of 2,000 requests across two switches, keep-alive cli
 reloads dropped idle keep-alive connections). The config file is rewritten with every change, so a reload
 or a restart (reboot) serves the same addresses. This needs this host to reach container addresses, which
 holds for a local engine; a remote engine would need engine-side publishing instead.
+
+Service-to-service calls take the same switch, so a provider's replacement is invisible to its consumers:
+the same haproxy also listens on the environment network's gateway (an address of this host that every
+container of the network reaches), one frontend per service port, and routes each HTTP request by its Host
+header to `bi_<service>`. Consumers are created with `<provider> -> <gateway>` in their /etc/hosts, so the
+address they resolve (and may cache) never changes; a deployment moves `bi_<provider>` with the same
+runtime API call as the published port. A new server connection per request means nothing keeps talking to
+the old container once it is switched. Only HTTP services (those with a health path) are switched this way;
+others keep the network's DNS name.
 
 Nothing here starts a process or touches the file system at import or construction time.
 """
@@ -32,11 +42,24 @@ UNIX_SOCKET_PATH_MAX = 107
 
 @dataclass(frozen=True)
 class Route:
-    """A published port and the container address and port behind it."""
+    """Where a service's container answers, and how it is reached through this haproxy: on a published host
+    port (`publish`), and from the environment's own containers through its gateway (`gateway`)."""
 
-    publish: int
+    publish: int | None
     address: str
     port: int
+    gateway: str | None = None  # the network gateway consumers reach the switch on; None: not switched inside
+
+
+def _frontends(routes: Mapping[str, Route]) -> dict:
+    """What the listening sockets are: a change here needs a reload; anything else is a runtime API call."""
+    published = {name: route.publish for name, route in routes.items() if route.publish is not None}
+    internal = {name: (route.gateway, route.port) for name, route in routes.items() if route.gateway}
+    return {"published": published, "internal": internal}
+
+
+def _backends(name: str, route: Route) -> list[str]:
+    return ([f"be_{name}"] if route.publish is not None else []) + ([f"bi_{name}"] if route.gateway else [])
 
 
 class HaproxyRouter:
@@ -119,7 +142,9 @@ class HaproxyRouter:
             f"    stats socket {self.admin_socket} mode 600 level admin expose-fd listeners",
             "defaults",
             "    mode http",
-            "    timeout connect 2s",
+            # Containers are on this host: a connection not answered in 0.5 s met a SYN the engine dropped while
+            # it rewired the network (a container started or stopped); it is retried at once, not after 2 s.
+            "    timeout connect 500ms",
             "    timeout client 60s",
             "    timeout server 60s",
             "    timeout http-keep-alive 10s",
@@ -127,11 +152,13 @@ class HaproxyRouter:
             # connection to an old container outlives a switch of the server address.
             "    option http-server-close",
             # A request that meets a closing old container is replayed on a fresh connection (new address).
-            "    retries 3",
+            "    retries 5",
             "    option redispatch",
             "    retry-on all-retryable-errors",
         ]
         for name, route in sorted(routes.items()):
+            if route.publish is None:
+                continue
             lines += [
                 f"frontend fe_{name}",
                 f"    bind {self.bind_address}:{route.publish}",
@@ -139,6 +166,18 @@ class HaproxyRouter:
                 f"backend be_{name}",
                 f"    server app {route.address}:{route.port}",
             ]
+        listeners = sorted({(route.gateway, route.port) for route in routes.values() if route.gateway})
+        for gateway, port in listeners:
+            lines += [
+                f"frontend fi_{gateway.replace('.', '_').replace(':', '_')}_{port}",
+                f"    bind {gateway}:{port}",
+                # The callee is the Host header's name (without the port); no such service here answers 503.
+                "    http-request set-var(txn.callee) req.hdr(host),field(1,:),lower",
+                "    use_backend bi_%[var(txn.callee)]",
+            ]
+        for name, route in sorted(routes.items()):
+            if route.gateway:
+                lines += [f"backend bi_{name}", f"    server app {route.address}:{route.port}"]
         return "\n".join(lines) + "\n"
 
     # process
@@ -250,14 +289,14 @@ class HaproxyRouter:
             if not self.alive():
                 self._start()
                 return
-            same_frontends = {k: v.publish for k, v in old.items()} == {k: v.publish for k, v in new.items()}
-            if same_frontends and changed in new:
+            if _frontends(old) == _frontends(new) and changed in new:
                 route = new[changed]
-                answer = self._command(
-                    self.admin_socket, f"set server be_{changed}/app addr {route.address} port {route.port}"
-                )
-                if "changed" not in answer and "no need to change" not in answer.lower():
-                    raise ProxyError(f"haproxy of {self.title}: switching {changed} failed: {answer.strip()}")
+                for backend in _backends(changed, route):
+                    answer = self._command(
+                        self.admin_socket, f"set server {backend}/app addr {route.address} port {route.port}"
+                    )
+                    if "changed" not in answer and "no need to change" not in answer.lower():
+                        raise ProxyError(f"haproxy of {self.title}: switching {backend} failed: {answer.strip()}")
                 return
             self._reload()
         except BaseException:
@@ -285,6 +324,22 @@ class HaproxyRouter:
                     f"{where}: cannot publish on {self.bind_address}:{publish}: {exc.strerror}; nothing was changed",
                     service=service, environment=self.title.rsplit("/", 1)[-1], image="",
                 ) from exc
+
+    def can_listen(self, address: str, port: int) -> bool:
+        """Whether this host can listen on address:port (or this haproxy already does)."""
+        if any(r.gateway == address and r.port == port for r in self.routes().values()) and self.alive():
+            return True
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return False
+        return True
+
+    def switched_names(self) -> dict[str, str]:
+        """Service name -> gateway, for every service reached through this switch from inside the network."""
+        return {name: route.gateway for name, route in self.routes().items() if route.gateway}
 
     def set_route(self, service: str, route: Route) -> None:
         with self._locked():

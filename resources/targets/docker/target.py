@@ -8,9 +8,14 @@ reachable there by its name, which is a network alias held by exactly one health
 2. is a no-op when that digest already serves the service with the same config and secrets and is healthy;
 3. starts the new container next to the old one, on the network but *without* the service name, and waits
    for its health endpoint (HTTP GET from this host to the container's address; `health.py`);
-4. only then moves the service name: the new container is reconnected with the alias, the host port
-   switches to it (`haproxy.py`), the old container gets `drain_seconds` for requests in flight, then it is
-   stopped and removed. A failed health check removes the new container and leaves the old one serving.
+4. only then moves the service name: the new container is reconnected with the alias, the environment's
+   switch (`haproxy.py`: the published port, and the address its consumers call it on) moves to it, the old
+   container gets `drain_seconds` for requests in flight, then it is stopped and removed. A failed health
+   check removes the new container and leaves the old one serving.
+
+Consumers reach an HTTP provider through the switch: a container is created with `<callee> -> <gateway>`
+in /etc/hosts for each service it calls (`DeploymentSpec.calls`) that the switch serves, so the address it
+resolves never changes when the provider is replaced.
 
 The engine client is the `engine` resource's (`resources/containers.py`): one client per engine, with its
 120 s per-call timeout; a pull gets its own `PULL_TIMEOUT_SECONDS`.
@@ -336,6 +341,7 @@ class DockerTarget(DeployTarget):
             environment={**spec.env, **spec.secrets},
             labels=labels,
             network=net,
+            extra_hosts=self._switched_calls(spec, router),
             init=True,  # PID 1 forwards SIGTERM and reaps: stop takes effect at once
             detach=True,
             what=f"deploying {where}",
@@ -357,8 +363,9 @@ class DockerTarget(DeployTarget):
 
         old_route = router.route_of(spec.service)
         try:
-            if spec.publish is not None and spec.port is not None:
-                router.set_route(spec.service, Route(spec.publish, address, spec.port))
+            wanted = self._route(spec, address, network, router)
+            if wanted is not None:
+                router.set_route(spec.service, wanted)
             elif old_route is not None:
                 router.remove_route(spec.service)
         except ProxyError as exc:
@@ -418,11 +425,14 @@ class DockerTarget(DeployTarget):
             return None
         probe_seconds = time.monotonic() - started
         where = f"{spec.service} in {spec.fleet}/{spec.environment}"
-        wanted = Route(spec.publish, address, spec.port) if spec.publish and spec.port else None
+        if self._extra_hosts(current) != self._switched_calls(spec, router):
+            return None  # it calls a provider the switch serves now by the provider's own address: recreate it
+        wanted = self._route(spec, address, self._docker().networks.get(net), router)
         if router.route_of(spec.service) != wanted or (wanted is not None and not router.alive()):
-            # The container is right; only the published port is not (first publish, proxy gone after reboot).
+            # The container is right; only its route is not (first publish, proxy gone after reboot).
             if wanted is not None:
-                router.check_port(spec.service, spec.publish, where=where)
+                if wanted.publish is not None:
+                    router.check_port(spec.service, wanted.publish, where=where)
                 router.set_route(spec.service, wanted)
             else:
                 router.remove_route(spec.service)
@@ -438,6 +448,37 @@ class DockerTarget(DeployTarget):
             health_seconds=round(probe_seconds, 3),
             network=net,
         )
+
+    @staticmethod
+    def _gateway(network) -> str | None:
+        """The network's gateway: an address of this host that every container on the network reaches."""
+        config = (network.attrs.get("IPAM") or {}).get("Config") or []
+        return next((entry["Gateway"] for entry in config if entry.get("Gateway")), None)
+
+    def _route(self, spec: DeploymentSpec, address: str, network, router: HaproxyRouter) -> Route | None:
+        """How the switch should reach this deployment: its published port, and (for an HTTP service) the
+        gateway address its consumers call it on. None: the switch has nothing to do for it."""
+        if spec.port is None:
+            return None
+        gateway = self._gateway(network) if spec.health is not None else None
+        if gateway is not None and not router.can_listen(gateway, spec.port):
+            log.warning("%s in %s/%s: cannot listen on %s:%s for its consumers; they call it by its DNS name",
+                        spec.service, spec.fleet, spec.environment, gateway, spec.port)
+            gateway = None
+        if spec.publish is None and gateway is None:
+            return None
+        return Route(spec.publish, address, spec.port, gateway)
+
+    @staticmethod
+    def _switched_calls(spec: DeploymentSpec, router: HaproxyRouter) -> dict[str, str]:
+        """/etc/hosts entries of a new container: each service it calls that the switch serves -> gateway."""
+        switched = router.switched_names()
+        return {name: switched[name] for name in sorted(spec.calls) if name in switched}
+
+    @staticmethod
+    def _extra_hosts(container) -> dict[str, str]:
+        entries = container.attrs.get("HostConfig", {}).get("ExtraHosts") or []
+        return dict(entry.split(":", 1) for entry in entries if ":" in entry)
 
     def _create_unique(self, base_name: str, *, what: str, **kwargs):
         client = self._docker()
@@ -603,7 +644,7 @@ class DockerTarget(DeployTarget):
             image_digests=self._image_digests(container.attrs.get("Image", "")),
             started_at=inspect.started_at(container),
             url_inside=f"http://{service}:{port}" if port else None,
-            published_url=f"http://{self.publish_address}:{route.publish}" if route else None,
+            published_url=f"http://{self.publish_address}:{route.publish}" if route and route.publish else None,
             address=address,
             healthy=healthy,
         )
@@ -649,6 +690,8 @@ class DockerTarget(DeployTarget):
             image,
             env=dict(env or {}),
             network=net,
+            # The tests call the services as their consumers do: through the environment's switch.
+            extra_hosts=self._router(fleet, environment).switched_names(),
             labels=self._labels(**{L.FLEET: fleet}),
             name=f"{net}-tests-{_random.token_hex(3)}",
             timeout_seconds=timeout_seconds,

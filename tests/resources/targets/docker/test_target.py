@@ -43,8 +43,26 @@ SERVICE = "api"
 PORT = 8080
 
 SERVER = r'''
-import hashlib, os, sys
+import hashlib, http.client, os, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# A consumer with the worst habit: it resolves its provider (UPSTREAM=host:port) once and keeps that address
+# for ever, and keeps one connection alive. Only a provider address that never changes keeps it working.
+UPSTREAM = os.environ.get("UPSTREAM", "")
+UPSTREAM_ADDRESS = {}
+
+
+def call_upstream(path):
+    host, port = UPSTREAM.rsplit(":", 1)
+    if "address" not in UPSTREAM_ADDRESS:
+        UPSTREAM_ADDRESS["address"] = socket.gethostbyname(host)
+    conn = http.client.HTTPConnection(UPSTREAM_ADDRESS["address"], int(port), timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": UPSTREAM})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -56,6 +74,11 @@ class Handler(BaseHTTPRequestHandler):
             status, body = int(os.environ.get("HEALTHZ_STATUS", "200")), b"healthz"
         elif self.path == "/version":
             status, body = 200, os.environ.get("VERSION", "").encode()
+        elif self.path == "/upstream":
+            try:
+                status, body = call_upstream("/version")
+            except OSError as exc:
+                status, body = 502, repr(exc).encode()
         elif self.path == "/secret-hash":
             status, body = 200, hashlib.sha256(os.environ.get("API_KEY", "").encode()).hexdigest().encode()
         else:
@@ -165,8 +188,8 @@ def environment(target, run_id, docker_client):
 
 
 def _spec(run_id: str, environment: str, image: str, **overrides) -> DeploymentSpec:
-    values = {"port": PORT, "health": "/healthz"} | overrides
-    return DeploymentSpec(fleet=run_id, environment=environment, service=SERVICE, image=image, **values)
+    values = {"port": PORT, "health": "/healthz", "service": SERVICE} | overrides
+    return DeploymentSpec(fleet=run_id, environment=environment, image=image, **values)
 
 
 def _fetch_inside(docker_client, run_id: str, network: str, url: str) -> str:
@@ -203,8 +226,9 @@ class _RequestLoop:
     """Clients hammering the published port while a deployment switches: one fresh connection per request,
     one keep-alive connection. Bounded: each stops after `limit` requests or when told to."""
 
-    def __init__(self, port: int, limit: int = 20000):
+    def __init__(self, port: int, limit: int = 20000, path: str = "/version"):
         self.port = port
+        self.path = path
         self.limit = limit
         self.stop = threading.Event()
         self.results = {"fresh": {"ok": 0, "failed": 0, "versions": []}, "keep-alive": {"ok": 0, "failed": 0,
@@ -228,7 +252,7 @@ class _RequestLoop:
             if self.stop.is_set():
                 return
             try:
-                status, body = _get(self.port, "/version")
+                status, body = _get(self.port, self.path)
                 self._record("fresh", status, body)
             except OSError as exc:
                 self._record("fresh", None, "", repr(exc))
@@ -240,7 +264,7 @@ class _RequestLoop:
             if self.stop.is_set():
                 break
             try:
-                conn.request("GET", "/version")
+                conn.request("GET", self.path)
                 response = conn.getresponse()
                 self._record("keep-alive", response.status, response.read().decode())
             except (OSError, http.client.HTTPException) as exc:
@@ -325,6 +349,43 @@ def test_given_v1_serves_a_published_port_when_v2_deploys_then_no_request_fails_
     assert v2.container_name in report.containers and report.proxies == (v2.network,)
     with pytest.raises(OSError):
         _get(free_port, "/version")
+
+
+def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_replaced_then_no_call_fails(
+    target, environment, images, run_id, docker_client, free_port
+):
+    # Given the provider `api` and a consumer `web` that resolved api's address once and never again
+    target.deploy(_spec(run_id, environment, images["v1"]))
+    web = target.deploy(_spec(run_id, environment, images["v1"], service="web", publish=free_port,
+                              env={"UPSTREAM": f"{SERVICE}:{PORT}"}, calls=(SERVICE,)))
+    assert _get(free_port, "/upstream") == (200, "v1")
+    # the consumer resolves the provider to the environment's switch, not to a container
+    hosts = docker_client.containers.get(web.container_id).attrs["HostConfig"]["ExtraHosts"]
+    gateway = hosts[0].split(":", 1)[1]
+    assert hosts == [f"{SERVICE}:{gateway}"] and gateway.endswith(".1")
+
+    # When the provider is replaced twice under steady load on the consumer
+    with _RequestLoop(free_port, path="/upstream") as loop:
+        time.sleep(0.5)
+        target.deploy(_spec(run_id, environment, images["v2"]))
+        time.sleep(0.5)
+        target.deploy(_spec(run_id, environment, images["v1"]))
+        time.sleep(0.5)
+    fresh, keep_alive = loop.results["fresh"], loop.results["keep-alive"]
+    print(f"\nprovider v1 -> v2 -> v1 under load on its consumer: fresh {fresh['ok']} ok / {fresh['failed']} "
+          f"failed, keep-alive {keep_alive['ok']} ok / {keep_alive['failed']} failed")
+    # Then no consumer request failed, and the consumer followed the provider without being redeployed
+    assert loop.errors == []
+    assert fresh["versions"] == ["v1", "v2", "v1"] and keep_alive["versions"] == ["v1", "v2", "v1"]
+    assert target.running(run_id, environment, "web").container_id == web.container_id
+    # and a service the switch does not know answers 503 from the switch, never another service
+    status = docker_client.containers.run(
+        BASE_IMAGE, ["python3", "-c", "import http.client as h; c = h.HTTPConnection(__import__('sys').argv[1], "
+                     "8080, timeout=5); c.request('GET', '/version', headers={'Host': 'nobody:8080'}); "
+                     "print(c.getresponse().status)", gateway],
+        network=web.network, name=f"{run_id}-probe-{secrets.token_hex(3)}", labels={TEST_RUN_LABEL: run_id},
+        remove=True).decode().strip()
+    assert status == "503"
 
 
 def test_given_v1_serves_when_an_image_whose_healthz_fails_deploys_then_it_is_refused_with_its_logs(
