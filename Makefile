@@ -65,5 +65,7 @@ snapshot: venv
 bench: setup
 	$(WITH_HOST_ENV) $(VENV)/bin/python -m benchmarks.run
 
+# Environments keep running when the orchestrator stops (as real ones do); clean removes the demo's too.
 clean:
+	-test -x $(VENV)/bin/release-graph && test -f $(HOST_ENV) && $(WITH_HOST_ENV) $(VENV)/bin/release-graph teardown --all
 	rm -rf $(VENV) .dagster_home .demo

@@ -30,11 +30,12 @@ EPHEMERAL = f"{NAMESPACE}.ephemeral"  # value: the ephemeral network's name
 EXPIRES_AT = f"{NAMESPACE}.expires-at"  # epoch seconds after which `reap` may remove an ephemeral network
 GIT_SHA = f"{NAMESPACE}.git-sha"  # the commit a deployed container was built from
 STEP = f"{NAMESPACE}.step"  # which release step ran a container or built an image: unit-tests, sbom, e2e
+INSTANCE = f"{NAMESPACE}.instance"  # the state folder of the release-graph instance that deployed it
 
 # What a deploy target writes on its containers and networks and reads back as the truth about them: a
 # deployment's own labels may not set these (in either namespace).
 TARGET_OWNED = frozenset({MANAGED, FLEET, ENVIRONMENT, SERVICE, DIGEST, IMAGE, PORT, HEALTH, CONFIG, EPHEMERAL,
-                          EXPIRES_AT})
+                          EXPIRES_AT, INSTANCE})
 
 LEGACY_MANAGED = "release-graph"
 LEGACY_PREFIX = "release-graph."

@@ -67,6 +67,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return retry(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env)
 
 
+def cmd_environments(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import environments
+
+    return environments(load_fleet(resolve_fleet_path(args.fleet)), as_json=args.json)
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import teardown
+
+    fleet = load_fleet(resolve_fleet_path(args.fleet))
+    if not args.all and not args.env:
+        print("release-graph teardown: name an environment with --env, or --all", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return teardown(fleet, list(fleet.environments) if args.all else args.env)
+
+
 def cmd_why(args: argparse.Namespace) -> int:
     from release_graph.cli.operations import why
 
@@ -121,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--env", required=True, help="an environment, or `integration`")
     _fleet_argument(retry)
     retry.set_defaults(handler=cmd_retry)
+
+    envs = commands.add_parser("environments", help="what runs per environment: containers (of any instance), "
+                               "proxies and ports")
+    envs.add_argument("--json", action="store_true")
+    _fleet_argument(envs)
+    envs.set_defaults(handler=cmd_environments)
+
+    teardown = commands.add_parser("teardown", help="remove an environment's containers, network and proxy")
+    teardown.add_argument("--env", action="append", help="an environment (repeatable)")
+    teardown.add_argument("--all", action="store_true", help="every environment of the fleet")
+    _fleet_argument(teardown)
+    teardown.set_defaults(handler=cmd_teardown)
 
     why = commands.add_parser("why", help="why a stage is where it is: running, up to date, waiting for what, "
                               "blocked or failed; exits 1 when blocked or failed")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -15,6 +16,8 @@ from release_graph.release.keys import approval_key, environment_key, image_key,
 from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, TRIGGER_TAG
 from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, stage_status
 from release_graph.wiring import build_definitions, default_resources
+from resources.state import state_dir
+from resources.targets import TargetNotConfigured
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -150,6 +153,55 @@ def why(fleet: Fleet, service_name: str, stage: str, *, as_json: bool = False, o
     status = stage_status(_instance(), fleet, service, stage)
     print(json.dumps(status.as_dict(), indent=2) if as_json else status.line(), file=out)
     return EXIT_FAILED if status.state in (BLOCKED, FAILED) else EXIT_OK
+
+
+def environments(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
+    """What runs per environment of the fleet (containers of any instance, proxies, ports)."""
+    out = out or sys.stdout
+    targets = default_resources(fleet)["deploy_targets"]
+    reports = []
+    for environment in fleet.environments.values():
+        try:
+            reports.append(targets.for_environment(environment.target).describe_environment(fleet.name,
+                                                                                            environment.name))
+        except TargetNotConfigured as exc:
+            print(f"{environment.name}: {exc}", file=out)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2), file=out)
+        return EXIT_OK
+    own = str(state_dir())
+    for report in reports:
+        if report.empty:
+            print(f"{fleet.name}/{report.environment}: nothing runs", file=out)
+            continue
+        print(f"{fleet.name}/{report.environment}: network {report.network or '-'}, proxy "
+              + (f"{'running' if report.proxy_running else 'stopped'} ({report.proxy})" if report.proxy else "none"),
+              file=out)
+        for name, port in sorted(report.published.items()):
+            print(f"  published {name} on port {port}", file=out)
+        for name, address in sorted(report.switched.items()):
+            print(f"  switched  {name} for its consumers at {address}", file=out)
+        for container in report.containers:
+            owner = "this instance" if container.instance and container.instance.startswith(own) else (
+                container.instance or "unknown instance")
+            print(f"  {container.service:<12} {container.status:<8} {container.name} ({owner})", file=out)
+    return EXIT_OK
+
+
+def teardown(fleet: Fleet, environment_names: list[str], *, out=None) -> int:
+    """Remove every container, network and proxy of the named environments (deployed by any instance)."""
+    out = out or sys.stdout
+    targets = default_resources(fleet)["deploy_targets"]
+    for name in environment_names:
+        environment = _environment(fleet, name)
+        try:
+            report = targets.for_environment(environment.target).teardown_environment(fleet.name, name)
+        except TargetNotConfigured as exc:
+            print(f"{name}: {exc}", file=out)
+            continue
+        print(f"{fleet.name}/{name}: removed {len(report.containers)} containers, "
+              f"{len(report.networks)} networks, {len(report.proxies)} proxies", file=out)
+    return EXIT_OK
 
 
 def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:

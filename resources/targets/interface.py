@@ -185,6 +185,35 @@ class ReapReport:
 
 
 @dataclass(frozen=True)
+class EnvironmentContainer:
+    """One container of an environment as `release-graph environments` lists it."""
+
+    name: str
+    service: str
+    status: str
+    digest: str | None
+    instance: str | None  # the state folder of the release-graph instance that deployed it
+
+
+@dataclass(frozen=True)
+class EnvironmentReport:
+    """What runs in one environment, whoever started it: containers, the switch (proxy) and its ports."""
+
+    fleet: str
+    environment: str
+    network: str | None
+    containers: tuple[EnvironmentContainer, ...] = ()
+    proxy: str | None = None  # where this instance's switch keeps its state, when it has one
+    proxy_running: bool = False
+    published: dict[str, int] = field(default_factory=dict)  # service -> host port
+    switched: dict[str, str] = field(default_factory=dict)  # service -> gateway:port its consumers call
+
+    @property
+    def empty(self) -> bool:
+        return not self.containers and not self.proxy_running and self.network is None
+
+
+@dataclass(frozen=True)
 class StartedService:
     """A service started inside an ephemeral environment."""
 
@@ -339,6 +368,10 @@ class DeployTarget(ABC):
     ) -> ReapReport:
         """Remove what earlier runs left behind (killed integration runs, half-done deployments, environments
         not in `keep_environments`) and return what was removed. What last served is kept: it is drift."""
+
+    @abstractmethod
+    def describe_environment(self, fleet: str, environment: str) -> EnvironmentReport:
+        """What runs in the environment (containers of any instance, this instance's switch and ports)."""
 
     @abstractmethod
     def run_tests(

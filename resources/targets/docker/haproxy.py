@@ -320,8 +320,12 @@ class HaproxyRouter:
             try:
                 probe.bind((self.bind_address, publish))
             except OSError as exc:
+                environment = self.title.rsplit("/", 1)[-1]
                 raise PortUnavailable(
-                    f"{where}: cannot publish on {self.bind_address}:{publish}: {exc.strerror}; nothing was changed",
+                    f"{where}: cannot publish on {self.bind_address}:{publish}: {exc.strerror}; nothing was changed. "
+                    "If an earlier release-graph instance (another checkout, or before `make clean`) still serves "
+                    f"this environment, `release-graph environments` shows it and `release-graph teardown --env "
+                    f"{environment}` removes it",
                     service=service, environment=self.title.rsplit("/", 1)[-1], image="",
                 ) from exc
 

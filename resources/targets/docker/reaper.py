@@ -15,6 +15,7 @@ earlier version created under `release-graph.*` is reaped like what this one cre
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docker.errors import NotFound
@@ -36,6 +37,9 @@ def teardown_environment(target: "DockerTarget", fleet: str, environment: str) -
     containers = {c.id: c for c in target._service_containers(fleet, environment)}
     if target._network_exists(net):
         containers.update({c.id: c for c in target._network_members(net)})
+    # An environment deployed by another instance (another checkout, a `make clean` since) has its switch in
+    # that instance's state folder, named on its containers: stop that one too.
+    roots = {L.read(inspect.container_labels(c), L.INSTANCE) for c in containers.values()} - {None, ""}
     removed = []
     for container in containers.values():
         with suppress(NotFound), target._engine(f"removing {container.name}"):
@@ -48,6 +52,11 @@ def teardown_environment(target: "DockerTarget", fleet: str, environment: str) -
     router = target._router(fleet, environment)
     proxies = [net] if router.exists() else []
     router.destroy()
+    for root in sorted(roots):
+        other = target._router_at(Path(root) / net, f"{fleet}/{environment}")
+        if other.directory != router.directory and other.exists():
+            other.destroy()
+            proxies.append(f"{net} ({root})")
     return ReapReport(tuple(removed), tuple(networks), tuple(proxies))
 
 

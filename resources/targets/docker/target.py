@@ -61,6 +61,8 @@ from resources.targets.interface import (
     DeploymentResult,
     DeploymentSpec,
     DeployTarget,
+    EnvironmentContainer,
+    EnvironmentReport,
     HealthProbe,
     ImageUnavailable,
     ProxyError,
@@ -329,6 +331,7 @@ class DockerTarget(DeployTarget):
             L.DIGEST: digest,
             L.IMAGE: reference,
             L.CONFIG: fingerprint,
+            L.INSTANCE: str(self._state_root()),
         }
         if spec.port is not None:
             labels[L.PORT] = str(spec.port)
@@ -650,6 +653,32 @@ class DockerTarget(DeployTarget):
         )
 
     # --- clean-up (reaper.py) -----------------------------------------------------------------------------
+
+    def describe_environment(self, fleet: str, environment: str) -> EnvironmentReport:
+        """Every container of the environment, whichever instance deployed it, and this instance's switch."""
+        net = self.network_name(fleet, environment)
+        containers = tuple(
+            EnvironmentContainer(
+                name=c.name,
+                service=L.read(inspect.container_labels(c), L.SERVICE) or "",
+                status=inspect.status(c),
+                digest=L.read(inspect.container_labels(c), L.DIGEST),
+                instance=L.read(inspect.container_labels(c), L.INSTANCE),
+            )
+            for c in sorted(self._service_containers(fleet, environment), key=lambda c: c.name)
+        )
+        router = self._router(fleet, environment)
+        routes = router.routes() if router.exists() else {}
+        return EnvironmentReport(
+            fleet=fleet,
+            environment=environment,
+            network=net if self._network_exists(net) else None,
+            containers=containers,
+            proxy=str(router.directory) if router.exists() else None,
+            proxy_running=router.exists() and router.alive(),
+            published={name: r.publish for name, r in routes.items() if r.publish is not None},
+            switched={name: f"{r.gateway}:{r.port}" for name, r in routes.items() if r.gateway},
+        )
 
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
         """Remove every container of the environment (and anything else on its network), the network and

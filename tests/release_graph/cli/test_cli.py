@@ -115,3 +115,28 @@ def test_status_json_exits_1_and_names_the_drift_when_a_container_was_stopped_by
     drift = cells[("inventory", "dev")]["drift"]
     assert drift.startswith(f"recorded {recorded} but its container") and running.container_name in drift
     assert cells[("inventory", "prod")]["drift"] == ""
+
+
+@pytest.mark.engine
+def test_environments_lists_what_runs_and_teardown_removes_it_also_for_another_instance(
+    released, capsys, docker_client, monkeypatch, tmp_path
+):
+    world = released
+    capsys.readouterr()
+    # Given inventory running in dev: environments lists it, with the instance that deployed it
+    assert cli(["environments", "--json"]) == 0
+    reports = {r["environment"]: r for r in json.loads(capsys.readouterr().out)}
+    (container,) = reports["dev"]["containers"]
+    assert container["service"] == "inventory" and container["status"] == "running" and container["instance"]
+    assert reports["prod"]["containers"] == []
+    # When another instance (another checkout: another state folder) tears dev down
+    monkeypatch.setenv("RELEASE_GRAPH_STATE", str(tmp_path / "another-instance"))
+    assert cli(["teardown", "--env", "dev"]) == 0
+    assert "removed 1 containers, 1 networks, 1 proxies" in capsys.readouterr().out
+    # then nothing of dev is left: no container, and the first instance's proxy is stopped too
+    assert not docker_client.containers.list(all=True, filters={"label": [
+        f"io.release-graph.fleet={world.fleet.name}", "io.release-graph.environment=dev"]})
+    assert cli(["environments"]) == 0
+    assert f"{world.fleet.name}/dev: nothing runs" in capsys.readouterr().out
+    # and teardown without an environment is refused with what to give
+    assert cli(["teardown"]) == 2
