@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
 from release_graph.assets.automation import automation_sensors
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
-from release_graph.fleet import Fleet, load_fleet, resolve_fleet_path
+from release_graph.fleet import Fleet, ManifestError, load_fleet, resolve_fleet_path
 from resources.state import state_dir
 
 
@@ -51,7 +54,9 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     }
 
 
-def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definitions:
+def build_definitions(
+    fleet: Fleet, resources: dict | None = None, manifest_problem: str | None = None
+) -> dg.Definitions:
     from sensors.branch_promotion import build_branch_promotion_sensor
     from sensors.drift import build_drift_sensor
     from sensors.git_commits import build_git_commit_sensor
@@ -61,7 +66,8 @@ def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definit
         release = build_service_release(fleet, service)
         assets += release.assets
         checks += release.checks
-    sensors = [build_git_commit_sensor(fleet), *automation_sensors(fleet), build_drift_sensor(fleet)]
+    sensors = [build_git_commit_sensor(fleet), *automation_sensors(fleet), build_drift_sensor(fleet),
+               manifest_sensor(fleet, manifest_problem)]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))
     return dg.Definitions(
@@ -69,11 +75,52 @@ def build_definitions(fleet: Fleet, resources: dict | None = None) -> dg.Definit
         asset_checks=checks,
         sensors=sensors,
         resources=resources if resources is not None else default_resources(fleet),
-        # Release steps mostly wait on the engine; a process per step would cost ~1.8 s each (notes).
+        # Release steps mostly wait on the engine; a process per step would cost ~1.8 s each (measured).
         executor=dg.in_process_executor,
     )
 
 
+def _last_valid_copy(path) -> Path:
+    """Where the last manifest that loaded at `path` is kept (one per manifest path, in the state folder)."""
+    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return state_dir() / "manifests" / f"{name}.yaml"
+
+
 def load_definitions(fleet_path: str | None = None) -> dg.Definitions:
-    """Reads the manifest (a local file: no network I/O) and builds everything from it."""
-    return build_definitions(load_fleet(resolve_fleet_path(fleet_path)))
+    """Reads the manifest (a local file: no network I/O) and builds everything from it.
+
+    A manifest broken while the instance runs does not stop the releases: the last manifest that loaded keeps
+    driving them, and the `fleet_manifest` sensor shows what is wrong (the UI's Automation page; every CLI
+    command reports the error itself). A manifest that never loaded is an error at once.
+    """
+    path = resolve_fleet_path(fleet_path)
+    copy = _last_valid_copy(path)
+    try:
+        fleet = load_fleet(path)
+    except ManifestError as exc:
+        if not copy.is_file():
+            raise
+        fleet = load_fleet(path, text=copy.read_text(encoding="utf-8"))
+        saved = datetime.fromtimestamp(copy.stat().st_mtime, UTC).isoformat(timespec="seconds")
+        return build_definitions(fleet, manifest_problem=f"{exc}\nReleases run on the last manifest that loaded "
+                                                         f"({saved}); fix {path} and reload the code location.")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_suffix(".tmp")
+    tmp.write_text(Path(path).read_text(encoding="utf-8"), encoding="utf-8")
+    tmp.replace(copy)
+    return build_definitions(fleet)
+
+
+def manifest_sensor(fleet: Fleet, problem: str | None) -> dg.SensorDefinition:
+    """Says, on every tick, whether the manifest in use is the one on disk or the last valid one."""
+
+    @dg.sensor(name="fleet_manifest", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Whether releases run on the manifest as written (a broken one is shown here).")
+    def fleet_manifest(context: dg.SensorEvaluationContext):
+        if problem:
+            context.log.error(f"{fleet.source_file}: {problem}")
+            return dg.SkipReason(f"BROKEN MANIFEST: {problem}")
+        return dg.SkipReason(f"{fleet.source_file} loaded: {len(fleet.services)} services, "
+                             f"environments {', '.join(fleet.environments)}")
+
+    return fleet_manifest

@@ -123,18 +123,19 @@ TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
-def load_fleet(path: str | os.PathLike, *, check_files: bool = True) -> Fleet:
+def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str | None = None) -> Fleet:
     """Read and validate a manifest. Raises ManifestError listing every problem found.
 
     `check_files=False` skips the Dockerfile/build-context checks of local repos (used when a manifest is
-    read away from its sources; the same checks then run at build time with the same message).
+    read away from its sources; the same checks then run at build time with the same message). `text`: the
+    manifest's content as it was at `path` earlier (relative paths still resolve against `path`'s folder).
     """
     source_file = Path(path).expanduser().resolve()
     problems = _Problems(source_file)
-    if not source_file.is_file():
+    if text is None and not source_file.is_file():
         raise ManifestError([f"{source_file}: manifest file not found"])
     try:
-        document, duplicates = load_single(source_file.read_text(encoding="utf-8"))
+        document, duplicates = load_single(text if text is not None else source_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
