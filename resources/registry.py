@@ -140,6 +140,14 @@ class Registry(dg.ConfigurableResource):
 
     # --- HTTP -------------------------------------------------------------------------------------------
 
+    def problem(self, repository: str) -> str | None:
+        """None when the registry holding `repository` answers now; else what is wrong, in words."""
+        try:
+            self.tags(repository)
+        except RegistryError as exc:  # RegistryUnavailable included
+            return str(exc)
+        return None
+
     def _reference(self, repository: str, tag_or_digest: str | None) -> ImageReference:
         try:
             parsed = parse_image_reference(repository)
