@@ -183,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from resources.git import GitError
+    from resources.targets import TargetError
 
     try:
         return args.handler(args)
     except (ManifestError, GitError) as exc:
         print(f"release-graph {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TargetError as exc:  # the engine or a proxy did not answer: one line, not a traceback
+        print(f"release-graph {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ class LiveDemo:
         shutil.copy(REPO_ROOT / "dagster.yaml", self.home / "dagster.yaml")
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "RELEASE_GRAPH_STATE": str(self.state),
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
-                    "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex()}
+                    "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
+                    # the security tools `make test` installed (semgrep in its own venv)
+                    "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools")}
 
     @property
     def fleet(self):
