@@ -26,8 +26,7 @@ SNAPSHOT_FILE = ROOT / "tests" / "release_graph" / "graph_snapshot.json"
 def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(bin folder of a venv holding only the release-graph wheel, the environment to run it with)."""
     uv = shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not installed (make venv installs it)")
+    assert uv is not None, "uv is not installed: `make venv` installs it (the wheel is built with it)"
     tmp = tmp_path_factory.mktemp("installed")
     subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(tmp / "dist"), str(ROOT)],
                    check=True, capture_output=True, text=True, timeout=120)

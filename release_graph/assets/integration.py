@@ -22,6 +22,7 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import environment_key, image_key, integration_key
 from release_graph.release.promotion import blocking_checks_passed, image_reference
+from release_graph.release.tags import release_tags
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.git import GitResource
@@ -70,6 +71,8 @@ def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTa
         raise ReleaseStepError(f"service '{service.name}': image {image.digest} has not passed "
                                f"{', '.join(failed)}: not integrated")
     sha = image.git_sha
+    # The Runs page filters by service and commit: automation cannot tag that at launch, the step can.
+    context.instance.add_run_tags(context.run.run_id, release_tags(service.name, sha))
     first = next(iter(fleet.environments.values()))
     test_reference = f"{service.image_repository(fleet)}:{sha}-{service.build.integration_target}"
     if not engine.local_image_exists(test_reference):
