@@ -248,7 +248,7 @@ def about_to_deploy(instance, fleet: Fleet, service: Service, environment: Envir
         return False
     if waiting_reason(instance, fleet, service, key) is not None:
         return False
-    failed = instance.get_runs(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name},
-                                                     statuses=[dg.DagsterRunStatus.FAILURE]), limit=10)
-    return not any(run.asset_selection and key in run.asset_selection and run.create_timestamp > trigger.timestamp
-                   for run in failed)
+    failed = instance.get_run_records(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name},
+                                                            statuses=[dg.DagsterRunStatus.FAILURE]), limit=10)
+    return not any(r.dagster_run.asset_selection and key in r.dagster_run.asset_selection
+                   and r.create_timestamp.timestamp() > trigger.timestamp for r in failed)

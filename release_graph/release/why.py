@@ -38,9 +38,10 @@ class StageStatus:
 
 
 def _runs_with(instance, service: Service, key: dg.AssetKey, statuses) -> list:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name}, statuses=statuses),
-                             limit=RUNS_LOOKED_AT)
-    return [run for run in runs if run.asset_selection and key in run.asset_selection]
+    """Run records (newest first) of the service's runs with these statuses that held `key`."""
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name}, statuses=statuses),
+                                       limit=RUNS_LOOKED_AT)
+    return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
 
 
 def _failure_message(instance, run_id: str) -> str:
@@ -59,11 +60,12 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
     running = _runs_with(instance, service, key, IN_PROGRESS)
     if running:
         return StageStatus(name, RUNNING, "a run is deploying it now" if stage != "integration"
-                           else "the integration tests are running", running[0].run_id)
+                           else "the integration tests are running", running[0].dagster_run.run_id)
     latest = history.latest(instance, key)
     failed = _runs_with(instance, service, key, [dg.DagsterRunStatus.FAILURE])
-    if failed and (latest is None or failed[0].create_timestamp > latest.timestamp):
-        return StageStatus(name, FAILED, _failure_message(instance, failed[0].run_id), failed[0].run_id)
+    if failed and (latest is None or failed[0].create_timestamp.timestamp() > latest.timestamp):
+        run_id = failed[0].dagster_run.run_id
+        return StageStatus(name, FAILED, _failure_message(instance, run_id), run_id)
     reason = waiting_reason(instance, fleet, service, key)
     if reason:
         return StageStatus(name, BLOCKED if reason.startswith("blocked") else WAITING, reason)
