@@ -14,7 +14,7 @@ from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, image_key, integration_key
 from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, TRIGGER_TAG
-from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, stage_status
+from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, failure_reason, stage_status
 from release_graph.wiring import build_definitions, default_resources
 from resources.state import state_dir
 from resources.targets import TargetNotConfigured
@@ -77,13 +77,6 @@ def report(result, out=None) -> int:
     for reason in failures or ["the run failed"]:
         print(f"refused: {reason} (run {run.run_id})", file=out)
     return EXIT_FAILED
-
-
-def failure_reason(error) -> str:
-    """The reason in a step's error, without the exception's module and class: `ReleaseStepError: x` -> `x`."""
-    message = (error.message if error else "").strip().splitlines()[0] if error and error.message else "failed"
-    head, separator, rest = message.partition(": ")
-    return rest if separator and (head.endswith(("Error", "Failure", "Exception")) or "." in head) else message
 
 
 def build_image(fleet: Fleet, service_name: str, sha: str | None = None) -> int:

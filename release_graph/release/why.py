@@ -44,13 +44,26 @@ def _runs_with(instance, service: Service, key: dg.AssetKey, statuses) -> list:
     return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
 
 
+def failure_reason(error) -> str:
+    """The cause a release manager should read first, from a step's error: Dagster's own wrapper ("Error
+    occurred while executing op ...") is skipped for the error it wraps, and the exception's module and class
+    are dropped (`ReleaseStepError: x` -> `x`)."""
+    while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in (
+            (error.cls_name or "") + (error.message or "")):
+        error = error.cause
+    message = (error.message or "").strip() if error is not None else ""
+    if not message:
+        return "the step failed"
+    first = message.splitlines()[0]
+    head, separator, rest = first.partition(": ")
+    return rest if separator and (head.endswith(("Error", "Failure", "Exception", "Failed")) or "." in head) else first
+
+
 def _failure_message(instance, run_id: str) -> str:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records
     if not records:
         return "the run failed"
-    error = records[0].event_log_entry.dagster_event.step_failure_data.error
-    message = (error.message if error else "").strip()
-    return message.split(": ", 1)[-1] if "Failure" in message.split(":", 1)[0] else (message or "the step failed")
+    return failure_reason(records[0].event_log_entry.dagster_event.step_failure_data.error)
 
 
 def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageStatus:

@@ -71,3 +71,21 @@ def test_a_consumer_does_not_wait_for_a_provider_whose_attempt_failed(fleet):
         # once that attempt failed, nobody waits for it any more
         fail_deploy(instance, "inventory", "dev")
         assert not about_to_deploy(instance, fleet, fleet.services["inventory"], fleet.environments["dev"])
+
+
+def test_a_failure_that_dagster_wrapped_shows_its_cause_first(fleet):
+    class DeploymentFailed(Exception):
+        pass
+
+    @dg.asset(key=["inventory", "integration"])
+    def integration():
+        raise DeploymentFailed("inventory in it-x: the new container was not healthy: /healthz answered 500")
+
+    with dg.instance_for_test() as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        job = dg.Definitions(assets=[integration]).resolve_implicit_global_asset_job_def()
+        job.execute_in_process(instance=instance, raise_on_error=False, tags={"release/service": "inventory"},
+                               asset_selection=[dg.AssetKey(["inventory", "integration"])])
+        status = stage_status(instance, fleet, fleet.services["inventory"], "integration")
+        assert status.state == FAILED
+        assert status.reason == "inventory in it-x: the new container was not healthy: /healthz answered 500"
