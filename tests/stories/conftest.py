@@ -1,0 +1,144 @@
+"""The harness of the live stories, the fixture `live`: a copy of the demo fleet run by the real daemon
+(`dagster dev`, as `make demo` starts it), under its own fleet name, registry repositories, ports and
+DAGSTER_HOME, so it never meets a running `make demo` or another test; the fixture removes its environments
+and images afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from release_graph import demo
+from release_graph.fleet import load_fleet
+from release_graph.release.why import stage_status
+from resources.containers import ContainerEngine
+from resources.registry import Registry, RegistryError
+from resources.targets import DeployTargets, DockerTargetConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveDemo:
+    def __init__(self, root: Path, fleet_name: str):
+        self.root = root
+        self.fleet_dir = root / "shop"
+        self.home = root / "home"
+        self.state = Path(f"/tmp/{fleet_name}-state")  # haproxy's admin socket path must stay short
+        self.fleet_name = fleet_name
+        self.ui_port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+
+    def prepare(self) -> None:
+        shutil.copytree(REPO_ROOT / "examples" / "shop", self.fleet_dir,
+                        ignore=shutil.ignore_patterns(".repos", "__pycache__"))
+        text = (self.fleet_dir / "fleet.yaml").read_text().replace("fleet: shop", f"fleet: {self.fleet_name}")
+        text = text.replace("registry: 127.0.0.1:5000/shop", f"registry: 127.0.0.1:5000/{self.fleet_name}")
+        for port in ("18081", "18082", "18080"):
+            text = text.replace(f": {port}}}", f": {free_port()}}}")
+        (self.fleet_dir / "fleet.yaml").write_text(text)
+        demo.sync_repos(self.fleet_dir / "services", self.fleet_dir / ".repos")
+        self.home.mkdir()
+        shutil.copy(REPO_ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "RELEASE_GRAPH_STATE": str(self.state),
+                    "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
+                    "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
+                    # the security tools `make test` installed (semgrep in its own venv)
+                    "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools")}
+
+    @property
+    def fleet(self):
+        return load_fleet(self.fleet_dir / "fleet.yaml")
+
+    def start(self) -> None:
+        # As `make demo` runs it; its own process group, so the daemon and code server stop with it.
+        with open(self.root / "dagster-dev.log", "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.ui_port),
+                 "-m", "release_graph.definitions"],
+                cwd=self.root, env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ui_port}/server_info", timeout=2
+            ):
+                return
+            assert self.process.poll() is None, self.log_tail()
+            time.sleep(1)
+        pytest.fail(f"dagster dev did not answer in 120 s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        path = self.root / "dagster-dev.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "release-graph"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+
+    def wait_for(self, what: str, condition, timeout: float, instance) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if condition():
+                return time.monotonic() - started
+            assert self.process.poll() is None, f"dagster dev stopped:\n{self.log_tail()}"
+            time.sleep(3)
+        fleet = self.fleet
+        waits = [stage_status(instance, fleet, fleet.services[s], e).line()
+                 for s in fleet.services for e in fleet.environments]
+        pytest.fail(f"{what}: not within {timeout:.0f} s. Stages:\n" + "\n".join(waits) + f"\n{self.log_tail()}")
+
+
+@pytest.fixture
+def live(tmp_path, run_id, docker_client):
+    world = LiveDemo(tmp_path, f"{run_id}live")
+    world.prepare()
+    try:
+        yield world
+    finally:
+        world.stop()
+        fleet = world.fleet
+        target = DeployTargets(engine=ContainerEngine(), docker=DockerTargetConfig(
+            state_dir=str(world.state / "targets"))).for_environment("docker")
+        for environment in fleet.environments:
+            target.teardown_environment(fleet.name, environment)
+        registry = Registry()
+        for service in fleet.services.values():
+            repository = service.image_repository(fleet)
+            with contextlib.suppress(RegistryError):
+                for tag in registry.tags(repository):
+                    digest = registry.manifest_digest(repository, tag)
+                    if digest:
+                        registry.delete(repository, digest)
+            with contextlib.suppress(Exception):
+                for image in docker_client.images.list(name=repository):
+                    for tag in image.tags:
+                        with contextlib.suppress(Exception):
+                            docker_client.images.remove(tag)
+        shutil.rmtree(world.state, ignore_errors=True)
+
