@@ -37,7 +37,15 @@ from release_graph.importer.model import (
     Resolution,
 )
 from release_graph.importer.names import dns_name, rename_note
-from release_graph.importer.yamlfiles import InputError, LineDict, LineList, Override, Reset, load_documents
+from release_graph.importer.yamlfiles import (
+    InputError,
+    LineDict,
+    LineList,
+    Override,
+    Reset,
+    empty_line_dict,
+    load_documents,
+)
 
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 _OVERRIDE_NAMES = {
@@ -90,6 +98,7 @@ class _Reader:
         self.unset: dict[str, str] = {}
         self.notes: list[str] = []
         self.variables: dict[str, str] = {}
+        self.variable_origins: dict[str, str] = {}  # name -> ".env:3" or "--env": where its value was set
         self.repo_reviews: dict[str, None] = {}  # once per repository, not once per service
 
     def label(self, path: Path) -> str:
@@ -108,19 +117,27 @@ class _Reader:
         for path in env_files:
             if not path.is_file():
                 raise InputError(f"{self.label(path)}: env file not found")
-            values = read_dotenv(path, self.label(path), {**self.variables, **self.options.env})
+            label = self.label(path)
+            lines: dict[str, int] = {}
+            values = read_dotenv(path, label, {**self.variables, **self.options.env}, lines)
             self.variables.update(values)
-            self.notes.append(f"variables read from {self.label(path)}: {', '.join(sorted(values)) or 'none'}")
+            self.variable_origins.update({name: f"{label}:{line}" for name, line in lines.items()})
+            self.notes.append(f"variables read from {label}: {', '.join(sorted(values)) or 'none'}")
         self.variables.update(self.options.env)
+        self.variable_origins.update({name: "--env" for name in self.options.env})
         if self.options.env:
             self.notes.append(f"variables given with --env: {', '.join(sorted(self.options.env))}")
         self.notes.append("the shell environment is not read, so the same files always give the same fleet.yaml")
 
     def read_file(self, path: Path) -> LineDict:
         label = self.label(path)
-        documents = load_documents(path, label)
-        if len(documents) != 1 or documents[0][0] is None:
-            raise InputError(f"{label}: expected one compose document, found {len([d for d in documents if d[0]])}")
+        documents = [(doc, line) for doc, line in load_documents(path, label) if doc is not None]
+        if not documents:
+            # Compose reads a file holding only comments (an override kept as a template) as empty.
+            self.notes.append(f"{label} holds no settings (only comments or nothing): nothing merged from it")
+            return empty_line_dict(1)
+        if len(documents) != 1:
+            raise InputError(f"{label}:{documents[1][1]}: expected one compose document, found {len(documents)}")
         top = documents[0][0]
         if not isinstance(top, LineDict):
             raise InputError(f"{label}:{documents[0][1]}: expected a mapping with `services:`")
@@ -794,8 +811,17 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
             continue
         for env_name, env_value in read_dotenv(path, label).items():
             values[env_name] = (env_value, f"{label}: {service.source_name}: env_file.{env_name}", "env_file")
+    from_project: dict[str, str] = {}  # bare names whose value the project's variables give -> where set
     for env_name, prov in raw.get("environment", {}).items():
-        values[env_name] = (prov.value, f"{prov.label}: {service.source_name}: environment.{env_name}", "environment")
+        value = prov.value
+        if value is None and env_name in reader.variables:
+            # `- NAME` without a value: Compose takes it from its variables, env files and --env included.
+            value = reader.variables[env_name]
+            from_project[env_name] = reader.variable_origins.get(env_name, "the project's variables")
+        values[env_name] = (value, f"{prov.label}: {service.source_name}: environment.{env_name}", "environment")
+    if from_project:
+        service.notes.append("values of bare `environment` names, from the project's variables: "
+                             + ", ".join(f"{name} ({where})" for name, where in sorted(from_project.items())))
 
     withheld, passed_through = [], []
     for env_name in sorted(values):
@@ -814,6 +840,7 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
             service.references.append(Reference(
                 consumer=service.name, evidence=evidence, kind="env", key=env_name,
                 display=f"{env_name}={shown}", startup=False, hosts=hosts,
+                note=f"value from {from_project[env_name]}" if env_name in from_project else "",
             ))
     if withheld:
         service.notes.append(f"not written to env (names or values that hold secrets): {', '.join(withheld)}: "
