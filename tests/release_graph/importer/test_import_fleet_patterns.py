@@ -95,3 +95,98 @@ def test_an_override_file_of_only_comments_is_empty_as_in_compose(tmp_path, caps
     # only empty files: still an error that names them
     write(app, {"docker-compose.yml": "# nothing yet\n"})
     assert "docker-compose.yml, docker-compose.override.yml: no services defined" in failed(capsys, tmp_path, app)
+
+
+def workload(name: str, namespace: str = "shop", *, env: str = "", port: int = 8080, extra: str = "") -> str:
+    """A Deployment and its Service, as small as Kubernetes allows."""
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+        - name: {name}
+          image: example/{name}:1.0
+          ports: [{{containerPort: {port}}}]
+          env: [{env}]
+{extra}---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: {port}}}]
+"""
+
+
+# --- 4. camelCase keys and keys ending in Connection / ConnectionString ------------------------------------------
+
+
+def test_camel_case_and_connection_keys_name_the_service_in_a_bare_value(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          basket:
+            image: example/basket:1.0
+            environment:
+              - EventBusConnection=${EVENT_BUS:-bus}
+              - ConnectionString=basketdata
+              - identityUrl=http://identity
+              - FeatureMode=identity
+          catalog:
+            image: example/catalog:1.0
+            environment:
+              ConnectionString: Server=tcp:sqldata,1433;Database=catalog;User Id=sa;Encrypt=False
+          bus: {image: "rabbitmq:3.13"}
+          basketdata: {image: "redis:7.2"}
+          identity: {image: "example/identity:1.0"}
+          sqldata: {image: "example/sql:1.0"}
+    """})
+    fleet, notes, printed = imported(capsys, tmp_path, app)
+    assert {pair: edge.evidence for pair, edge in edges(fleet).items()} == {
+        ("basket", "bus"): ("compose.yaml: basket: environment.EventBusConnection",),
+        ("basket", "basketdata"): ("compose.yaml: basket: environment.ConnectionString",),
+        ("basket", "identity"): ("compose.yaml: basket: environment.identityUrl",),  # FeatureMode: no address
+        ("catalog", "sqldata"): ("compose.yaml: catalog: environment.ConnectionString",),
+    }
+    # in a `name=value;...` connection string only the server option names a host (`User Id=sa` does not)
+    assert "unresolved" not in printed and "0 unresolved references" in notes
+
+
+# --- 10. booleans and quantities under address-like keys are settings, not hosts ---------------------------------
+
+
+def test_a_boolean_or_a_quantity_under_an_address_key_is_no_reference(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          api:
+            image: example/api:1.0
+            environment:
+              OTEL_EXPORTER_OTLP_TRACES_SERVER_TLS_INSECURE: "true"
+              DB_HOST_VERIFY: off
+              BROKER_TIMEOUT: 30s
+              CACHE_SERVER: cache
+    """})
+    fleet, notes, printed = imported(capsys, tmp_path, app)
+    assert "unresolved: api -> cache (compose.yaml: api: environment.CACHE_SERVER)" in printed
+    assert printed.count("unresolved:") == 1  # not `true`, `off` or `30s`
+    assert "1 unresolved reference" in notes
+
+
+# --- 11. a cluster DNS name without a port, under a plain key ----------------------------------------------------
+
+
+def test_a_cluster_dns_name_under_a_plain_key_is_resolved_or_listed(tmp_path, capsys):
+    k8s = write(tmp_path / "k8s", {
+        "orders.yaml": workload("orders", env="{name: ZIPKIN, value: zipkin.tracing.svc.cluster.local}, "
+                                          "{name: AUDIT, value: audit.shop.svc}, {name: MODE, value: audit}"),
+        "zipkin.yaml": workload("zipkin", "tracing", port=9411),
+    })
+    fleet, notes, printed = imported(capsys, tmp_path, k8s)
+    edge = edges(fleet)[("orders", "zipkin")]
+    assert edge.evidence == ("orders.yaml: orders: env.ZIPKIN",) and edge.soft  # zipkin receives telemetry
+    assert "unresolved: orders -> audit.shop.svc (orders.yaml: orders: env.AUDIT)" in printed
+    assert "no Service audit in namespace shop in the input" in notes
+    assert printed.count("unresolved:") == 1  # MODE=audit is a word, not an address
