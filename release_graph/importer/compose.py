@@ -20,6 +20,7 @@ from typing import Any
 from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
+    HOST_GATEWAYS,
     has_credentials,
     hosts_in_value,
     is_secret_name,
@@ -435,13 +436,22 @@ def _check_references(enabled: dict, disabled: dict, first_seen: dict[str, Prov]
 
 
 class ComposeHosts:
-    """Compose DNS: service names, container names, hostnames, network aliases and link aliases."""
+    """Compose DNS: service names, container names, hostnames, network aliases and link aliases; and the
+    host gateway (`host.docker.internal:<port>`), which leads to the service that publishes that host port."""
 
-    def __init__(self, names: dict[str, str], disabled: dict[str, list[str]]):
+    def __init__(self, names: dict[str, str], disabled: dict[str, list[str]], published: dict[int, tuple[str, str]]):
         self.names = names
         self.disabled = disabled
+        self.published = published  # host port -> (service, "file:line" of its `ports` entry)
 
     def resolve(self, consumer: ImportedService, host: HostRef) -> Resolution:
+        if host.host in HOST_GATEWAYS:
+            if host.port in self.published:
+                service, where = self.published[host.port]
+                return Resolution(services=(service,), note=f"the host gateway: host port {host.port} is published "
+                                  f"by {service} ({where})")
+            reason = f"no service publishes host port {host.port}" if host.port else "no port names a service"
+            return Resolution(unresolved=True, note=f"the host gateway, and {reason}")
         name = self.names.get(host.host)
         if name:
             return Resolution(services=(name,))
@@ -478,6 +488,12 @@ def _to_fleet(reader: _Reader, enabled: dict, disabled: dict, first_seen: dict[s
             target, alias = prov.value
             hosts.setdefault(alias.lower(), names[target])
 
+    published: dict[int, tuple[str, str]] = {}
+    for source_name in sorted(enabled):
+        for prov in enabled[source_name].get("ports", {}).values():
+            for port in _published_ports(prov.value):
+                published.setdefault(port, (names[source_name], f"{prov.label}:{prov.line}"))
+
     imported: dict[str, ImportedService] = {}
     for source_name in sorted(enabled):
         imported[names[source_name]] = _service(reader, source_name, names, enabled[source_name],
@@ -488,7 +504,7 @@ def _to_fleet(reader: _Reader, enabled: dict, disabled: dict, first_seen: dict[s
         root=str(reader.root),
         inputs=[reader.label(f) for f in reader.files],
         services=imported,
-        resolver=ComposeHosts(hosts, disabled),
+        resolver=ComposeHosts(hosts, disabled, published),
     )
     fleet.notes.extend(reader.notes)
     fleet.notes.extend(f"REVIEW: {note}" for note in reader.repo_reviews)
@@ -743,6 +759,20 @@ def _container_port(item: Any) -> int | None:
     return int(container) if container.isdigit() and 0 < int(container) < 65536 else None
 
 
+def _published_ports(item: Any) -> list[int]:
+    """Host ports a `ports` entry publishes: `5105:80`, `127.0.0.1:5105:80/tcp`, `5100-5101:80-81`, long syntax.
+    A bare `80` publishes an ephemeral host port, which nobody can name."""
+    if isinstance(item, dict):
+        text = str(item.get("published") or "")
+    else:
+        parts = str(item).split("/", 1)[0].rsplit(":", 2)
+        text = parts[-2] if len(parts) >= 2 else ""
+    first, _, last = text.partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return []
+    return list(range(int(first), int(last or first) + 1))
+
+
 def _ports(service: ImportedService, raw: dict, known: infra.WellKnown | None) -> None:
     declared = [(_container_port(p.value), p, "ports") for p in raw.get("ports", {}).values()]
     declared += [(_container_port(p.value), p, "expose") for p in raw.get("expose", {}).values()]
@@ -835,6 +865,12 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
         else:
             service.env[env_name] = value
         hosts = hosts_in_value(value, env_name)
+        gateways = sorted({f"{h.host}:{h.port}" if h.port else h.host for h in hosts if h.host in HOST_GATEWAYS})
+        if gateways:
+            service.review.append(
+                f"{env_name} goes through the host gateway ({', '.join(gateways)}): in a release-graph environment "
+                "that reaches only a port the environment publishes (`publish:`); call the service by its name instead"
+            )
         if hosts:
             shown = "<secret>" if secret and not has_credentials(value) else mask_credentials(value)
             service.references.append(Reference(

@@ -23,7 +23,10 @@ _URL = re.compile(_SCHEME + r"(?P<netloc>[^/?#;\s,]*(?:,(?!" + _SCHEME + r")[^/?
 _HOST = re.compile(
     r"^(?=[A-Za-z0-9.-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
-_LOCAL_HOSTS = {"localhost", "localhost.localdomain", "ip6-localhost", "host.docker.internal"}
+_LOCAL_HOSTS = {"localhost", "localhost.localdomain", "ip6-localhost"}
+# The container host as seen from a container: `host.docker.internal:5105` reaches whatever publishes host
+# port 5105, which on a compose host is another service of the fleet.
+HOST_GATEWAYS = {"host.docker.internal", "gateway.docker.internal", "host.containers.internal"}
 ADDRESS_WORDS = {
     "HOST", "HOSTS", "HOSTNAME", "ADDR", "ADDRS", "ADDRESS", "ADDRESSES", "URL", "URLS", "URI", "URIS",
     "ENDPOINT", "ENDPOINTS", "SERVER", "SERVERS", "BROKER", "BROKERS", "DSN", "UPSTREAM", "BACKEND",

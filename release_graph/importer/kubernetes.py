@@ -18,6 +18,7 @@ from typing import Any
 from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
+    HOST_GATEWAYS,
     expand_shell,
     has_credentials,
     hosts_in_value,
@@ -275,6 +276,8 @@ class KubernetesHosts:
         self.namespaces = namespaces
 
     def resolve(self, consumer: ImportedService, host: HostRef) -> Resolution:
+        if host.host in HOST_GATEWAYS:
+            return Resolution(external=True, note="the Docker host gateway, not a service of the cluster")
         namespace = consumer.namespace or "default"
         labels = host.host.split(".")
         cluster = False

@@ -190,3 +190,40 @@ def test_a_cluster_dns_name_under_a_plain_key_is_resolved_or_listed(tmp_path, ca
     assert "unresolved: orders -> audit.shop.svc (orders.yaml: orders: env.AUDIT)" in printed
     assert "no Service audit in namespace shop in the input" in notes
     assert printed.count("unresolved:") == 1  # MODE=audit is a word, not an address
+
+
+# --- 3. URLs to the host gateway name the service that publishes the host port ------------------------------
+
+
+def test_host_gateway_urls_lead_to_the_service_publishing_that_port_and_client_urls_are_soft(tmp_path, capsys):
+    app = write(tmp_path / "app", {
+        ".env": "EXTERNAL_HOST=host.docker.internal\n",
+        "compose.yaml": """\
+            services:
+              web:
+                image: example/web:1.0
+                ports: ["5100:80"]
+                environment:
+                  IdentityUrl: http://${EXTERNAL_HOST}:5105
+              identity:
+                image: example/identity:1.0
+                ports: ["127.0.0.1:5105:80/tcp"]
+                environment:
+                  MvcClient: http://${EXTERNAL_HOST}:5100
+                  AdminClient: http://host.docker.internal:5999
+        """,
+    })
+    fleet, notes, printed = imported(capsys, tmp_path, app)
+    found = edges(fleet)
+    assert found[("web", "identity")].evidence == ("compose.yaml: web: environment.IdentityUrl",)
+    assert not found[("web", "identity")].soft
+    assert "IdentityUrl=http://host.docker.internal:5105; the host gateway: host port 5105 is published by " \
+           "identity (compose.yaml:9)" in notes
+    assert "REVIEW: IdentityUrl goes through the host gateway (host.docker.internal:5105): in a release-graph " \
+           "environment that reaches only a port the environment publishes" in notes
+    # the OIDC client URL is handed to browsers, not called: soft, so the two do not form a hard cycle
+    assert found[("identity", "web")].soft
+    assert "only client-facing URLs name it (MvcClient)" in notes
+    assert "unresolved: identity -> host.docker.internal:5999 (compose.yaml: identity: environment.AdminClient)" \
+        in printed
+    assert "the host gateway, and no service publishes host port 5999" in notes
