@@ -23,10 +23,10 @@ from release_graph.importer.edges import (
     HOST_GATEWAYS,
     has_credentials,
     hosts_in_value,
-    is_secret_name,
     mask_credentials,
     wait_targets,
 )
+from release_graph.importer.environment import is_secret, review_environment, withhold
 from release_graph.importer.interpolation import InterpolationError, interpolate, read_dotenv
 from release_graph.importer.model import (
     COMPOSE,
@@ -594,6 +594,7 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
                 display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in hosts)
                 + " before starting", startup=True, hosts=hosts,
             ))
+    review_environment(service)
     return service
 
 
@@ -629,7 +630,7 @@ def _build_info(reader: _Reader, source_name: str, build: dict) -> BuildInfo:
     for arg, prov in sorted(build.get("args", {}).items()):
         if prov.value is None:
             continue
-        if is_secret_name(arg) or has_credentials(prov.value):
+        if is_secret(arg, prov.value):
             secret_args.append(arg)
             continue
         args[arg] = prov.value
@@ -712,7 +713,8 @@ def _dockerfile_facts(reader: _Reader, service: ImportedService) -> None:
     suggests the language (which picks the static-analysis tool)."""
     build = service.build
     for arg in build.secret_args:
-        service.notes.append(f"build arg {arg} is not written: its name says secret; pass it at build time")
+        service.review.append(f"build arg {arg} is not written: its name says secret, and the manifest has no "
+                              "secret build args; pass it at build time")
     if build.is_url:
         build.test_target = None
         service.notes.append(f"built from the git URL {build.repo}; its Dockerfile is not read at import, "
@@ -853,15 +855,15 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
         service.notes.append("values of bare `environment` names, from the project's variables: "
                              + ", ".join(f"{name} ({where})" for name, where in sorted(from_project.items())))
 
-    withheld, passed_through = [], []
+    passed_through = []
     for env_name in sorted(values):
         value, evidence, _ = values[env_name]
         if value is None:
             passed_through.append(env_name)
             continue
-        secret = is_secret_name(env_name) or has_credentials(value)
+        secret = is_secret(env_name, value)
         if secret:
-            withheld.append(env_name if is_secret_name(env_name) else f"{env_name} (credentials in its value)")
+            withhold(service, env_name, value)
         else:
             service.env[env_name] = value
         hosts = hosts_in_value(value, env_name)
@@ -878,8 +880,5 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
                 display=f"{env_name}={shown}", startup=False, hosts=hosts,
                 note=f"value from {from_project[env_name]}" if env_name in from_project else "",
             ))
-    if withheld:
-        service.notes.append(f"not written to env (names or values that hold secrets): {', '.join(withheld)}: "
-                             "make them secrets of each environment")
     if passed_through:
         service.notes.append(f"taken from the shell at run time, so not written: {', '.join(passed_through)}")

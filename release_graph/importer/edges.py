@@ -40,6 +40,11 @@ _QUANTITY = re.compile(r"^\d+(?:\.\d+)?[a-z]{0,3}$")  # 30s, 512mb, 1.5h
 _CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local")
 _SECRET_PARTS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL")
 _CREDENTIALS_IN_URL = re.compile(r"(?P<prefix>" + _SCHEME + r"[^:@/\s]*):(?P<password>[^@/\s]+)@")
+# `Server=db;User Id=sa;Password=...`, `redis:6379,password=...`, `...;SharedAccessKey=...`, `password="..."`.
+_CREDENTIAL_OPTION = re.compile(
+    r"(?P<prefix>(?:^|[;,\s])(?:password|pwd|passwd|sharedaccesskey|accountkey)\s*=\s*)(?P<password>[^;,\s][^;,]*)",
+    re.I,
+)
 # camelCase and PascalCase keys are words too: `EventBusConnection`, `identityUrl`, `HTTPServer`, `URLs`.
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z]{2,})")
 
@@ -62,11 +67,13 @@ def is_secret_name(name: str) -> bool:
 
 
 def has_credentials(value: str) -> bool:
-    return bool(_CREDENTIALS_IN_URL.search(value))
+    """A password in a URL's user info or in a connection string's options."""
+    return bool(_CREDENTIALS_IN_URL.search(value) or _CREDENTIAL_OPTION.search(value))
 
 
 def mask_credentials(value: str) -> str:
-    return _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('prefix')}:***@", value)
+    value = _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('prefix')}:***@", value)
+    return _CREDENTIAL_OPTION.sub(lambda m: f"{m.group('prefix')}***", value)
 
 
 def _host_port(text: str) -> HostRef | None:

@@ -22,10 +22,10 @@ from release_graph.importer.edges import (
     expand_shell,
     has_credentials,
     hosts_in_value,
-    is_secret_name,
     mask_credentials,
     wait_targets,
 )
+from release_graph.importer.environment import is_secret, review_environment, withhold
 from release_graph.importer.model import (
     KUBERNETES,
     HostRef,
@@ -330,6 +330,7 @@ class _EnvEntry:
     evidence: str
     secret: bool = False
     note: str = ""
+    whole_secret: bool = False  # `envFrom: secretRef`: a Secret's variables, whose names are unknown here
 
 
 def _config_data(config_map: K8sObject) -> dict:
@@ -360,7 +361,7 @@ def _container_env(container: dict, obj: K8sObject, service_name: str, prefix: s
         elif "secretRef" in source:
             ref_name = str(_get(source, "secretRef", "name", default=""))
             entries[f"envFrom:{ref_name}"] = _EnvEntry(
-                f"envFrom Secret {ref_name}", None, "", secret=True,
+                f"envFrom Secret {ref_name}", None, "", secret=True, whole_secret=True,
                 note=f"envFrom Secret {ref_name}: secret values are never read or written")
     known: dict[str, str] = {e.name: e.value for e in entries.values() if e.value is not None}
     for item in _list(container.get("env")):
@@ -387,7 +388,9 @@ def _container_env(container: dict, obj: K8sObject, service_name: str, prefix: s
                                           note=f"{name} comes from ConfigMap {ref_name} key {key}, not in the input")
         elif "secretKeyRef" in source:
             ref_name = str(_get(source, "secretKeyRef", "name", default=""))
-            entries[name] = _EnvEntry(name, None, evidence, secret=True, note=f"{name} comes from Secret {ref_name}")
+            key = str(_get(source, "secretKeyRef", "key", default=""))
+            entries[name] = _EnvEntry(name, None, evidence, secret=True,
+                                      note=f"from Secret {ref_name} key {key}")
         else:
             what = ", ".join(sorted(source)) or "nothing"
             entries[name] = _EnvEntry(name, None, evidence, note=f"{name} is set by Kubernetes ({what})")
@@ -447,22 +450,20 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
     _k8s_health(service, main, known)
 
     main_env = _container_env(main, obj, obj.name, "", config_maps)
-    withheld, unknown = [], []
+    unknown = []
     for entry in main_env:
-        if entry.note and entry.value is None:
-            (withheld if entry.secret else unknown).append(entry.note)
-            continue
-        if entry.value is None:
-            continue
-        if is_secret_name(entry.name):
-            withheld.append(entry.name)
-        elif has_credentials(entry.value):
-            withheld.append(f"{entry.name} (credentials in its value)")
+        if entry.whole_secret:
+            service.review.append(f"{entry.note}: its variable names are unknown here, so add them to "
+                                  "environments.<env>.secrets by hand")
+        elif entry.secret:
+            withhold(service, entry.name, why=entry.note)
+        elif entry.value is None:
+            if entry.note:
+                unknown.append(entry.note)
+        elif is_secret(entry.name, entry.value):
+            withhold(service, entry.name, entry.value)
         else:
             service.env[entry.name] = entry.value
-    if withheld:
-        service.notes.append("not written to env (secrets): " + "; ".join(withheld)
-                             + ": make them secrets of each environment")
     for note in unknown:
         service.notes.append(f"not written to env: {note}")
 
@@ -478,6 +479,7 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
         _env_references(service, env, startup=True)
         values = {e.name: e.value for e in env if e.value is not None}
         _wait_reference(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", urls=True)
+    review_environment(service)
     return service
 
 
@@ -488,7 +490,7 @@ def _env_references(service: ImportedService, env: list[_EnvEntry], *, startup: 
         hosts = hosts_in_value(entry.value, entry.name)
         if not hosts:
             continue
-        secret = is_secret_name(entry.name)
+        secret = is_secret(entry.name, entry.value)
         shown = "<secret>" if secret and not has_credentials(entry.value) else mask_credentials(entry.value)
         service.references.append(Reference(
             consumer=service.name, evidence=entry.evidence, kind="env", key=entry.name,

@@ -227,3 +227,58 @@ def test_host_gateway_urls_lead_to_the_service_publishing_that_port_and_client_u
     assert "unresolved: identity -> host.docker.internal:5999 (compose.yaml: identity: environment.AdminClient)" \
         in printed
     assert "the host gateway, and no service publishes host port 5999" in notes
+
+
+# --- 5. credentials anywhere become secret references with a REVIEW note -----------------------------------
+
+
+def test_credentials_in_connection_strings_urls_and_names_become_secret_references(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          catalog:
+            image: example/catalog:1.0
+            environment:
+              - ConnectionString=Server=sqldata;Database=catalog;User Id=sa;Password=Pass@word;Encrypt=False
+              - Cache=cache:6379,password=r3d1s,ssl=False
+              - BROKER_URL=amqp://app:hunter2@bus:5672
+              - EventBusPassword=
+              - MYSQL_ALLOW_EMPTY_PASSWORD=true
+          sqldata:
+            image: example/sql:1.0
+            environment: {SA_PASSWORD: Pass@word}
+          cache: {image: "redis:7.2"}
+          bus: {image: "rabbitmq:3.13"}
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    text = (tmp_path / "out" / "fleet.yaml").read_text()
+    assert "Pass@word" not in text and "r3d1s" not in text and "hunter2" not in text
+    secrets = {service: {name: ref.describe() for name, ref in refs.items()}
+               for service, refs in fleet.environments["dev"].secrets.items()}
+    assert secrets == {
+        "catalog": {"BROKER_URL": "env:CATALOG_BROKER_URL", "Cache": "env:CATALOG_CACHE",
+                    "ConnectionString": "env:CATALOG_CONNECTIONSTRING",
+                    "EventBusPassword": "env:CATALOG_EVENTBUSPASSWORD"},
+        "sqldata": {"SA_PASSWORD": "env:SQLDATA_SA_PASSWORD"},
+    }
+    assert dict(fleet.services["catalog"].env) == {"MYSQL_ALLOW_EMPTY_PASSWORD": "true"}  # a switch, not a secret
+    # the edges the secret values show are still found, with the password masked in the comment
+    assert {provider for (consumer, provider) in edges(fleet) if consumer == "catalog"} == {"sqldata", "cache", "bus"}
+    assert "ConnectionString=Server=sqldata;Database=catalog;User Id=sa;Password=***;Encrypt=False" in notes
+    assert "REVIEW: secrets, written as references in environments.dev.secrets, never as values: BROKER_URL " \
+           "(credentials in its value) from $CATALOG_BROKER_URL; Cache (credentials in its value) from " \
+           "$CATALOG_CACHE; ConnectionString (credentials in its value)" in notes
+
+
+def test_variables_a_target_cannot_pass_are_left_out_with_a_review_note(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          ordering:
+            image: example/ordering:1.0
+            environment:
+              - Serilog__MinimumLevel__Override__Microsoft.AspNetCore=Warning
+              - Serilog__MinimumLevel__Default=Information
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    assert dict(fleet.services["ordering"].env) == {"Serilog__MinimumLevel__Default": "Information"}
+    assert "REVIEW: variables whose names are no environment variable name a target accepts, so not written: " \
+           "Serilog__MinimumLevel__Override__Microsoft.AspNetCore" in notes
