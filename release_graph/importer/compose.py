@@ -553,6 +553,9 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         service.image = image
         if not service.infrastructure:
             service.notes.append(f"prebuilt: compose runs image {image} and builds nothing; it is promoted, not built")
+        unpinned = infra.unpinned_image_review(image)
+        if unpinned:
+            service.review.append(unpinned)
 
     _ports(service, raw, known)
     _health(service, raw, known)
@@ -610,11 +613,12 @@ def _built_infrastructure(reader: _Reader, service: ImportedService, build: dict
         service.notes.append(f"compose builds this from {context_text} and tags it {image}: the manifest keeps "
                              "infrastructure prebuilt, so build and push that image outside release-graph")
         return
-    service.image = known.name
+    service.image = known.image
     written = f"{image!r}" if image is not None else "no image name"
     service.review.append(
         f"compose builds this from {context_text} (a custom {known.name} image) and gives {written}, which is "
-        f"not a usable reference; the official image `{known.name}` stands in: replace it with the image you build"
+        f"not a usable reference; the official image `{known.image}` stands in (untagged): replace it with the "
+        "image you build, pinned to a version"
     )
 
 
@@ -855,7 +859,7 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
         service.notes.append("values of bare `environment` names, from the project's variables: "
                              + ", ".join(f"{name} ({where})" for name, where in sorted(from_project.items())))
 
-    passed_through = []
+    passed_through, through_gateway = [], []
     for env_name in sorted(values):
         value, evidence, _ = values[env_name]
         if value is None:
@@ -867,12 +871,9 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
         else:
             service.env[env_name] = value
         hosts = hosts_in_value(value, env_name)
-        gateways = sorted({f"{h.host}:{h.port}" if h.port else h.host for h in hosts if h.host in HOST_GATEWAYS})
+        gateways = [f"{h.host}:{h.port}" if h.port else h.host for h in hosts if h.host in HOST_GATEWAYS]
         if gateways:
-            service.review.append(
-                f"{env_name} goes through the host gateway ({', '.join(gateways)}): in a release-graph environment "
-                "that reaches only a port the environment publishes (`publish:`); call the service by its name instead"
-            )
+            through_gateway.append(f"{env_name} ({', '.join(gateways)})")
         if hosts:
             shown = "<secret>" if secret and not has_credentials(value) else mask_credentials(value)
             service.references.append(Reference(
@@ -882,3 +883,8 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
             ))
     if passed_through:
         service.notes.append(f"taken from the shell at run time, so not written: {', '.join(passed_through)}")
+    if through_gateway:
+        service.review.append(
+            f"through the host gateway: {', '.join(through_gateway)}: in a release-graph environment that reaches "
+            "only a port the environment publishes (`publish:`); call the service by its name instead"
+        )

@@ -442,9 +442,9 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
     else:
         service.notes.append(f"prebuilt: the manifest names image {image} and carries no sources; "
                              "it is promoted, not built")
-        if "/" not in image and ":" not in image and "@" not in image:
-            service.review.append(f"image {image!r} has no registry and no tag (a build tool such as skaffold "
-                                  "fills them in at deploy time): point it at a pushed image")
+    unpinned = infra.unpinned_image_review(image)
+    if unpinned:
+        service.review.append(unpinned)
 
     _k8s_ports(service, main, selecting, known)
     _k8s_health(service, main, known)

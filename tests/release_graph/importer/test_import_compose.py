@@ -441,7 +441,8 @@ def test_given_a_database_built_from_a_context_when_imported_then_it_is_prebuilt
     import_ok(capsys, tmp_path / "compose.yaml", "-o", out)
     fleet = load_fleet(out, check_files=True)
     assert (fleet.services["mysql"].image, fleet.services["mysql"].infrastructure) == ("acme/shop-db:2.0", True)
-    assert (fleet.services["mongodb"].image, fleet.services["mongodb"].infrastructure) == ("mongo", True)
+    assert (fleet.services["mongodb"].image, fleet.services["mongodb"].infrastructure) == (
+        "docker.io/library/mongo", True)
     text = comments(out.read_text())
     assert "REVIEW: compose builds this from mongo/ (a custom mongo image) and gives '/rs-mongodb:'" in text
     assert "REPO (first at compose.yaml:7), TAG (first at compose.yaml:7)" in text

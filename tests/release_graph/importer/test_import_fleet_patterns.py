@@ -219,7 +219,7 @@ def test_host_gateway_urls_lead_to_the_service_publishing_that_port_and_client_u
     assert not found[("web", "identity")].soft
     assert "IdentityUrl=http://host.docker.internal:5105; the host gateway: host port 5105 is published by " \
            "identity (compose.yaml:9)" in notes
-    assert "REVIEW: IdentityUrl goes through the host gateway (host.docker.internal:5105): in a release-graph " \
+    assert "REVIEW: through the host gateway: IdentityUrl (host.docker.internal:5105): in a release-graph " \
            "environment that reaches only a port the environment publishes" in notes
     # the OIDC client URL is handed to browsers, not called: soft, so the two do not form a hard cycle
     assert found[("identity", "web")].soft
@@ -282,3 +282,45 @@ def test_variables_a_target_cannot_pass_are_left_out_with_a_review_note(tmp_path
     assert dict(fleet.services["ordering"].env) == {"Serilog__MinimumLevel__Default": "Information"}
     assert "REVIEW: variables whose names are no environment variable name a target accepts, so not written: " \
            "Serilog__MinimumLevel__Override__Microsoft.AspNetCore" in notes
+
+
+# --- 6. infrastructure is recognised on the full repository path ----------------------------------------------
+
+
+def test_infrastructure_is_recognised_on_the_full_repository_path(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          sqldata: {image: "mcr.microsoft.com/mssql/server:2022-CU12-ubuntu-22.04"}
+          mirror: {image: "registry.example.com/vendor/mssql/server:2019-latest"}
+          api: {image: "example/server:1.0"}
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    assert {name: (s.infrastructure, s.port) for name, s in fleet.services.items()} == {
+        "sqldata": (True, 1433), "mirror": (True, 1433), "api": (False, None)}
+    assert "infrastructure (database): image mcr.microsoft.com/mssql/server:2022-CU12-ubuntu-22.04 is well-known " \
+           "mssql" in notes
+
+
+# --- 13. stand-ins are official images by their full names; unpinned prebuilt images are REVIEW notes -------
+
+
+def test_stand_ins_use_full_official_names_and_unpinned_images_get_a_review_note(tmp_path, capsys):
+    app = write(tmp_path / "app", {
+        "grafana/Dockerfile": "FROM grafana/grafana:11.0.0\nCOPY dashboards /etc/dashboards\n",
+        "compose.yaml": """\
+            services:
+              grafana: {build: ./grafana}
+              prometheus: {build: ./prometheus, image: "${UNSET_REGISTRY}/prometheus:"}
+              web: {image: example/web}
+              api: {image: "example/api:latest"}
+              worker: {image: "example/worker:2.1"}
+        """,
+    })
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    assert (fleet.services["grafana"].image, fleet.services["prometheus"].image) == (
+        "docker.io/grafana/grafana", "docker.io/prom/prometheus")
+    assert "REVIEW: compose builds this from grafana/ (a custom grafana image) and gives no image name, which is " \
+           "not a usable reference; the official image `docker.io/grafana/grafana` stands in (untagged)" in notes
+    assert "REVIEW: image 'example/web' names no version (no tag): it resolves to whatever was pushed last" in notes
+    assert "REVIEW: image 'example/api:latest' names no version (`latest`)" in notes
+    assert "example/worker:2.1' names no version" not in notes
