@@ -56,9 +56,10 @@ _OVERRIDE_NAMES = {
     "docker-compose.yml": ("docker-compose.override.yml", "docker-compose.override.yaml"),
 }
 _REPLACED_KEYS = {"command", "entrypoint"}
-_LOCAL_URL = re.compile(
-    r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(?::(?P<port>\d+))?(?P<path>/[^\s'\"|;&)<>]*)?"
+_HTTP_URL = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[::1\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?(?P<path>/[^\s'\"|;&)<>]*)?"
 )
+_LOOPBACK = {"localhost", "127.0.0.1", "0.0.0.0", "[::1]"}
 _GIT_CONTEXT = re.compile(r"^(?:(?:https?|git|ssh)://|[\w.-]+@[\w.-]+:).*")
 
 
@@ -476,14 +477,8 @@ def _to_fleet(reader: _Reader, enabled: dict, disabled: dict, first_seen: dict[s
 
     hosts: dict[str, str] = {}
     for source_name, service in enabled.items():
-        name = names[source_name]
-        hosts[source_name.lower()] = name
-        for key in ("container_name", "hostname"):
-            if key in service and isinstance(service[key].value, str):
-                hosts[service[key].value.lower()] = name
-        for settings in service.get("networks", {}).values():
-            for alias in (settings.value or {}).get("aliases") or []:
-                hosts[str(alias).lower()] = name
+        for own_name in _own_names(source_name, service):
+            hosts[own_name] = names[source_name]
         for prov in service.get("links", {}).values():
             target, alias = prov.value
             hosts.setdefault(alias.lower(), names[target])
@@ -557,8 +552,8 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         if unpinned:
             service.review.append(unpinned)
 
-    _ports(service, raw, known)
-    _health(service, raw, known)
+    health_port = _health(service, raw, known, _own_names(source_name, raw))
+    _ports(service, raw, known, health_port)
     _environment(reader, service, raw)
     for target, prov in sorted(raw.get("depends_on", {}).items()):
         if target not in names:
@@ -599,6 +594,17 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
             ))
     review_environment(service)
     return service
+
+
+def _own_names(source_name: str, raw: dict) -> set[str]:
+    """The names a service answers to on its compose network: its own, container_name, hostname, aliases."""
+    names = {source_name.lower()}
+    for key in ("container_name", "hostname"):
+        if key in raw and isinstance(raw[key].value, str):
+            names.add(raw[key].value.lower())
+    for settings in raw.get("networks", {}).values():
+        names.update(str(alias).lower() for alias in (settings.value or {}).get("aliases") or [])
+    return names
 
 
 def _built_infrastructure(reader: _Reader, service: ImportedService, build: dict, image: str | None,
@@ -779,22 +785,42 @@ def _published_ports(item: Any) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
-def _ports(service: ImportedService, raw: dict, known: infra.WellKnown | None) -> None:
+def _ports(service: ImportedService, raw: dict, known: infra.WellKnown | None, health_port: int | None) -> None:
+    """The service port: the one the HTTP health check calls when the file declares it (release-graph probes
+    `health` on `port`), else the well-known port of infrastructure when declared (not its management port),
+    else the first declared, else the health check's port or the well-known default."""
     declared = [(_container_port(p.value), p, "ports") for p in raw.get("ports", {}).values()]
     declared += [(_container_port(p.value), p, "expose") for p in raw.get("expose", {}).values()]
     usable = [(port, prov, key) for port, prov, key in declared if port]
+    ports = [port for port, _, _ in usable]
     if usable:
         port, prov, key = usable[0]
+        why = f"from `{key}` {prov.value!r} ({prov.label}:{prov.line})"
+        if health_port in ports and health_port != port:
+            port, why = health_port, f"the port the compose healthcheck calls, one of the declared ports {ports}"
+        elif known and known.port in ports and known.port != port:
+            port, why = known.port, f"the port clients of {known.name} use, one of the declared ports {ports}"
         service.port = port
-        others = sorted({p for p, _, _ in usable[1:] if p != port})
-        service.notes.append(f"port {port}: from `{key}` {prov.value!r} ({prov.label}:{prov.line})"
-                             + (f"; also declared: {', '.join(map(str, others))}" if others else ""))
+        others = sorted(set(ports) - {port})
+        service.notes.append(f"port {port}: {why}" + (f"; also declared: {', '.join(map(str, others))}"
+                                                       if others and "declared ports" not in why else ""))
+    elif health_port:
+        service.port = health_port
+        service.notes.append(f"port {health_port}: the port the compose healthcheck calls")
     elif known:
         service.port = known.port
         service.notes.append(f"port {known.port}: the default port of {known.name} (the compose file declares none)")
+    if health_port and service.port != health_port:
+        service.review.append(f"the compose healthcheck calls port {health_port}, the service port is {service.port}; "
+                              "release-graph probes `health` on `port`")
 
 
-def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) -> None:
+def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None, own_names: set[str]) -> int | None:
+    """Set the health path from the compose healthcheck; return the port it calls (None: no HTTP check).
+
+    An HTTP check calls the service itself: `localhost`, a loopback address, or one of its own names
+    (`curl -f http://orders:8080/health`).
+    """
     check = raw.get("healthcheck")
     if isinstance(check, Prov):
         check = None
@@ -807,7 +833,7 @@ def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) 
         else:
             service.health = None
             service.notes.append("health: null: no HTTP health check in the compose file")
-        return
+        return None
     value = test.value
     if isinstance(value, str):
         kind, command = "CMD-SHELL", value
@@ -816,22 +842,18 @@ def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) 
     if kind == "NONE":
         service.health = None
         service.notes.append("health: null: the compose healthcheck is NONE")
-        return
+        return None
     shown = mask_credentials(command)
-    match = _LOCAL_URL.search(command)
+    match = next((m for m in _HTTP_URL.finditer(command) if m.group("host").lower() in _LOOPBACK | own_names), None)
     if not match:
         service.health = None
         service.notes.append(f"health: null: the compose healthcheck is a command, not an HTTP check: {shown}")
-        return
+        return None
     service.health = match.group("path") or "/"
-    port = int(match.group("port")) if match.group("port") else (443 if command.startswith("https") else 80)
     service.notes.append(f"health {service.health}: from the compose healthcheck ({test.label}:{test.line}): {shown}")
-    if service.port is None:
-        service.port = port
-        service.notes.append(f"port {port}: the port the compose healthcheck calls")
-    elif port != service.port:
-        service.review.append(f"the compose healthcheck calls port {port}, the service port is {service.port}; "
-                              "release-graph probes `health` on `port`")
+    if match.group("port"):
+        return int(match.group("port"))
+    return 443 if match.group("scheme") == "https" else 80
 
 
 def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:

@@ -446,8 +446,8 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
     if unpinned:
         service.review.append(unpinned)
 
-    _k8s_ports(service, main, selecting, known)
-    _k8s_health(service, main, known)
+    probe_port = _k8s_health(service, main, known)
+    _k8s_ports(service, containers, selecting, known, probe_port)
 
     main_env = _container_env(main, obj, obj.name, "", config_maps)
     unknown = []
@@ -511,10 +511,20 @@ def _wait_reference(service: ImportedService, container: dict, env: dict[str, st
         ))
 
 
-def _k8s_ports(service: ImportedService, main: dict, selecting: list[K8sObject],
-               known: infra.WellKnown | None) -> None:
-    container_ports = [int(p["containerPort"]) for p in _list(main.get("ports"))
-                       if isinstance(p, dict) and str(p.get("containerPort", "")).isdigit()]
+# Container ports named like these serve operators, not callers: never the service port when another exists.
+_ADMIN_PORT_NAMES = re.compile(r"management|admin|metrics|monitoring|exporter|prometheus|debug|profil|health")
+
+
+def _k8s_ports(service: ImportedService, containers: list[dict], selecting: list[K8sObject],
+               known: infra.WellKnown | None, probe_port: int | None) -> None:
+    """The service port: the port the HTTP probe calls, else the port its Services send traffic to, else the
+    well-known port of infrastructure, else the first port not named for operators (`management`, `metrics`),
+    each only when the main container declares it; then a Service's targetPort, the probe's, the default."""
+    main = containers[0]
+    declared = [(int(p["containerPort"]), str(p.get("name") or "")) for p in _list(main.get("ports"))
+                if isinstance(p, dict) and str(p.get("containerPort", "")).isdigit()]
+    container_ports = [port for port, _ in declared]
+    sidecar_named = {name: (port, str(c.get("name"))) for c in containers[1:] for name, port in _named_ports(c).items()}
     named = _named_ports(main)
     mappings = []
     for svc in sorted(selecting, key=lambda s: s.name):
@@ -524,31 +534,58 @@ def _k8s_ports(service: ImportedService, main: dict, selecting: list[K8sObject],
                 continue
             port = entry.get("port")
             target = entry.get("targetPort", port)
-            target_number = named.get(target, target) if isinstance(target, str) else target
-            mappings.append((svc.name, kind, port, target, target_number))
+            sidecar = None
+            if isinstance(target, str) and target not in named and target in sidecar_named:
+                target_number, sidecar = sidecar_named[target]
+            else:
+                target_number = named.get(target, target) if isinstance(target, str) else target
+            mappings.append((svc.name, kind, port, target, target_number, sidecar))
+    served = [number for *_, number, sidecar in mappings if sidecar is None and number in container_ports]
+    for_callers = [port for port, name in declared if not _ADMIN_PORT_NAMES.search(name.lower())]
     if container_ports:
-        service.port = container_ports[0]
-        others = sorted(set(container_ports[1:]) - {service.port})
-        service.notes.append(f"port {service.port}: the containerPort of container {main.get('name')}"
+        if probe_port in container_ports:
+            service.port, why = probe_port, "the port its HTTP probe calls"
+        elif served:
+            service.port, why = served[0], "the port its Service sends traffic to"
+        elif known and known.port in container_ports:
+            service.port, why = known.port, f"the port clients of {known.name} use"
+        elif for_callers:
+            service.port, why = for_callers[0], "its first port not named for operators"
+        else:
+            service.port, why = container_ports[0], "its first port"
+        others = sorted(set(container_ports) - {service.port})
+        service.notes.append(f"port {service.port}: a containerPort of container {main.get('name')}, {why}"
                              + (f"; also: {', '.join(map(str, others))}" if others else ""))
-    elif mappings and isinstance(mappings[0][4], int):
+    elif mappings and isinstance(mappings[0][4], int) and mappings[0][5] is None:
         service.port = mappings[0][4]
         service.notes.append(f"port {service.port}: the targetPort of Service {mappings[0][0]}")
+    elif probe_port:
+        service.port = probe_port
+        service.notes.append(f"port {probe_port}: the port its HTTP probe calls")
     elif known:
         service.port = known.port
         service.notes.append(f"port {known.port}: the default port of {known.name} (no port declared)")
-    for svc_name, kind, port, target, target_number in mappings:
+    for svc_name, kind, port, target, target_number, sidecar in mappings:
         shown = f"{target} ({target_number})" if isinstance(target, str) else f"{target}"
         exposure = f" ({kind}: reachable from outside the cluster)" if kind in ("LoadBalancer", "NodePort") else ""
-        service.notes.append(f"Service {svc_name}{exposure}: port {port} -> targetPort {shown}")
-        if port != target_number and kind not in ("LoadBalancer", "NodePort"):
+        on_sidecar = f" on sidecar container {sidecar}" if sidecar else ""
+        service.notes.append(f"Service {svc_name}{exposure}: port {port} -> targetPort {shown}{on_sidecar}")
+        if sidecar:
+            service.review.append(f"Service {svc_name} port {port} goes to sidecar container {sidecar}, which the "
+                                  "manifest does not run (one container per service): whatever it serves is "
+                                  "missing on a docker target")
+        elif port != target_number and kind not in ("LoadBalancer", "NodePort"):
             service.review.append(
                 f"Service {svc_name} maps port {port} to {target_number}: callers use {svc_name}:{port}; on a "
                 f"docker target no Service sits in between, so they must reach port {target_number}"
             )
+    if probe_port and service.port != probe_port:
+        service.review.append(f"the HTTP probe calls port {probe_port}, the service port is {service.port}; "
+                              "release-graph probes `health` on `port`")
 
 
-def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | None) -> None:
+def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | None) -> int | None:
+    """Set the health path from the first probe; return the port an HTTP probe calls (None: none)."""
     named = _named_ports(main)
     for probe_key in ("readinessProbe", "livenessProbe", "startupProbe"):
         probe = main.get(probe_key)
@@ -561,12 +598,7 @@ def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | N
             port = named.get(port, port) if isinstance(port, str) else port
             service.health = path if path.startswith("/") else f"/{path}"
             service.notes.append(f"health {service.health}: the {probe_key} (HTTP GET on port {port})")
-            if service.port is None and isinstance(port, int):
-                service.port = port
-            elif isinstance(port, int) and port != service.port:
-                service.review.append(f"the {probe_key} calls port {port}, the service port is {service.port}; "
-                                      "release-graph probes `health` on `port`")
-            return
+            return port if isinstance(port, int) else None
         if isinstance(probe.get("grpc"), dict):
             detail = f"a gRPC health check on port {probe['grpc'].get('port')}"
         elif isinstance(probe.get("tcpSocket"), dict):
@@ -578,13 +610,14 @@ def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | N
             continue
         service.health = None
         service.notes.append(f"health: null: the {probe_key} is {detail}, not an HTTP path")
-        return
+        return None
     if known and known.health:
         service.health = known.health
         service.notes.append(f"health {known.health}: the HTTP health endpoint of {known.name}")
     else:
         service.health = None
         service.notes.append("health: null: no probe declared")
+    return None
 
 
 def _kustomization_reports(reader: _Reader) -> list[str]:

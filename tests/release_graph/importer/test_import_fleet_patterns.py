@@ -324,3 +324,102 @@ def test_stand_ins_use_full_official_names_and_unpinned_images_get_a_review_note
     assert "REVIEW: image 'example/web' names no version (no tag): it resolves to whatever was pushed last" in notes
     assert "REVIEW: image 'example/api:latest' names no version (`latest`)" in notes
     assert "example/worker:2.1' names no version" not in notes
+
+
+# --- 7. a healthcheck that calls the service's own address ---------------------------------------------------
+
+
+def test_a_healthcheck_calling_the_services_own_name_gives_health_path_and_port(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          orders:
+            image: example/orders:1.0
+            container_name: orders-svc
+            healthcheck:
+              test: ["CMD", "curl", "-f", "http://orders-svc:8080/ready"]
+          billing:
+            image: example/billing:1.0
+            healthcheck:
+              test: curl -f https://billing/status || exit 1
+          audit:
+            image: example/audit:1.0
+            healthcheck:
+              test: curl -f http://orders:8080/ready
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    assert {name: (s.port, s.health) for name, s in fleet.services.items()} == {
+        "orders": (8080, "/ready"), "billing": (443, "/status"),
+        "audit": (None, None)}  # calling another service is no health check of its own
+    assert "health /ready: from the compose healthcheck (compose.yaml:6): curl -f http://orders-svc:8080/ready" in notes
+
+
+# --- 8. the service port agrees with the health check, and is never a management port ------------------------
+
+
+def test_the_service_port_is_the_health_checks_port_and_not_a_management_port(tmp_path, capsys):
+    compose = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          api:
+            image: example/api:1.0
+            ports: ["9090:9090", "8080:8080"]
+            healthcheck: {test: "wget -qO- http://localhost:8080/health"}
+          bus:
+            image: rabbitmq:3.13-management
+            ports: ["15672:15672", "5672:5672"]
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, compose)
+    assert {name: (s.port, s.health) for name, s in fleet.services.items()} == {
+        "api": (8080, "/health"), "bus": (5672, None)}
+    assert "port 8080: the port the compose healthcheck calls, one of the declared ports [9090, 8080]" in notes
+    assert "port 5672: the port clients of rabbitmq use, one of the declared ports [15672, 5672]" in notes
+    assert "REVIEW: the compose healthcheck calls port" not in notes
+
+    k8s = write(tmp_path / "k8s", {
+        "admin-first.yaml": workload("ledger", extra="").replace(
+            "ports: [{containerPort: 8080}]", "ports: [{name: management, containerPort: 8081}, {name: http, "
+                                              "containerPort: 8080}]").replace("ports: [{port: 8080}]",
+                                                                               "ports: [{port: 80, targetPort: http}]"),
+        "probe.yaml": workload("search", port=8080, extra="""\
+          readinessProbe: {httpGet: {path: /ready, port: 9000}}
+""").replace("ports: [{containerPort: 8080}]", "ports: [{containerPort: 8080}, {containerPort: 9000}]"),
+    })
+    fleet, notes, _ = imported(capsys, tmp_path, k8s)
+    assert {name: (s.port, s.health) for name, s in fleet.services.items()} == {
+        "ledger": (8080, None), "search": (9000, "/ready")}
+    assert "port 8080: a containerPort of container ledger, the port its Service sends traffic to" in notes
+    assert "port 9000: a containerPort of container search, the port its HTTP probe calls" in notes
+
+
+# --- 9. a Service's named targetPort defined on a sidecar --------------------------------------------------------
+
+
+def test_a_named_target_port_on_a_sidecar_is_resolved_not_reported_as_a_wrong_mapping(tmp_path, capsys):
+    k8s = write(tmp_path / "k8s", {"queue.yaml": """\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: queue}
+        spec:
+          template:
+            metadata: {labels: {app: queue}}
+            spec:
+              containers:
+                - name: queue
+                  image: example/queue:1.0
+                  ports: [{name: amqp, containerPort: 5672}]
+                - name: exporter
+                  image: example/queue-exporter:1.0
+                  ports: [{name: metrics, containerPort: 9419}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: queue}
+        spec:
+          selector: {app: queue}
+          ports: [{name: amqp, port: 5672, targetPort: amqp}, {name: metrics, port: 9419, targetPort: metrics}]
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, k8s)
+    assert fleet.services["queue"].port == 5672
+    assert "Service queue: port 9419 -> targetPort metrics (9419) on sidecar container exporter" in notes
+    assert "maps port 9419 to metrics" not in notes  # the false note of old
+    assert "REVIEW: Service queue port 9419 goes to sidecar container exporter, which the manifest does not run" \
+        in notes
