@@ -136,6 +136,8 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         labels={L.GIT_SHA: git_sha},
         # Every service it calls (hard and soft edges) is reached through the environment's switch.
         calls=tuple(edge.name for edge in service.depends_on),
+        entrypoint=service.entrypoint,
+        command=service.command,
     ))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"

@@ -97,6 +97,8 @@ def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTa
                 env=first.service_env(member),
                 secrets=secrets.resolve(
                     first.secrets.get(name, {}), environment=first.name, service=name),
+                entrypoint=member.entrypoint,
+                command=member.command,
             )
             started.append(f"{name}@{digest[7:19]}")
         context.log.info(f"integration environment up: {', '.join(started)}")

@@ -108,7 +108,7 @@ def _is_str(value: Any) -> bool:
 
 SERVICE_KEYS = {
     "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
-    "description", "language", "infrastructure", "deploy_unit", "env",
+    "description", "language", "infrastructure", "deploy_unit", "env", "entrypoint", "command",
 }
 BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_target", "args"}
 E2E_KEYS = {"context", "dockerfile", "target"}
@@ -416,6 +416,8 @@ def _parse_service(
                      "expected a DNS label naming the unit")
 
     env = _string_map(problems, raw, "env", where)
+    entrypoint = _argument_list(problems, raw, "entrypoint", where)
+    command = _argument_list(problems, raw, "command", where)
     edges = _parse_edges(problems, raw, where)
 
     # A service with problems is still returned so edges and cycles can be checked; the problems
@@ -437,7 +439,22 @@ def _parse_service(
         infrastructure=infrastructure,
         deploy_unit=deploy_unit,
         env=env,
+        entrypoint=entrypoint,
+        command=command,
     )
+
+
+def _argument_list(problems: _Problems, raw: LineDict, key: str, where: dict) -> tuple[str, ...] | None:
+    """`entrypoint` / `command`: a list of arguments, run without a shell (write ["sh", "-c", "..."] for one)."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str | int | float) and not isinstance(item, bool)
+                                              for item in value):
+        problems.add(_line(raw, key), _where(field_name=key, **where),
+                     f"expected a list of arguments (text), such as [\"serve\", \"--port\", \"8080\"], got {value!r}")
+        return None
+    return tuple(str(item) for item in value)
 
 
 def build_files_problem(repo_dir: Path, path: str, build: Build) -> str | None:

@@ -55,6 +55,10 @@ class Service:
     infrastructure: bool = False
     deploy_unit: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # What the container runs instead of the image's ENTRYPOINT and CMD (None: the image's own). Several
+    # services may run one image with different commands.
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
 
     @property
     def group(self) -> str:

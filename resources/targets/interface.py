@@ -97,7 +97,8 @@ class DeploymentSpec:
     injected as environment variables at start and never logged, labelled or returned. `publish` is a host
     port on the target's `publish_address` (None: not published). `labels` are added to the container.
     `calls` names the services it calls (its declared edges): a target reaches those through its switch, so
-    replacing a provider is invisible to its consumers.
+    replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the image's
+    ENTRYPOINT and CMD (None: the image's own).
     """
 
     fleet: str
@@ -111,6 +112,8 @@ class DeploymentSpec:
     publish: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     calls: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,9 @@ def validate_spec(spec: DeploymentSpec) -> None:
             if not isinstance(value, str):
                 # never echo the value: it may be a secret
                 raise InvalidDeploymentSpec(f"{where}: {kind} {name} must be a string, not {type(value).__name__}")
+    for kind, arguments in (("entrypoint", spec.entrypoint), ("command", spec.command)):
+        if arguments is not None and not all(isinstance(argument, str) for argument in arguments):
+            raise InvalidDeploymentSpec(f"{where}: {kind} must be a list of text arguments")
     overlap = sorted(set(spec.env) & set(spec.secrets))
     if overlap:
         raise InvalidDeploymentSpec(f"{where}: {', '.join(overlap)} given both as plain env and as secret")
@@ -309,8 +315,11 @@ class EphemeralEnvironment(ABC):
         *,
         secrets: Mapping[str, str] | None = None,
         timeout_seconds: float | None = None,
+        entrypoint: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> StartedService:
-        """Start `image` reachable as `service` here and wait until it is healthy (DeploymentFailed if not)."""
+        """Start `image` reachable as `service` here and wait until it is healthy (DeploymentFailed if not).
+        `entrypoint` and `command` replace the image's own, as in `DeploymentSpec`."""
 
     @abstractmethod
     def run_to_completion(

@@ -11,7 +11,7 @@ ever reconnected (unlike a deployment, which moves the alias).
 """
 
 import secrets as _random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from resources import labels as L
@@ -28,6 +28,11 @@ from resources.targets.interface import (
 
 if TYPE_CHECKING:
     from resources.targets.docker.target import DockerTarget
+
+
+def container_arguments(spec: DeploymentSpec) -> dict[str, list[str]]:
+    """`entrypoint` and `command` for the engine, only those the spec sets (the image's own otherwise)."""
+    return {key: list(getattr(spec, key)) for key in ("entrypoint", "command") if getattr(spec, key) is not None}
 
 
 class DockerEphemeralEnvironment(EphemeralEnvironment):
@@ -51,6 +56,8 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         *,
         secrets: Mapping[str, str] | None = None,
         timeout_seconds: float | None = None,
+        entrypoint: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> StartedService:
         """Start `image` reachable as `service` on this network and wait for it to be healthy.
 
@@ -59,7 +66,8 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         """
         check_name("service", service)
         spec = DeploymentSpec(self.fleet, "ephemeral", service, image, port, health, dict(env or {}),
-                              dict(secrets or {}))
+                              dict(secrets or {}), entrypoint=None if entrypoint is None else tuple(entrypoint),
+                              command=None if command is None else tuple(command))
         validate_spec(spec)
         target = self.target
         where = f"{service} in {self.network}"
@@ -71,6 +79,7 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         with target._engine(f"starting {where}"):
             container = client.containers.create(
                 image,
+                **container_arguments(spec),
                 name=f"{self.network}-{service}",
                 environment={**spec.env, **spec.secrets},
                 labels=labels,

@@ -54,7 +54,7 @@ from resources import labels as L
 from resources.containers import ContainerEngine, ContainerEngineError, RunResult, network_dns_options
 from resources.registry import is_loopback_host, parse_image_reference
 from resources.targets.docker import health, inspect, reaper
-from resources.targets.docker.ephemeral import DockerEphemeralEnvironment
+from resources.targets.docker.ephemeral import DockerEphemeralEnvironment, container_arguments
 from resources.targets.docker.haproxy import HaproxyRouter, Route
 from resources.targets.interface import (
     DeploymentFailed,
@@ -115,6 +115,10 @@ def config_fingerprint(spec: DeploymentSpec) -> str:
         "secret_names": sorted(spec.secrets),
         "labels": dict(sorted(spec.labels.items())),
     }
+    # Only when set, so that containers deployed before these fields existed keep their fingerprint.
+    for key in ("entrypoint", "command"):
+        if getattr(spec, key) is not None:
+            material[key] = list(getattr(spec, key))
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -341,6 +345,7 @@ class DockerTarget(DeployTarget):
         container = self._create_unique(
             base_name,
             image=reference,
+            **container_arguments(spec),
             environment={**spec.env, **spec.secrets},
             labels=labels,
             network=net,

@@ -217,6 +217,24 @@ def test_an_invalid_prebuilt_image_reference_is_reported(tmp_path):
     assert problem == "fleet.yaml:23: service 'redis-cart', field 'image': not a valid image reference: 'Redis::7'"
 
 
+def test_a_service_may_replace_the_images_entrypoint_and_command(tmp_path):
+    text = replace(GOOD, "    env: {LOG_LEVEL: info, WORKERS: 4}\n",
+                   "    env: {LOG_LEVEL: info, WORKERS: 4}\n    entrypoint: [/bin/sh, -c]\n"
+                   "    command: [\"exec worker --queue orders\", 2]\n")
+    fleet = load_fleet(write_fleet(tmp_path, text))
+    payments = fleet.services["payments"]
+    assert (payments.entrypoint, payments.command) == (("/bin/sh", "-c"), ("exec worker --queue orders", "2"))
+    assert (fleet.services["orders"].entrypoint, fleet.services["orders"].command) == (None, None)  # the image's own
+
+
+@pytest.mark.parametrize("value", ["'serve --port 8080'", "[serve, [nested]]", "[true]", "{a: b}"])
+def test_a_command_that_is_not_a_list_of_arguments_is_reported(tmp_path, value):
+    text = replace(GOOD, "    env: {LOG_LEVEL: info, WORKERS: 4}\n",
+                   f"    env: {{LOG_LEVEL: info}}\n    command: {value}\n")
+    (problem,) = problems_of(write_fleet(tmp_path, text))
+    assert problem.startswith("fleet.yaml:20: service 'payments', field 'command': expected a list of arguments")
+
+
 @pytest.mark.parametrize("owner", ["orders", "team:", "@example.com", "team:with space"])
 def test_owners_must_be_emails_or_teams(tmp_path, owner):
     text = replace(GOOD, "[orders@example.com, team:orders]", f"['{owner}']")

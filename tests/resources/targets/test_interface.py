@@ -44,3 +44,20 @@ def test_a_deployment_may_set_its_own_release_graph_labels_but_not_those_the_tar
     for owned in ("io.release-graph.digest", "io.release-graph.managed", "release-graph", "release-graph.git-sha"):
         with pytest.raises(InvalidDeploymentSpec, match=re.escape(f"labels {owned} are reserved for release-graph")):
             validate_spec(DeploymentSpec("shop", "staging", "api", spec.image, labels={owned: "x"}))
+
+
+def test_entrypoint_and_command_reach_the_engine_and_the_fingerprint_only_when_set():
+    from resources.targets.docker.ephemeral import container_arguments
+    from resources.targets.docker.target import config_fingerprint
+
+    image = f"127.0.0.1:5000/shop/worker@sha256:{'a' * 64}"
+    plain = DeploymentSpec("shop", "staging", "worker", image)
+    worker = DeploymentSpec("shop", "staging", "worker", image, entrypoint=("/bin/sh", "-c"), command=("run.sh",))
+    assert container_arguments(plain) == {}  # the image's own ENTRYPOINT and CMD
+    assert container_arguments(worker) == {"entrypoint": ["/bin/sh", "-c"], "command": ["run.sh"]}
+    # a changed command is another container; a spec without one keeps the fingerprint it always had
+    assert config_fingerprint(worker) != config_fingerprint(plain)
+    assert config_fingerprint(plain) == config_fingerprint(DeploymentSpec("shop", "staging", "worker", image,
+                                                                          command=None))
+    with pytest.raises(InvalidDeploymentSpec, match="worker in staging: command must be a list of text arguments"):
+        validate_spec(DeploymentSpec("shop", "staging", "worker", image, command=("run.sh", 3)))
