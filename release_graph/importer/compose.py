@@ -1,18 +1,19 @@
 """docker-compose files -> imported services, following the Compose specification.
 
 Several files merge in the order given: mappings merge key by key, sequences append (ports, expose,
-links and profiles without duplicates), `environment`, `build.args` and `depends_on` merge by name
-whatever form each file uses, `command`, `entrypoint` and `healthcheck.test` are replaced, and the
-`!reset` / `!override` tags drop or replace what earlier files said. Each file is interpolated on its
-own before merging; relative paths are relative to the first file's folder (the project folder), as in
-Compose. `extends` is followed; top-level `include` is reported, not followed. Services whose
-`profiles` are not active (`--profile`) are left out, like `docker compose up` does.
+links, profiles, volumes, configs and secrets without duplicates), `environment`, `build.args` and
+`depends_on` merge by name whatever form each file uses, `command`, `entrypoint` and `healthcheck.test`
+are replaced, and the `!reset` / `!override` tags drop or replace what earlier files said. Each file is
+interpolated on its own before merging; relative paths are relative to the first file's folder (the
+project folder), as in Compose. `extends` is followed; top-level `include` is reported, not followed.
+Services whose `profiles` are not active (`--profile`) are left out, like `docker compose up` does.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,18 @@ from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     HOST_GATEWAYS,
+    command_hosts,
     has_credentials,
     hosts_in_value,
     mask_credentials,
     wait_targets,
 )
-from release_graph.importer.environment import is_secret, review_environment, withhold
+from release_graph.importer.environment import (
+    command_holds_credentials,
+    is_secret,
+    review_environment,
+    withhold,
+)
 from release_graph.importer.interpolation import InterpolationError, interpolate, read_dotenv
 from release_graph.importer.model import (
     COMPOSE,
@@ -265,7 +272,7 @@ def _canonical(key: str, value: Any, label: str, line: int, base_dir: Path, wher
             else:
                 build[build_key] = Prov(item, label, item_line)
         return build
-    if key in ("ports", "expose", "profiles"):
+    if key in ("ports", "expose", "profiles", "volumes", "configs", "secrets"):
         items = value if isinstance(value, LineList) else [value]
         result = {}
         for i, item in enumerate(items):
@@ -584,16 +591,77 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         prov = raw.get(key)
         if prov is None or prov.value is None:
             continue
-        text = prov.value if isinstance(prov.value, str) else " ".join(str(p) for p in prov.value)
-        hosts = wait_targets(text, urls=False)
-        if hosts:
+        arguments = _arguments(prov, f"services.{source_name}.{key}")
+        evidence = f"{prov.label}: {source_name}: {key}"
+        if command_holds_credentials(arguments):
+            service.review.append(f"`{key}` ({prov.label}:{prov.line}) holds a credential, so it is not written: "
+                                  "pass the credential in a secret variable and write the command by hand")
+        else:
+            setattr(service, key, arguments)
+            service.notes.append(f"{key}: from {prov.label}:{prov.line}")
+        waits = wait_targets(" ".join(shlex.quote(a) for a in arguments), urls=False)
+        if waits:
             service.references.append(Reference(
-                consumer=name, evidence=f"{prov.label}: {source_name}: {key}", kind="wait", key=key,
-                display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in hosts)
-                + " before starting", startup=True, hosts=hosts,
+                consumer=name, evidence=evidence, kind="wait", key=key,
+                display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in waits)
+                + " before starting", startup=True, hosts=waits,
             ))
+        calls = tuple(h for h in command_hosts(arguments) if h not in waits)
+        if calls:
+            service.references.append(Reference(
+                consumer=name, evidence=evidence, kind="command", key=key, startup=False, hosts=calls,
+                display=f"{key} calls " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in calls),
+            ))
+    _not_carried(service, raw)
     review_environment(service)
     return service
+
+
+def _arguments(prov: Prov, where: str) -> list[str]:
+    """`command` / `entrypoint` as arguments: a list as written, a string split the way Compose splits it."""
+    if not isinstance(prov.value, str):
+        return [str(part) for part in prov.value]
+    try:
+        return shlex.split(prov.value)
+    except ValueError as exc:
+        raise InputError(f"{prov.label}:{prov.line}: {where}: {exc} in {prov.value!r}") from None
+
+
+# Settings the deploy target decides for itself (restarts, limits, hardening: the docker target's `hardening`
+# check reports what runs): without them the service still runs as it did.
+_LEFT_TO_THE_TARGET = {"restart", "deploy", "logging", "labels", "stdin_open", "tty", "init", "mem_limit",
+                       "mem_reservation", "cpus", "cpu_shares", "stop_grace_period", "pull_policy", "scale",
+                       "read_only", "cap_drop", "security_opt", "tmpfs"}
+# Settings the importer reads.
+_READ = {"image", "build", "ports", "expose", "healthcheck", "depends_on", "links", "environment", "env_file",
+         "profiles", "extends", "container_name", "hostname", "networks", "command", "entrypoint"}
+
+
+def _not_carried(service: ImportedService, raw: dict) -> None:
+    """Say what the manifest does not carry: a REVIEW note for what changes how the service runs (volumes,
+    configs, user, capabilities, ...), a plain note for what the deploy target decides (restart, limits)."""
+    left = sorted(k for k in raw if k in _LEFT_TO_THE_TARGET)
+    if left:
+        service.notes.append(f"left to the deploy target, not carried: {', '.join(left)}")
+    missing = []
+    for key in sorted(k for k in raw if k not in _READ and k not in _LEFT_TO_THE_TARGET and not k.startswith("x-")):
+        prov = raw[key]
+        detail = ""
+        if isinstance(prov, dict):  # volumes, configs, secrets: one entry per mount
+            detail = " (" + ", ".join(_mount_text(p.value) for p in prov.values()) + ")"
+        elif isinstance(prov, Prov):
+            detail = f" ({prov.label}:{prov.line})"
+        missing.append(f"{key}{detail}")
+    if missing:
+        service.review.append("not carried by the manifest, so the service may run differently: "
+                              + "; ".join(missing) + ". Bake files into the image, or add what it needs by hand")
+
+
+def _mount_text(value: Any) -> str:
+    if isinstance(value, dict):
+        source, target = value.get("source"), value.get("target")
+        return f"{source}:{target}" if source and target else str(source or target)
+    return str(value)
 
 
 def _own_names(source_name: str, raw: dict) -> set[str]:

@@ -233,6 +233,25 @@ def wait_targets(text: str, *, urls: bool) -> tuple[HostRef, ...]:
     return tuple(dict.fromkeys(found))
 
 
+# Options whose value names a host: `-h edge-router`, `--host=db`, `--bootstrap-server kafka:9092`.
+_HOST_OPTIONS_IN_COMMANDS = {"-h", "--host", "--hostname", "--server", "--broker", "--brokers", "--bootstrap-server",
+                             "--addr", "--address", "--url", "--uri", "--endpoint", "--upstream", "--backend"}
+
+
+def command_hosts(arguments: list[str]) -> tuple[HostRef, ...]:
+    """Hosts a service's own command calls: URLs anywhere, and the values of host options."""
+    found: list[HostRef] = []
+    for i, argument in enumerate(arguments):
+        for match in _URL.finditer(argument):
+            found.extend(ref for part in match.group("netloc").split(",") if (ref := _host_port(part)))
+        option, equals, value = argument.partition("=")
+        if option in _HOST_OPTIONS_IN_COMMANDS:
+            value = value if equals else (arguments[i + 1] if i + 1 < len(arguments) else "")
+            if value and not _URL.match(value):
+                found.extend(ref for part in value.split(",") if (ref := _host_port(part)))
+    return tuple(dict.fromkeys(found))
+
+
 def _skip_options(words: list[str]) -> list[str]:
     result: list[str] = []
     skip_next = False

@@ -60,3 +60,26 @@ def review_environment(service: ImportedService) -> None:
     if unwritable:
         service.review.append(f"secrets whose names are no environment variable name a target accepts, so not "
                               f"written at all: {', '.join(unwritable)}: give the service another way to get them")
+
+
+def command_holds_credentials(arguments: list[str]) -> bool:
+    """A password in a command line (`--requirepass s3cret`, `--password=...`, a URL with user info): such a
+    command is not written, since credentials never become values in the manifest."""
+    for i, argument in enumerate(arguments):
+        if has_credentials(argument):
+            return True
+        option, equals, value = argument.partition("=")
+        if not equals:
+            value = arguments[i + 1] if i + 1 < len(arguments) else ""
+        if option.startswith("-") and _is_secret_option(option.lstrip("-")) and value \
+                and not _VARIABLE_REFERENCE.fullmatch(value):
+            return True
+    return False
+
+
+# `--token $(TOKEN)`, `--password ${DB_PASSWORD}`: the value comes from the environment at run time.
+_VARIABLE_REFERENCE = re.compile(r"\$\([A-Za-z_][A-Za-z0-9_]*\)|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+
+
+def _is_secret_option(name: str) -> bool:
+    return is_secret_name(name) or name.lower().endswith("pass")  # `--requirepass`, `--masterpass`

@@ -19,13 +19,19 @@ from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
     HOST_GATEWAYS,
+    command_hosts,
     expand_shell,
     has_credentials,
     hosts_in_value,
     mask_credentials,
     wait_targets,
 )
-from release_graph.importer.environment import is_secret, review_environment, withhold
+from release_graph.importer.environment import (
+    command_holds_credentials,
+    is_secret,
+    review_environment,
+    withhold,
+)
 from release_graph.importer.model import (
     KUBERNETES,
     HostRef,
@@ -472,13 +478,15 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
         env = main_env if index == 0 else _container_env(container, obj, obj.name, prefix, config_maps)
         _env_references(service, env, startup=False)
         values = {e.name: e.value for e in env if e.value is not None}
-        _wait_reference(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", urls=False)
+        _command_references(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", init=False)
     for container in [c for c in _list(pod.get("initContainers")) if isinstance(c, dict)]:
         prefix = f"initContainers[{container.get('name')}]."
         env = _container_env(container, obj, obj.name, prefix, config_maps)
         _env_references(service, env, startup=True)
         values = {e.name: e.value for e in env if e.value is not None}
-        _wait_reference(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", urls=True)
+        _command_references(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", init=True)
+    _main_command(service, main, obj.label)
+    _volume_review(service, pod, main, obj)
     review_environment(service)
     return service
 
@@ -499,16 +507,68 @@ def _env_references(service: ImportedService, env: list[_EnvEntry], *, startup: 
         ))
 
 
-def _wait_reference(service: ImportedService, container: dict, env: dict[str, str], evidence: str,
-                    *, urls: bool) -> None:
+def _command_references(service: ImportedService, container: dict, env: dict[str, str], evidence: str,
+                        *, init: bool) -> None:
+    """What a container's command waits for (start-up edges) and, outside init containers, the hosts it
+    calls (URLs, `--host` options)."""
     text = _command_text(container, env)
-    hosts = wait_targets(text, urls=urls) if text else ()
-    if hosts:
+    waits = wait_targets(text, urls=init) if text else ()
+    if waits:
         service.references.append(Reference(
             consumer=service.name, evidence=evidence, kind="wait", key="command",
-            display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in hosts)
-            + " before the service starts", startup=True, hosts=hosts, namespace=service.namespace,
+            display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in waits)
+            + " before the service starts", startup=True, hosts=waits, namespace=service.namespace,
         ))
+    arguments = [_expand(str(p), env) for p in _list(container.get("command")) + _list(container.get("args"))]
+    calls = () if init else tuple(h for h in command_hosts(arguments) if h not in waits)
+    if calls:
+        service.references.append(Reference(
+            consumer=service.name, evidence=evidence, kind="command", key="command", startup=False, hosts=calls,
+            display="calls " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in calls),
+            namespace=service.namespace,
+        ))
+
+
+def _main_command(service: ImportedService, main: dict, label: str) -> None:
+    """The main container's `command` and `args` are the manifest's `entrypoint` and `command`. `$(VAR)` is
+    expanded from the plain values written to env; a reference to anything else (a Secret) stays, and since
+    only Kubernetes expands it, that is a REVIEW note. A command holding a credential is not written."""
+    for k8s_key, key in (("command", "entrypoint"), ("args", "command")):
+        if k8s_key not in main:
+            continue
+        arguments = [_expand(str(part), service.env) for part in _list(main.get(k8s_key))]
+        line = main.line_of(k8s_key) if isinstance(main, LineDict) else 0
+        if command_holds_credentials(arguments):
+            service.review.append(f"`{k8s_key}` ({label}:{line}) holds a credential, so it is not written: pass "
+                                  "the credential in a secret variable and write the command by hand")
+            continue
+        setattr(service, key, arguments)
+        service.notes.append(f"{key}: the container's `{k8s_key}` ({label}:{line})")
+        left = sorted({m.group(1) for a in arguments for m in _K8S_VARIABLE.finditer(a)})
+        if left:
+            service.review.append(f"`{k8s_key}` uses {', '.join(f'$({v})' for v in left)}: Kubernetes expands it "
+                                  "from the container's environment, a docker target does not; write the value "
+                                  "or let a shell expand it")
+
+
+def _volume_review(service: ImportedService, pod: dict, main: dict, obj: K8sObject) -> None:
+    """Mounts of configuration, secrets and storage are not carried: a REVIEW note names them (scratch space,
+    `emptyDir`, needs nothing)."""
+    sources = {str(v.get("name")): v for v in _list(pod.get("volumes")) if isinstance(v, dict)}
+    claims = {str(_get(t, "metadata", "name")) for t in _list(_get(obj.doc, "spec", "volumeClaimTemplates"))}
+    mounts = []
+    for mount in _list(main.get("volumeMounts")):
+        if not isinstance(mount, dict):
+            continue
+        name, path = str(mount.get("name")), mount.get("mountPath")
+        source = sources.get(name, {})
+        kind = "persistentVolumeClaim template" if name in claims else next(
+            (k for k in source if k != "name"), "volume")
+        if kind != "emptyDir":
+            mounts.append(f"{name} ({kind}) at {path}")
+    if mounts:
+        service.review.append("mounts not carried by the manifest, so the service may run differently: "
+                              + "; ".join(mounts) + ". Bake files into the image, or add what it needs by hand")
 
 
 # Container ports named like these serve operators, not callers: never the service port when another exists.

@@ -68,6 +68,8 @@ class ImportedService:
     language: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)  # variable -> why it is a secret (never its value)
+    entrypoint: list[str] | None = None  # replaces the image's ENTRYPOINT (None: the image's own)
+    command: list[str] | None = None  # replaces the image's CMD
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments explaining decisions, in reading order
     review: list[str] = field(default_factory=list)  # things a person must look at before releasing

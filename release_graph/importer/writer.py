@@ -276,6 +276,13 @@ def _service(out: _Out, service: ImportedService, report: EdgeReport, unit: str 
         out.comment(4, f"deploy_unit {unit}: {', '.join(cycles.units[unit])} call each other in a cycle with no "
                        "edge judged soft, so they deploy as one unit")
         out.line(f"    deploy_unit: {scalar(unit)}")
+    for key in ("entrypoint", "command"):
+        arguments = getattr(service, key)
+        if arguments is not None:
+            data[key] = list(arguments)
+            out.line(f"    {key}:" + ("" if arguments else " []"))
+            for argument in arguments:
+                out.line(f"      - {scalar(argument)}")
     if service.env:
         data["env"] = dict(sorted(service.env.items()))
         out.line("    env:")

@@ -139,7 +139,8 @@ def test_given_three_compose_files_and_a_dotenv_when_imported_then_they_merge_wi
 
     text = comments(out.read_text())
     assert "compose.dev.yaml: api: depends_on (condition: service_healthy)" in text
-    assert "command" not in yaml.safe_load(out.read_text())["services"]["api"]  # commands are not manifest fields
+    # a later file replaces the command, as in Compose
+    assert yaml.safe_load(out.read_text())["services"]["api"]["command"] == ["serve", "--reload"]
     assert "variables read from .env: API_PORT, DB_NAME, LITERAL, LOG_LEVEL, QUOTED, TAG" in text
 
 

@@ -423,3 +423,81 @@ def test_a_named_target_port_on_a_sidecar_is_resolved_not_reported_as_a_wrong_ma
     assert "maps port 9419 to metrics" not in notes  # the false note of old
     assert "REVIEW: Service queue port 9419 goes to sidecar container exporter, which the manifest does not run" \
         in notes
+
+
+# --- 12. entrypoint and command reach the manifest; volumes and configs are REVIEW notes ----------------------
+
+
+def test_one_image_run_as_several_services_keeps_each_command_and_says_what_is_not_carried(tmp_path, capsys):
+    app = write(tmp_path / "app", {"compose.yaml": """\
+        services:
+          api:
+            image: example/shop:1.0
+            command: ["serve", "--port", "8080"]
+            volumes: ["./config/api.yaml:/etc/shop/api.yaml:ro", "uploads:/var/uploads"]
+            configs: [{source: shop_config, target: /etc/shop/shop.yaml}]
+            restart: always
+          worker:
+            image: example/shop:1.0
+            entrypoint: /usr/bin/shop
+            command: worker --queue "new orders" --broker bus:5672
+          cache:
+            image: redis:7.2
+            command: redis-server --requirepass s3cret
+          bus: {image: "rabbitmq:3.13"}
+        volumes: {uploads: {}}
+        configs: {shop_config: {file: ./shop.yaml}}
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, app)
+    api, worker, cache = (fleet.services[n] for n in ("api", "worker", "cache"))
+    assert (api.entrypoint, api.command) == (None, ("serve", "--port", "8080"))
+    assert (worker.entrypoint, worker.command) == (("/usr/bin/shop",), ("worker", "--queue", "new orders",
+                                                                        "--broker", "bus:5672"))
+    assert edges(fleet)[("worker", "bus")].evidence == ("compose.yaml: worker: command",)
+    assert not edges(fleet)[("worker", "bus")].startup_only  # the command calls it while it runs
+    # a command holding a credential is never written
+    assert cache.command is None and "s3cret" not in (tmp_path / "out" / "fleet.yaml").read_text()
+    assert "REVIEW: `command` (compose.yaml:14) holds a credential, so it is not written" in notes
+    assert "REVIEW: not carried by the manifest, so the service may run differently: configs " \
+           "(shop_config:/etc/shop/shop.yaml); volumes (./config/api.yaml:/etc/shop/api.yaml:ro, " \
+           "uploads:/var/uploads)" in notes
+    assert "left to the deploy target, not carried: restart" in notes
+
+
+def test_a_kubernetes_containers_command_and_args_are_its_entrypoint_and_command(tmp_path, capsys):
+    k8s = write(tmp_path / "k8s", {"worker.yaml": """\
+        apiVersion: apps/v1
+        kind: StatefulSet
+        metadata: {name: worker}
+        spec:
+          serviceName: worker
+          template:
+            metadata: {labels: {app: worker}}
+            spec:
+              containers:
+                - name: worker
+                  image: example/shop:1.0
+                  command: ["/usr/bin/shop"]
+                  args: ["worker", "--queue", "$(QUEUE)", "--token", "$(TOKEN)"]
+                  env:
+                    - {name: QUEUE, value: orders}
+                    - name: TOKEN
+                      valueFrom: {secretKeyRef: {name: shop, key: token}}
+                  volumeMounts:
+                    - {name: settings, mountPath: /etc/shop}
+                    - {name: scratch, mountPath: /tmp}
+                    - {name: data, mountPath: /var/lib/shop}
+              volumes:
+                - {name: settings, configMap: {name: shop-settings}}
+                - {name: scratch, emptyDir: {}}
+          volumeClaimTemplates:
+            - metadata: {name: data}
+    """})
+    fleet, notes, _ = imported(capsys, tmp_path, k8s)
+    worker = fleet.services["worker"]
+    assert (worker.entrypoint, worker.command) == (("/usr/bin/shop",),
+                                                   ("worker", "--queue", "orders", "--token", "$(TOKEN)"))
+    assert "REVIEW: `args` uses $(TOKEN): Kubernetes expands it from the container's environment, a docker " \
+           "target does not" in notes
+    assert "REVIEW: mounts not carried by the manifest, so the service may run differently: settings (configMap) " \
+           "at /etc/shop; data (persistentVolumeClaim template) at /var/lib/shop" in notes
