@@ -18,21 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from release_graph.fleet import DNS_LABEL, ManifestError, is_image_repository, load_fleet
-from release_graph.importer.compose import COMPOSE_FILE_NAMES, ComposeOptions, project_files, read_compose
+from release_graph.importer.compose import ComposeOptions, read_compose
 from release_graph.importer.cycles import CycleReport, resolve_cycles
 from release_graph.importer.edges import EdgeReport, describe_host, infer_edges
-from release_graph.importer.kubernetes import KUSTOMIZATION_FILES, manifest_files, read_kubernetes
+from release_graph.importer.inputs import classify_inputs
+from release_graph.importer.kubernetes import read_kubernetes
 from release_graph.importer.model import COMPOSE, KUBERNETES, ImportedFleet
 from release_graph.importer.names import dns_name
 from release_graph.importer.writer import plural, render
-from release_graph.importer.yamlfiles import InputError, LineDict, load_documents
+from release_graph.importer.yamlfiles import InputError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 DEFAULT_REGISTRY_HOST = "127.0.0.1:5000"
 # Folder names that say where manifests live rather than what the fleet is called.
 _GENERIC_FOLDERS = {"kubernetes-manifests", "kubernetes", "k8s", "kube", "manifests", "deploy", "deployment",
-                    "deployments", "base", "overlays", "compose", "docker", "release", "config", "yaml", "src"}
+                    "deployments", "base", "overlays", "compose", "docker", "docker-compose", "release", "config",
+                    "yaml", "src"}
 
 
 @dataclass
@@ -44,55 +46,6 @@ class ImportResult:
     fleet_name: str
     registry: str
     warnings: list[str] = field(default_factory=list)
-
-
-def classify_inputs(paths: list[Path]) -> tuple[str, list[Path], Path]:
-    """(kind, files, root): what the inputs are, the files to read, and the folder labels are relative to."""
-    compose_files: list[Path] = []
-    k8s_files: list[Path] = []
-    anchors: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
-        path = path.resolve()
-        if path.is_dir():
-            anchors.append(path)
-            found = project_files(path)
-            if found:
-                compose_files.extend(found)
-                continue
-            manifests = manifest_files(path)
-            if not manifests:
-                raise InputError(f"{path}: no compose file ({', '.join(COMPOSE_FILE_NAMES)}) and no .yaml/.yml "
-                                 "manifests in this folder")
-            k8s_files.extend(manifests)
-            continue
-        anchors.append(path.parent)
-        (compose_files if _sniff(path) == COMPOSE else k8s_files).append(path)
-    if compose_files and k8s_files:
-        raise InputError(
-            "the inputs mix docker-compose files (" + ", ".join(p.name for p in compose_files[:3]) + ") and "
-            "Kubernetes manifests (" + ", ".join(p.name for p in k8s_files[:3]) + "): they describe the same fleet "
-            "twice; import one kind at a time"
-        )
-    files = list(dict.fromkeys(compose_files or k8s_files))
-    root = Path(os.path.commonpath([str(a) for a in anchors]))
-    return (COMPOSE if compose_files else KUBERNETES), files, root
-
-
-def _sniff(path: Path) -> str:
-    name = path.name
-    if name in COMPOSE_FILE_NAMES or name.startswith(("docker-compose", "compose.")):
-        return COMPOSE
-    if name in KUSTOMIZATION_FILES:
-        return KUBERNETES
-    documents = [doc for doc, _ in load_documents(path, name) if doc is not None]
-    if any(isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc) for doc in documents):
-        return KUBERNETES
-    if documents and isinstance(documents[0], LineDict) and "services" in documents[0]:
-        return COMPOSE
-    raise InputError(f"{path}: neither a compose file (no top-level `services:`) nor a Kubernetes manifest "
-                     "(no `kind:`)")
 
 
 def default_fleet_name(fleet: ImportedFleet) -> str:
@@ -107,14 +60,25 @@ def default_fleet_name(fleet: ImportedFleet) -> str:
 def import_fleet(inputs: list[Path], output: Path, *, fleet_name: str | None = None, registry: str | None = None,
                  compose_options: ComposeOptions | None = None) -> ImportResult:
     """Read the inputs and return the fleet.yaml text for `output` (repo paths are relative to its folder)."""
-    kind, files, root = classify_inputs(inputs)
-    if kind == COMPOSE:
-        fleet = read_compose(files, root, compose_options or ComposeOptions())
-    else:
-        if compose_options and (compose_options.profiles or compose_options.env or compose_options.env_files):
-            raise InputError("--profile, --env and --env-file apply to docker-compose files, and the inputs are "
-                             "Kubernetes manifests")
-        fleet = read_kubernetes(files, root)
+    found = classify_inputs(inputs)
+    if found.kind != COMPOSE and compose_options and (
+            compose_options.profiles or compose_options.env or compose_options.env_files):
+        raise InputError("--profile, --env and --env-file apply to docker-compose files, and the inputs are "
+                         f"{'Kubernetes manifests' if found.kind == KUBERNETES else 'an Aspire manifest'}")
+    try:
+        if found.kind == COMPOSE:
+            fleet = read_compose(found.files, found.root, compose_options or ComposeOptions())
+        elif found.kind == KUBERNETES:
+            fleet = read_kubernetes(found.files, found.root)
+        else:
+            raise InputError(f"{found.files[0]}: an Aspire manifest; this version reads compose files and "
+                             "Kubernetes manifests only")
+    except InputError as exc:
+        if len(found.folders) > 1:  # a folder scan found deploy files in several places: say which to pass
+            exc.problems.extend(["the deploy files found lie in several folders; pass one of them:",
+                                 *(f"  - {folder}" for folder in found.folders)])
+        raise
+    fleet.skipped.extend(found.skipped)
     name = fleet_name or default_fleet_name(fleet)
     if not DNS_LABEL.match(name):
         raise InputError(f"--fleet-name {name!r}: expected a DNS label (lowercase letters, digits, '-')")

@@ -78,18 +78,6 @@ BUILTIN_KINDS: dict[str, set[str]] = {
 _K8S_VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def manifest_files(folder: Path) -> list[Path]:
-    """Every .yaml/.yml file below a folder (hidden folders skipped), in a stable order."""
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file() and path.suffix in (".yaml", ".yml"):
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
 @dataclass
 class K8sObject:
     kind: str

@@ -11,6 +11,7 @@ from typing import Protocol
 
 COMPOSE = "compose"
 KUBERNETES = "kubernetes"
+ASPIRE = "aspire"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Resolution:
 
 @dataclass
 class ImportedFleet:
-    kind: str  # COMPOSE or KUBERNETES
+    kind: str  # COMPOSE, KUBERNETES or ASPIRE
     root: str  # absolute folder the file labels are relative to
     inputs: list[str]  # file labels, relative to root
     services: dict[str, ImportedService]

@@ -501,3 +501,44 @@ def test_a_kubernetes_containers_command_and_args_are_its_entrypoint_and_command
            "target does not" in notes
     assert "REVIEW: mounts not carried by the manifest, so the service may run differently: settings (configMap) " \
            "at /etc/shop; data (persistentVolumeClaim template) at /var/lib/shop" in notes
+
+
+# --- 14. a repository root: files that are not deploy files are skipped and listed ----------------------------
+
+
+def test_a_repository_root_imports_its_manifests_and_lists_what_it_skipped(tmp_path, capsys):
+    repo = write(tmp_path / "repo", {
+        ".github/workflows/ci.yml": "on: push\njobs: {test: {runs-on: ubuntu-latest}}\n",
+        "ci.yml": "stages: [test]\ntest: {script: [make test]}\n",
+        "mkdocs.yml": "site_name: shop\n",
+        "charts/shop/Chart.yaml": "apiVersion: v2\nname: shop\nversion: 0.1.0\n",
+        "charts/shop/values.yaml": "replicaCount: 1\n",
+        "charts/shop/templates/deployment.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n"
+                                                 "  name: {{ .Release.Name }}\n  labels: {{- include \"x\" . }}\n",
+        "deploy/k8s/orders.yaml": workload("orders"),
+    })
+    fleet, notes, printed = imported(capsys, tmp_path, repo)
+    assert set(fleet.services) == {"orders"}
+    assert "skipped: Helm chart charts/shop/ (3 files)" in printed
+    assert "Helm chart charts/shop/ (3 files): not rendered; import the output of `helm template charts/shop`" in notes
+    assert "files that are neither compose files nor Kubernetes objects (2): ci.yml, mkdocs.yml" in notes
+
+
+def test_a_repository_root_reports_every_syntax_error_and_suggests_the_folder_to_pass(tmp_path, capsys):
+    repo = write(tmp_path / "repo", {
+        "deploy/k8s/orders.yaml": workload("orders"),
+        "deploy/k8s/broken.yaml": "apiVersion: v1\nkind: Service\nmetadata: {name: [x}\n",
+        "config/app.yaml": "a: b: c\n",
+    })
+    err = failed(capsys, tmp_path, repo)
+    assert "config/app.yaml:1:5: not valid YAML" in err and "deploy/k8s/broken.yaml:3:" in err
+    assert "- deploy/k8s/ (Kubernetes manifests: 1 file)" in err
+
+    write(repo, {"deploy/k8s/broken.yaml": workload("billing"), "config/app.yaml": "a: b\n",
+                 "deploy/compose/compose.yaml": "services:\n  orders: {image: 'example/orders:1.0'}\n"})
+    err = failed(capsys, tmp_path, repo)
+    assert "holds deploy files of more than one fleet description; pass the folder (or files) of the one to " \
+           "import:" in err
+    assert "- deploy/compose/ (docker-compose)" in err and "- deploy/k8s/ (Kubernetes manifests: 2 files)" in err
+    fleet, _, _ = imported(capsys, tmp_path, repo / "deploy" / "compose")
+    assert set(fleet.services) == {"orders"}
