@@ -1,7 +1,8 @@
-"""`release-graph import`: a fleet.yaml from docker-compose files or Kubernetes manifests.
+"""`release-graph import`: a fleet.yaml from docker-compose files, Kubernetes manifests or an Aspire manifest.
 
-Readers (`compose`, `kubernetes`) record services and the places where one names another; `edges`
-turns those places into edges with evidence; `environment` decides what of a service's variables is
-written as values and what as secret references; `cycles` judges soft edges and groups what still cycles;
-`writer` renders deterministic, commented YAML; `cli` ties them together and writes atomically.
+`inputs` says what the given files and folders are; readers (`compose`, `kubernetes`, `aspire`) record
+services and the places where one names another; `edges` turns those places into edges with evidence;
+`environment` decides what of a service's variables is written as values and what as secret references;
+`cycles` judges soft edges and groups what still cycles; `writer` renders deterministic, commented YAML;
+`cli` ties them together and writes atomically.
 """

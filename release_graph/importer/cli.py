@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from release_graph.fleet import DNS_LABEL, ManifestError, is_image_repository, load_fleet
+from release_graph.importer.aspire import read_aspire
 from release_graph.importer.compose import ComposeOptions, read_compose
 from release_graph.importer.cycles import CycleReport, resolve_cycles
 from release_graph.importer.edges import EdgeReport, describe_host, infer_edges
@@ -71,8 +72,7 @@ def import_fleet(inputs: list[Path], output: Path, *, fleet_name: str | None = N
         elif found.kind == KUBERNETES:
             fleet = read_kubernetes(found.files, found.root)
         else:
-            raise InputError(f"{found.files[0]}: an Aspire manifest; this version reads compose files and "
-                             "Kubernetes manifests only")
+            fleet = read_aspire(found.files, found.root)
     except InputError as exc:
         if len(found.folders) > 1:  # a folder scan found deploy files in several places: say which to pass
             exc.problems.extend(["the deploy files found lie in several folders; pass one of them:",
@@ -186,8 +186,8 @@ def _print_summary(result: ImportResult, output: Path, findings: list[str], seco
     edges = list(result.edges.edges.values())
     soft = sum(1 for e in edges if e.soft)
     startup = sum(1 for e in edges if not e.soft and e.startup_only)
-    kind = "docker-compose" if fleet.kind == COMPOSE else "Kubernetes"
-    print(f"wrote {output} (fleet {result.fleet_name}, from {len(fleet.inputs)} {kind} files in {seconds:.2f}s)")
+    kind = {COMPOSE: "docker-compose file", KUBERNETES: "Kubernetes file"}.get(fleet.kind, "Aspire manifest")
+    print(f"wrote {output} (fleet {result.fleet_name}, from {plural(len(fleet.inputs), kind)} in {seconds:.2f}s)")
     print(f"  services: {len(fleet.services)} ({len(fleet.services) - infra_count} application, "
           f"{infra_count} infrastructure)")
     print(f"  edges: {len(edges)} ({len(edges) - soft} hard, {startup} of them startup-only; {soft} soft)")

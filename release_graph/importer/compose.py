@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -540,7 +541,7 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         service.build = _build_info(reader, source_name, build)
         for note in service.build.notes:
             reader.repo_reviews[note] = None
-        _dockerfile_facts(reader, service)
+        dockerfile_facts(service, reader.label)
         if image:
             service.notes.append(f"compose tags its build as {image}; release-graph pushes <registry>/{name}:<sha>")
     elif build:
@@ -735,7 +736,7 @@ def _build_info(reader: _Reader, source_name: str, build: dict) -> BuildInfo:
                 f"{label}:{line}: services.{source_name}.build.dockerfile: {dockerfile} is outside the build "
                 "context; release-graph builds with the Dockerfile inside the context: move it, or widen the context"
             ) from None
-        repo, path, branch, note = _locate_repo(context_dir, reader.project_dir.resolve())
+        repo, path, branch, note = locate_repo(context_dir, reader.project_dir.resolve())
         info = BuildInfo(repo=str(repo), path=path, dockerfile=dockerfile_rel,
                          target=target_prov.value if target_prov else None, args=args, branch=branch)
         info.notes = [note] if note else []
@@ -743,7 +744,7 @@ def _build_info(reader: _Reader, source_name: str, build: dict) -> BuildInfo:
     return info
 
 
-def _locate_repo(context: Path, project_dir: Path) -> tuple[Path, str, str | None, str]:
+def locate_repo(context: Path, project_dir: Path) -> tuple[Path, str, str | None, str]:
     """The git repository holding the build context: the nearest `.git` above the compose file when it
     holds the context too (a monorepo), else the compose file's folder."""
     git_root = next((p for p in (project_dir, *project_dir.parents) if (p / ".git").exists()), None)
@@ -786,7 +787,7 @@ _LANGUAGES = (
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(?P<image>\S+)(?:\s+AS\s+(?P<stage>\S+))?", re.I | re.M)
 
 
-def _dockerfile_facts(reader: _Reader, service: ImportedService) -> None:
+def dockerfile_facts(service: ImportedService, label: Callable[[Path], str]) -> None:
     """Read the Dockerfile when it is here: the `test` stage decides test_target, the first base image
     suggests the language (which picks the static-analysis tool)."""
     build = service.build
@@ -802,8 +803,7 @@ def _dockerfile_facts(reader: _Reader, service: ImportedService) -> None:
     dockerfile = context / build.dockerfile
     if not context.is_dir() or not dockerfile.is_file():
         build.test_target = None
-        missing = f"build context {reader.label(context)}/" if not context.is_dir() \
-            else f"Dockerfile {reader.label(dockerfile)}"
+        missing = f"build context {label(context)}/" if not context.is_dir() else f"Dockerfile {label(dockerfile)}"
         service.review.append(f"the {missing} does not exist: check the path before releasing; "
                               "no test stage is assumed (test_target: null)")
         return

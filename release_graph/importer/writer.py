@@ -22,7 +22,7 @@ import yaml
 from release_graph.importer.cycles import CycleReport
 from release_graph.importer.edges import EdgeReport, InferredEdge, describe_host
 from release_graph.importer.environment import ENV_VAR_NAME, orchestrator_variable
-from release_graph.importer.model import COMPOSE, ImportedFleet, ImportedService
+from release_graph.importer.model import COMPOSE, KUBERNETES, ImportedFleet, ImportedService
 
 WIDTH = 110
 _PLAIN = re.compile(r"^[A-Za-z0-9_./+][A-Za-z0-9_./:@+=-]*$")
@@ -106,7 +106,7 @@ def render(fleet: ImportedFleet, report: EdgeReport, cycles: CycleReport, *, fle
             data["services"][name] = _service(out, service, report, unit_of.get(name), cycles, out_dir)
             out.line()
 
-    target = "docker" if fleet.kind == COMPOSE else "kubernetes"
+    target = "kubernetes" if fleet.kind == KUBERNETES else "docker"
     out.comment(0, "Environments in promotion order. One to start with, on the target the deploy files were written "
                    "for; add staging and prod (approval: required) as the fleet grows.")
     out.line("environments:")
@@ -142,7 +142,7 @@ def _secret_references(fleet: ImportedFleet) -> dict[str, dict[str, dict[str, st
 
 def _header(out: _Out, fleet: ImportedFleet, report: EdgeReport, cycles: CycleReport, fleet_name: str,
             out_dir: Path, app_count: int, infra_count: int) -> None:
-    kind = "docker-compose files" if fleet.kind == COMPOSE else "Kubernetes manifests"
+    kind = {COMPOSE: "docker-compose files", KUBERNETES: "Kubernetes manifests"}.get(fleet.kind, "an Aspire manifest")
     out.comment(0, f"Fleet {fleet_name}, written by `release-graph import` from {kind}. The same input files "
                    "give the same bytes. Comments say what each value was derived from; REVIEW marks what a "
                    "person should check before the first release.")

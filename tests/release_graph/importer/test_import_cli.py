@@ -35,7 +35,7 @@ def test_python_dash_m_writes_a_fleet_that_the_loader_accepts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "release_graph.importer", str(folder), "-o", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"wrote {out} (fleet project, from 1 docker-compose files" in done.stdout
+    assert f"wrote {out} (fleet project, from 1 docker-compose file in" in done.stdout
     fleet = load_fleet(out)
     assert fleet.services["web"].language == "python" and fleet.services["web"].build.test_target == "test"
     assert [e.name for e in fleet.services["web"].depends_on] == ["api"]

@@ -7,6 +7,7 @@ the edge with its evidence, the secret reference, the REVIEW note or the error.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -542,3 +543,116 @@ def test_a_repository_root_reports_every_syntax_error_and_suggests_the_folder_to
     assert "- deploy/compose/ (docker-compose)" in err and "- deploy/k8s/ (Kubernetes manifests: 2 files)" in err
     fleet, _, _ = imported(capsys, tmp_path, repo / "deploy" / "compose")
     assert set(fleet.services) == {"orders"}
+
+
+# --- 15. a .NET Aspire application: its manifest is a third input format ---------------------------------------
+
+TCP = {"scheme": "tcp", "protocol": "tcp", "transport": "tcp"}
+HTTP = {"scheme": "http", "protocol": "tcp", "transport": "http"}
+ASPIRE_MANIFEST = json.dumps({"$schema": "https://json.schemastore.org/aspire-8.0.json", "resources": {
+    "cache": {
+        "type": "container.v0",
+        "connectionString": "{cache.bindings.tcp.host}:{cache.bindings.tcp.port}",
+        "image": "docker.io/library/redis:7.4",
+        "bindings": {"tcp": {**TCP, "targetPort": 6379}},
+    },
+    "postgres-password": {
+        "type": "parameter.v0",
+        "value": "{postgres-password.inputs.value}",
+        "inputs": {"value": {"type": "string", "secret": True, "default": {"generate": {"minLength": 22}}}},
+    },
+    "postgres": {
+        "type": "container.v0",
+        "connectionString": "Host={postgres.bindings.tcp.host};Port={postgres.bindings.tcp.port};"
+                            "Username=postgres;Password={postgres-password.value}",
+        "image": "docker.io/library/postgres:17.2",
+        "env": {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "{postgres-password.value}"},
+        "volumes": [{"name": "shop-postgres-data", "target": "/var/lib/postgresql/data", "readOnly": False}],
+        "bindings": {"tcp": {**TCP, "targetPort": 5432}},
+    },
+    "catalogdb": {"type": "value.v0", "connectionString": "{postgres.connectionString};Database=catalogdb"},
+    "catalog-api": {
+        "type": "project.v0",
+        "path": "../Catalog.API/Catalog.API.csproj",
+        "env": {
+            "HTTP_PORTS": "{catalog-api.bindings.http.targetPort}",
+            "ConnectionStrings__catalogdb": "{catalogdb.connectionString}",
+            "Catalog__PageSize": "20",
+        },
+        "bindings": {"http": {**HTTP, "targetPort": 8080}},
+    },
+    "webapp": {
+        "type": "project.v0",
+        "path": "../WebApp/WebApp.csproj",
+        "env": {
+            "CatalogUrl": "{catalog-api.bindings.http.url}",
+            "ConnectionStrings__cache": "{cache.connectionString}",
+            "ConnectionStrings__blobs": "{storage.outputs.blobEndpoint}",
+        },
+        "bindings": {"http": {**HTTP, "external": True}},
+    },
+    "worker": {
+        "type": "container.v1",
+        "build": {"context": "../Worker", "dockerfile": "../Worker/Dockerfile"},
+        "args": ["--queue", "orders", "--catalog", "{catalog-api.bindings.http.url}"],
+    },
+    "storage": {"type": "azure.bicep.v0", "path": "storage.module.bicep"},
+    "frontend": {"type": "executable.v0", "command": "npm", "args": ["run", "start"], "workingDirectory": "../Web"},
+}}, indent=2)
+
+
+def test_an_aspire_manifest_imports_its_resources_edges_and_secrets(tmp_path, capsys):
+    app = write(tmp_path / "shop", {
+        "Shop.AppHost/Shop.AppHost.csproj": '<Project Sdk="Aspire.AppHost.Sdk/9.0.0"></Project>\n',
+        "Shop.AppHost/aspire-manifest.json": ASPIRE_MANIFEST,
+        "Catalog.API/Catalog.API.csproj": "<Project Sdk=\"Microsoft.NET.Sdk.Web\"></Project>\n",
+        "Catalog.API/Dockerfile": "FROM mcr.microsoft.com/dotnet/aspnet:9.0 AS final\n",
+        "WebApp/WebApp.csproj": "<Project Sdk=\"Microsoft.NET.Sdk.Web\"></Project>\n",
+        "Worker/Dockerfile": "FROM python:3.12-slim\n",
+    })
+    fleet, notes, printed = imported(capsys, tmp_path, app / "Shop.AppHost")
+    assert fleet.name == "shop"
+    assert set(fleet.services) == {"cache", "postgres", "catalog-api", "webapp", "worker"}
+    assert {n for n, s in fleet.services.items() if s.infrastructure} == {"cache", "postgres"}
+    catalog, webapp, worker = (fleet.services[n] for n in ("catalog-api", "webapp", "worker"))
+    assert (catalog.path, catalog.language, catalog.port) == ("Catalog.API", "dotnet", 8080)
+    assert (worker.path, worker.build.dockerfile, worker.language) == ("Worker", "Dockerfile", "python")
+    # edges: to every service a value leads to, through values and databases
+    found = edges(fleet)
+    assert set(found) == {("catalog-api", "postgres"), ("webapp", "catalog-api"), ("webapp", "cache"),
+                          ("worker", "catalog-api")}
+    assert found[("catalog-api", "postgres")].evidence == (
+        "aspire-manifest.json: catalog-api: env.ConnectionStrings__catalogdb",)
+    assert "ConnectionStrings__catalogdb={catalogdb.connectionString}; via catalogdb" in notes
+    assert found[("worker", "catalog-api")].evidence == ("aspire-manifest.json: worker: args",)
+    # values evaluated for a docker target; secrets as references; what is not known is a REVIEW note
+    assert dict(catalog.env) == {"HTTP_PORTS": "8080", "Catalog__PageSize": "20"}
+    assert dict(webapp.env) == {"CatalogUrl": "http://catalog-api:8080", "ConnectionStrings__cache": "cache:6379"}
+    assert worker.command == ("--queue", "orders", "--catalog", "http://catalog-api:8080")
+    secrets = {s: {v: r.describe() for v, r in refs.items()} for s, refs in fleet.environments["dev"].secrets.items()}
+    assert secrets == {"catalog-api": {"ConnectionStrings__catalogdb": "env:CATALOG_API_CONNECTIONSTRINGS_CATALOGDB"},
+                       "postgres": {"POSTGRES_PASSWORD": "env:POSTGRES_POSTGRES_PASSWORD"}}
+    assert "ConnectionStrings__catalogdb (it needs the secret parameter postgres-password)" in notes
+    assert "REVIEW: not written to env, since the manifest does not say their value: ConnectionStrings__blobs " \
+           "({storage.outputs.blobEndpoint} is an output of storage (azure.bicep.v0)" in notes
+    assert "REVIEW: WebApp.csproj has no Dockerfile beside it" in notes
+    assert "REVIEW: bindings http have no targetPort" in notes
+    frontend_line = ASPIRE_MANIFEST.splitlines().index('    "frontend": {') + 1
+    assert f"REVIEW: frontend (aspire-manifest.json:{frontend_line}) is an executable (npm)" in notes
+    assert "REVIEW: mounts not carried by the manifest, so the service may run differently: " \
+           "shop-postgres-data:/var/lib/postgresql/data" in notes
+    assert "storage (azure.bicep.v0): a cloud resource, provisioned outside release-graph" in notes
+    assert "from 1 Aspire manifest in" in printed
+
+
+def test_an_aspire_app_host_without_a_manifest_says_how_to_produce_one(tmp_path, capsys):
+    app = write(tmp_path / "shop", {
+        "ci.yml": "stages: [build]\n",
+        "src/Shop.AppHost/Shop.AppHost.csproj": '<Project Sdk="Aspire.AppHost.Sdk/9.0.0"></Project>\n',
+        "src/Shop.AppHost/appsettings.json": "{}\n",
+    })
+    err = failed(capsys, tmp_path, app)
+    assert "src/Shop.AppHost/Shop.AppHost.csproj is a .NET Aspire AppHost" in err
+    assert "`dotnet run --project src/Shop.AppHost/Shop.AppHost.csproj --publisher manifest --output-path " \
+           "aspire-manifest.json`" in err
+    assert "document 1 is not a Kubernetes object" not in err  # the unrelated error of old
