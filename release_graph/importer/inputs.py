@@ -144,8 +144,8 @@ class FolderScan:
         kinds = [kind for kind, files in ((COMPOSE, compose_folders), (KUBERNETES, self.kubernetes),
                                           (ASPIRE, self.aspire)) if files]
         if len(kinds) > 1 or len(compose_folders) > 1 or len(self.aspire) > 1:
-            raise InputError([f"{self.folder}: holds deploy files of more than one fleet description; pass the "
-                              "folder (or files) of the one to import:", *self._suggestion()])
+            raise InputError([f"{self.folder.name}/ holds deploy files of more than one fleet description; pass "
+                              "the folder (or files) of the one to import:", *self._suggestion()])
         if kinds == [COMPOSE]:
             project = project_files(compose_folders[0])
             if not project:  # only variants (`docker-compose.prod.yml`): which ones merge is the user's choice
