@@ -9,9 +9,12 @@ end, also when a case fails.
     python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~3-5 minutes)
     python -m benchmarks.run --quick         # one run per case, printed only (a smoke test of this script)
     python -m benchmarks.run --only a,e      # some sections, printed only
+    python -m benchmarks.run --only e --update   # re-measure some sections in docs/benchmarks.md, keep the rest
+    python -m benchmarks.run --only e --fleet eshop=../eShop/src   # more fleets to import in (e)
 
 Sections: (a) manifest validation and graph build, (b) Git sensor ticks, (c) image build and push,
-(d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets.
+(d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets (and any
+given with --fleet): how long, and what it finds.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    tables: list[str] = field(default_factory=list)  # more markdown after the timings (figures that are not times)
 
     def row(self, case: str, note: str = "") -> Row:
         for row in self.rows:
@@ -177,6 +181,7 @@ class Bench:
     digests: list[tuple[str, str]] = field(default_factory=list)  # (sha, digest) of BUILT_SERVICE
     environments: list[str] = field(default_factory=list)  # created by section (d), torn down at the end
     _resources: dict | None = None
+    more_fleets: dict[str, Path] = field(default_factory=dict)  # --fleet LABEL=PATH: more imports for (e)
 
     @property
     def registry(self) -> str:
@@ -560,36 +565,70 @@ def bench_import(bench: Bench, section: Section) -> None:
 
     present = {label: SHARED_FLEETS / relative for label, relative in IMPORT_INPUTS.items()
                if (SHARED_FLEETS / relative).exists()}
-    if not present:
-        section.notes.append(f"Skipped: no shared fleets in {SHARED_FLEETS} (set RELEASE_GRAPH_FLEETS to the folder "
-                             "holding online-boutique/ and robot-shop/).")
-        return
     for label in IMPORT_INPUTS:
         if label not in present:
-            section.notes.append(f"Skipped {label}: {SHARED_FLEETS / IMPORT_INPUTS[label]} does not exist.")
+            section.notes.append(f"Skipped {label}: {SHARED_FLEETS / IMPORT_INPUTS[label]} does not exist (set "
+                                 "RELEASE_GRAPH_FLEETS to the folder holding online-boutique/ and robot-shop/).")
+    present.update(bench.more_fleets)
     cli = Path(sys.executable).parent / "release-graph"
+    figures = []
     for label, source in present.items():
-        output = bench.work / "imported" / f"{source.parent.name}.yaml"
+        output = bench.work / "imported" / f"{re.sub(r'[^a-z0-9]+', '-', label.lower())}.yaml"
         output.parent.mkdir(parents=True, exist_ok=True)
-        summary = ""
         for _ in range(bench.n(5)):
-            stdout = io.StringIO()
-            with contextlib.redirect_stdout(stdout):
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 seconds, code = timed(run, [str(source), "-o", str(output), "--force"])
-            if code != 0:
-                raise RuntimeError(f"import of {source} exited {code}:\n{stdout.getvalue()}")
-            lines = stdout.getvalue().splitlines()
-            summary = "; ".join(line.strip() for line in lines[1:3])
-            section.row(f"{label}: in-process", summary).samples.append(seconds)
-        for _ in range(bench.n(3)):
-            seconds, done = timed(subprocess.run, [str(cli), "import", str(source), "-o", str(output), "--force"],
-                                  capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"`release-graph import {source}` exited {done.returncode}:\n{done.stderr}")
-            section.row(f"{label}: `release-graph import` command", "including interpreter start and imports"
-                        ).samples.append(seconds)
-    section.notes.append(f"Inputs read in place from {SHARED_FLEETS}; the written fleet.yaml goes to a temporary "
-                         "folder and is validated by the manifest loader before it is written (part of the time).")
+            if code != 0:  # a fleet that imports nothing is a figure too: it says why
+                why = " ".join(" ".join(stderr.getvalue().splitlines()[1:]).split()).replace("|", "/")
+                figures.append(f"| {label} | writes nothing: {why[:240]}{'...' if len(why) > 240 else ''} | | | | |")
+                break
+            section.row(f"{label}: in-process", "read, infer, write and validate the fleet.yaml").samples.append(
+                seconds)
+        else:
+            figures.append(import_figures(label, source, output))
+            for _ in range(bench.n(3)):
+                seconds, done = timed(subprocess.run, [str(cli), "import", str(source), "-o", str(output), "--force"],
+                                      capture_output=True, text=True, timeout=300)
+                if done.returncode != 0:
+                    raise RuntimeError(f"`release-graph import {source}` exited {done.returncode}:\n{done.stderr}")
+                section.row(f"{label}: `release-graph import` command", "including interpreter start and imports"
+                            ).samples.append(seconds)
+    section.tables += [
+        "What each import finds: services (application + infrastructure); edges, of which hard, soft and "
+        "startup-only (only a start-up ordering names it: `depends_on`, a wait); edges whose evidence shows a call "
+        "(an environment value, a connection string, a command); references to hosts no input deploys; `REVIEW` "
+        "notes a person should act on.",
+        "",
+        "| fleet | services | edges (hard / soft / startup-only) | edges with a call seen | unresolved | REVIEW "
+        "notes |",
+        "|---|---|---|---:|---:|---:|",
+        *figures,
+        "",
+    ]
+    section.notes.append(f"Inputs read in place from {SHARED_FLEETS}"
+                         + (f", and {len(bench.more_fleets)} more given with --fleet (the repository and commit "
+                            "are in each label; their files stay outside this repository)" if bench.more_fleets
+                            else "")
+                         + "; the written fleet.yaml goes to a temporary folder and is validated by the manifest "
+                           "loader before it is written (part of the time).")
+
+
+def import_figures(label: str, source: Path, output: Path) -> str:
+    """One row of the figures table: what the import of `source` found."""
+    from release_graph.importer.cli import import_fleet
+
+    result = import_fleet([source], output)
+    services = result.fleet.services.values()
+    infrastructure = sum(1 for s in services if s.infrastructure)
+    edges = list(result.edges.edges.values())
+    soft = sum(1 for e in edges if e.soft)
+    startup = sum(1 for e in edges if not e.soft and e.startup_only)
+    calls = sum(1 for e in edges if not e.startup_only)
+    reviews = sum(len(s.review) for s in services) + sum(1 for n in result.fleet.notes if n.startswith("REVIEW"))
+    return (f"| {label} | {len(result.fleet.services)} ({len(result.fleet.services) - infrastructure} + "
+            f"{infrastructure}) | {len(edges)} ({len(edges) - soft} / {soft} / {startup}) | {calls} | "
+            f"{len(result.edges.unresolved)} | {reviews} |")
 
 
 # --- cleanup ---------------------------------------------------------------------------------------------------------
@@ -629,9 +668,13 @@ def remove_images(repository: str, attempts: int = 5) -> None:
         client.close()
 
 
-def cleanup(bench: Bench) -> list[str]:
-    """Remove everything the run created; returns what could not be removed (reported, never hidden)."""
+def cleanup(bench: Bench, *, engine_used: bool = True) -> list[str]:
+    """Remove everything the run created; returns what could not be removed (reported, never hidden).
+    `engine_used=False` (only sections that never touch the container engine ran): just the work folder."""
     problems: list[str] = []
+    if not engine_used:
+        shutil.rmtree(bench.work, ignore_errors=True)
+        return problems
     if bench._resources is not None and bench.fleet_name:
         target = bench._resources["deploy_targets"].for_environment("docker")
         for environment in list(bench.environments):
@@ -671,7 +714,8 @@ def render(facts: dict[str, str], sections: list[Section], started: float, load:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m benchmarks.run`); the whole file is rewritten on every run. Each case "
+        "Written by `make bench` (`python -m benchmarks.run`): a full run rewrites the whole file, and "
+        "`--only <sections> --update` re-measures some sections in place (each such section says when). Each case "
         "ran N times on real repositories, the real container engine, registry and haproxy; times are wall-clock "
         "(median, fastest and slowest run). " + runs_note,
         "",
@@ -705,10 +749,26 @@ def render(facts: dict[str, str], sections: list[Section], started: float, load:
         if section.error:
             lines += ["**This section failed**; the figures above (if any) are what it measured before:", "",
                       "```", section.error.strip(), "```", ""]
+        lines += section.tables
         lines += [f"- {note}" for note in section.notes]
         if section.notes:
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def update_report(existing: str, report: str, measured: str) -> str:
+    """`existing` with each section of `report` put in place of the section of the same letter (or added),
+    marked with when and where it was measured: the other sections and the machine table stay as they were."""
+    def sections_of(text: str) -> tuple[str, dict[str, str]]:
+        parts = re.split(r"(?m)^(?=## \([a-z]\) )", text)
+        return parts[0], {part[4]: part for part in parts[1:]}
+
+    head, old_sections = sections_of(existing)
+    _, new_sections = sections_of(report)
+    for key, part in new_sections.items():
+        title, _, body = part.partition("\n\n")
+        old_sections[key] = f"{title}\n\n{measured}\n\n{body}".rstrip() + "\n\n"
+    return (head + "".join(old_sections[key] for key in sorted(old_sections))).rstrip() + "\n"
 
 
 SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
@@ -730,8 +790,8 @@ SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
      "`resources.targets.DockerTarget.deploy` of the digests built in (c): a first deployment, a no-op redeploy, "
      "a switch to another digest behind the same published port, and the teardown.",
      bench_deploy),
-    ("e", "`release-graph import` of the shared fleets",
-     "The importer on two public microservice demos' deploy files: infer services, infrastructure and edges, "
+    ("e", "`release-graph import` of real fleets",
+     "The importer on public microservice demos' deploy files: infer services, infrastructure and edges, "
      "write and validate a fleet.yaml.",
      bench_import),
 ]
@@ -743,7 +803,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated sections to run (a-e); prints only. (d) needs (c)")
     parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
                                                     f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: put the sections run into the existing report, keep the others")
+    parser.add_argument("--fleet", action="append", default=[], metavar="LABEL=PATH",
+                        help="one more fleet for (e): a folder or file to import (repeatable)")
     args = parser.parse_args(argv)
+    more_fleets = {}
+    for item in args.fleet:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            parser.error(f"--fleet {item!r}: expected LABEL=PATH of a file or folder that exists")
+        more_fleets[label] = Path(path).resolve()
     selected = set((args.only or "abcde").replace(" ", "").split(","))
     if len(selected) == 1 and len(next(iter(selected))) > 1:
         selected = set(next(iter(selected)))
@@ -751,7 +821,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: a, b, c, d, e)")
     full = not args.quick and not args.only
-    output = args.output or (DEFAULT_OUTPUT if full else None)
+    if args.update and (full or args.quick):
+        parser.error("--update needs --only (the sections to replace) and a full run of them (no --quick)")
+    output = args.output or (DEFAULT_OUTPUT if full or args.update else None)
     if not os.environ.get("DOCKER_HOST") and selected & {"c", "d"}:
         log("DOCKER_HOST is not set: run through `make bench` (it sources /var/lib/release-graph/env)")
         return 2
@@ -759,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"rgb{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))  # short: haproxy's admin socket path lives under it
     bench = Bench(prefix=prefix, work=work, quick=args.quick,
-                  registry_host=os.environ.get("RG_REGISTRY", "127.0.0.1:5000"), fleet_name=f"{prefix}-shop")
+                  registry_host=os.environ.get("RG_REGISTRY", "127.0.0.1:5000"), fleet_name=f"{prefix}-shop",
+                  more_fleets=more_fleets)
     started, load = time.perf_counter(), os.getloadavg()
     log(f"prefix {prefix}, work folder {work}")
     facts = machine_facts()
@@ -782,12 +855,19 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"({key}) FAILED:\n{section.error}")
             log(f"({key}) done in {time.perf_counter() - section_started:.1f} s")
     finally:
-        problems = cleanup(bench)
+        problems = cleanup(bench, engine_used=bool(selected & {"c", "d"}))
         for problem in problems:
             log(f"clean-up: {problem}")
     runs_note = ("This was a `--quick` run: one sample per case." if args.quick else
                  "N differs per case to keep the whole run within a few minutes.")
     report = render(facts, sections, started, load, os.getloadavg(), runs_note)
+    if args.update:
+        measured = (f"Measured on its own (`python -m benchmarks.run --only {','.join(sorted(selected))} --update`) "
+                    f"on {facts['date']}: {facts['CPU']}, {facts.get('memory', '')}, {facts['OS']}, Python "
+                    f"{facts.get('Python', '')}, release-graph {facts.get('release-graph commit', '')}; load average "
+                    f"{' / '.join(f'{x:.2f}' for x in load)} at the start. The machine table above is the full "
+                    "run's.")
+        report = update_report(output.read_text(), report, measured)
     if output is not None:
         output.write_text(report)
         log(f"wrote {output}")
