@@ -13,6 +13,7 @@ from release_graph.fleet import Fleet, ManifestError
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, image_key, integration_key
+from release_graph.release.promotion import digest_label
 from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, TRIGGER_TAG
 from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, failure_reason, stage_status
 from release_graph.wiring import build_definitions, default_resources
@@ -123,8 +124,9 @@ def next_step(instance, fleet: Fleet, service, environment) -> str:
     if status.state in (RUNNING, UP_TO_DATE) or not status.reason.startswith(("waiting", "blocked")):
         approved = history.latest(instance, approval_key(service, environment))
         digest = approved.digest if approved else ""
-        return (f"{service.name}/{environment.name} deploys {digest} at the next automation tick "
-                "(release_automation_" + service.group + ", every 15 s while `make demo` runs)")
+        return (f"{service.name}/{environment.name} deploys {digest_label(digest)} at the next tick of the "
+                f"sensor release_automation_{service.group} (while the Dagster daemon runs; `release-graph why "
+                f"{service.name} --env {environment.name}` follows it)")
     return f"{service.name}/{environment.name} {status.state}: {status.reason}"
 
 
