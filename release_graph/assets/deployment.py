@@ -48,6 +48,9 @@ class DeployConfig(dg.Config):
     """Leave empty to deploy what the previous stage passed last; give a digest to roll back or forward."""
 
     digest: Optional[str] = None  # noqa: UP045 - Dagster's Config needs typing.Optional here
+    # `release-graph rollback`: who went back and why; the digest then switches at once, without a rollout.
+    rollback_by: Optional[str] = None  # noqa: UP045
+    rollback_reason: Optional[str] = None  # noqa: UP045
 
 
 def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> dict:
@@ -138,7 +141,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         labels={L.GIT_SHA: git_sha},
         # Every service it calls (hard and soft edges) is reached through the environment's switch.
         calls=tuple(edge.name for edge in service.depends_on),
-    ), environment, key)
+    ), environment, key, immediate=bool(config.rollback_reason))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"
     )
@@ -157,6 +160,8 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         "secrets": ", ".join(sorted(environment.secrets.get(service.name, {}))) or "none",
     }
     metadata.update(rollout_metadata)
+    if config.rollback_reason:
+        metadata.update({M.ROLLBACK_BY: config.rollback_by or "", M.ROLLBACK_REASON: config.rollback_reason})
     if result.published_url:
         metadata["url"] = dg.MetadataValue.url(result.published_url)
     metadata.update(rollback_metadata(context.instance, fleet, service, environment, digest, config.digest))

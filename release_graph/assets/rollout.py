@@ -249,13 +249,18 @@ def rollout_metadata(report: RolloutReport) -> dict:
     return metadata
 
 
-def deliver(context, target, spec: DeploymentSpec, environment: Environment, key: dg.AssetKey):
+def deliver(context, target, spec: DeploymentSpec, environment: Environment, key: dg.AssetKey, *,
+            immediate: bool = False):
     """Deploy `spec` the way the environment's rollout says. Returns the DeploymentResult and the rollout's
     metadata ({} for a plain replace). A rollback records a `rollback` observation and raises dg.Failure
-    carrying the step table and the measurements."""
+    carrying the step table and the measurements. `immediate` (a release manager's rollback) switches at
+    once: going back to what served before is not a release to measure."""
     rollout = environment.rollout
     if not rollout.progressive:
         return target.deploy(spec), {}
+    if immediate:
+        return target.deploy(spec), {M.ROLLOUT_STRATEGY: "immediate (rollback)",
+                                     M.ANALYSIS_VERDICT: "not analysed: a rollback to what served before"}
     digest = spec.image.rpartition("@")[2]
     serving = target.running(spec.fleet, spec.environment, spec.service)
     route = target.traffic(spec.fleet, spec.environment, spec.service)

@@ -22,3 +22,5 @@ ROLLOUT_STEPS = "rollout_steps"
 ANALYSIS_VERDICT = "analysis"
 ROLLED_BACK_BECAUSE = "rolled_back_because"
 ROLLBACK_EVENT = "rollback"  # the `event` of the observation a rollback records on the environment's asset
+ROLLBACK_BY = "rollback_by"  # `release-graph rollback --by`: who went back
+ROLLBACK_REASON = "rollback_reason"
