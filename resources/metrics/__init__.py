@@ -7,5 +7,17 @@ from resources.metrics.interface import (
     Subject,
     Window,
 )
+from resources.metrics.prometheus import PrometheusMetrics, ScrapeTarget, ScrapeTargets
+from resources.metrics.prometheus_server import PrometheusServer
 
-__all__ = ["Measurement", "MetricProvider", "MetricsUnavailable", "Subject", "Window"]
+__all__ = [
+    "Measurement",
+    "MetricProvider",
+    "MetricsUnavailable",
+    "PrometheusMetrics",
+    "PrometheusServer",
+    "ScrapeTarget",
+    "ScrapeTargets",
+    "Subject",
+    "Window",
+]
