@@ -125,6 +125,9 @@ class CloudWatchSettings:
     alarms: tuple[str, ...] = ()
     namespace: str | None = None
 
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
 
 @dataclass(frozen=True)
 class Analysis:

@@ -1,5 +1,6 @@
 """Metric providers for a rollout's analysis: one small interface (`interface.py`), one adapter per source."""
 
+from resources.metrics.cloudwatch import CloudWatchMetrics
 from resources.metrics.interface import (
     Measurement,
     MetricProvider,
@@ -11,6 +12,7 @@ from resources.metrics.prometheus import PrometheusMetrics, ScrapeTarget, Scrape
 from resources.metrics.prometheus_server import PrometheusServer
 
 __all__ = [
+    "CloudWatchMetrics",
     "Measurement",
     "MetricProvider",
     "MetricsUnavailable",
