@@ -1,4 +1,8 @@
-"""Metric providers for a rollout's analysis: one small interface (`interface.py`), one adapter per source."""
+"""Metric providers for a rollout's analysis: one small interface (`interface.py`), one adapter per source.
+
+`prometheus_server.py` (the Prometheus process release-graph runs) is not imported here: it is also a command,
+`python -m resources.metrics.prometheus_server`, and a package that imports it would import it twice.
+"""
 
 from resources.metrics.cloudwatch import CloudWatchMetrics
 from resources.metrics.interface import (
@@ -9,7 +13,6 @@ from resources.metrics.interface import (
     Window,
 )
 from resources.metrics.prometheus import PrometheusMetrics, ScrapeTarget, ScrapeTargets
-from resources.metrics.prometheus_server import PrometheusServer
 
 __all__ = [
     "CloudWatchMetrics",
@@ -17,7 +20,6 @@ __all__ = [
     "MetricProvider",
     "MetricsUnavailable",
     "PrometheusMetrics",
-    "PrometheusServer",
     "ScrapeTarget",
     "ScrapeTargets",
     "Subject",
