@@ -15,6 +15,8 @@ from types import MappingProxyType
 GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
 SCANNERS = ("none", "ecr", "trivy", "grype")
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+PROMETHEUS_URL_VARIABLE = "RELEASE_GRAPH_PROMETHEUS_URL"
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,17 @@ ON_INCONCLUSIVE = ("wait", "rollback")
 @dataclass(frozen=True)
 class PrometheusSettings:
     """Where the analysis asks Prometheus, and the PromQL it asks. Queries may use {fleet}, {environment},
-    {service}, {digest} and {window} (e.g. `30s`); the defaults read the demo services' metrics, labelled
-    by the scrape targets release-graph writes for each environment."""
+    {service}, {digest}, {role} and {window} (e.g. `30s`); the defaults read the demo services' metrics,
+    labelled by the scrape targets release-graph writes for each environment (resources/metrics/prometheus.py)."""
 
-    url: str = "http://127.0.0.1:9090"
-    error_rate_query: str | None = None  # None: the default query over http_requests_total
-    p95_query: str | None = None  # None: the default query over http_request_duration_seconds_bucket
+    url: str | None = None  # None: $RELEASE_GRAPH_PROMETHEUS_URL at use time, else http://127.0.0.1:9090
+    error_rate_query: str | None = None  # None: the default query over shop_api_requests_total
+    p95_query: str | None = None  # in seconds; None: the default over shop_api_request_duration_seconds_bucket
     requests_query: str | None = None
+
+    def resolved_url(self) -> str:
+        # `make demo` starts the project's Prometheus on 9090 unless that port is taken, and says where.
+        return self.url or os.environ.get(PROMETHEUS_URL_VARIABLE) or DEFAULT_PROMETHEUS_URL
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,9 @@ class CloudWatchSettings:
     endpoint_url: str | None = None  # None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time, else AWS itself
     alarms: tuple[str, ...] = ()
     namespace: str | None = None
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
-"""Metric providers for a rollout's analysis: one small interface (`interface.py`), one adapter per source."""
+"""Metric providers for a rollout's analysis: one small interface (`interface.py`), one adapter per source.
 
+`prometheus_server.py` (the Prometheus process release-graph runs) is not imported here: it is also a command,
+`python -m resources.metrics.prometheus_server`, and a package that imports it would import it twice.
+"""
+
+from resources.metrics.cloudwatch import CloudWatchMetrics
 from resources.metrics.interface import (
     Measurement,
     MetricProvider,
@@ -7,5 +12,16 @@ from resources.metrics.interface import (
     Subject,
     Window,
 )
+from resources.metrics.prometheus import PrometheusMetrics, ScrapeTarget, ScrapeTargets
 
-__all__ = ["Measurement", "MetricProvider", "MetricsUnavailable", "Subject", "Window"]
+__all__ = [
+    "CloudWatchMetrics",
+    "Measurement",
+    "MetricProvider",
+    "MetricsUnavailable",
+    "PrometheusMetrics",
+    "ScrapeTarget",
+    "ScrapeTargets",
+    "Subject",
+    "Window",
+]
