@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 from resources.metrics.interface import Measurement, MetricProvider, MetricsUnavailable, Subject, Window
-from resources.targets.interface import ProxyError
 
 SLOT = {"candidate": "next", "stable": "app"}
 
@@ -29,7 +28,7 @@ class HaproxyMetrics(MetricProvider):
     def _slot(self, subject: Subject):
         try:
             counters = self._read_counters(subject.fleet, subject.environment, subject.service)
-        except (ProxyError, OSError) as exc:
+        except Exception as exc:  # whatever the switch's reader raised (ProxyError, OSError): no measurement
             raise MetricsUnavailable(f"haproxy of {subject.fleet}/{subject.environment}: cannot read the "
                                      f"counters of {subject.service}: {exc}") from exc
         slot = counters.get(SLOT[subject.role])

@@ -164,6 +164,25 @@ class DockerTarget(DeployTarget):
             return Path(state).expanduser().resolve() / "targets"
         return Path.cwd() / ".dagster_home" / "targets"
 
+    def publish_scrape_targets(self, fleet: str, environment: str) -> None:
+        """Tell Prometheus (file_sd, `<state>/prometheus/targets`, beside this target's state) what to scrape in
+        the environment: every running container with a port, labelled by service and digest, so the analysis
+        tells a candidate from the version it replaces. Never fails a deployment: a problem is logged."""
+        from resources.metrics.prometheus import ScrapeTargets
+
+        try:
+            net = self.network_name(fleet, environment)
+            targets = []
+            for container in self._service_containers(fleet, environment):
+                labels = inspect.container_labels(container)
+                port, address = L.read(labels, L.PORT), inspect.address(container, net)
+                if inspect.status(container) == "running" and port and address:
+                    targets.append((f"{address}:{port}", {"service": L.read(labels, L.SERVICE) or "",
+                                                          "digest": L.read(labels, L.DIGEST) or ""}))
+            ScrapeTargets(self._state_root().parent / "prometheus" / "targets").write(fleet, environment, targets)
+        except Exception as exc:  # the metrics are for the analysis; the deployment itself went well
+            log.warning("%s/%s: could not write Prometheus' scrape targets: %s", fleet, environment, exc)
+
     def _router_at(self, directory: Path, title: str) -> HaproxyRouter:
         return HaproxyRouter(directory, binary=self.config.haproxy_binary, bind_address=self.config.publish_address,
                              title=title)
@@ -385,6 +404,7 @@ class DockerTarget(DeployTarget):
             ) from exc
 
         replaced = self._retire(spec, keep=container.id)
+        self.publish_scrape_targets(spec.fleet, spec.environment)
         container.reload()
         return DeploymentResult(
             container_name=container.name,
@@ -567,9 +587,9 @@ class DockerTarget(DeployTarget):
         others = [c for c in self._service_containers(spec.fleet, spec.environment, spec.service) if c.id != keep]
         return self._remove_containers(others)
 
-    def _remove_containers(self, containers: Sequence, *, drain: bool = True) -> tuple[str, ...]:
+    def _remove_containers(self, containers: Sequence) -> tuple[str, ...]:
         """Stop (after `drain_seconds` for requests in flight, when any runs) and remove these containers."""
-        if drain and any(inspect.status(c) == "running" for c in containers) and self.config.drain_seconds > 0:
+        if any(inspect.status(c) == "running" for c in containers) and self.config.drain_seconds > 0:
             time.sleep(self.config.drain_seconds)
         removed = []
         for container in containers:
@@ -651,6 +671,7 @@ class DockerTarget(DeployTarget):
                 container.remove(force=True)
             raise
         log.info("%s: candidate %s healthy after %.2f s", where, container.name, health_seconds)
+        self.publish_scrape_targets(spec.fleet, spec.environment)
         return DeploymentResult(
             container_name=container.name, container_id=container.id, digest=digest, image=reference,
             started_at=inspect.started_at(container) or "",
@@ -705,7 +726,9 @@ class DockerTarget(DeployTarget):
         router.set_route(service, replace(route, address=route.candidate, candidate=None, candidate_weight=0,
                                           candidate_name=None))
         others = [c for c in self._service_containers(fleet, environment, service) if c.name != keep]
-        return self._remove_containers(others)
+        removed = self._remove_containers(others)
+        self.publish_scrape_targets(fleet, environment)
+        return removed
 
     def abort_candidate(self, fleet: str, environment: str, service: str) -> str | None:
         """All traffic back to the version that served before, and the candidate's container removed.
@@ -716,7 +739,8 @@ class DockerTarget(DeployTarget):
             return None
         router.set_route(service, replace(route, candidate=None, candidate_weight=0, candidate_name=None))
         gone = [c for c in self._service_containers(fleet, environment, service) if c.name == route.candidate_name]
-        self._remove_containers(gone, drain=False)
+        self._remove_containers(gone)  # after drain_seconds: its requests in flight finish
+        self.publish_scrape_targets(fleet, environment)
         return route.candidate_name
 
     # --- what runs --------------------------------------------------------------------------------------
@@ -836,7 +860,9 @@ class DockerTarget(DeployTarget):
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
         """Remove every container of the environment (and anything else on its network), the network and
         its haproxy."""
-        return reaper.teardown_environment(self, fleet, environment)
+        report = reaper.teardown_environment(self, fleet, environment)
+        self.publish_scrape_targets(fleet, environment)  # nothing left to scrape there
+        return report
 
     def reap(
         self,

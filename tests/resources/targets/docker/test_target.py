@@ -712,6 +712,9 @@ def test_given_v1_serves_when_v2_rolls_out_as_a_canary_under_load_then_no_reques
     assert report.result.replaced == (v1.container_name,)
     assert target.running(run_id, environment, SERVICE).digest == _digest(images["v2"])
     assert _get(free_port, "/version") == (200, "v2")
+    # and Prometheus is told to scrape v2 alone, labelled with its digest
+    scraped = (target._state_root().parent / "prometheus" / "targets" / f"{run_id}_{environment}.json").read_text()
+    assert _digest(images["v2"]) in scraped and _digest(images["v1"]) not in scraped
 
 
 def test_given_v1_serves_when_v2_rolls_out_blue_green_then_everything_switches_at_once_and_v1_stops_after_hold(
