@@ -20,12 +20,13 @@ from typing import Any
 from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
+    HOST_GATEWAYS,
     has_credentials,
     hosts_in_value,
-    is_secret_name,
     mask_credentials,
     wait_targets,
 )
+from release_graph.importer.environment import is_secret, review_environment, withhold
 from release_graph.importer.interpolation import InterpolationError, interpolate, read_dotenv
 from release_graph.importer.model import (
     COMPOSE,
@@ -37,7 +38,15 @@ from release_graph.importer.model import (
     Resolution,
 )
 from release_graph.importer.names import dns_name, rename_note
-from release_graph.importer.yamlfiles import InputError, LineDict, LineList, Override, Reset, load_documents
+from release_graph.importer.yamlfiles import (
+    InputError,
+    LineDict,
+    LineList,
+    Override,
+    Reset,
+    empty_line_dict,
+    load_documents,
+)
 
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 _OVERRIDE_NAMES = {
@@ -47,9 +56,10 @@ _OVERRIDE_NAMES = {
     "docker-compose.yml": ("docker-compose.override.yml", "docker-compose.override.yaml"),
 }
 _REPLACED_KEYS = {"command", "entrypoint"}
-_LOCAL_URL = re.compile(
-    r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(?::(?P<port>\d+))?(?P<path>/[^\s'\"|;&)<>]*)?"
+_HTTP_URL = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[::1\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?(?P<path>/[^\s'\"|;&)<>]*)?"
 )
+_LOOPBACK = {"localhost", "127.0.0.1", "0.0.0.0", "[::1]"}
 _GIT_CONTEXT = re.compile(r"^(?:(?:https?|git|ssh)://|[\w.-]+@[\w.-]+:).*")
 
 
@@ -90,6 +100,7 @@ class _Reader:
         self.unset: dict[str, str] = {}
         self.notes: list[str] = []
         self.variables: dict[str, str] = {}
+        self.variable_origins: dict[str, str] = {}  # name -> ".env:3" or "--env": where its value was set
         self.repo_reviews: dict[str, None] = {}  # once per repository, not once per service
 
     def label(self, path: Path) -> str:
@@ -108,19 +119,27 @@ class _Reader:
         for path in env_files:
             if not path.is_file():
                 raise InputError(f"{self.label(path)}: env file not found")
-            values = read_dotenv(path, self.label(path), {**self.variables, **self.options.env})
+            label = self.label(path)
+            lines: dict[str, int] = {}
+            values = read_dotenv(path, label, {**self.variables, **self.options.env}, lines)
             self.variables.update(values)
-            self.notes.append(f"variables read from {self.label(path)}: {', '.join(sorted(values)) or 'none'}")
+            self.variable_origins.update({name: f"{label}:{line}" for name, line in lines.items()})
+            self.notes.append(f"variables read from {label}: {', '.join(sorted(values)) or 'none'}")
         self.variables.update(self.options.env)
+        self.variable_origins.update({name: "--env" for name in self.options.env})
         if self.options.env:
             self.notes.append(f"variables given with --env: {', '.join(sorted(self.options.env))}")
         self.notes.append("the shell environment is not read, so the same files always give the same fleet.yaml")
 
     def read_file(self, path: Path) -> LineDict:
         label = self.label(path)
-        documents = load_documents(path, label)
-        if len(documents) != 1 or documents[0][0] is None:
-            raise InputError(f"{label}: expected one compose document, found {len([d for d in documents if d[0]])}")
+        documents = [(doc, line) for doc, line in load_documents(path, label) if doc is not None]
+        if not documents:
+            # Compose reads a file holding only comments (an override kept as a template) as empty.
+            self.notes.append(f"{label} holds no settings (only comments or nothing): nothing merged from it")
+            return empty_line_dict(1)
+        if len(documents) != 1:
+            raise InputError(f"{label}:{documents[1][1]}: expected one compose document, found {len(documents)}")
         top = documents[0][0]
         if not isinstance(top, LineDict):
             raise InputError(f"{label}:{documents[0][1]}: expected a mapping with `services:`")
@@ -418,13 +437,22 @@ def _check_references(enabled: dict, disabled: dict, first_seen: dict[str, Prov]
 
 
 class ComposeHosts:
-    """Compose DNS: service names, container names, hostnames, network aliases and link aliases."""
+    """Compose DNS: service names, container names, hostnames, network aliases and link aliases; and the
+    host gateway (`host.docker.internal:<port>`), which leads to the service that publishes that host port."""
 
-    def __init__(self, names: dict[str, str], disabled: dict[str, list[str]]):
+    def __init__(self, names: dict[str, str], disabled: dict[str, list[str]], published: dict[int, tuple[str, str]]):
         self.names = names
         self.disabled = disabled
+        self.published = published  # host port -> (service, "file:line" of its `ports` entry)
 
     def resolve(self, consumer: ImportedService, host: HostRef) -> Resolution:
+        if host.host in HOST_GATEWAYS:
+            if host.port in self.published:
+                service, where = self.published[host.port]
+                return Resolution(services=(service,), note=f"the host gateway: host port {host.port} is published "
+                                  f"by {service} ({where})")
+            reason = f"no service publishes host port {host.port}" if host.port else "no port names a service"
+            return Resolution(unresolved=True, note=f"the host gateway, and {reason}")
         name = self.names.get(host.host)
         if name:
             return Resolution(services=(name,))
@@ -449,17 +477,17 @@ def _to_fleet(reader: _Reader, enabled: dict, disabled: dict, first_seen: dict[s
 
     hosts: dict[str, str] = {}
     for source_name, service in enabled.items():
-        name = names[source_name]
-        hosts[source_name.lower()] = name
-        for key in ("container_name", "hostname"):
-            if key in service and isinstance(service[key].value, str):
-                hosts[service[key].value.lower()] = name
-        for settings in service.get("networks", {}).values():
-            for alias in (settings.value or {}).get("aliases") or []:
-                hosts[str(alias).lower()] = name
+        for own_name in _own_names(source_name, service):
+            hosts[own_name] = names[source_name]
         for prov in service.get("links", {}).values():
             target, alias = prov.value
             hosts.setdefault(alias.lower(), names[target])
+
+    published: dict[int, tuple[str, str]] = {}
+    for source_name in sorted(enabled):
+        for prov in enabled[source_name].get("ports", {}).values():
+            for port in _published_ports(prov.value):
+                published.setdefault(port, (names[source_name], f"{prov.label}:{prov.line}"))
 
     imported: dict[str, ImportedService] = {}
     for source_name in sorted(enabled):
@@ -471,7 +499,7 @@ def _to_fleet(reader: _Reader, enabled: dict, disabled: dict, first_seen: dict[s
         root=str(reader.root),
         inputs=[reader.label(f) for f in reader.files],
         services=imported,
-        resolver=ComposeHosts(hosts, disabled),
+        resolver=ComposeHosts(hosts, disabled, published),
     )
     fleet.notes.extend(reader.notes)
     fleet.notes.extend(f"REVIEW: {note}" for note in reader.repo_reviews)
@@ -520,9 +548,12 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
         service.image = image
         if not service.infrastructure:
             service.notes.append(f"prebuilt: compose runs image {image} and builds nothing; it is promoted, not built")
+        unpinned = infra.unpinned_image_review(image)
+        if unpinned:
+            service.review.append(unpinned)
 
-    _ports(service, raw, known)
-    _health(service, raw, known)
+    health_port = _health(service, raw, known, _own_names(source_name, raw))
+    _ports(service, raw, known, health_port)
     _environment(reader, service, raw)
     for target, prov in sorted(raw.get("depends_on", {}).items()):
         if target not in names:
@@ -561,7 +592,19 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
                 display="waits for " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in hosts)
                 + " before starting", startup=True, hosts=hosts,
             ))
+    review_environment(service)
     return service
+
+
+def _own_names(source_name: str, raw: dict) -> set[str]:
+    """The names a service answers to on its compose network: its own, container_name, hostname, aliases."""
+    names = {source_name.lower()}
+    for key in ("container_name", "hostname"):
+        if key in raw and isinstance(raw[key].value, str):
+            names.add(raw[key].value.lower())
+    for settings in raw.get("networks", {}).values():
+        names.update(str(alias).lower() for alias in (settings.value or {}).get("aliases") or [])
+    return names
 
 
 def _built_infrastructure(reader: _Reader, service: ImportedService, build: dict, image: str | None,
@@ -576,11 +619,12 @@ def _built_infrastructure(reader: _Reader, service: ImportedService, build: dict
         service.notes.append(f"compose builds this from {context_text} and tags it {image}: the manifest keeps "
                              "infrastructure prebuilt, so build and push that image outside release-graph")
         return
-    service.image = known.name
+    service.image = known.image
     written = f"{image!r}" if image is not None else "no image name"
     service.review.append(
         f"compose builds this from {context_text} (a custom {known.name} image) and gives {written}, which is "
-        f"not a usable reference; the official image `{known.name}` stands in: replace it with the image you build"
+        f"not a usable reference; the official image `{known.image}` stands in (untagged): replace it with the "
+        "image you build, pinned to a version"
     )
 
 
@@ -596,7 +640,7 @@ def _build_info(reader: _Reader, source_name: str, build: dict) -> BuildInfo:
     for arg, prov in sorted(build.get("args", {}).items()):
         if prov.value is None:
             continue
-        if is_secret_name(arg) or has_credentials(prov.value):
+        if is_secret(arg, prov.value):
             secret_args.append(arg)
             continue
         args[arg] = prov.value
@@ -679,7 +723,8 @@ def _dockerfile_facts(reader: _Reader, service: ImportedService) -> None:
     suggests the language (which picks the static-analysis tool)."""
     build = service.build
     for arg in build.secret_args:
-        service.notes.append(f"build arg {arg} is not written: its name says secret; pass it at build time")
+        service.review.append(f"build arg {arg} is not written: its name says secret, and the manifest has no "
+                              "secret build args; pass it at build time")
     if build.is_url:
         build.test_target = None
         service.notes.append(f"built from the git URL {build.repo}; its Dockerfile is not read at import, "
@@ -726,22 +771,56 @@ def _container_port(item: Any) -> int | None:
     return int(container) if container.isdigit() and 0 < int(container) < 65536 else None
 
 
-def _ports(service: ImportedService, raw: dict, known: infra.WellKnown | None) -> None:
+def _published_ports(item: Any) -> list[int]:
+    """Host ports a `ports` entry publishes: `5105:80`, `127.0.0.1:5105:80/tcp`, `5100-5101:80-81`, long syntax.
+    A bare `80` publishes an ephemeral host port, which nobody can name."""
+    if isinstance(item, dict):
+        text = str(item.get("published") or "")
+    else:
+        parts = str(item).split("/", 1)[0].rsplit(":", 2)
+        text = parts[-2] if len(parts) >= 2 else ""
+    first, _, last = text.partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return []
+    return list(range(int(first), int(last or first) + 1))
+
+
+def _ports(service: ImportedService, raw: dict, known: infra.WellKnown | None, health_port: int | None) -> None:
+    """The service port: the one the HTTP health check calls when the file declares it (release-graph probes
+    `health` on `port`), else the well-known port of infrastructure when declared (not its management port),
+    else the first declared, else the health check's port or the well-known default."""
     declared = [(_container_port(p.value), p, "ports") for p in raw.get("ports", {}).values()]
     declared += [(_container_port(p.value), p, "expose") for p in raw.get("expose", {}).values()]
     usable = [(port, prov, key) for port, prov, key in declared if port]
+    ports = [port for port, _, _ in usable]
     if usable:
         port, prov, key = usable[0]
+        why = f"from `{key}` {prov.value!r} ({prov.label}:{prov.line})"
+        if health_port in ports and health_port != port:
+            port, why = health_port, f"the port the compose healthcheck calls, one of the declared ports {ports}"
+        elif known and known.port in ports and known.port != port:
+            port, why = known.port, f"the port clients of {known.name} use, one of the declared ports {ports}"
         service.port = port
-        others = sorted({p for p, _, _ in usable[1:] if p != port})
-        service.notes.append(f"port {port}: from `{key}` {prov.value!r} ({prov.label}:{prov.line})"
-                             + (f"; also declared: {', '.join(map(str, others))}" if others else ""))
+        others = sorted(set(ports) - {port})
+        service.notes.append(f"port {port}: {why}" + (f"; also declared: {', '.join(map(str, others))}"
+                                                       if others and "declared ports" not in why else ""))
+    elif health_port:
+        service.port = health_port
+        service.notes.append(f"port {health_port}: the port the compose healthcheck calls")
     elif known:
         service.port = known.port
         service.notes.append(f"port {known.port}: the default port of {known.name} (the compose file declares none)")
+    if health_port and service.port != health_port:
+        service.review.append(f"the compose healthcheck calls port {health_port}, the service port is {service.port}; "
+                              "release-graph probes `health` on `port`")
 
 
-def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) -> None:
+def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None, own_names: set[str]) -> int | None:
+    """Set the health path from the compose healthcheck; return the port it calls (None: no HTTP check).
+
+    An HTTP check calls the service itself: `localhost`, a loopback address, or one of its own names
+    (`curl -f http://orders:8080/health`).
+    """
     check = raw.get("healthcheck")
     if isinstance(check, Prov):
         check = None
@@ -754,7 +833,7 @@ def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) 
         else:
             service.health = None
             service.notes.append("health: null: no HTTP health check in the compose file")
-        return
+        return None
     value = test.value
     if isinstance(value, str):
         kind, command = "CMD-SHELL", value
@@ -763,22 +842,18 @@ def _health(service: ImportedService, raw: dict, known: infra.WellKnown | None) 
     if kind == "NONE":
         service.health = None
         service.notes.append("health: null: the compose healthcheck is NONE")
-        return
+        return None
     shown = mask_credentials(command)
-    match = _LOCAL_URL.search(command)
+    match = next((m for m in _HTTP_URL.finditer(command) if m.group("host").lower() in _LOOPBACK | own_names), None)
     if not match:
         service.health = None
         service.notes.append(f"health: null: the compose healthcheck is a command, not an HTTP check: {shown}")
-        return
+        return None
     service.health = match.group("path") or "/"
-    port = int(match.group("port")) if match.group("port") else (443 if command.startswith("https") else 80)
     service.notes.append(f"health {service.health}: from the compose healthcheck ({test.label}:{test.line}): {shown}")
-    if service.port is None:
-        service.port = port
-        service.notes.append(f"port {port}: the port the compose healthcheck calls")
-    elif port != service.port:
-        service.review.append(f"the compose healthcheck calls port {port}, the service port is {service.port}; "
-                              "release-graph probes `health` on `port`")
+    if match.group("port"):
+        return int(match.group("port"))
+    return 443 if match.group("scheme") == "https" else 80
 
 
 def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
@@ -794,29 +869,44 @@ def _environment(reader: _Reader, service: ImportedService, raw: dict) -> None:
             continue
         for env_name, env_value in read_dotenv(path, label).items():
             values[env_name] = (env_value, f"{label}: {service.source_name}: env_file.{env_name}", "env_file")
+    from_project: dict[str, str] = {}  # bare names whose value the project's variables give -> where set
     for env_name, prov in raw.get("environment", {}).items():
-        values[env_name] = (prov.value, f"{prov.label}: {service.source_name}: environment.{env_name}", "environment")
+        value = prov.value
+        if value is None and env_name in reader.variables:
+            # `- NAME` without a value: Compose takes it from its variables, env files and --env included.
+            value = reader.variables[env_name]
+            from_project[env_name] = reader.variable_origins.get(env_name, "the project's variables")
+        values[env_name] = (value, f"{prov.label}: {service.source_name}: environment.{env_name}", "environment")
+    if from_project:
+        service.notes.append("values of bare `environment` names, from the project's variables: "
+                             + ", ".join(f"{name} ({where})" for name, where in sorted(from_project.items())))
 
-    withheld, passed_through = [], []
+    passed_through, through_gateway = [], []
     for env_name in sorted(values):
         value, evidence, _ = values[env_name]
         if value is None:
             passed_through.append(env_name)
             continue
-        secret = is_secret_name(env_name) or has_credentials(value)
+        secret = is_secret(env_name, value)
         if secret:
-            withheld.append(env_name if is_secret_name(env_name) else f"{env_name} (credentials in its value)")
+            withhold(service, env_name, value)
         else:
             service.env[env_name] = value
         hosts = hosts_in_value(value, env_name)
+        gateways = [f"{h.host}:{h.port}" if h.port else h.host for h in hosts if h.host in HOST_GATEWAYS]
+        if gateways:
+            through_gateway.append(f"{env_name} ({', '.join(gateways)})")
         if hosts:
             shown = "<secret>" if secret and not has_credentials(value) else mask_credentials(value)
             service.references.append(Reference(
                 consumer=service.name, evidence=evidence, kind="env", key=env_name,
                 display=f"{env_name}={shown}", startup=False, hosts=hosts,
+                note=f"value from {from_project[env_name]}" if env_name in from_project else "",
             ))
-    if withheld:
-        service.notes.append(f"not written to env (names or values that hold secrets): {', '.join(withheld)}: "
-                             "make them secrets of each environment")
     if passed_through:
         service.notes.append(f"taken from the shell at run time, so not written: {', '.join(passed_through)}")
+    if through_gateway:
+        service.review.append(
+            f"through the host gateway: {', '.join(through_gateway)}: in a release-graph environment that reaches "
+            "only a port the environment publishes (`publish:`); call the service by its name instead"
+        )

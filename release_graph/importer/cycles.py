@@ -1,11 +1,12 @@
 """Soft edges and deploy units: how an imported fleet with call cycles stays loadable.
 
 An edge is judged soft when the service called receives telemetry (its name or image says collector,
-OpenTelemetry, Jaeger, Zipkin, Tempo) or when every piece of evidence is a telemetry or callback key
-(`OTEL_*`, `*_COLLECTOR*`, `*CALLBACK*`, `*REDIRECT*`, `*RETURN_URL*`, ...): such calls never need
-the other side deployed first. Any strongly connected set of the remaining hard edges (Tarjan, shared
-with the manifest's cycle check in release_graph.fleet.dependencies) becomes
-one `deploy_unit`, so its members deploy together instead of in an order that cannot exist.
+OpenTelemetry, Jaeger, Zipkin, Tempo) or when every piece of evidence is a telemetry, callback or
+client-facing key (`OTEL_*`, `*_COLLECTOR*`, `*CALLBACK*`, `*REDIRECT*`, `*RETURN_URL*`, `MvcClient`,
+`IdentityUrlExternal`, ...): such calls never need the other side deployed first. Any strongly connected
+set of the remaining hard edges (Tarjan, shared with the manifest's cycle check in
+release_graph.fleet.dependencies) becomes one `deploy_unit`, so its members deploy together instead of in
+an order that cannot exist.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from dataclasses import dataclass, field
 
 from release_graph.fleet.dependencies import shortest_cycle, strongly_connected
 from release_graph.importer import infra
-from release_graph.importer.edges import EdgeReport, InferredEdge
+from release_graph.importer.edges import EdgeReport, InferredEdge, key_words
 from release_graph.importer.model import ImportedService
 
 _TELEMETRY_KEY = re.compile(r"(^|_)(OTEL|OTLP|OPENTELEMETRY|JAEGER|ZIPKIN|TRACING|TRACES|TELEMETRY)(_|$)|COLLECTOR")
 _CALLBACK_KEY = re.compile(r"CALLBACK|REDIRECT|RETURN_URL|RETURNURL|WEBHOOK")
+# Addresses handed to clients rather than called: OIDC client URLs (`MvcClient=http://...:5100`) and the
+# external URL a browser is sent to (`IdentityUrlExternal`).
+_CLIENT_FACING_WORDS = {"CLIENT", "EXTERNAL"}
+
+
+def _is_client_facing_key(key: str) -> bool:
+    return bool(_CLIENT_FACING_WORDS.intersection(key_words(key)))
 
 
 @dataclass
@@ -42,6 +50,9 @@ def soft_reason(edge: InferredEdge, provider: ImportedService) -> str:
         if all(_CALLBACK_KEY.search(key.upper()) or _TELEMETRY_KEY.search(key.upper()) for key in keys):
             return (f"only callback URLs name it ({', '.join(sorted(set(keys)))}): "
                     "a callback is handed out, not called at start-up")
+        if all(_is_client_facing_key(key) or _CALLBACK_KEY.search(key.upper()) for key in keys):
+            return (f"only client-facing URLs name it ({', '.join(sorted(set(keys)))}): "
+                    "an address handed to clients (a browser, an OIDC client), not called at start-up")
     return ""
 
 

@@ -2,10 +2,12 @@
 
 A value names a host when it is `svc`, `svc:port`, a URL (`http://svc:port/path`,
 `mongodb://user:pw@svc:27017/db`, `jdbc:mysql://svc/db`, several hosts after one scheme), a Kubernetes
-service name (`svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) or a comma list of those. A bare word
-without a port or scheme counts only under an address-like key (`*_HOST`, `*_ADDR`, `*_URL`, ...),
-because `MODE=cart` is not a call. Hosts that match no service are listed as unresolved (single names,
-cluster names) or external (other dotted names); no edge is ever invented for them.
+service name (`svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`), the host option of a `name=value;...`
+connection string, or a comma list of those. A bare word without a port or scheme counts only under an
+address-like key (`*_HOST`, `*_ADDR`, `*_URL`, `EventBusConnection`, ...), because `MODE=cart` is not a
+call, and never when it is a boolean or a quantity (`true`, `30s`); a cluster name counts under any key.
+Hosts that match no service are listed as unresolved (single names, cluster names) or external (other
+dotted names); no edge is ever invented for them.
 """
 
 from __future__ import annotations
@@ -21,17 +23,35 @@ _URL = re.compile(_SCHEME + r"(?P<netloc>[^/?#;\s,]*(?:,(?!" + _SCHEME + r")[^/?
 _HOST = re.compile(
     r"^(?=[A-Za-z0-9.-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
-_LOCAL_HOSTS = {"localhost", "localhost.localdomain", "ip6-localhost", "host.docker.internal"}
+_LOCAL_HOSTS = {"localhost", "localhost.localdomain", "ip6-localhost"}
+# The container host as seen from a container: `host.docker.internal:5105` reaches whatever publishes host
+# port 5105, which on a compose host is another service of the fleet.
+HOST_GATEWAYS = {"host.docker.internal", "gateway.docker.internal", "host.containers.internal"}
 ADDRESS_WORDS = {
     "HOST", "HOSTS", "HOSTNAME", "ADDR", "ADDRS", "ADDRESS", "ADDRESSES", "URL", "URLS", "URI", "URIS",
     "ENDPOINT", "ENDPOINTS", "SERVER", "SERVERS", "BROKER", "BROKERS", "DSN", "UPSTREAM", "BACKEND",
+    # .NET and others name a whole connection string after the connection: `EventBusConnection=rabbitmq`,
+    # `ConnectionStrings__orders=...`, `CONNECTIONSTRING=...`.
+    "CONNECTION", "CONNECTIONSTRING", "CONNECTIONSTRINGS",
 }
+# Values that are settings, not names, even under an address-like key (`..._SERVER_TLS_INSECURE=true`).
+_NOT_HOSTS = {"true", "false", "yes", "no", "on", "off", "null", "none", "nil"}
+_QUANTITY = re.compile(r"^\d+(?:\.\d+)?[a-z]{0,3}$")  # 30s, 512mb, 1.5h
+_CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local")
 _SECRET_PARTS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL")
 _CREDENTIALS_IN_URL = re.compile(r"(?P<prefix>" + _SCHEME + r"[^:@/\s]*):(?P<password>[^@/\s]+)@")
+# `Server=db;User Id=sa;Password=...`, `redis:6379,password=...`, `...;SharedAccessKey=...`, `password="..."`.
+_CREDENTIAL_OPTION = re.compile(
+    r"(?P<prefix>(?:^|[;,\s])(?:password|pwd|passwd|sharedaccesskey|accountkey)\s*=\s*)(?P<password>[^;,\s][^;,]*)",
+    re.I,
+)
+# camelCase and PascalCase keys are words too: `EventBusConnection`, `identityUrl`, `HTTPServer`, `URLs`.
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z]{2,})")
 
 
 def key_words(key: str) -> list[str]:
-    return [w for w in re.split(r"[-_.]", key.upper()) if w]
+    words = [word for part in re.split(r"[-_.]", key) for word in _CAMEL_BOUNDARY.split(part)]
+    return [w.upper() for w in words if w]
 
 
 def is_address_key(key: str) -> bool:
@@ -47,11 +67,13 @@ def is_secret_name(name: str) -> bool:
 
 
 def has_credentials(value: str) -> bool:
-    return bool(_CREDENTIALS_IN_URL.search(value))
+    """A password in a URL's user info or in a connection string's options."""
+    return bool(_CREDENTIALS_IN_URL.search(value) or _CREDENTIAL_OPTION.search(value))
 
 
 def mask_credentials(value: str) -> str:
-    return _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('prefix')}:***@", value)
+    value = _CREDENTIALS_IN_URL.sub(lambda m: f"{m.group('prefix')}:***@", value)
+    return _CREDENTIAL_OPTION.sub(lambda m: f"{m.group('prefix')}***", value)
 
 
 def _host_port(text: str) -> HostRef | None:
@@ -66,9 +88,14 @@ def _host_port(text: str) -> HostRef | None:
     if not _HOST.match(host):
         return None
     host = host.lower()
-    if host in _LOCAL_HOSTS:
+    if host in _LOCAL_HOSTS or host in _NOT_HOSTS or _QUANTITY.match(host):
         return None
     return HostRef(host, int(port) if sep else None)
+
+
+def is_cluster_name(host: str) -> bool:
+    """`zipkin.tracing.svc.cluster.local`, `orders.shop.svc`: a Kubernetes Service name, whatever the key."""
+    return host.endswith(_CLUSTER_SUFFIXES)
 
 
 def hosts_in_value(value: str, key: str) -> tuple[HostRef, ...]:
@@ -81,6 +108,10 @@ def hosts_in_value(value: str, key: str) -> tuple[HostRef, ...]:
             if ref:
                 found.append(ref)
     rest = _URL.sub(" ", value)
+    options = connection_string_options(rest)
+    if options is not None:
+        found.extend(_connection_string_hosts(options))
+        return tuple(dict.fromkeys(found))
     for token in re.split(r"[,\s;]+", rest):
         if not token or token.startswith(("/", "?", "#", "-", "$")):
             continue
@@ -97,10 +128,44 @@ def hosts_in_value(value: str, key: str) -> tuple[HostRef, ...]:
         ref = _host_port(token)
         if ref is None:
             continue
-        if ref.port is None and not (address_key or named_by_option):
+        if ref.port is None and not (address_key or named_by_option or is_cluster_name(ref.host)):
             continue
         found.append(ref)
     return tuple(dict.fromkeys(found))
+
+
+# ADO.NET-style connection strings: `Server=tcp:db,1433;Database=orders;User Id=sa;Password=...`.
+_CONNECTION_OPTION = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z0-9 _.-]*?)\s*=(?P<value>.*)$", re.S)
+_HOST_OPTIONS = {"server", "datasource", "host", "hostname", "address", "addr", "networkaddress", "endpoint",
+                 "contactpoints", "bootstrapservers"}
+
+
+def connection_string_options(value: str) -> list[tuple[str, str]] | None:
+    """(option, value) pairs of a `name=value;name=value` connection string, or None when it is not one."""
+    if ";" not in value:
+        return None
+    parts = [part for part in value.split(";") if part.strip()]
+    matches = [_CONNECTION_OPTION.match(part) for part in parts]
+    if not parts or not all(matches):
+        return None
+    return [(m.group("name"), m.group("value").strip()) for m in matches]
+
+
+def _connection_string_hosts(options: list[tuple[str, str]]) -> list[HostRef]:
+    """Only the host options of a connection string name hosts (`User Id=sa` names a user)."""
+    found = []
+    port = next((v for n, v in options if n.lower() == "port" and v.isdigit() and 0 < int(v) < 65536), None)
+    for name, value in options:
+        if re.sub(r"[\s_.-]", "", name.lower()) not in _HOST_OPTIONS:
+            continue
+        value = re.sub(r"^(?:tcp|np|lpc):", "", value, flags=re.I)  # SQL Server's protocol prefix
+        if re.fullmatch(r"[^,]+,\d+", value):
+            value = value.replace(",", ":")  # SQL Server writes the port after a comma
+        for part in value.split(","):
+            ref = _host_port(part.split("/", 1)[0].split("\\", 1)[0])  # `host\INSTANCE`
+            if ref:
+                found.append(HostRef(ref.host, int(port)) if ref.port is None and port else ref)
+    return found
 
 
 _WAIT_TOOLS_WITH_HOST_OPTION = {"pg_isready", "mysqladmin", "redis-cli", "mongosh", "mongo", "psql", "mysql",

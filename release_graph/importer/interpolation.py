@@ -104,11 +104,13 @@ def _lookup(name: str, variables: Mapping[str, str], on_unset: Callable[[str], N
     return ""
 
 
-def read_dotenv(path: Path, label: str, known: Mapping[str, str] | None = None) -> dict[str, str]:
+def read_dotenv(path: Path, label: str, known: Mapping[str, str] | None = None,
+                lines_of: dict[str, int] | None = None) -> dict[str, str]:
     """`KEY=VALUE` lines (optionally `export KEY=VALUE`), `#` comments, single quotes literal, double
     quotes with escapes and interpolation, unquoted values interpolated and cut at ` #`. Later lines may
     use earlier ones. A line without `=` would take its value from the shell, which the importer does not
-    read (so the same files always give the same fleet.yaml): it is left unset.
+    read (so the same files always give the same fleet.yaml): it is left unset. `lines_of`, when given,
+    receives the line each variable is set on (evidence that cites a value must say where it came from).
     """
     text = read_text(path, label)
     values: dict[str, str] = {}
@@ -132,6 +134,8 @@ def read_dotenv(path: Path, label: str, known: Mapping[str, str] | None = None) 
         if not NAME.fullmatch(name):
             raise InputError(f"{label}:{line_number}: {name!r} is not a variable name")
         value = value.lstrip()
+        if lines_of is not None:
+            lines_of[name] = line_number
         scope = {**(known or {}), **values}
         try:
             if value[:1] in ("'", '"'):

@@ -18,13 +18,14 @@ from typing import Any
 from release_graph.fleet import is_image_reference
 from release_graph.importer import infra
 from release_graph.importer.edges import (
+    HOST_GATEWAYS,
     expand_shell,
     has_credentials,
     hosts_in_value,
-    is_secret_name,
     mask_credentials,
     wait_targets,
 )
+from release_graph.importer.environment import is_secret, review_environment, withhold
 from release_graph.importer.model import (
     KUBERNETES,
     HostRef,
@@ -275,6 +276,8 @@ class KubernetesHosts:
         self.namespaces = namespaces
 
     def resolve(self, consumer: ImportedService, host: HostRef) -> Resolution:
+        if host.host in HOST_GATEWAYS:
+            return Resolution(external=True, note="the Docker host gateway, not a service of the cluster")
         namespace = consumer.namespace or "default"
         labels = host.host.split(".")
         cluster = False
@@ -327,6 +330,7 @@ class _EnvEntry:
     evidence: str
     secret: bool = False
     note: str = ""
+    whole_secret: bool = False  # `envFrom: secretRef`: a Secret's variables, whose names are unknown here
 
 
 def _config_data(config_map: K8sObject) -> dict:
@@ -357,7 +361,7 @@ def _container_env(container: dict, obj: K8sObject, service_name: str, prefix: s
         elif "secretRef" in source:
             ref_name = str(_get(source, "secretRef", "name", default=""))
             entries[f"envFrom:{ref_name}"] = _EnvEntry(
-                f"envFrom Secret {ref_name}", None, "", secret=True,
+                f"envFrom Secret {ref_name}", None, "", secret=True, whole_secret=True,
                 note=f"envFrom Secret {ref_name}: secret values are never read or written")
     known: dict[str, str] = {e.name: e.value for e in entries.values() if e.value is not None}
     for item in _list(container.get("env")):
@@ -384,7 +388,9 @@ def _container_env(container: dict, obj: K8sObject, service_name: str, prefix: s
                                           note=f"{name} comes from ConfigMap {ref_name} key {key}, not in the input")
         elif "secretKeyRef" in source:
             ref_name = str(_get(source, "secretKeyRef", "name", default=""))
-            entries[name] = _EnvEntry(name, None, evidence, secret=True, note=f"{name} comes from Secret {ref_name}")
+            key = str(_get(source, "secretKeyRef", "key", default=""))
+            entries[name] = _EnvEntry(name, None, evidence, secret=True,
+                                      note=f"from Secret {ref_name} key {key}")
         else:
             what = ", ".join(sorted(source)) or "nothing"
             entries[name] = _EnvEntry(name, None, evidence, note=f"{name} is set by Kubernetes ({what})")
@@ -436,30 +442,28 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
     else:
         service.notes.append(f"prebuilt: the manifest names image {image} and carries no sources; "
                              "it is promoted, not built")
-        if "/" not in image and ":" not in image and "@" not in image:
-            service.review.append(f"image {image!r} has no registry and no tag (a build tool such as skaffold "
-                                  "fills them in at deploy time): point it at a pushed image")
+    unpinned = infra.unpinned_image_review(image)
+    if unpinned:
+        service.review.append(unpinned)
 
-    _k8s_ports(service, main, selecting, known)
-    _k8s_health(service, main, known)
+    probe_port = _k8s_health(service, main, known)
+    _k8s_ports(service, containers, selecting, known, probe_port)
 
     main_env = _container_env(main, obj, obj.name, "", config_maps)
-    withheld, unknown = [], []
+    unknown = []
     for entry in main_env:
-        if entry.note and entry.value is None:
-            (withheld if entry.secret else unknown).append(entry.note)
-            continue
-        if entry.value is None:
-            continue
-        if is_secret_name(entry.name):
-            withheld.append(entry.name)
-        elif has_credentials(entry.value):
-            withheld.append(f"{entry.name} (credentials in its value)")
+        if entry.whole_secret:
+            service.review.append(f"{entry.note}: its variable names are unknown here, so add them to "
+                                  "environments.<env>.secrets by hand")
+        elif entry.secret:
+            withhold(service, entry.name, why=entry.note)
+        elif entry.value is None:
+            if entry.note:
+                unknown.append(entry.note)
+        elif is_secret(entry.name, entry.value):
+            withhold(service, entry.name, entry.value)
         else:
             service.env[entry.name] = entry.value
-    if withheld:
-        service.notes.append("not written to env (secrets): " + "; ".join(withheld)
-                             + ": make them secrets of each environment")
     for note in unknown:
         service.notes.append(f"not written to env: {note}")
 
@@ -475,6 +479,7 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
         _env_references(service, env, startup=True)
         values = {e.name: e.value for e in env if e.value is not None}
         _wait_reference(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", urls=True)
+    review_environment(service)
     return service
 
 
@@ -485,7 +490,7 @@ def _env_references(service: ImportedService, env: list[_EnvEntry], *, startup: 
         hosts = hosts_in_value(entry.value, entry.name)
         if not hosts:
             continue
-        secret = is_secret_name(entry.name)
+        secret = is_secret(entry.name, entry.value)
         shown = "<secret>" if secret and not has_credentials(entry.value) else mask_credentials(entry.value)
         service.references.append(Reference(
             consumer=service.name, evidence=entry.evidence, kind="env", key=entry.name,
@@ -506,10 +511,20 @@ def _wait_reference(service: ImportedService, container: dict, env: dict[str, st
         ))
 
 
-def _k8s_ports(service: ImportedService, main: dict, selecting: list[K8sObject],
-               known: infra.WellKnown | None) -> None:
-    container_ports = [int(p["containerPort"]) for p in _list(main.get("ports"))
-                       if isinstance(p, dict) and str(p.get("containerPort", "")).isdigit()]
+# Container ports named like these serve operators, not callers: never the service port when another exists.
+_ADMIN_PORT_NAMES = re.compile(r"management|admin|metrics|monitoring|exporter|prometheus|debug|profil|health")
+
+
+def _k8s_ports(service: ImportedService, containers: list[dict], selecting: list[K8sObject],
+               known: infra.WellKnown | None, probe_port: int | None) -> None:
+    """The service port: the port the HTTP probe calls, else the port its Services send traffic to, else the
+    well-known port of infrastructure, else the first port not named for operators (`management`, `metrics`),
+    each only when the main container declares it; then a Service's targetPort, the probe's, the default."""
+    main = containers[0]
+    declared = [(int(p["containerPort"]), str(p.get("name") or "")) for p in _list(main.get("ports"))
+                if isinstance(p, dict) and str(p.get("containerPort", "")).isdigit()]
+    container_ports = [port for port, _ in declared]
+    sidecar_named = {name: (port, str(c.get("name"))) for c in containers[1:] for name, port in _named_ports(c).items()}
     named = _named_ports(main)
     mappings = []
     for svc in sorted(selecting, key=lambda s: s.name):
@@ -519,31 +534,58 @@ def _k8s_ports(service: ImportedService, main: dict, selecting: list[K8sObject],
                 continue
             port = entry.get("port")
             target = entry.get("targetPort", port)
-            target_number = named.get(target, target) if isinstance(target, str) else target
-            mappings.append((svc.name, kind, port, target, target_number))
+            sidecar = None
+            if isinstance(target, str) and target not in named and target in sidecar_named:
+                target_number, sidecar = sidecar_named[target]
+            else:
+                target_number = named.get(target, target) if isinstance(target, str) else target
+            mappings.append((svc.name, kind, port, target, target_number, sidecar))
+    served = [number for *_, number, sidecar in mappings if sidecar is None and number in container_ports]
+    for_callers = [port for port, name in declared if not _ADMIN_PORT_NAMES.search(name.lower())]
     if container_ports:
-        service.port = container_ports[0]
-        others = sorted(set(container_ports[1:]) - {service.port})
-        service.notes.append(f"port {service.port}: the containerPort of container {main.get('name')}"
+        if probe_port in container_ports:
+            service.port, why = probe_port, "the port its HTTP probe calls"
+        elif served:
+            service.port, why = served[0], "the port its Service sends traffic to"
+        elif known and known.port in container_ports:
+            service.port, why = known.port, f"the port clients of {known.name} use"
+        elif for_callers:
+            service.port, why = for_callers[0], "its first port not named for operators"
+        else:
+            service.port, why = container_ports[0], "its first port"
+        others = sorted(set(container_ports) - {service.port})
+        service.notes.append(f"port {service.port}: a containerPort of container {main.get('name')}, {why}"
                              + (f"; also: {', '.join(map(str, others))}" if others else ""))
-    elif mappings and isinstance(mappings[0][4], int):
+    elif mappings and isinstance(mappings[0][4], int) and mappings[0][5] is None:
         service.port = mappings[0][4]
         service.notes.append(f"port {service.port}: the targetPort of Service {mappings[0][0]}")
+    elif probe_port:
+        service.port = probe_port
+        service.notes.append(f"port {probe_port}: the port its HTTP probe calls")
     elif known:
         service.port = known.port
         service.notes.append(f"port {known.port}: the default port of {known.name} (no port declared)")
-    for svc_name, kind, port, target, target_number in mappings:
+    for svc_name, kind, port, target, target_number, sidecar in mappings:
         shown = f"{target} ({target_number})" if isinstance(target, str) else f"{target}"
         exposure = f" ({kind}: reachable from outside the cluster)" if kind in ("LoadBalancer", "NodePort") else ""
-        service.notes.append(f"Service {svc_name}{exposure}: port {port} -> targetPort {shown}")
-        if port != target_number and kind not in ("LoadBalancer", "NodePort"):
+        on_sidecar = f" on sidecar container {sidecar}" if sidecar else ""
+        service.notes.append(f"Service {svc_name}{exposure}: port {port} -> targetPort {shown}{on_sidecar}")
+        if sidecar:
+            service.review.append(f"Service {svc_name} port {port} goes to sidecar container {sidecar}, which the "
+                                  "manifest does not run (one container per service): whatever it serves is "
+                                  "missing on a docker target")
+        elif port != target_number and kind not in ("LoadBalancer", "NodePort"):
             service.review.append(
                 f"Service {svc_name} maps port {port} to {target_number}: callers use {svc_name}:{port}; on a "
                 f"docker target no Service sits in between, so they must reach port {target_number}"
             )
+    if probe_port and service.port != probe_port:
+        service.review.append(f"the HTTP probe calls port {probe_port}, the service port is {service.port}; "
+                              "release-graph probes `health` on `port`")
 
 
-def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | None) -> None:
+def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | None) -> int | None:
+    """Set the health path from the first probe; return the port an HTTP probe calls (None: none)."""
     named = _named_ports(main)
     for probe_key in ("readinessProbe", "livenessProbe", "startupProbe"):
         probe = main.get(probe_key)
@@ -556,12 +598,7 @@ def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | N
             port = named.get(port, port) if isinstance(port, str) else port
             service.health = path if path.startswith("/") else f"/{path}"
             service.notes.append(f"health {service.health}: the {probe_key} (HTTP GET on port {port})")
-            if service.port is None and isinstance(port, int):
-                service.port = port
-            elif isinstance(port, int) and port != service.port:
-                service.review.append(f"the {probe_key} calls port {port}, the service port is {service.port}; "
-                                      "release-graph probes `health` on `port`")
-            return
+            return port if isinstance(port, int) else None
         if isinstance(probe.get("grpc"), dict):
             detail = f"a gRPC health check on port {probe['grpc'].get('port')}"
         elif isinstance(probe.get("tcpSocket"), dict):
@@ -573,13 +610,14 @@ def _k8s_health(service: ImportedService, main: dict, known: infra.WellKnown | N
             continue
         service.health = None
         service.notes.append(f"health: null: the {probe_key} is {detail}, not an HTTP path")
-        return
+        return None
     if known and known.health:
         service.health = known.health
         service.notes.append(f"health {known.health}: the HTTP health endpoint of {known.name}")
     else:
         service.health = None
         service.notes.append("health: null: no probe declared")
+    return None
 
 
 def _kustomization_reports(reader: _Reader) -> list[str]:

@@ -67,6 +67,7 @@ class ImportedService:
     health: str | None = None
     language: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # variable -> why it is a secret (never its value)
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments explaining decisions, in reading order
     review: list[str] = field(default_factory=list)  # things a person must look at before releasing

@@ -21,6 +21,7 @@ import yaml
 
 from release_graph.importer.cycles import CycleReport
 from release_graph.importer.edges import EdgeReport, InferredEdge, describe_host
+from release_graph.importer.environment import ENV_VAR_NAME, orchestrator_variable
 from release_graph.importer.model import COMPOSE, ImportedFleet, ImportedService
 
 WIDTH = 110
@@ -112,11 +113,31 @@ def render(fleet: ImportedFleet, report: EdgeReport, cycles: CycleReport, *, fle
     out.line("  dev:")
     out.line(f"    target: {target}")
     data["environments"] = {"dev": {"target": target}}
+    secrets = _secret_references(fleet)
+    if secrets:
+        data["environments"]["dev"]["secrets"] = secrets
+        out.comment(4, "Credentials found in the deploy files, as references: each value is read from this variable "
+                       "of the orchestrator's environment at deploy time and never stored (see each service's REVIEW).")
+        out.line("    secrets:")
+        for name, references in secrets.items():
+            out.line(f"      {scalar(name)}:")
+            for variable, reference in references.items():
+                out.line(f"        {scalar(variable)}: {{env: {scalar(reference['env'])}}}")
     text = "\n".join(out.lines).rstrip("\n") + "\n"
     parsed = yaml.safe_load(text)
     if parsed != data:
         raise AssertionError("importer bug: the written fleet.yaml does not read back as the imported data")
     return text, data
+
+
+def _secret_references(fleet: ImportedFleet) -> dict[str, dict[str, dict[str, str]]]:
+    """service -> variable -> {env: ORCHESTRATOR_VARIABLE}, for every secret a target can receive."""
+    references = {}
+    for name in sorted(fleet.services):
+        variables = sorted(v for v in fleet.services[name].secrets if ENV_VAR_NAME.match(v))
+        if variables:
+            references[name] = {v: {"env": orchestrator_variable(name, v)} for v in variables}
+    return references
 
 
 def _header(out: _Out, fleet: ImportedFleet, report: EdgeReport, cycles: CycleReport, fleet_name: str,

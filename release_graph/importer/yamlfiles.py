@@ -12,9 +12,17 @@ from typing import Any
 
 import yaml
 
-from release_graph.fleet.yaml_lines import LineDict, LineList, NumberText, Yaml12LineLoader, load_all
+from release_graph.fleet.yaml_lines import (
+    LineDict,
+    LineList,
+    NumberText,
+    Yaml12LineLoader,
+    empty_line_dict,
+    load_all,
+)
 
-__all__ = ["InputError", "LineDict", "LineList", "NumberText", "Override", "Reset", "load_documents", "read_text"]
+__all__ = ["InputError", "LineDict", "LineList", "NumberText", "Override", "Reset", "empty_line_dict", "load_documents",
+           "read_text"]
 
 
 class InputError(Exception):

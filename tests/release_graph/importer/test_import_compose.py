@@ -362,7 +362,12 @@ def test_given_secrets_in_the_environment_when_imported_then_values_are_withheld
     for secret in ("s3cret", "hunter2", "sk_live_123", "abcdef"):
         assert secret not in out.read_text()
     assert "postgres://app:***@db:5432/app" in text
-    assert "DATABASE_URL (credentials in its value), DB_PASSWORD, SESSION_SECRET, STRIPE_API_KEY: make them" in text
+    # each one is a secret reference that the deploy step resolves, and a REVIEW note says who must set it
+    assert {name: ref.describe() for name, ref in fleet.environments["dev"].secrets["api"].items()} == {
+        "DATABASE_URL": "env:API_DATABASE_URL", "DB_PASSWORD": "env:API_DB_PASSWORD",
+        "SESSION_SECRET": "env:API_SESSION_SECRET", "STRIPE_API_KEY": "env:API_STRIPE_API_KEY"}
+    assert "REVIEW: secrets, written as references in environments.dev.secrets, never as values: DATABASE_URL " \
+           "(credentials in its value) from $API_DATABASE_URL; DB_PASSWORD (its name says secret)" in text
 
 
 def test_given_profiles_when_imported_then_inactive_services_are_skipped_unless_their_profile_is_given(
@@ -436,7 +441,8 @@ def test_given_a_database_built_from_a_context_when_imported_then_it_is_prebuilt
     import_ok(capsys, tmp_path / "compose.yaml", "-o", out)
     fleet = load_fleet(out, check_files=True)
     assert (fleet.services["mysql"].image, fleet.services["mysql"].infrastructure) == ("acme/shop-db:2.0", True)
-    assert (fleet.services["mongodb"].image, fleet.services["mongodb"].infrastructure) == ("mongo", True)
+    assert (fleet.services["mongodb"].image, fleet.services["mongodb"].infrastructure) == (
+        "docker.io/library/mongo", True)
     text = comments(out.read_text())
     assert "REVIEW: compose builds this from mongo/ (a custom mongo image) and gives '/rs-mongodb:'" in text
     assert "REPO (first at compose.yaml:7), TAG (first at compose.yaml:7)" in text

@@ -9,21 +9,21 @@ from release_graph.importer.infra import WELL_KNOWN, by_image, by_service_name
 GUIDE = Path(__file__).resolve().parents[3] / "docs" / "importing.md"
 
 
-def guide_rows() -> list[tuple[str, str, int, tuple[str, ...], str | None]]:
+def guide_rows() -> list[tuple[str, str, int, str, tuple[str, ...], str | None]]:
     lines = GUIDE.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("<!-- infra-table"))
     rows = []
     for line in lines[start + 3:]:
         if not line.startswith("|"):
             break
-        name, category, port, aliases, health = (cell.strip() for cell in line.strip("|").split("|"))
-        rows.append((name, category, int(port), tuple(a.strip() for a in aliases.split(",") if a.strip()),
+        name, category, port, image, aliases, health = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append((name, category, int(port), image, tuple(a.strip() for a in aliases.split(",") if a.strip()),
                      health or None))
     return rows
 
 
 def test_the_documented_infrastructure_table_matches_the_code():
-    assert guide_rows() == [(w.name, w.category, w.port, w.aliases, w.health) for w in WELL_KNOWN]
+    assert guide_rows() == [(w.name, w.category, w.port, w.image, w.aliases, w.health) for w in WELL_KNOWN]
 
 
 def test_infrastructure_is_recognised_by_image_and_by_plain_service_names():
@@ -31,6 +31,11 @@ def test_infrastructure_is_recognised_by_image_and_by_plain_service_names():
     assert by_image("bitnami/postgresql:16").name == "postgres"
     assert by_image("jaegertracing/all-in-one:1.57").name == "jaeger"
     assert by_image("example/all-in-one:1") is None  # a generic name counts only under its vendor
+    # the full repository path, whole or its end: the last component `server` alone says nothing
+    assert by_image("mcr.microsoft.com/mssql/server:2022-latest").name == "mssql"
+    assert by_image("registry.example.com/vendor/mssql/server:2019").name == "mssql"
+    assert by_image("example/server:1") is None
+    assert by_image("quay.io/coreos/etcd:v3.5").name == "etcd"
     assert by_image("frontend") is None
     assert by_service_name("mongodb").name == "mongo"
     assert by_service_name("user-db") is None and by_service_name("orders-postgres") is None

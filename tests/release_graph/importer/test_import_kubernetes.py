@@ -259,8 +259,11 @@ def test_given_env_configmaps_and_init_containers_when_imported_then_every_edge_
     assert "web -> reports:8080: base/web.yml: web: env.REPORTS_URL" in text  # no such Service: unresolved
     assert "web -> batch:9000: base/web.yml: web: env.BATCH_ADDR (BATCH_ADDR=batch:9000): a workload batch exists" \
            " but no Service named batch exposes it" in text
-    assert "envFrom Secret api-secrets: secret values are never read or written" in text
-    assert "DB_PASSWORD comes from Secret db-secret" in text
+    assert "REVIEW: envFrom Secret api-secrets: secret values are never read or written: its variable names are " \
+           "unknown here" in text
+    assert "DB_PASSWORD (from Secret db-secret key password) from $API_DB_PASSWORD" in text
+    assert {name: ref.describe() for name, ref in fleet.environments["dev"].secrets["api"].items()} == {
+        "DB_PASSWORD": "env:API_DB_PASSWORD", "QUEUE_URL": "env:API_QUEUE_URL"}
     assert "POD_NAME is set by Kubernetes (fieldRef)" in text
     assert "sidecars proxy are read for edges only" in text
     assert "Service api: port 80 -> targetPort http (8080)" in text

@@ -227,7 +227,8 @@ def test_robot_shop_health_ports_and_unset_variables_come_from_the_compose_file(
     assert "build arg KEY is not written: its name says secret" in text
     assert "curl -H X-INSTANA-SYNTHETIC: 1 -f http://localhost:8080/health" in text
     # mongodb and mysql are built from custom folders with an image name that needs REPO and TAG
-    assert (fleet.services["mongodb"].image, fleet.services["mysql"].image) == ("mongo", "mysql")
+    assert (fleet.services["mongodb"].image, fleet.services["mysql"].image) == ("docker.io/library/mongo",
+                                                                                "docker.io/library/mysql")
     assert "REVIEW: compose builds this from mongo/ (a custom mongo image) and gives '/rs-mongodb:'" in text
 
 
