@@ -10,8 +10,11 @@ export RELEASE_GRAPH_TOOLS ?= $(CURDIR)/.tools
 export UV_COMPILE_BYTECODE := 1
 HOST_ENV := /var/lib/release-graph/env
 WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
+# The analysis' Prometheus lives in the runtime state folder (resources/state.py), where the deploy target
+# writes its scrape targets.
+PROMETHEUS_HOME := $(or $(RELEASE_GRAPH_STATE),$(DAGSTER_HOME))/prometheus
 
-.PHONY: setup host venv tools demo-repos demo test lint snapshot bench clean
+.PHONY: setup host venv tools demo-repos prometheus demo test lint snapshot bench clean
 
 setup: host venv tools
 
@@ -43,9 +46,15 @@ $(DAGSTER_HOME)/demo-secrets.env:
 	mkdir -p $(DAGSTER_HOME)
 	umask 077 && echo "SHOP_PAYMENTS_API_KEY=demo-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > $@
 
+# The rollout analysis' Prometheus (resources/metrics/prometheus_server.py): on 127.0.0.1:9090 unless that is
+# taken, scraping what the environments serve; idempotent. Its URL goes to $(PROMETHEUS_HOME)/prometheus.env.
+prometheus: venv
+	$(VENV)/bin/python -m resources.metrics.prometheus_server ensure --home $(PROMETHEUS_HOME) --port 9090
+
 # The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running.
-demo: setup demo-repos $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env
-	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && set +a && \
+demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env
+	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
+	  source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
 	  exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.
@@ -68,4 +77,5 @@ bench: setup
 # Environments keep running when the orchestrator stops (as real ones do); clean removes the demo's too.
 clean:
 	-test -x $(VENV)/bin/release-graph && test -f $(HOST_ENV) && $(WITH_HOST_ENV) $(VENV)/bin/release-graph teardown --all
+	-test -x $(VENV)/bin/python && $(VENV)/bin/python -m resources.metrics.prometheus_server stop --home $(PROMETHEUS_HOME)
 	rm -rf $(VENV) .dagster_home .demo

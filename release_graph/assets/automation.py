@@ -18,7 +18,6 @@ service's step. Per-service sensors also tag each run with its service from laun
 from collections.abc import Iterable
 
 import dagster as dg
-from dagster._core.definitions.declarative_automation.automation_context import AutomationContext
 
 from release_graph.fleet import Fleet, Service
 from release_graph.release.promotion import waiting_reason
@@ -48,7 +47,7 @@ class PromotionGate(dg.AutomationCondition):
         return ("the digest this stage would take passed its previous stage's blocking checks, the previous "
                 "environment's e2e run with that digest, and its approval (release-graph why)")
 
-    def evaluate(self, context: AutomationContext) -> dg.AutomationResult:
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         if context.candidate_subset.is_empty:
             return dg.AutomationResult(context, context.get_empty_subset())
         instance = context.asset_graph_view.instance

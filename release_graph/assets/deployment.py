@@ -17,6 +17,7 @@ from release_graph.assets import deployment_checks
 from release_graph.assets.automation import stage_condition
 from release_graph.assets.common import asset_attributes, describe, rows_table
 from release_graph.assets.retry import retry_when_transient
+from release_graph.assets.rollout import deliver
 from release_graph.assets.security_checks import check_hardening
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
@@ -47,6 +48,9 @@ class DeployConfig(dg.Config):
     """Leave empty to deploy what the previous stage passed last; give a digest to roll back or forward."""
 
     digest: Optional[str] = None  # noqa: UP045 - Dagster's Config needs typing.Optional here
+    # `release-graph rollback`: who went back and why; the digest then switches at once, without a rollout.
+    rollback_by: Optional[str] = None  # noqa: UP045
+    rollback_reason: Optional[str] = None  # noqa: UP045
 
 
 def verify_security_gate(context, fleet: Fleet, service: Service, environment: Environment, digest: str) -> dict:
@@ -122,7 +126,8 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     )
     target = target_for(deploy_targets, service, environment)
     started = time.monotonic()
-    result = target.deploy(DeploymentSpec(
+    key = environment_key(service, environment)
+    result, rollout_metadata = deliver(context, target, DeploymentSpec(
         fleet=fleet.name,
         environment=environment.name,
         service=service.name,
@@ -138,7 +143,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         calls=tuple(edge.name for edge in service.depends_on),
         entrypoint=service.entrypoint,
         command=service.command,
-    ))
+    ), environment, key, immediate=bool(config.rollback_reason))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"
     )
@@ -156,6 +161,9 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         "target": environment.target,
         "secrets": ", ".join(sorted(environment.secrets.get(service.name, {}))) or "none",
     }
+    metadata.update(rollout_metadata)
+    if config.rollback_reason:
+        metadata.update({M.ROLLBACK_BY: config.rollback_by or "", M.ROLLBACK_REASON: config.rollback_reason})
     if result.published_url:
         metadata["url"] = dg.MetadataValue.url(result.published_url)
     metadata.update(rollback_metadata(context.instance, fleet, service, environment, digest, config.digest))
@@ -219,6 +227,12 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
                           description="What actually runs is the digest last recorded here (drift); the "
                           "environment_drift sensor re-evaluates it between deployments."),
     ]
+    if environment.rollout.progressive:
+        check_specs.append(dg.AssetCheckSpec(
+            "analysis", asset=key, blocking=True,
+            description=f"The new version measured while it served ({environment.rollout.strategy}, then "
+            f"{environment.rollout.bake_seconds:g} s at full traffic): "
+            f"{', '.join(environment.rollout.analysis.providers)}. A failed analysis rolls back on its own."))
     if environment.target == "docker":  # only the docker target can show how its containers run
         check_specs.append(dg.AssetCheckSpec(
             "hardening", asset=key,
@@ -251,6 +265,11 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
             deployment_checks.check_healthy(context, fleet, service, environment, target, digest),
             deployment_checks.check_in_sync(context, fleet, service, environment, target, digest),
         ]
+        if environment.rollout.progressive:
+            verdict = str(deployed.metadata.get(M.ANALYSIS_VERDICT, "not analysed"))
+            evidence.append(dg.AssetCheckResult(
+                check_name="analysis", passed=True, description=verdict,
+                metadata={"verdict": verdict, M.DIGEST: digest}))
         if environment.target == "docker":
             evidence.append(check_hardening(context, fleet, service, environment, target, engine, digest))
         return dg.MaterializeResult(data_version=deployed.data_version, metadata=deployed.metadata,

@@ -89,6 +89,19 @@ def cmd_why(args: argparse.Namespace) -> int:
     return why(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, as_json=args.json)
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import rollout
+
+    return rollout(load_fleet(resolve_fleet_path(args.fleet)), args.action, args.service, args.env)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import rollback
+
+    return rollback(load_fleet(resolve_fleet_path(args.fleet)), args.service, args.env, by=args.by,
+                    reason=args.reason)
+
+
 def cmd_import(argv: list[str]) -> int:
     from release_graph.importer.cli import run
 
@@ -157,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--json", action="store_true")
     _fleet_argument(why)
     why.set_defaults(handler=cmd_why)
+
+    rollout = commands.add_parser("rollout", help="a progressive rollout: status (exits 1 when interrupted), "
+                                  "promote a paused one, abort one")
+    rollout.add_argument("action", choices=["status", "promote", "abort"])
+    rollout.add_argument("service")
+    rollout.add_argument("--env", required=True)
+    _fleet_argument(rollout)
+    rollout.set_defaults(handler=cmd_rollout)
+
+    rollback = commands.add_parser("rollback", help="back to the digest deployed before the current one, at once, "
+                                   "recorded with who and why")
+    rollback.add_argument("service")
+    rollback.add_argument("--env", required=True)
+    rollback.add_argument("--reason", required=True)
+    rollback.add_argument("--by", required=True, help="who rolls back (email or name)")
+    _fleet_argument(rollback)
+    rollback.set_defaults(handler=cmd_rollback)
 
     commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
                         add_help=False)

@@ -13,8 +13,24 @@ from release_graph.fleet import Fleet, ManifestError
 from release_graph.release import history, matrix
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, image_key, integration_key
-from release_graph.release.tags import MAX_RETRIES_TAG, SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG, TRIGGER_TAG
-from release_graph.release.why import BLOCKED, FAILED, RUNNING, UP_TO_DATE, failure_reason, stage_status
+from release_graph.release.promotion import digest_label
+from release_graph.release.tags import (
+    MAX_RETRIES_TAG,
+    ROLLOUT_REQUEST_TAG,
+    SERVICE_TAG,
+    SHA_TAG,
+    SHORT_SHA_TAG,
+    TRIGGER_TAG,
+)
+from release_graph.release.why import (
+    BLOCKED,
+    FAILED,
+    IN_PROGRESS,
+    RUNNING,
+    UP_TO_DATE,
+    failure_reason,
+    stage_status,
+)
 from release_graph.wiring import build_definitions, default_resources
 from resources.state import state_dir
 from resources.targets import TargetNotConfigured
@@ -123,8 +139,9 @@ def next_step(instance, fleet: Fleet, service, environment) -> str:
     if status.state in (RUNNING, UP_TO_DATE) or not status.reason.startswith(("waiting", "blocked")):
         approved = history.latest(instance, approval_key(service, environment))
         digest = approved.digest if approved else ""
-        return (f"{service.name}/{environment.name} deploys {digest} at the next automation tick "
-                "(release_automation_" + service.group + ", every 15 s while `make demo` runs)")
+        return (f"{service.name}/{environment.name} deploys {digest_label(digest)} at the next tick of the "
+                f"sensor release_automation_{service.group} (while the Dagster daemon runs; `release-graph why "
+                f"{service.name} --env {environment.name}` follows it)")
     return f"{service.name}/{environment.name} {status.state}: {status.reason}"
 
 
@@ -208,3 +225,71 @@ def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
     # Drift, a failed stage and a blocked one are each worth a non-zero exit: something needs a person.
     stuck = any(cell.waiting_for.startswith((FAILED, BLOCKED)) for cell in cells)
     return EXIT_FAILED if stuck or any(cell.drift for cell in cells) else EXIT_OK
+
+
+def rollout(fleet: Fleet, action: str, service_name: str, environment_name: str, *, out=None) -> int:
+    """`status` of a rollout (in progress, paused, interrupted or none), or ask its run to `promote`/`abort`.
+    A rollout whose run is gone (killed half-way) is settled by `abort`: the serving version takes 100 %."""
+    out = out or sys.stdout
+    service = _service(fleet, service_name)
+    environment = _environment(fleet, environment_name)
+    key = environment_key(service, environment)
+    where = f"{service.name}/{environment.name}"
+    target = default_resources(fleet)["deploy_targets"].for_environment(environment.target)
+    route = target.traffic(fleet.name, environment.name, service.name)
+    instance = _instance()
+    runs = history.runs_holding(instance, service.name, key, IN_PROGRESS)
+    run_id = runs[0].dagster_run.run_id if runs else None
+    candidate = route.candidate_name if route is not None and route.candidate else None
+    if action == "status":
+        if candidate and run_id:
+            print(f"{where}: rollout in progress (run {run_id}): {candidate} takes {route.candidate_weight} % "
+                  "of the traffic", file=out)
+            return EXIT_OK
+        if candidate:
+            print(f"{where}: interrupted: {candidate} takes {route.candidate_weight} % of the traffic and no run "
+                  f"drives it; `release-graph rollout abort {service.name} --env {environment.name}` (or the next "
+                  "deployment) puts the serving version back at 100 %", file=out)
+            return EXIT_FAILED
+        serving = target.running(fleet.name, environment.name, service.name)
+        print(f"{where}: no rollout in progress; "
+              + (f"{digest_label(serving.digest)} serves all traffic" if serving and serving.digest else "nothing runs")
+              + (f" (run {run_id} is deploying)" if run_id else ""), file=out)
+        return EXIT_OK
+    if run_id:
+        instance.add_run_tags(run_id, {ROLLOUT_REQUEST_TAG: action})
+        print(f"{where}: asked run {run_id} to {action} its rollout (read between its measurements)", file=out)
+        return EXIT_OK
+    if action == "abort" and candidate:
+        target.abort_candidate(fleet.name, environment.name, service.name)
+        print(f"{where}: the interrupted rollout is settled: {candidate} removed, the serving version takes 100 %",
+              file=out)
+        return EXIT_OK
+    print(f"{where}: no rollout in progress to {action}", file=out)
+    return EXIT_FAILED
+
+
+def rollback(fleet: Fleet, service_name: str, environment_name: str, *, by: str, reason: str, out=None) -> int:
+    """Back to the digest recorded before the one that runs now, switched at once, as a new materialization
+    that says who and why; it stays where it was made (it never flows forward)."""
+    out = out or sys.stdout
+    service = _service(fleet, service_name)
+    environment = _environment(fleet, environment_name)
+    key = environment_key(service, environment)
+    records = history.history(_instance(), key)
+    if not records:
+        print(f"{service.name}/{environment.name}: nothing was deployed here yet: nothing to go back to", file=out)
+        return EXIT_FAILED
+    current = records[0].digest
+    previous = next((r.digest for r in records[1:] if r.digest and r.digest != current), None)
+    if previous is None:
+        print(f"{service.name}/{environment.name}: only {digest_label(current)} was ever deployed here: nothing "
+              "to go back to", file=out)
+        return EXIT_FAILED
+    config = {"digest": previous, "rollback_by": by, "rollback_reason": reason}
+    code = report(run_assets(fleet, [key], run_config={"ops": {key.to_python_identifier(): {"config": config}}},
+                             tags={TRIGGER_TAG: "cli rollback"}), out=out)
+    if code == EXIT_OK:
+        print(f"{service.name}/{environment.name}: rolled back from {digest_label(current)} to "
+              f"{digest_label(previous)} by {by}: {reason}", file=out)
+    return code

@@ -22,13 +22,21 @@ from release_graph.fleet.dependencies import find_hard_cycles
 from release_graph.fleet.model import (
     AWS_ENDPOINT_URL_VARIABLE,
     GIT_URL,
+    METRIC_PROVIDERS,
+    ON_INCONCLUSIVE,
     SCANNERS,
+    STRATEGIES,
+    Analysis,
     Build,
+    CloudWatchSettings,
     E2ETests,
     EcrSettings,
     Edge,
     Environment,
     Fleet,
+    PrometheusSettings,
+    Rollout,
+    RolloutStep,
     SecretRef,
     Security,
     Service,
@@ -115,8 +123,17 @@ E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
 ENVIRONMENT_KEYS = {
     "target", "approval", "approvers", "author_cannot_approve", "branch", "publish", "config", "secrets",
-    "scan_threshold",
+    "scan_threshold", "rollout",
 }
+ROLLOUT_KEYS = {"strategy", "steps", "bake_seconds", "hold_seconds", "analysis"}
+STEP_KEYS = {"weight", "pause_seconds", "manual"}
+ANALYSIS_KEYS = {
+    "providers", "max_error_rate", "max_p95_ms", "min_requests", "interval_seconds", "on_inconclusive",
+    "failure_limit", "inconclusive_limit", "consecutive_error_limit", "prometheus", "cloudwatch",
+}
+PROMETHEUS_KEYS = {"url", "error_rate_query", "p95_query", "requests_query"}
+CLOUDWATCH_KEYS = {"region", "endpoint_url", "alarms", "namespace"}
+HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security"}
@@ -643,7 +660,153 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
         config=MappingProxyType(config),
         secrets=MappingProxyType(secrets),
         scan_threshold=scan_threshold,
+        rollout=_parse_rollout(problems, name, raw),
     )
+
+
+def _number(report, key: str, value: Any, *, minimum: float = 0, maximum: float | None = None,
+            integer: bool = False):
+    """`value` if it is a number in range (an int when `integer`), else None after reporting it."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"of at least {minimum:g}"
+        report(key, f"expected {'a whole number' if integer else 'a number'} {bounds}, got {value!r}")
+        return None
+    return value
+
+
+def _parse_rollout(problems: _Problems, env: str, raw: LineDict) -> Rollout:
+    """The `rollout:` block of one environment; every problem is reported with its field path."""
+    block = raw.get("rollout")
+    if block is None:
+        return Rollout()
+
+    def reporter(mapping, prefix: str):
+        def report(key: str, message: str) -> None:
+            problems.add(_line(mapping, key) or _line(raw, "rollout"),
+                         _where(environment=env, field_name=f"{prefix}.{key}"), message)
+        return report
+
+    if not isinstance(block, LineDict):
+        problems.add(_line(raw, "rollout"), _where(environment=env, field_name="rollout"),
+                     "expected a mapping such as {strategy: canary, steps: [{weight: 10, pause_seconds: 30}]}")
+        return Rollout()
+    _check_keys(problems, block, ROLLOUT_KEYS, environment=env)
+    report = reporter(block, "rollout")
+    strategy = block.get("strategy", "replace")
+    if strategy not in STRATEGIES:
+        report("strategy", f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        strategy = "replace"
+    bake = _number(report, "bake_seconds", block.get("bake_seconds", 0)) or 0
+    hold = _number(report, "hold_seconds", block.get("hold_seconds", 0)) or 0
+    if "hold_seconds" in block and strategy != "blue-green":
+        report("hold_seconds", "only a blue-green rollout keeps the previous color (strategy: blue-green)")
+    steps = []
+    raw_steps = block.get("steps")
+    if raw_steps is not None and strategy != "canary":
+        report("steps", "only a canary rollout has steps (strategy: canary)")
+    elif strategy == "canary":
+        if not isinstance(raw_steps, list) or not raw_steps:
+            report("steps", "a canary needs steps, e.g. [{weight: 10, pause_seconds: 30}, {weight: 50}]")
+            raw_steps = []
+        previous = 0
+        for index, raw_step in enumerate(raw_steps):
+            where = f"steps[{index}]"
+            if not isinstance(raw_step, LineDict):
+                report("steps", f"{where}: expected a mapping such as {{weight: 10, pause_seconds: 30}}")
+                continue
+            _check_keys(problems, raw_step, STEP_KEYS, environment=env)
+            step_report = reporter(raw_step, f"rollout.{where}")
+            weight = _number(step_report, "weight", raw_step.get("weight"), minimum=1, maximum=100, integer=True)
+            pause = _number(step_report, "pause_seconds", raw_step.get("pause_seconds", 0))
+            manual = raw_step.get("manual", False)
+            if not isinstance(manual, bool):
+                step_report("manual", f"expected true or false, got {manual!r}")
+                manual = False
+            if weight is not None and weight <= previous:
+                step_report("weight", f"weights must grow step by step: {weight} follows {previous}")
+            if weight is not None and pause is not None:
+                steps.append(RolloutStep(weight=weight, pause_seconds=pause, manual=manual))
+                previous = weight
+    return Rollout(strategy=strategy, steps=tuple(steps), bake_seconds=bake, hold_seconds=hold,
+                   analysis=_parse_analysis(problems, env, block, reporter))
+
+
+def _parse_analysis(problems: _Problems, env: str, rollout: LineDict, reporter) -> Analysis:
+    block = rollout.get("analysis")
+    if block is None:
+        return Analysis()
+    if not isinstance(block, LineDict):
+        reporter(rollout, "rollout")("analysis", "expected a mapping such as {max_error_rate: 0.01}")
+        return Analysis()
+    _check_keys(problems, block, ANALYSIS_KEYS, environment=env)
+    report = reporter(block, "rollout.analysis")
+    providers = block.get("providers", ["haproxy"])
+    if not isinstance(providers, list) or not providers or any(p not in METRIC_PROVIDERS for p in providers):
+        report("providers", f"expected a list of {', '.join(METRIC_PROVIDERS)}, got {providers!r}")
+        providers = ["haproxy"]
+    defaults = Analysis()
+    values = {}
+    for key, kwargs in (("max_error_rate", {"maximum": 1}), ("max_p95_ms", {}), ("interval_seconds", {"minimum": 0.1}),
+                        ("min_requests", {"integer": True}), ("failure_limit", {"integer": True}),
+                        ("inconclusive_limit", {"integer": True, "minimum": 1}),
+                        ("consecutive_error_limit", {"integer": True, "minimum": 1})):
+        if key in block:
+            value = block[key]
+            if value is None and key in ("max_error_rate", "max_p95_ms"):
+                values[key] = None  # the condition is off
+                continue
+            checked = _number(report, key, value, **kwargs)
+            if checked is not None:
+                values[key] = checked
+    on_inconclusive = block.get("on_inconclusive", defaults.on_inconclusive)
+    if on_inconclusive not in ON_INCONCLUSIVE:
+        report("on_inconclusive", f"expected one of {', '.join(ON_INCONCLUSIVE)}, got {on_inconclusive!r}")
+        on_inconclusive = defaults.on_inconclusive
+    prometheus = PrometheusSettings()
+    raw_prometheus = block.get("prometheus")
+    if raw_prometheus is not None:
+        if not isinstance(raw_prometheus, LineDict):
+            report("prometheus", "expected a mapping such as {url: http://127.0.0.1:9090}")
+        else:
+            _check_keys(problems, raw_prometheus, PROMETHEUS_KEYS, environment=env)
+            sub = reporter(raw_prometheus, "rollout.analysis.prometheus")
+            settings = {}
+            for key in PROMETHEUS_KEYS:
+                if key in raw_prometheus:
+                    value = raw_prometheus[key]
+                    if not _is_str(value) or (key == "url" and not HTTP_URL.match(value)):
+                        sub(key, f"expected {'an http(s) URL' if key == 'url' else 'a PromQL query'}, got {value!r}")
+                    else:
+                        settings[key] = value
+            prometheus = PrometheusSettings(**settings)
+    cloudwatch = CloudWatchSettings()
+    raw_cloudwatch = block.get("cloudwatch")
+    if raw_cloudwatch is not None:
+        if not isinstance(raw_cloudwatch, LineDict):
+            report("cloudwatch", "expected a mapping such as {region: eu-west-1, alarms: [orders-5xx]}")
+        else:
+            _check_keys(problems, raw_cloudwatch, CLOUDWATCH_KEYS, environment=env)
+            sub = reporter(raw_cloudwatch, "rollout.analysis.cloudwatch")
+            settings = {}
+            for key in ("region", "namespace", "endpoint_url"):
+                if key in raw_cloudwatch:
+                    value = raw_cloudwatch[key]
+                    if not _is_str(value) or (key == "endpoint_url" and not HTTP_URL.match(value)):
+                        sub(key, f"expected a non-empty string{' (an http(s) URL)' if key == 'endpoint_url' else ''}, "
+                                 f"got {value!r}")
+                    else:
+                        settings[key] = value
+            alarms = raw_cloudwatch.get("alarms", [])
+            if not isinstance(alarms, list) or not all(_is_str(a) for a in alarms):
+                sub("alarms", f"expected a list of alarm names, got {alarms!r}")
+                alarms = []
+            cloudwatch = CloudWatchSettings(alarms=tuple(alarms), **settings)
+    if "cloudwatch" in providers and raw_cloudwatch is None:
+        report("providers", "the cloudwatch provider needs a cloudwatch: block (alarms and/or a namespace)")
+    return Analysis(providers=tuple(providers), on_inconclusive=on_inconclusive, prometheus=prometheus,
+                    cloudwatch=cloudwatch, **values)
 
 
 def _parse_secret_refs(problems: _Problems, env: str, service: str, parent: LineDict, refs: Any):

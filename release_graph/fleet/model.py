@@ -15,6 +15,8 @@ from types import MappingProxyType
 GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
 SCANNERS = ("none", "ecr", "trivy", "grype")
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+PROMETHEUS_URL_VARIABLE = "RELEASE_GRAPH_PROMETHEUS_URL"
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,84 @@ class SecretRef:
         return f"{self.source}:{self.name}"
 
 
+STRATEGIES = ("replace", "blue-green", "canary")
+METRIC_PROVIDERS = ("haproxy", "prometheus", "cloudwatch")
+ON_INCONCLUSIVE = ("wait", "rollback")
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """Where the analysis asks Prometheus, and the PromQL it asks. Queries may use {fleet}, {environment},
+    {service}, {digest}, {role} and {window} (e.g. `30s`); the defaults read the demo services' metrics,
+    labelled by the scrape targets release-graph writes for each environment (resources/metrics/prometheus.py)."""
+
+    url: str | None = None  # None: $RELEASE_GRAPH_PROMETHEUS_URL at use time, else http://127.0.0.1:9090
+    error_rate_query: str | None = None  # None: the default query over shop_api_requests_total
+    p95_query: str | None = None  # in seconds; None: the default over shop_api_request_duration_seconds_bucket
+    requests_query: str | None = None
+
+    def resolved_url(self) -> str:
+        # `make demo` starts the project's Prometheus on 9090 unless that port is taken, and says where.
+        return self.url or os.environ.get(PROMETHEUS_URL_VARIABLE) or DEFAULT_PROMETHEUS_URL
+
+
+@dataclass(frozen=True)
+class CloudWatchSettings:
+    """CloudWatch for the analysis: alarms that must not be in ALARM during the window, and optionally a
+    namespace whose metrics (dimensions Service, Environment, Version) give requests, errors and p95."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time, else AWS itself
+    alarms: tuple[str, ...] = ()
+    namespace: str | None = None
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """How a rollout judges the new version while it serves. Each provider measures; every condition must
+    hold. Verdicts: Successful, Failed, Inconclusive (fewer than `min_requests`), Error (no answer)."""
+
+    providers: tuple[str, ...] = ("haproxy",)
+    max_error_rate: float | None = 0.01  # share of 5xx answers of the new version
+    max_p95_ms: float | None = None  # haproxy has no percentiles: it compares its mean response time
+    min_requests: int = 5
+    interval_seconds: float = 5.0  # how often the watch window measures
+    on_inconclusive: str = "wait"  # wait: measure again, up to inconclusive_limit; rollback: at once
+    failure_limit: int = 0  # Failed measurements tolerated before the rollback
+    inconclusive_limit: int = 3
+    consecutive_error_limit: int = 3
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    cloudwatch: CloudWatchSettings = field(default_factory=CloudWatchSettings)
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    """One canary step: the new version's share of traffic, served for `pause_seconds`, then analysed;
+    `manual` waits after the analysis for `release-graph rollout promote` (or the UI)."""
+
+    weight: int
+    pause_seconds: float = 0.0
+    manual: bool = False
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a deployment takes traffic in one environment (docs/manifest.md, "rollout")."""
+
+    strategy: str = "replace"
+    steps: tuple[RolloutStep, ...] = ()  # canary only; a last step at 100 % is implied
+    bake_seconds: float = 0.0  # the watch window at 100 %: the deployment finishes when it passed
+    hold_seconds: float = 0.0  # blue-green: the previous color keeps running this long after the switch
+    analysis: Analysis = field(default_factory=Analysis)
+
+    @property
+    def progressive(self) -> bool:
+        return self.strategy != "replace" or self.bake_seconds > 0
+
+
 @dataclass(frozen=True)
 class Environment:
     name: str
@@ -108,6 +188,7 @@ class Environment:
     config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
     scan_threshold: str | None = None  # the lowest vulnerability severity that blocks a deploy here
+    rollout: Rollout = field(default_factory=Rollout)
 
     @property
     def requires_approval(self) -> bool:

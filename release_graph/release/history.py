@@ -13,8 +13,10 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from release_graph.release import metadata as M
+from release_graph.release.tags import SERVICE_TAG
 
 HISTORY_LIMIT = 500
+RUNS_LOOKED_AT = 25  # a service's latest runs with a given status; older ones no longer decide anything
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,20 @@ def check_metadata_for(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
     """The metadata (plain values) of the newest completed evaluation of `check_key` for `digest`, or None."""
     found = _evaluation_for(instance, check_key, digest)
     return found[1] if found else None
+
+
+def runs_holding(instance: dg.DagsterInstance, service_name: str, key: dg.AssetKey, statuses) -> list:
+    """Run records (newest first) of the service's latest runs with these statuses that held `key`."""
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={SERVICE_TAG: service_name}, statuses=statuses),
+                                       limit=RUNS_LOOKED_AT)
+    return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
+
+
+def failed_attempt_since(instance: dg.DagsterInstance, service_name: str, key: dg.AssetKey, since: float | None):
+    """The newest failed run that held `key` and was created after `since` (a timestamp; None: ever), or None.
+    A stage's attempt is its run: a run created after the stage's last materialization (or after its trigger)
+    that failed is what the stage is stuck on."""
+    failed = runs_holding(instance, service_name, key, [dg.DagsterRunStatus.FAILURE])
+    if failed and (since is None or failed[0].create_timestamp.timestamp() > since):
+        return failed[0]
+    return None

@@ -15,3 +15,12 @@ APPROVAL_RUN_ID = "approval_run_id"  # which approval a deployment used: one app
 DEPLOYED_AT = "deployed_at"
 DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}
 ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an older digest: the digest it replaced
+
+# A progressive rollout (release_graph/assets/rollout.py)
+ROLLOUT_STRATEGY = "rollout_strategy"
+ROLLOUT_STEPS = "rollout_steps"
+ANALYSIS_VERDICT = "analysis"
+ROLLED_BACK_BECAUSE = "rolled_back_because"
+ROLLBACK_EVENT = "rollback"  # the `event` of the observation a rollback records on the environment's asset
+ROLLBACK_BY = "rollback_by"  # `release-graph rollback --by`: who went back
+ROLLBACK_REASON = "rollback_reason"

@@ -24,7 +24,6 @@ from release_graph.release.keys import (
     previous_stage_key,
 )
 from release_graph.release.metadata import APPROVAL_RUN_ID
-from release_graph.release.tags import SERVICE_TAG
 
 
 def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> list[str]:
@@ -161,23 +160,30 @@ def verify_approver(service: Service, environment: Environment, approver: str, a
         raise refuse(service, environment, f"'{approver}' wrote this commit and may not approve it")
 
 
-def e2e_blocker(instance, fleet: Fleet, service: Service, environment: Environment, digest: str) -> str | None:
+def digest_label(digest: str, git_sha: str | None = None) -> str:
+    """How a reason names a release: the digest's first 12 hex digits, and the commit when known."""
+    return f"sha256:{digest.removeprefix('sha256:')[:12]}" + (f" ({git_sha[:7]})" if git_sha else "")
+
+
+def e2e_blocker(instance, fleet: Fleet, service: Service, environment: Environment, digest: str,
+                label: str | None = None) -> str | None:
     """The end-to-end gate in front of `environment`: the previous environment's e2e must have passed with a
     tested set that contains exactly `digest` for this service. A pass for another set is no evidence."""
+    label = label or digest_label(digest)
     before = previous_environment(fleet, environment)
     if before is None or fleet.e2e is None:
         return None
     key = e2e_key(before)
     e2e = history.latest(instance, key)
     if e2e is None:
-        return f"waiting for {key.to_user_string()} to pass with {service.name} {digest}"
+        return f"waiting for {key.to_user_string()} to pass with {service.name} {label}"
     tested = e2e.value(M.DEPLOYED_DIGESTS) or {}
     passed = history.check_passed_for(instance, dg.AssetCheckKey(key, "e2e_tests"), e2e.digest)
     if tested.get(service.name) != digest:
-        return f"waiting for {key.to_user_string()} to pass with {service.name} {digest}"
+        return f"waiting for {key.to_user_string()} to pass with {service.name} {label}"
     if passed is not True:
         return (f"the end-to-end tests of '{before.name}' "
-                + ("failed" if passed is False else "have not passed") + f" with {service.name} {digest}")
+                + ("failed" if passed is False else "have not passed") + f" with {service.name} {label}")
     return None
 
 
@@ -202,6 +208,7 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
         return f"waiting for {previous.to_user_string()}: nothing has passed it yet"
     digest = candidate.digest
     short = (candidate.git_sha or "")[:7] or digest[7:19]
+    label = digest_label(digest, candidate.git_sha)
     current = history.latest(instance, key)
     if current is not None and current.digest == digest and stage == "integration":
         return None
@@ -211,11 +218,11 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     if environment is None:
         return None
     if candidate.value(M.ROLLED_BACK_FROM):
-        return (f"{previous.to_user_string()} was rolled back to {digest} by hand: a rollback does not flow "
+        return (f"{previous.to_user_string()} was rolled back to {label} by hand: a rollback does not flow "
                 "forward (the next new release will)")
     if rolled_back_from(instance, service, environment, digest) is not None:
-        return f"{digest} was rolled back out of {environment.name}: it is not promoted there again automatically"
-    blocker = e2e_blocker(instance, fleet, service, environment, digest)
+        return f"{label} was rolled back out of {environment.name}: it is not promoted there again automatically"
+    blocker = e2e_blocker(instance, fleet, service, environment, digest, label)
     if blocker:
         return blocker
     for provider in service.hard_deps:
@@ -228,7 +235,7 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     if environment.requires_approval:
         approval = history.latest(instance, approval_key(service, environment))
         if approval is None or approval.digest != digest:
-            return f"waiting for an approval of {digest} ({short}) for {environment.name}"
+            return f"waiting for an approval of {label} for {environment.name}"
         if current is not None and current.value(APPROVAL_RUN_ID) == approval.run_id:
             return None  # the approval was used: this environment runs what it approved
     return None
@@ -248,7 +255,4 @@ def about_to_deploy(instance, fleet: Fleet, service: Service, environment: Envir
         return False
     if waiting_reason(instance, fleet, service, key) is not None:
         return False
-    failed = instance.get_run_records(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name},
-                                                            statuses=[dg.DagsterRunStatus.FAILURE]), limit=10)
-    return not any(r.dagster_run.asset_selection and key in r.dagster_run.asset_selection
-                   and r.create_timestamp.timestamp() > trigger.timestamp for r in failed)
+    return history.failed_attempt_since(instance, service.name, key, trigger.timestamp) is None

@@ -21,3 +21,6 @@ def release_tags(service: str, sha: str | None = None, environment: str | None =
     if sha:
         tags.update({SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]})
     return tags
+
+# `release-graph rollout promote|abort` asks a running rollout through its run's tags.
+ROLLOUT_REQUEST_TAG = "release/rollout_request"

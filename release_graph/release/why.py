@@ -15,12 +15,10 @@ from release_graph.fleet import Fleet, Service
 from release_graph.release import history
 from release_graph.release.keys import environment_key, integration_key
 from release_graph.release.promotion import waiting_reason
-from release_graph.release.tags import SERVICE_TAG
 
 RUNNING, UP_TO_DATE, WAITING, BLOCKED, FAILED = "running", "up to date", "waiting", "blocked", "failed"
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
-RUNS_LOOKED_AT = 25
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,6 @@ class StageStatus:
 
     def line(self) -> str:
         return f"{self.stage}: {self.state}: {self.reason}" + (f" (run {self.run_id})" if self.run_id else "")
-
-
-def _runs_with(instance, service: Service, key: dg.AssetKey, statuses) -> list:
-    """Run records (newest first) of the service's runs with these statuses that held `key`."""
-    records = instance.get_run_records(filters=dg.RunsFilter(tags={SERVICE_TAG: service.name}, statuses=statuses),
-                                       limit=RUNS_LOOKED_AT)
-    return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
 
 
 def failure_reason(error) -> str:
@@ -70,14 +61,14 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
     """`stage` is `integration` or an environment name."""
     key = integration_key(service) if stage == "integration" else environment_key(service, stage)
     name = key.to_user_string()
-    running = _runs_with(instance, service, key, IN_PROGRESS)
+    running = history.runs_holding(instance, service.name, key, IN_PROGRESS)
     if running:
         return StageStatus(name, RUNNING, "a run is deploying it now" if stage != "integration"
                            else "the integration tests are running", running[0].dagster_run.run_id)
     latest = history.latest(instance, key)
-    failed = _runs_with(instance, service, key, [dg.DagsterRunStatus.FAILURE])
-    if failed and (latest is None or failed[0].create_timestamp.timestamp() > latest.timestamp):
-        run_id = failed[0].dagster_run.run_id
+    failed = history.failed_attempt_since(instance, service.name, key, latest.timestamp if latest else None)
+    if failed is not None:
+        run_id = failed.dagster_run.run_id
         return StageStatus(name, FAILED, _failure_message(instance, run_id), run_id)
     reason = waiting_reason(instance, fleet, service, key)
     if reason:

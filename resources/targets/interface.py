@@ -340,6 +340,34 @@ class EphemeralEnvironment(ABC):
 class DeployTarget(ABC):
     """Where an environment's services run, and how a new version replaces the old one."""
 
+    # Progressive rollouts (release_graph/assets/rollout.py). A target without them says so; `traffic` None
+    # makes every deployment there a plain replacement.
+    def traffic(self, fleet: str, environment: str, service: str):
+        """How the service's traffic is split now (the docker target: its haproxy route), or None."""
+        return None
+
+    def _no_rollouts(self, service: str, environment: str):
+        return TargetError(f"{service} in {environment}: this target ({type(self).__name__}) has no progressive "
+                           "rollouts yet: use `rollout: {strategy: replace}` there")
+
+    def start_candidate(self, spec: DeploymentSpec) -> DeploymentResult:
+        raise self._no_rollouts(spec.service, spec.environment)
+
+    def set_candidate_weight(self, fleet: str, environment: str, service: str, weight: int):
+        raise self._no_rollouts(service, environment)
+
+    def promote_candidate(self, fleet: str, environment: str, service: str) -> tuple[str, ...]:
+        raise self._no_rollouts(service, environment)
+
+    def abort_candidate(self, fleet: str, environment: str, service: str) -> str | None:
+        return None
+
+    def candidate_problem(self, fleet: str, environment: str, service: str) -> str | None:
+        return None
+
+    def counters(self, fleet: str, environment: str, service: str) -> dict:
+        return {}
+
     @abstractmethod
     def deploy(self, spec: DeploymentSpec) -> DeploymentResult:
         """Make `spec.image` serve `spec.service` in `spec.environment`, or leave what served before serving.

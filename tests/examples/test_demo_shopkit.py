@@ -88,7 +88,9 @@ def test_metrics_are_prometheus_text_with_cumulative_histogram_buckets():
     assert families == [("shop_up", "gauge"), ("shop_build_info", "gauge"),
                         ("shop_http_requests_total", "counter"),
                         ("shop_http_request_duration_seconds", "histogram"),
-                        ("shop_upstream_requests_total", "counter")]
+                        ("shop_upstream_requests_total", "counter"),
+                        ("shop_api_requests_total", "counter"),
+                        ("shop_api_request_duration_seconds", "histogram")]
     assert 'shop_http_requests_total{service="orders",route="/orders",method="POST",code="201"} 4' in text
     buckets = [float(v) for v in re.findall(r'_bucket\{service="orders",route="/orders",le="[^"]+"\} (\S+)', text)]
     assert buckets == sorted(buckets) and buckets[0] == 1 and buckets[-2] == 3 and buckets[-1] == 4
@@ -96,6 +98,28 @@ def test_metrics_are_prometheus_text_with_cumulative_histogram_buckets():
     assert 'shop_http_request_duration_seconds_sum{service="orders",route="/orders"} 7.321000' in text
     assert 'shop_upstream_requests_total{service="orders",upstream="payments",outcome="unreachable"} 1' in text
     assert 'shop_build_info{service="orders",version="1.2.3",git_sha="abc123"} 1' in text
+
+
+def test_api_requests_by_status_class_exist_from_the_start_and_leave_out_probes_and_scrapes(started):
+    service = shopkit.Service("orders", {})
+    service.route("GET", "/orders")(lambda req: (200, {"orders": []}))
+    url = started(service)
+
+    fresh = shopkit.http_request(url, "GET", "/metrics")[1].decode()
+    for status_class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+        assert f'shop_api_requests_total{{service="orders",class="{status_class}"}} 0' in fresh
+    assert 'shop_api_request_duration_seconds_count{service="orders"} 0' in fresh
+
+    service.error_rate = 1.0
+    for path in ("/orders", "/orders", "/nothing", "/healthz", "/version", "/metrics"):
+        shopkit.http_request(url, "GET", path)
+    text = shopkit.http_request(url, "GET", "/metrics")[1].decode()
+
+    assert 'shop_api_requests_total{service="orders",class="5xx"} 2' in text
+    assert 'shop_api_requests_total{service="orders",class="4xx"} 1' in text
+    assert 'shop_api_requests_total{service="orders",class="2xx"} 0' in text
+    assert 'shop_api_request_duration_seconds_bucket{service="orders",le="+Inf"} 3' in text
+    assert 'shop_api_request_duration_seconds_count{service="orders"} 3' in text
 
 
 def test_healthz_answers_the_status_a_deploy_config_sets(started):

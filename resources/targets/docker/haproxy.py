@@ -49,6 +49,12 @@ class Route:
     address: str
     port: int
     gateway: str | None = None  # the network gateway consumers reach the switch on; None: not switched inside
+    # A new version beside the one at `address` (a canary, or the other color): its address and its share of
+    # the traffic in percent. Both live in every backend as servers `app` and `next`, so moving traffic is
+    # a runtime API call (`set weight`), never a reload.
+    candidate: str | None = None
+    candidate_weight: int = 0
+    candidate_name: str | None = None  # the candidate's container: not yet what serves the service
 
 
 def _frontends(routes: Mapping[str, Route]) -> dict:
@@ -60,6 +66,22 @@ def _frontends(routes: Mapping[str, Route]) -> dict:
 
 def _backends(name: str, route: Route) -> list[str]:
     return ([f"be_{name}"] if route.publish is not None else []) + ([f"bi_{name}"] if route.gateway else [])
+
+
+def _servers(route: Route) -> list[str]:
+    """The two server lines of a backend: the serving version and the candidate slot (weight 0 when empty)."""
+    weight = route.candidate_weight if route.candidate else 0
+    return [f"    server app {route.address}:{route.port} weight {100 - weight}",
+            f"    server next {route.candidate or route.address}:{route.port} weight {weight}"]
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """haproxy's cumulative counters of one server slot, summed over the service's backends."""
+
+    requests: int = 0  # stot: sessions (one request each: http-server-close)
+    errors: int = 0  # hrsp_5xx
+    mean_ms: float | None = None  # rtime: mean response time over the last 1,024 requests
 
 
 class HaproxyRouter:
@@ -152,9 +174,11 @@ class HaproxyRouter:
             # connection to an old container outlives a switch of the server address.
             "    option http-server-close",
             # A request that meets a closing old container is replayed on a fresh connection (new address).
+            # Only failures where no server answered: a 5xx is the version's own answer (a canary's errors must
+            # reach its analysis, and replaying a request a server did process could run it twice).
             "    retries 5",
             "    option redispatch",
-            "    retry-on all-retryable-errors",
+            "    retry-on conn-failure empty-response response-timeout",
         ]
         for name, route in sorted(routes.items()):
             if route.publish is None:
@@ -164,7 +188,7 @@ class HaproxyRouter:
                 f"    bind {self.bind_address}:{route.publish}",
                 f"    default_backend be_{name}",
                 f"backend be_{name}",
-                f"    server app {route.address}:{route.port}",
+                *_servers(route),
             ]
         listeners = sorted({(route.gateway, route.port) for route in routes.values() if route.gateway})
         for gateway, port in listeners:
@@ -177,7 +201,7 @@ class HaproxyRouter:
             ]
         for name, route in sorted(routes.items()):
             if route.gateway:
-                lines += [f"backend bi_{name}", f"    server app {route.address}:{route.port}"]
+                lines += [f"backend bi_{name}", *_servers(route)]
         return "\n".join(lines) + "\n"
 
     # process
@@ -289,19 +313,59 @@ class HaproxyRouter:
             if not self.alive():
                 self._start()
                 return
-            if _frontends(old) == _frontends(new) and changed in new:
-                route = new[changed]
-                for backend in _backends(changed, route):
-                    answer = self._command(
-                        self.admin_socket, f"set server {backend}/app addr {route.address} port {route.port}"
-                    )
-                    if "changed" not in answer and "no need to change" not in answer.lower():
-                        raise ProxyError(f"haproxy of {self.title}: switching {backend} failed: {answer.strip()}")
+            if _frontends(old) == _frontends(new) and changed in new and self._switch_at_runtime(changed, new[changed]):
                 return
             self._reload()
         except BaseException:
             self._write(old)  # the files describe what runs, never what failed
             raise
+
+    def _switch_at_runtime(self, name: str, route: Route) -> bool:
+        """Point both server slots and their weights at `route` over the runtime API. False: this worker's
+        config predates the `next` slot (started by an older release-graph): the caller reloads instead."""
+        weight = route.candidate_weight if route.candidate else 0
+        for backend in _backends(name, route):
+            # The candidate's address first, then the weights: no request meets a slot not yet pointed.
+            weights = [f"set weight {backend}/next {weight}", f"set weight {backend}/app {100 - weight}"]
+            if weight < 100 - weight:
+                weights.reverse()  # the larger weight first (>= 50): never a moment with no server to take a request
+            commands = [f"set server {backend}/next addr {route.candidate or route.address} port {route.port}",
+                        f"set server {backend}/app addr {route.address} port {route.port}", *weights]
+            for command in commands:
+                answer = self._command(self.admin_socket, command).strip()
+                if "no such server" in answer.lower():
+                    return False
+                if answer and "changed" not in answer and "no need to change" not in answer.lower():
+                    raise ProxyError(f"haproxy of {self.title}: {command!r} failed: {answer}")
+        return True
+
+    def counters(self, service: str) -> dict[str, ServerCounters]:
+        """Per slot (`app`: the serving version, `next`: the candidate), the service's cumulative counters
+        over its backends, read from `show stat`. Empty when haproxy does not run. They restart at zero when
+        haproxy reloads: a reader compares with what it read before and treats a drop as a restart."""
+        route = self.route_of(service)
+        if route is None or not self.alive():
+            return {}
+        try:
+            text = self._command(self.admin_socket, "show stat", timeout=2)
+        except OSError as exc:
+            raise ProxyError(f"haproxy of {self.title}: cannot read its counters: {exc}") from exc
+        lines = text.lstrip("# ").splitlines()
+        if not lines:
+            return {}
+        header = lines[0].split(",")
+        backends = set(_backends(service, route))
+        totals: dict[str, dict] = {}
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") in backends and row.get("svname") in ("app", "next"):
+                slot = totals.setdefault(row["svname"], {"requests": 0, "errors": 0, "time": 0.0})
+                requests = int(row.get("stot") or 0)
+                slot["requests"] += requests
+                slot["errors"] += int(row.get("hrsp_5xx") or 0)
+                slot["time"] += float(row.get("rtime") or 0) * requests
+        return {name: ServerCounters(t["requests"], t["errors"], round(t["time"] / t["requests"], 2)
+                                     if t["requests"] else None) for name, t in totals.items()}
 
     def check_port(self, service: str, publish: int, *, where: str) -> None:
         """PortUnavailable unless `publish` is already this service's port here or free on this host."""

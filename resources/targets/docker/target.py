@@ -41,6 +41,7 @@ import secrets as _random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -166,6 +167,25 @@ class DockerTarget(DeployTarget):
         if state:
             return Path(state).expanduser().resolve() / "targets"
         return Path.cwd() / ".dagster_home" / "targets"
+
+    def publish_scrape_targets(self, fleet: str, environment: str) -> None:
+        """Tell Prometheus (file_sd, `<state>/prometheus/targets`, beside this target's state) what to scrape in
+        the environment: every running container with a port, labelled by service and digest, so the analysis
+        tells a candidate from the version it replaces. Never fails a deployment: a problem is logged."""
+        from resources.metrics.prometheus import ScrapeTargets
+
+        try:
+            net = self.network_name(fleet, environment)
+            targets = []
+            for container in self._service_containers(fleet, environment):
+                labels = inspect.container_labels(container)
+                port, address = L.read(labels, L.PORT), inspect.address(container, net)
+                if inspect.status(container) == "running" and port and address:
+                    targets.append((f"{address}:{port}", {"service": L.read(labels, L.SERVICE) or "",
+                                                          "digest": L.read(labels, L.DIGEST) or ""}))
+            ScrapeTargets(self._state_root().parent / "prometheus" / "targets").write(fleet, environment, targets)
+        except Exception as exc:  # the metrics are for the analysis; the deployment itself went well
+            log.warning("%s/%s: could not write Prometheus' scrape targets: %s", fleet, environment, exc)
 
     def _router_at(self, directory: Path, title: str) -> HaproxyRouter:
         return HaproxyRouter(directory, binary=self.config.haproxy_binary, bind_address=self.config.publish_address,
@@ -389,6 +409,7 @@ class DockerTarget(DeployTarget):
             ) from exc
 
         replaced = self._retire(spec, keep=container.id)
+        self.publish_scrape_targets(spec.fleet, spec.environment)
         container.reload()
         return DeploymentResult(
             container_name=container.name,
@@ -404,10 +425,17 @@ class DockerTarget(DeployTarget):
             replaced=replaced,
         )
 
+    def _candidate_name(self, fleet: str, environment: str, service: str) -> str | None:
+        """The container of a rollout in progress (holding the name, not yet what serves), if any."""
+        router = self._router(fleet, environment)
+        route = router.route_of(service) if router.exists() else None
+        return route.candidate_name if route is not None and route.candidate else None
+
     def _serving(self, fleet: str, environment: str, service: str):
-        """The running container holding the service name, if any."""
+        """The running container holding the service name, if any (not a rollout's candidate)."""
         net = self.network_name(fleet, environment)
-        candidates = self._service_containers(fleet, environment, service)
+        rolling_out = self._candidate_name(fleet, environment, service)
+        candidates = [c for c in self._service_containers(fleet, environment, service) if c.name != rolling_out]
         holders = [c for c in candidates if inspect.status(c) == "running" and inspect.holds_alias(c, net, service)]
         return max(holders, key=inspect.created) if holders else None
 
@@ -562,16 +590,164 @@ class DockerTarget(DeployTarget):
     def _retire(self, spec: DeploymentSpec, *, keep: str) -> tuple[str, ...]:
         """Stop and remove every other container of the service: the previous version and leftovers."""
         others = [c for c in self._service_containers(spec.fleet, spec.environment, spec.service) if c.id != keep]
-        if any(inspect.status(c) == "running" for c in others) and self.config.drain_seconds > 0:
+        return self._remove_containers(others)
+
+    def _remove_containers(self, containers: Sequence) -> tuple[str, ...]:
+        """Stop (after `drain_seconds` for requests in flight, when any runs) and remove these containers."""
+        if any(inspect.status(c) == "running" for c in containers) and self.config.drain_seconds > 0:
             time.sleep(self.config.drain_seconds)
         removed = []
-        for container in others:
+        for container in containers:
             with suppress(NotFound), self._engine(f"removing {container.name}"):
                 if inspect.status(container) == "running":
                     container.stop(timeout=self.config.stop_timeout_seconds)
                 container.remove(force=True)
                 removed.append(container.name)
         return tuple(removed)
+
+    # --- progressive rollouts -----------------------------------------------------------------------------
+    # A rollout starts the new version beside the serving one (`start_candidate`), moves the switch's traffic
+    # to it in steps (`set_candidate_weight`: haproxy weights over the runtime API, for the published port and
+    # for service-to-service calls alike), then makes it what serves (`promote_candidate`) or takes it away
+    # (`abort_candidate`). The rollout's state is the route (routes.json): a run killed half-way leaves a
+    # state `traffic()` reads back and the next rollout or `abort_candidate` settles.
+
+    def traffic(self, fleet: str, environment: str, service: str) -> Route | None:
+        """The switch's route of the service: who serves, the candidate and its share (None: not switched)."""
+        router = self._router(fleet, environment)
+        return router.route_of(service) if router.exists() else None
+
+    def start_candidate(self, spec: DeploymentSpec) -> DeploymentResult:
+        """Start spec's version beside the serving one and wait until it is healthy, with 0 % of the traffic.
+
+        It holds the service name from creation (only the switch decides its traffic; a reconnect later would
+        change its address under the switch). An earlier candidate (a rollout killed half-way) is taken away
+        first. Raises DeploymentFailed when it is not healthy (it is removed; the serving version never moved)
+        and TargetError when the service is not behind the switch or nothing serves it yet.
+        """
+        reference, digest = pinned_reference(spec.image)
+        validate_spec(spec)
+        where = f"{spec.service} in {spec.fleet}/{spec.environment}"
+        route = self.traffic(spec.fleet, spec.environment, spec.service)
+        if route is None or self._serving(spec.fleet, spec.environment, spec.service) is None:
+            raise TargetError(f"{where}: a progressive rollout needs a serving version behind the environment's "
+                              "switch (an HTTP service with a port and a health path, deployed once)")
+        if route.candidate:
+            self.abort_candidate(spec.fleet, spec.environment, spec.service)
+        network = self._ensure_network(spec.fleet, spec.environment)
+        router = self._router(spec.fleet, spec.environment)
+        self._ensure_image(reference, what=f"deploying {where}", spec=spec)
+        client = self._docker()
+        container = self._create_unique(
+            f"{network.name}-{spec.service}-{digest[7:19]}",
+            image=reference,
+            **container_arguments(spec),
+            environment={**spec.env, **spec.secrets},
+            labels={**self._labels(), **spec.labels, L.FLEET: spec.fleet, L.ENVIRONMENT: spec.environment,
+                    L.SERVICE: spec.service, L.DIGEST: digest, L.IMAGE: reference,
+                    L.CONFIG: config_fingerprint(spec), L.INSTANCE: str(self._state_root()),
+                    **({L.PORT: str(spec.port)} if spec.port is not None else {}),
+                    **({L.HEALTH: spec.health} if spec.health is not None else {})},
+            network=network.name,
+            networking_config={network.name: client.api.create_endpoint_config(aliases=[spec.service])},
+            extra_hosts=self._switched_calls(spec, router),
+            init=True,
+            detach=True,
+            what=f"deploying {where}",
+            **network_dns_options(client, network.name),
+        )
+        try:
+            with self._engine(f"starting {container.name} for {where}"):
+                container.start()
+            health_seconds = self._wait_healthy(container, network.name, spec.port, spec.health,
+                                                service=spec.service, environment=spec.environment, where=where,
+                                                image=reference)
+            with self._engine(f"reading the address of {container.name}"):
+                container.reload()
+            address = inspect.address(container, network.name)
+            if not address:
+                raise DeploymentFailed(f"{where}: {container.name} has no address on {network.name}",
+                                       service=spec.service, environment=spec.environment, image=reference)
+            # Only this service's deployment (one per service and environment: its pool) changes its route.
+            current = router.route_of(spec.service) or route
+            router.set_route(spec.service, replace(current, candidate=address, candidate_weight=0,
+                                                   candidate_name=container.name))
+        except BaseException:
+            with suppress(DockerException, requests.RequestException):
+                container.remove(force=True)
+            raise
+        log.info("%s: candidate %s healthy after %.2f s", where, container.name, health_seconds)
+        self.publish_scrape_targets(spec.fleet, spec.environment)
+        return DeploymentResult(
+            container_name=container.name, container_id=container.id, digest=digest, image=reference,
+            started_at=inspect.started_at(container) or "",
+            url_inside=f"http://{spec.service}:{spec.port}" if spec.port else None,
+            published_url=f"http://{self.publish_address}:{spec.publish}" if spec.publish else None,
+            changed=True, health_seconds=round(health_seconds, 3), network=network.name,
+        )
+
+    def set_candidate_weight(self, fleet: str, environment: str, service: str, weight: int) -> Route:
+        """Give the candidate `weight` percent of the service's traffic (0..100); the serving version the rest."""
+        if not 0 <= weight <= 100:
+            raise ValueError(f"weight must be 0..100, got {weight}")
+        router = self._router(fleet, environment)
+        route = router.route_of(service)
+        if route is None or not route.candidate:
+            raise TargetError(f"{service} in {fleet}/{environment}: no rollout in progress (no candidate)")
+        changed = replace(route, candidate_weight=weight)
+        router.set_route(service, changed)
+        return changed
+
+    def counters(self, fleet: str, environment: str, service: str) -> dict:
+        """haproxy's cumulative counters per slot: `app` (serving version) and `next` (candidate)."""
+        router = self._router(fleet, environment)
+        return router.counters(service) if router.exists() else {}
+
+    def candidate_problem(self, fleet: str, environment: str, service: str) -> str | None:
+        """Why the rollout's candidate is not healthy now (its container stopped, its health path not 2xx);
+        None when it is, or when no rollout is in progress."""
+        route = self.traffic(fleet, environment, service)
+        if route is None or not route.candidate_name:
+            return None
+        found = [c for c in self._service_containers(fleet, environment, service) if c.name == route.candidate_name]
+        if not found or inspect.status(found[0]) != "running":
+            return f"{route.candidate_name} is {inspect.status(found[0]) if found else 'gone'}"
+        health_path = L.read(inspect.container_labels(found[0]), L.HEALTH)
+        if not health_path:
+            return None
+        status, problem = health.http_status(route.candidate, route.port, health_path,
+                                             health.HEALTH_REQUEST_TIMEOUT_SECONDS)
+        if status is not None and 200 <= status < 300:
+            return None
+        return f"{route.candidate_name} answered {health_path} with {status or problem}"
+
+    def promote_candidate(self, fleet: str, environment: str, service: str) -> tuple[str, ...]:
+        """The candidate becomes what serves (100 % of the traffic) and every other container of the service
+        is stopped after `drain_seconds`. Returns the names of the containers removed."""
+        router = self._router(fleet, environment)
+        route = router.route_of(service)
+        if route is None or not route.candidate:
+            raise TargetError(f"{service} in {fleet}/{environment}: no rollout in progress (no candidate)")
+        keep = route.candidate_name
+        router.set_route(service, replace(route, address=route.candidate, candidate=None, candidate_weight=0,
+                                          candidate_name=None))
+        others = [c for c in self._service_containers(fleet, environment, service) if c.name != keep]
+        removed = self._remove_containers(others)
+        self.publish_scrape_targets(fleet, environment)
+        return removed
+
+    def abort_candidate(self, fleet: str, environment: str, service: str) -> str | None:
+        """All traffic back to the version that served before, and the candidate's container removed.
+        Returns the candidate's container name (None: there was no rollout in progress)."""
+        router = self._router(fleet, environment)
+        route = router.route_of(service)
+        if route is None or not route.candidate:
+            return None
+        router.set_route(service, replace(route, candidate=None, candidate_weight=0, candidate_name=None))
+        gone = [c for c in self._service_containers(fleet, environment, service) if c.name == route.candidate_name]
+        self._remove_containers(gone)  # after drain_seconds: its requests in flight finish
+        self.publish_scrape_targets(fleet, environment)
+        return route.candidate_name
 
     # --- what runs --------------------------------------------------------------------------------------
 
@@ -583,7 +759,8 @@ class DockerTarget(DeployTarget):
         for member in self._network_members(net) if self._network_exists(net) else []:
             if inspect.holds_alias(member, net, service):
                 candidates.setdefault(member.id, member)
-        chosen = self._pick(list(candidates.values()), net, service)
+        rolling_out = self._candidate_name(fleet, environment, service)
+        chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], net, service)
         return None if chosen is None else self._describe_running(chosen, fleet, environment, service, probe)
 
     def running_services(self, fleet: str, environment: str, *, probe: bool = False) -> dict[str, RunningService]:
@@ -601,7 +778,8 @@ class DockerTarget(DeployTarget):
             for member in members:
                 if inspect.holds_alias(member, net, service):
                     candidates.setdefault(member.id, member)
-            chosen = self._pick(list(candidates.values()), net, service)
+            rolling_out = self._candidate_name(fleet, environment, service)
+            chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], net, service)
             if chosen is not None:
                 result[service] = self._describe_running(chosen, fleet, environment, service, probe)
         return result
@@ -688,7 +866,9 @@ class DockerTarget(DeployTarget):
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
         """Remove every container of the environment (and anything else on its network), the network and
         its haproxy."""
-        return reaper.teardown_environment(self, fleet, environment)
+        report = reaper.teardown_environment(self, fleet, environment)
+        self.publish_scrape_targets(fleet, environment)  # nothing left to scrape there
+        return report
 
     def reap(
         self,

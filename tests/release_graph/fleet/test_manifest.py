@@ -448,3 +448,56 @@ def test_compliance_rules_cannot_be_checked_without_checkov(tmp_path, monkeypatc
                               f"checkov is not installed: no {tmp_path}/no-tools/checkov-venv/bin/checkov")
     assert cli_main(["validate", str(path)]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_an_environment_rolls_out_as_a_canary_with_steps_a_bake_time_and_an_analysis(tmp_path):
+    text = replace(GOOD, "  prod: {target: docker, approval: required}\n", """\
+  prod:
+    target: docker
+    approval: required
+    rollout:
+      strategy: canary
+      steps: [{weight: 10, pause_seconds: 30}, {weight: 50, pause_seconds: 60, manual: true}]
+      bake_seconds: 120
+      analysis:
+        providers: [haproxy, prometheus, cloudwatch]
+        max_error_rate: 0.01
+        max_p95_ms: 300
+        on_inconclusive: rollback
+        prometheus: {url: "http://127.0.0.1:9091"}
+        cloudwatch: {region: eu-west-1, alarms: [orders-5xx]}
+""")
+    rollout = load_fleet(write_fleet(tmp_path, text)).environments["prod"].rollout
+    assert rollout.strategy == "canary" and [(s.weight, s.pause_seconds, s.manual) for s in rollout.steps] == [
+        (10, 30, False), (50, 60, True)]
+    assert rollout.bake_seconds == 120 and rollout.progressive
+    assert rollout.analysis.providers == ("haproxy", "prometheus", "cloudwatch")
+    assert (rollout.analysis.max_p95_ms, rollout.analysis.on_inconclusive) == (300, "rollback")
+    assert rollout.analysis.prometheus.url == "http://127.0.0.1:9091"
+    assert rollout.analysis.cloudwatch.alarms == ("orders-5xx",)
+    # without a rollout block an environment replaces at once, as before
+    assert load_fleet(write_fleet(tmp_path, GOOD)).environments["prod"].rollout.strategy == "replace"
+
+
+def test_a_broken_rollout_names_the_environment_and_each_field(tmp_path):
+    text = replace(GOOD, "  prod: {target: docker, approval: required}\n", """\
+  prod:
+    target: docker
+    rollout:
+      strategy: canary
+      steps: [{weight: 50}, {weight: 20, pause_seconds: -1}]
+      hold_seconds: 10
+      analysis: {providers: [datadog], max_error_rate: 2, consecutive_error_limit: 0}
+  staging:
+    rollout: {strategy: rainbow}
+""").replace("  staging: {target: docker}\n", "")
+    problems = "\n".join(problems_of(write_fleet(tmp_path, text)))
+    assert ("environment 'prod', field 'rollout.steps[1].weight': weights must grow step by step: 20 follows 50"
+            in problems)
+    assert "field 'rollout.steps[1].pause_seconds': expected a number of at least 0, got -1" in problems
+    assert "field 'rollout.hold_seconds': only a blue-green rollout keeps the previous color" in problems
+    assert "field 'rollout.analysis.providers': expected a list of haproxy, prometheus, cloudwatch" in problems
+    assert "field 'rollout.analysis.max_error_rate': expected a number between 0 and 1, got 2" in problems
+    assert "field 'rollout.analysis.consecutive_error_limit'" in problems
+    assert "environment 'staging', field 'rollout.strategy': expected one of replace, blue-green, canary" in problems
+    assert "fleet.yaml:" in problems  # every problem names the file and its line

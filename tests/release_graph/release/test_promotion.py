@@ -284,3 +284,9 @@ def test_given_a_digest_built_from_someone_elses_commit_when_joanna_approves_the
 ])
 def test_the_author_rule_matches_exact_identities_only(approver, author, same_person):
     assert promotion.is_author(approver, author) is same_person
+
+
+def test_a_waiting_reason_names_a_release_by_its_short_digest_and_commit():
+    # A release manager reads the first 12 hex digits (as `docker images` shows them) and the commit.
+    assert promotion.digest_label(BUILT, "0123456789abcdef") == "sha256:bbbbbbbbbbbb (0123456)"
+    assert promotion.digest_label(BUILT) == "sha256:bbbbbbbbbbbb"

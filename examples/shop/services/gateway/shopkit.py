@@ -35,6 +35,7 @@ from typing import Any, TextIO
 APP_DIR = Path(__file__).resolve().parent
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OPERATIONAL_PATHS = ("/healthz", "/version", "/metrics")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 Reply = tuple[int, dict[str, Any]]
 
 
@@ -226,24 +227,38 @@ def _json_object(raw_body: bytes) -> dict[str, Any]:
 
 
 class Metrics:
-    """Counters and a latency histogram in memory, rendered in the Prometheus text format."""
+    """Counters and latency histograms in memory, rendered in the Prometheus text format.
+
+    Besides the per-route series, API requests (everything but /healthz, /version and /metrics: probes and
+    scrapes are not traffic) are counted by status class in series that exist from the start at 0. A rollout
+    measures a new version with increase() over a few seconds, and increase() cannot see what a counter held
+    when Prometheus first saw it: a 5xx series that appeared already at 3 would hide those 3 errors.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], int] = {}
         self._latency: dict[str, list[float]] = {}  # route -> bucket counts, then sum, then count
         self._upstream: dict[tuple[str, str], int] = {}
+        self._api_requests = dict.fromkeys(STATUS_CLASSES, 0)
+        self._api_latency = [0.0] * (len(LATENCY_BUCKETS) + 2)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
             key = (route, method, str(status))
             self._requests[key] = self._requests.get(key, 0) + 1
-            series = self._latency.setdefault(route, [0.0] * (len(LATENCY_BUCKETS) + 2))
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    series[i] += 1
-            series[-2] += seconds
-            series[-1] += 1
+            series = [self._latency.setdefault(route, [0.0] * (len(LATENCY_BUCKETS) + 2))]
+            if route not in OPERATIONAL_PATHS:
+                status_class = f"{status // 100}xx"
+                if status_class in self._api_requests:
+                    self._api_requests[status_class] += 1
+                series.append(self._api_latency)
+            for counts in series:
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    if seconds <= bound:
+                        counts[i] += 1
+                counts[-2] += seconds
+                counts[-1] += 1
 
     def observe_upstream(self, upstream: str, outcome: str) -> None:
         with self._lock:
@@ -283,6 +298,21 @@ class Metrics:
             ]
             for (upstream, outcome), count in sorted(self._upstream.items()):
                 lines.append(f'shop_upstream_requests_total{{{s},upstream="{upstream}",outcome="{outcome}"}} {count}')
+            lines += [
+                "# HELP shop_api_requests_total API requests answered (probes and scrapes excluded), by status class.",
+                "# TYPE shop_api_requests_total counter",
+            ]
+            for status_class, count in self._api_requests.items():
+                lines.append(f'shop_api_requests_total{{{s},class="{status_class}"}} {count}')
+            lines += [
+                "# HELP shop_api_request_duration_seconds Time to answer an API request (probes and scrapes excluded).",
+                "# TYPE shop_api_request_duration_seconds histogram",
+            ]
+            for bound, count in zip(LATENCY_BUCKETS, self._api_latency, strict=False):
+                lines.append(f'shop_api_request_duration_seconds_bucket{{{s},le="{bound}"}} {count:g}')
+            lines.append(f'shop_api_request_duration_seconds_bucket{{{s},le="+Inf"}} {self._api_latency[-1]:g}')
+            lines.append(f"shop_api_request_duration_seconds_sum{{{s}}} {self._api_latency[-2]:.6f}")
+            lines.append(f"shop_api_request_duration_seconds_count{{{s}}} {self._api_latency[-1]:g}")
         return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,7 @@ SERVICE = "api"
 PORT = 8080
 
 SERVER = r'''
-import hashlib, http.client, os, socket, sys
+import hashlib, http.client, os, random, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # A consumer with the worst habit: it resolves its provider (UPSTREAM=host:port) once and keeps that address
@@ -73,7 +73,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             status, body = int(os.environ.get("HEALTHZ_STATUS", "200")), b"healthz"
         elif self.path == "/version":
-            status, body = 200, os.environ.get("VERSION", "").encode()
+            failing = random.random() < float(os.environ.get("ERROR_SHARE", "0"))
+            status, body = (500, b"injected failure") if failing else (200, os.environ.get("VERSION", "").encode())
         elif self.path == "/upstream":
             try:
                 status, body = call_upstream("/version")
@@ -98,7 +99,7 @@ ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 
 # Literal values, not build args: Podman 4.3's layer cache ignores build-arg values (v1 came back as v2).
 DOCKERFILE = """FROM {base}
-ENV VERSION={version} HEALTHZ_STATUS={healthz}
+ENV VERSION={version} HEALTHZ_STATUS={healthz} ERROR_SHARE={error_share}
 COPY server.py /app/server.py
 CMD ["python3", "-u", "/app/server.py"]
 """
@@ -106,8 +107,8 @@ CMD ["python3", "-u", "/app/server.py"]
 _environment_numbers = itertools.count(1)
 
 
-def _build_context(version: str, healthz: int) -> io.BytesIO:
-    dockerfile = DOCKERFILE.format(base=BASE_IMAGE, version=version, healthz=healthz)
+def _build_context(version: str, healthz: int, error_share: float = 0) -> io.BytesIO:
+    dockerfile = DOCKERFILE.format(base=BASE_IMAGE, version=version, healthz=healthz, error_share=error_share)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for name, text in (("Dockerfile", dockerfile), ("server.py", SERVER)):
@@ -132,20 +133,22 @@ def _registry_digest(registry: str, repository: str, tag: str) -> str:
 
 @pytest.fixture(scope="module")
 def images(docker_client, run_id, registry_addr):
-    """v1, v2 and `unhealthy` (its /healthz answers 500), pushed; {name: repo@sha256:...}."""
+    """v1, v2, `unhealthy` (its /healthz answers 500) and `faulty` (healthy, but /version answers 500 to 30 %
+    of requests), pushed; {name: repo@sha256:...}."""
     repository = f"{run_id}/api"
     built: dict[str, str] = {}
     try:
-        for name, healthz in {"v1": 200, "v2": 200, "unhealthy": 500}.items():
+        for name, healthz, error_share in (("v1", 200, 0), ("v2", 200, 0), ("unhealthy", 500, 0),
+                                           ("faulty", 200, 0.3)):
             tag = f"{registry_addr}/{repository}:{name}"
             docker_client.images.build(
-                fileobj=_build_context(name, healthz), custom_context=True, tag=tag, pull=False, rm=True,
+                fileobj=_build_context(name, healthz, error_share), custom_context=True, tag=tag, pull=False, rm=True,
                 labels={TEST_RUN_LABEL: run_id},
             )
             for item in docker_client.api.push(f"{registry_addr}/{repository}", tag=name, stream=True, decode=True):
                 assert "error" not in item and "errorDetail" not in item, item
             built[name] = f"{registry_addr}/{repository}@{_registry_digest(registry_addr, repository, name)}"
-        assert len(set(built.values())) == 3, built
+        assert len(set(built.values())) == 4, built
         yield built
     finally:
         for name, reference in built.items():
@@ -247,7 +250,7 @@ class _RequestLoop:
                 result["versions"].append(body)
         else:
             result["failed"] += 1
-            self.errors.append(f"{kind}: {error or status}")
+            self.errors.append(f"{kind}: {error or status} at {time.strftime('%H:%M:%S')}")
 
     def _fresh(self) -> None:
         for _ in range(self.limit):
@@ -645,3 +648,166 @@ def test_given_containers_an_earlier_version_labelled_release_graph_dot_then_the
     assert not docker_client.networks.list(names=[network])
     for selectors in L.selectors((L.FLEET, fleet)):
         assert not docker_client.containers.list(all=True, filters={"label": selectors})
+
+
+# --- progressive rollouts: the controller (release_graph/assets/rollout.py) driving this target ------------
+
+
+# A client waits as long as a slow request may take here: while the engine starts or removes a container it
+# rewires the environment's bridge (netavark), which can hold a connection 1-5 s on a loaded 2-core machine.
+# Slow is not failed; the stories count failed requests.
+ROLLOUT_CLIENT_TIMEOUT = 30
+
+
+class _Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    warning = info
+
+
+def _controller(target, spec, rollout, log, request=lambda: None):
+    from release_graph.assets.rollout import RolloutController, metric_providers
+    from release_graph.fleet.model import Environment
+
+    environment = Environment(name=spec.environment, rollout=rollout)
+    return RolloutController(target=target, spec=spec, environment=environment,
+                             providers=metric_providers(rollout.analysis, target), log=log, request=request)
+
+
+def _analysis(**values):
+    from release_graph.fleet.model import Analysis
+
+    return Analysis(**{"interval_seconds": 0.5, "min_requests": 5, "max_error_rate": 0.05, **values})
+
+
+def test_given_v1_serves_when_v2_rolls_out_as_a_canary_under_load_then_no_request_fails_and_v1_is_gone(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.fleet.model import Rollout, RolloutStep
+
+    v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(10, 2.0), RolloutStep(50, 2.0)), bake_seconds=2.0,
+                      analysis=_analysis())
+    log = _Log()
+    started = time.monotonic()
+    with _RequestLoop(free_port, timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
+        report = _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, log).run()
+        seconds = time.monotonic() - started
+        time.sleep(0.3)
+    total = sum(r["ok"] + r["failed"] for r in load.results.values())
+    print(f"\ncanary 10/50/100 with 2 s pauses: {seconds:.1f} s (pauses sum to 6 s); "
+          f"{total} requests, {len(load.errors)} failed")
+    assert load.errors == []
+    assert [row["outcome"] for row in report.steps] == ["Successful"] * 3, report.steps
+    assert [row["weight"] for row in report.steps] == [10, 50, 100]
+    assert all(row["requests"] >= 5 for row in report.steps), report.steps
+    # every client saw v1 first, then v2; v2 serves alone, v1 is gone
+    assert load.results["fresh"]["versions"][0] == "v1" and load.results["fresh"]["versions"][-1] == "v2"
+    route = target.traffic(run_id, environment, SERVICE)
+    assert route.candidate is None and route.candidate_weight == 0
+    assert report.result.replaced == (v1.container_name,)
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v2"])
+    assert _get(free_port, "/version") == (200, "v2")
+    # and Prometheus is told to scrape v2 alone, labelled with its digest
+    scraped = (target._state_root().parent / "prometheus" / "targets" / f"{run_id}_{environment}.json").read_text()
+    assert _digest(images["v2"]) in scraped and _digest(images["v1"]) not in scraped
+
+
+def test_given_v1_serves_when_v2_rolls_out_blue_green_then_everything_switches_at_once_and_v1_stops_after_hold(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.fleet.model import Rollout
+
+    v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="blue-green", hold_seconds=2.0, analysis=_analysis())
+    with _RequestLoop(free_port, timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
+        report = _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout,
+                             _Log()).run()
+        time.sleep(0.3)
+    assert load.errors == []
+    assert [(row["weight"], row["outcome"]) for row in report.steps] == [(100, "Successful")]
+    # the old color kept running during the hold (the step served 2 s at 100 %), then was removed
+    assert report.result.replaced == (v1.container_name,)
+    with pytest.raises(NotFound):
+        docker_client.containers.get(v1.container_id)
+    assert _get(free_port, "/version") == (200, "v2")
+
+
+def test_given_v1_serves_when_a_version_answering_5xx_rolls_out_then_the_first_analysis_rolls_it_back(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.assets.rollout import RolledBack
+    from release_graph.fleet.model import Rollout, RolloutStep
+
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(20, 3.0), RolloutStep(50, 3.0)), bake_seconds=3.0,
+                      analysis=_analysis())
+    log = _Log()
+    with _RequestLoop(free_port, timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
+        with pytest.raises(RolledBack) as rolled_back:
+            _controller(target, _spec(run_id, environment, images["faulty"], publish=free_port), rollout, log).run()
+        after = {kind: result["ok"] + result["failed"] for kind, result in load.results.items()}
+        failed_by_then = len(load.errors)
+        time.sleep(1.0)  # a second of load on the old version alone
+        failed_after_rollback = len(load.errors) - failed_by_then
+        served_after_rollback = sum(r["ok"] + r["failed"] for r in load.results.values()) - sum(after.values())
+    report = rolled_back.value.report
+    print(f"\nfaulty canary: {len(load.errors)} failed of {sum(after.values())} before the rollback; "
+          f"{report.steps[-1]}")
+    assert len(report.steps) == 1 and report.steps[0]["outcome"] == "Failed", report.steps
+    assert report.steps[0]["error_rate"] > 0.05
+    assert "error rate" in report.rolled_back and "rolled back" in log.lines[-1]
+    # every failed request was the canary's own 500 (none from the switch), and none after the rollback
+    assert all(": 500 at " in error for error in load.errors), load.errors[:5]
+    assert failed_after_rollback == 0 and served_after_rollback > 0
+    route = target.traffic(run_id, environment, SERVICE)
+    assert route.candidate is None
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
+    assert [c.labels[L.DIGEST] for c in _service_containers(docker_client, run_id, environment)] == [
+        _digest(images["v1"])]
+
+
+def test_given_a_rollout_killed_half_way_then_its_state_is_read_back_and_the_next_rollout_settles_it_first(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.fleet.model import Rollout
+
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    # A run started a canary and died at 30 %: the switch keeps serving both, and says so
+    candidate = target.start_candidate(_spec(run_id, environment, images["v2"], publish=free_port))
+    target.set_candidate_weight(run_id, environment, SERVICE, 30)
+    route = target.traffic(run_id, environment, SERVICE)
+    assert (route.candidate_name, route.candidate_weight) == (candidate.container_name, 30)
+    versions = {_get(free_port, "/version")[1] for _ in range(60)}
+    assert versions == {"v1", "v2"}
+    # what serves is still v1 (the candidate is not what `running` reports)
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
+    # the next rollout takes the stray candidate away before its own (never two candidates, never mixed)
+    rollout = Rollout(strategy="blue-green", analysis=_analysis())
+    report = _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout,
+                         _Log()).run()
+    with pytest.raises(NotFound):
+        docker_client.containers.get(candidate.container_id)
+    assert report.result.container_id != candidate.container_id
+    assert {_get(free_port, "/version")[1] for _ in range(20)} == {"v2"}
+
+
+def test_given_too_little_traffic_then_the_canary_is_inconclusive_and_never_promoted(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.assets.rollout import RolledBack
+    from release_graph.fleet.model import Rollout, RolloutStep
+
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 1.0),),
+                      analysis=_analysis(min_requests=50, inconclusive_limit=3))
+    with pytest.raises(RolledBack) as rolled_back:  # nobody calls it: nothing to judge
+        _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, _Log()).run()
+    report = rolled_back.value.report
+    assert report.steps[0]["outcome"] == "Inconclusive" and "too little traffic" in report.rolled_back
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
+    assert target.traffic(run_id, environment, SERVICE).candidate is None
