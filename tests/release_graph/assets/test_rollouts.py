@@ -1,0 +1,166 @@
+"""Progressive delivery as a release manager lives it, on the real engine, registry and haproxy, in one story
+(one world: building it is the slow part): a new release rolls out to staging as a canary (its steps in the
+deployment's metadata, the analysis as a passed check); `release-graph rollback` goes back at once under
+load, recorded with who and why, and stays where it was made; a rollout interrupted half-way is reported by
+`release-graph rollout status` and settled by `abort`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+
+import dagster as dg
+import pytest
+
+from release_graph.cli.main import main as cli
+from release_graph.release import history
+from release_graph.release.promotion import image_reference
+from resources.targets import DeploymentSpec
+
+pytestmark = pytest.mark.engine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environments(port: int) -> str:
+    return f"""\
+  dev: {{target: docker}}
+  staging:
+    target: docker
+    publish: {{inventory: {port}}}
+    rollout:
+      strategy: canary
+      steps: [{{weight: 50, pause_seconds: 2}}]
+      bake_seconds: 2
+      analysis: {{providers: [haproxy], min_requests: 0, interval_seconds: 1}}
+"""
+
+
+class Load:
+    """A bounded client on the published port (127.0.0.1 only), counting answers that are not 200."""
+
+    def __init__(self, port: int):
+        self.port, self.ok, self.failed = port, 0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        for _ in range(50_000):
+            if self.stop.is_set():
+                return
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                conn.request("GET", "/version")
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(response.status)
+            except OSError as exc:
+                self.failed.append(repr(exc))
+            finally:
+                conn.close()
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture
+def released(release_world_factory, monkeypatch):
+    """inventory's first release in dev and staging; the CLI pointed at this world."""
+    world = release_world_factory(["inventory"], environments=environments(free_port()), integration=False,
+                                  extra_services={"inventory": "    health: /healthz"})
+    monkeypatch.setenv("DAGSTER_HOME", str(world.root / "dagster_home"))
+    monkeypatch.setenv("RELEASE_GRAPH_FLEET", str(world.fleet.source_file))
+    monkeypatch.setenv("RELEASE_GRAPH_STATE", f"/tmp/{world.fleet.name}-state")
+    world.automate()
+    (request,) = world.tick("git_commits").run_requests
+    assert world.execute(request).success
+    world.automate()
+    return world
+
+
+def staging(world) -> dg.AssetKey:
+    return dg.AssetKey(["inventory", "staging"])
+
+
+def test_a_canary_release_a_rollback_under_load_and_an_interrupted_rollout_settled(released, capsys):
+    world = released
+    first = world.latest(staging(world))
+    assert first.value("analysis").startswith("not analysed: the first deployment")
+
+    # When a new commit is built and reaches staging: a canary at 50 %, then the bake at 100 %
+    world.commit("inventory")
+    (request,) = world.tick("git_commits").run_requests
+    assert world.execute(request).success
+    runs = world.automate()
+    assert all(run.success for _, run in runs), [world.failures(run) for _, run in runs]
+    second = world.latest(staging(world))
+    assert second.digest != first.digest
+    steps = second.metadata["rollout_steps"].records
+    assert [(row.data["weight"], row.data["outcome"]) for row in steps] == [("50", "Successful"),
+                                                                            ("100", "Successful")]
+    assert second.value("analysis").startswith("Successful")
+    analysis = world.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(staging(world), "analysis")])
+    assert next(iter(analysis.values())).status.value == "SUCCEEDED"
+    capsys.readouterr()
+    assert cli(["rollout", "status", "inventory", "--env", "staging"]) == 0
+    assert "no rollout in progress" in capsys.readouterr().out
+
+    # When the release manager rolls back under load: at once (no canary), no request fails
+    port = world.fleet.environments["staging"].publish["inventory"]
+    with Load(port) as load:
+        time.sleep(0.5)
+        code = cli(["rollback", "inventory", "--env", "staging", "--by", "rm@shop.example",
+                    "--reason", "p95 doubled after the release"])
+        time.sleep(0.5)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    print(f"\nrollback under load: {load.ok} ok, {len(load.failed)} failed")
+    assert load.failed == [] and load.ok > 0
+    back = world.latest(staging(world))
+    assert back.digest == first.digest
+    assert (back.value("rollback_by"), back.value("rollback_reason")) == ("rm@shop.example",
+                                                                           "p95 doubled after the release")
+    assert back.value("rolled_back_from") == second.digest
+    assert "rolled back from" in out
+    # and it stays where it was made: automation does not bring the newer digest back by itself
+    world.automate()
+    assert history.latest(world.instance, staging(world)).digest == first.digest
+
+    # When a run starts a canary of the newer image and dies at 30 % (the process killed half-way)
+    target, fleet = world.target(), world.fleet
+    current = world.latest(staging(world))
+    spec_image = world.latest(dg.AssetKey(["inventory", "image"]))
+    service = fleet.services["inventory"]
+    candidate = target.start_candidate(DeploymentSpec(
+        fleet=fleet.name, environment="staging", service="inventory",
+        image=image_reference(fleet, service, spec_image.digest), port=8080, health="/healthz",
+        publish=fleet.environments["staging"].publish["inventory"]))
+    target.set_candidate_weight(fleet.name, "staging", "inventory", 30)
+    capsys.readouterr()
+    # then status says so and exits 1; abort puts the serving version back at 100 %
+    assert cli(["rollout", "status", "inventory", "--env", "staging"]) == 1
+    out = capsys.readouterr().out
+    assert f"interrupted: {candidate.container_name} takes 30 %" in out and "rollout abort" in out
+    assert cli(["rollout", "abort", "inventory", "--env", "staging"]) == 0
+    assert "settled" in capsys.readouterr().out
+    assert target.traffic(fleet.name, "staging", "inventory").candidate is None
+    assert target.running(fleet.name, "staging", "inventory").digest == current.digest
+    # nothing left to abort or promote
+    assert cli(["rollout", "promote", "inventory", "--env", "staging"]) == 1
