@@ -811,3 +811,80 @@ def test_given_too_little_traffic_then_the_canary_is_inconclusive_and_never_prom
     assert report.steps[0]["outcome"] == "Inconclusive" and "too little traffic" in report.rolled_back
     assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
     assert target.traffic(run_id, environment, SERVICE).candidate is None
+
+
+def test_given_a_provider_canary_answering_5xx_then_its_consumer_traffic_alone_rolls_it_back(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.assets.rollout import RolledBack
+    from release_graph.fleet.model import Rollout, RolloutStep
+
+    # Given the provider `api` (not published) and its consumer `web` (published), calling it through the switch
+    target.deploy(_spec(run_id, environment, images["v1"]))
+    target.deploy(_spec(run_id, environment, images["v1"], service="web", publish=free_port,
+                        env={"UPSTREAM": f"{SERVICE}:{PORT}"}, calls=(SERVICE,)))
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 3.0),), analysis=_analysis())
+    # When a faulty provider version rolls out while only the consumer has traffic
+    with _RequestLoop(free_port, path="/upstream", timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
+        with pytest.raises(RolledBack) as rolled_back:
+            _controller(target, _spec(run_id, environment, images["faulty"]), rollout, _Log()).run()
+        failed_by_then = len(load.errors)
+        time.sleep(1.0)
+    # Then the switch's service-to-service counters saw the candidate's errors and it was rolled back
+    step = rolled_back.value.report.steps[0]
+    assert step["outcome"] == "Failed" and step["error_rate"] > 0.05, step
+    assert len(load.errors) == failed_by_then  # nothing failed once the old provider had all the calls again
+    assert all(": 500 at " in error for error in load.errors), load.errors[:5]  # only the canary's own answers
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
+    assert _get(free_port, "/upstream") == (200, "v1")
+
+
+def test_given_prometheus_cannot_be_asked_then_errors_up_to_the_limit_roll_the_canary_back(
+    target, environment, images, run_id, docker_client, free_port
+):
+    from release_graph.assets.rollout import RolledBack
+    from release_graph.fleet.model import PrometheusSettings, Rollout, RolloutStep
+
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    nobody = f"http://127.0.0.1:{free_port + 1 if free_port < 65535 else 1}"  # nothing listens there
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 5.0),), analysis=_analysis(
+        providers=("prometheus",), prometheus=PrometheusSettings(url=nobody), consecutive_error_limit=2))
+    with pytest.raises(RolledBack) as rolled_back:
+        _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, _Log()).run()
+    report = rolled_back.value.report
+    assert report.steps[0]["outcome"] == "Error"
+    assert "could not measure 2 time(s) in a row" in report.rolled_back and nobody in report.rolled_back
+    assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
+
+
+def test_given_a_cloudwatch_alarm_goes_into_alarm_during_the_watch_window_then_the_release_rolls_back(
+    target, environment, images, run_id, docker_client, free_port, moto_server, monkeypatch
+):
+    import boto3
+
+    from release_graph.assets.rollout import RolledBack
+    from release_graph.fleet.model import CloudWatchSettings, Rollout
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=moto_server)
+    alarm = f"{run_id}-{environment}-api-5xx"
+    cloudwatch.put_metric_alarm(AlarmName=alarm, MetricName="HTTPCode_5XX_Count", Namespace="Shop",
+                                Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1,
+                                ComparisonOperator="GreaterThanOrEqualToThreshold")
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="blue-green", hold_seconds=6.0, analysis=_analysis(
+        providers=("cloudwatch",), min_requests=0,
+        cloudwatch=CloudWatchSettings(region="us-east-1", endpoint_url=moto_server, alarms=(alarm,))))
+    # The alarm fires two seconds into the watch window (as a real one would on the new color's 5xx)
+    timer = threading.Timer(2.0, lambda: cloudwatch.set_alarm_state(
+        AlarmName=alarm, StateValue="ALARM", StateReason="5xx of the new color"))
+    timer.start()
+    try:
+        with pytest.raises(RolledBack) as rolled_back:
+            _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, _Log()).run()
+    finally:
+        timer.cancel()
+    report = rolled_back.value.report
+    assert report.steps[0]["outcome"] == "Failed" and f"alarm {alarm} in ALARM" in report.rolled_back
+    assert _get(free_port, "/version") == (200, "v1")
