@@ -547,6 +547,10 @@ def bench_deploy(bench: Bench, section: Section) -> None:
         section.row("new digest replaces the running one",
                     "start beside, health gate, move the name and the haproxy route, "
                     f"drain {target.config.drain_seconds:g} s, stop the old").samples.append(seconds)
+        if index == 0:
+            bench_switch_latency(target, bench, environment, port, section)
+            bench_rollouts(target, spec(environment, sha_a, digest_a, port), section)
+            serves(port, sha_a)
         seconds, _ = timed(target.teardown_environment, bench.fleet_name, environment)
         bench.environments.remove(environment)
         section.row("teardown of the environment", "containers, network, haproxy").samples.append(seconds)
@@ -555,6 +559,76 @@ def bench_deploy(bench: Bench, section: Section) -> None:
         f"({BUILT_SERVICE}, a Python standard-library HTTP service), health path /healthz, one published port; "
         "each published answer is checked (`/version` names the deployed commit)."
     )
+
+
+def _latencies_ms(url: str, count: int) -> list[float]:
+    import http.client
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    values = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}")
+        values.append((time.perf_counter() - started) * 1000)
+    return sorted(values)
+
+
+def bench_switch_latency(target, bench: Bench, environment: str, port: int, section: Section) -> None:
+    """What the environment's switch (haproxy) adds to one request: the same container asked directly and
+    through its published port, one fresh connection per request, one at a time."""
+    running = target.running(bench.fleet_name, environment, BUILT_SERVICE)
+    count = bench.n(500)
+    direct = _latencies_ms(f"http://{running.address}:8080/version", count)
+    switched = _latencies_ms(f"http://127.0.0.1:{port}/version", count)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    section.tables.append(
+        f"One request at a time ({count} each, fresh connection): the switch's added latency\n\n"
+        "| path | p50 | p99 |\n|---|---|---|\n"
+        f"| direct to the container ({running.address}:8080) | {pct(direct, .5):.2f} ms | {pct(direct, .99):.2f} ms |\n"
+        f"| through haproxy (127.0.0.1:{port}) | {pct(switched, .5):.2f} ms | {pct(switched, .99):.2f} ms |\n"
+        f"| added by the switch | {pct(switched, .5) - pct(direct, .5):.2f} ms | "
+        f"{pct(switched, .99) - pct(direct, .99):.2f} ms |\n")
+
+
+def bench_rollouts(target, spec, section: Section) -> None:
+    """A canary (50 % for 2 s, then 2 s of bake) and a blue-green switch (2 s hold) of the running digest's
+    image against itself, measured on haproxy's counters: total time against the configured pauses."""
+    import dataclasses
+
+    from release_graph.assets.rollout import RolloutController, metric_providers
+    from release_graph.fleet.model import Analysis, Environment, Rollout, RolloutStep
+
+    class Quiet:
+        def info(self, message: str) -> None:
+            log(message)
+
+        warning = info
+
+    analysis = Analysis(min_requests=0, interval_seconds=1)
+    for label, rollout in (
+        ("canary rollout: 50 % for 2 s, then 2 s of bake (4 s of pauses)",
+         Rollout(strategy="canary", steps=(RolloutStep(50, 2.0),), bake_seconds=2.0, analysis=analysis)),
+        ("blue-green rollout: switch, 2 s hold (2 s of pauses)",
+         Rollout(strategy="blue-green", hold_seconds=2.0, analysis=analysis)),
+    ):
+        # the same image under a new config fingerprint: a real second container, a real rollout
+        candidate = dataclasses.replace(spec, env={**spec.env, "ROLLOUT": label[:6]})
+        controller = RolloutController(target=target, spec=candidate, environment=Environment(
+            name=spec.environment, rollout=rollout), providers=metric_providers(analysis, target), log=Quiet(),
+            request=lambda: None)
+        seconds, _ = timed(controller.run)
+        section.row(label, "start beside, health gate, weights over the runtime API, analysis, promote, drain, "
+                    "stop the old").samples.append(seconds)
 
 
 # --- (e) import -----------------------------------------------------------------------------------------------------
