@@ -39,6 +39,7 @@ apt_install() {
 }
 
 # --- packages: the project's tools that come from the distribution --------------------------------
+# postgresql: the private clusters for Postgres instance storage (resources/postgres_server.py, tests/deploy).
 apt_install curl ca-certificates git iproute2 haproxy prometheus docker-registry skopeo \
   busybox-static debootstrap postgresql
 

@@ -26,3 +26,15 @@ def test_a_container_runs_from_the_python_base_image(docker_client, registry_add
         remove=True,
     )
     assert output.strip() == b"(3, 11)"
+
+
+def test_the_debian_postgresql_and_its_server_user_are_installed():
+    """scripts/setup_host.sh installs `postgresql`; the private clusters (resources/postgres_server.py) run its
+    binaries as the `postgres` user it creates, because PostgreSQL refuses to run as root."""
+    import pwd
+
+    from resources.postgres_server import SERVER_USER, postgres_bin
+
+    for name in ("initdb", "pg_ctl", "pg_isready", "createdb", "psql", "pg_dump"):
+        assert postgres_bin(name).startswith("/usr/lib/postgresql/")
+    assert pwd.getpwnam(SERVER_USER).pw_uid != 0
