@@ -187,7 +187,10 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
 
     def make(services: Iterable[str] = ("inventory",), environments: str = "  dev: {target: docker}",
              extra_top: str = "", extra_services: dict | None = None, integration: bool = True,
-             registry_host: str | None = None, files: dict[str, str] | None = None) -> ReleaseWorld:
+             registry_host: str | None = None, files: dict[str, str] | None = None,
+             instance: dg.DagsterInstance | None = None) -> ReleaseWorld:
+        """`instance`: the Dagster instance to release on (e.g. one on Postgres), owned and disposed of by the
+        caller; by default a fresh SQLite instance under the world's folder."""
         index = next(counter)
         root = tmp_path / f"world{index}"
         repos = root / "repos"
@@ -212,7 +215,8 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         resources = world_resources(root, fleet_name)
         resources["scanner"] = scanner_resource(fleet)  # as the manifest configures it
         (root / "dagster_home").mkdir()
-        instance_context = dg.instance_for_test(temp_dir=str(root / "dagster_home"))
+        instance_context = (contextlib.nullcontext(instance) if instance is not None
+                            else dg.instance_for_test(temp_dir=str(root / "dagster_home")))
         instance = instance_context.__enter__()
         world = ReleaseWorld(
             instance_context=instance_context,
