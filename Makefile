@@ -34,9 +34,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	uv pip install -q --python $(VENV)/bin/python --no-deps -e .
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+# The instance configuration linked into $(DAGSTER_HOME): the embedded default (SQLite), or e.g.
+# INSTANCE_CONFIG=deploy/postgres/dagster.yaml (docs/operations.md, "Instance storage: Postgres"). Relinked on
+# every run, so switching back and forth needs no cleanup.
+INSTANCE_CONFIG ?= dagster.yaml
+.PHONY: $(DAGSTER_HOME)/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE_CONFIG)
 	mkdir -p $(DAGSTER_HOME)
-	ln -sf $(CURDIR)/dagster.yaml $@
+	ln -sfn $(CURDIR)/$(INSTANCE_CONFIG) $@
 
 demo-repos: venv
 	$(VENV)/bin/python -m release_graph.demo repos --demo-dir examples/shop
