@@ -39,8 +39,9 @@ apt_install() {
 }
 
 # --- packages: the project's tools that come from the distribution --------------------------------
+# chromium: the browser the UI stories drive through Playwright (its own browser download needs the internet).
 apt_install curl ca-certificates git iproute2 haproxy prometheus docker-registry skopeo \
-  busybox-static debootstrap postgresql
+  busybox-static debootstrap postgresql chromium
 
 # --- container engine ------------------------------------------------------------------------------
 DOCKER_HOST_VALUE=""

@@ -1,8 +1,11 @@
-"""Given a host prepared by scripts/setup_host.sh, the engine, the registry and the base images answer."""
+"""Given a host prepared by scripts/setup_host.sh, the engine, the registry, the base images and the browser of
+the UI stories answer."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.request
 
 
@@ -26,3 +29,12 @@ def test_a_container_runs_from_the_python_base_image(docker_client, registry_add
         remove=True,
     )
     assert output.strip() == b"(3, 11)"
+
+
+def test_the_ui_stories_browser_is_the_distributions_chromium_and_runs_javascript(browser):
+    installed = subprocess.run([shutil.which("chromium"), "--version"], capture_output=True, text=True, timeout=60)
+    assert f"Chromium {browser.version} " in installed.stdout  # the Debian package, not a downloaded browser
+    page = browser.new_page()
+    page.set_content("<main><h1>release-graph</h1><script>document.title = 'rendered by JS'</script></main>")
+    assert page.get_by_role("heading").inner_text() == "release-graph"
+    assert page.title() == "rendered by JS"
