@@ -6,8 +6,8 @@ history: a repository changes only when its source folder changed since the last
 change is merged into main, so commits made in the demo repository are kept. `--force` recreates them.
 
 `commit <service>` makes a small real change (bumps VERSION) and commits it, so a user sees the sensor fire;
-`--break KIND` also breaks the unit tests, the integration tests, the health endpoint or the static
-analysis of that commit, and `--repair` undoes every such breakage.
+`--break KIND` also breaks the unit tests, the integration tests, the health endpoint, the static analysis or
+(inventory only) the end-to-end tests of that commit, and `--repair` undoes every such breakage.
 
 The demo fleet's folder is `--demo-dir`, else $RELEASE_GRAPH_DEMO_DIR, else ./examples/shop: the demo ships
 with the repository, not with the package, so `make` runs this from the checkout.
@@ -66,7 +66,14 @@ BREAKAGES: dict[str, tuple[str, str]] = {
 }
 # `--break health` appends this to the Dockerfile: its last stage is the released image.
 HEALTH_BREAKAGE = "# Broken on purpose by release_graph.demo: /healthz answers 500.\nENV HEALTHZ_STATUS=500\n"
-BREAK_KINDS = (*BREAKAGES, "health")
+# `--break e2e`: a change to a service's API that its own unit and integration tests accept but its consumers'
+# contract, the fleet's end-to-end tests, rejects (so it stops after dev): service -> (path, text, broken text).
+# inventory's reservation ids grow from 12 to 16 hex digits: its unit test only looks at the "res-" prefix,
+# its integration tests only use the id, and the shop's e2e test expects `res-` and 12 hex digits.
+E2E_BREAKAGES: dict[str, tuple[str, str, str]] = {
+    "inventory": ("app.py", 'f"res-{secrets.token_hex(6)}"', 'f"res-{secrets.token_hex(8)}"'),
+}
+BREAK_KINDS = (*BREAKAGES, "health", "e2e")
 
 
 class DemoError(Exception):
@@ -211,6 +218,9 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
     """Bumps the patch version in VERSION (plus an optional breakage or repair) and commits it on main."""
     if breakage is not None and breakage not in BREAK_KINDS:
         raise DemoError(f"--break: unknown kind {breakage!r} (kinds: {', '.join(BREAK_KINDS)})")
+    if breakage == "e2e" and service not in E2E_BREAKAGES:
+        raise DemoError(f"--break e2e: service '{service}' has no such breakage (services with one: "
+                        f"{', '.join(E2E_BREAKAGES)})")
     repo = demo_repo(service, repos_dir)
     current_branch = _git(repo, "symbolic-ref", "--quiet", "--short", "HEAD")
     if current_branch != BRANCH:
@@ -236,6 +246,13 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
         if HEALTH_BREAKAGE not in text:
             dockerfile.write_text(text.rstrip("\n") + "\n" + HEALTH_BREAKAGE)
             changed.append("Dockerfile")
+    elif breakage == "e2e":
+        path, text, broken = E2E_BREAKAGES[service]
+        source = (repo / path).read_text()
+        if text not in source and broken not in source:
+            raise DemoError(f"{repo / path}: service '{service}': --break e2e expects {text!r} in it")
+        (repo / path).write_text(source.replace(text, broken))
+        changed.append(path)
     if repair:
         for path, _content in BREAKAGES.values():
             if (repo / path).exists():
@@ -245,6 +262,12 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
         if HEALTH_BREAKAGE in text:
             dockerfile.write_text(text.replace(HEALTH_BREAKAGE, ""))
             changed.append("Dockerfile")
+        if service in E2E_BREAKAGES:
+            path, text, broken = E2E_BREAKAGES[service]
+            source = (repo / path).read_text()
+            if broken in source:
+                (repo / path).write_text(source.replace(broken, text))
+                changed.append(path)
 
     if message is None:
         message = f"Bump {service} to {version}"

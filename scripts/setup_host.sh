@@ -40,8 +40,9 @@ apt_install() {
 
 # --- packages: the project's tools that come from the distribution --------------------------------
 # postgresql: the private clusters for Postgres instance storage (resources/postgres_server.py, tests/deploy).
+# chromium: the browser the UI stories drive through Playwright (its own browser download needs the internet).
 apt_install curl ca-certificates git iproute2 haproxy prometheus docker-registry skopeo \
-  busybox-static debootstrap postgresql
+  busybox-static debootstrap postgresql chromium
 
 # --- container engine ------------------------------------------------------------------------------
 DOCKER_HOST_VALUE=""

@@ -154,3 +154,23 @@ def throwaway_registry():
     """`with throwaway_registry(folder, port) as stop:` a real registry on 127.0.0.1:<port>; `stop()` stops it
     for real (the "registry is down" stories); it is stopped at the end of the block in any case."""
     return _throwaway_registry
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium from the Debian `chromium` package (scripts/setup_host.sh installs it), driven by
+    Playwright. Never `playwright install`: that downloads a browser, and test hosts have no outside network.
+    A missing browser fails, never skips. One per test: Playwright's event loop stays out of other tests."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: run `make host` (scripts/setup_host.sh installs the Debian package)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

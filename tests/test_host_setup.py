@@ -1,8 +1,11 @@
-"""Given a host prepared by scripts/setup_host.sh, the engine, the registry and the base images answer."""
+"""Given a host prepared by scripts/setup_host.sh, the engine, the registry, the base images and the browser of
+the UI stories answer."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.request
 
 
@@ -38,3 +41,13 @@ def test_the_debian_postgresql_and_its_server_user_are_installed():
     for name in ("initdb", "pg_ctl", "pg_isready", "createdb", "psql", "pg_dump"):
         assert postgres_bin(name).startswith("/usr/lib/postgresql/")
     assert pwd.getpwnam(SERVER_USER).pw_uid != 0
+
+
+
+def test_the_ui_stories_browser_is_the_distributions_chromium_and_runs_javascript(browser):
+    installed = subprocess.run([shutil.which("chromium"), "--version"], capture_output=True, text=True, timeout=60)
+    assert f"Chromium {browser.version} " in installed.stdout  # the Debian package, not a downloaded browser
+    page = browser.new_page()
+    page.set_content("<main><h1>release-graph</h1><script>document.title = 'rendered by JS'</script></main>")
+    assert page.get_by_role("heading").inner_text() == "release-graph"
+    assert page.title() == "rendered by JS"

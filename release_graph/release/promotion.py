@@ -210,7 +210,10 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     short = (candidate.git_sha or "")[:7] or digest[7:19]
     label = digest_label(digest, candidate.git_sha)
     current = history.latest(instance, key)
-    if current is not None and current.digest == digest and stage == "integration":
+    # A stage that already runs what its previous stage holds waits for nothing: it is not held back by
+    # evidence gathered since (another service's change failing the e2e run that tested this digest too).
+    # An approval-gated environment is judged by its approvals below.
+    if current is not None and current.digest == digest and (environment is None or not environment.requires_approval):
         return None
     failed = blocking_checks_passed(instance, fleet, service, previous, digest)
     if failed:

@@ -219,16 +219,21 @@ def test_each_breakage_is_committed_and_repair_removes_them_all(repos):
         ("VERSION", "tests/integration/test_demo_breakage.py"),
         ("VERSION", "debug_shell.py"),
         ("VERSION", "Dockerfile"),
+        ("VERSION", "app.py"),
     ]
-    assert broken[-1].message == "Bump inventory to 1.0.4 and break its health (demo)"
+    assert broken[3].message == "Bump inventory to 1.0.4 and break its health (demo)"
     assert (repo / "Dockerfile").read_text().endswith("\nENV HEALTHZ_STATUS=500\n")
+    # the e2e breakage: inventory's reservation ids, 16 hex digits where the shop's e2e test expects 12
+    assert 'reservation_id = f"res-{secrets.token_hex(8)}"' in (repo / "app.py").read_text()
     assert git(repo, "status", "--porcelain") == ""
 
     repaired = demo.commit_change("inventory", repos, repair=True)
 
     assert set(repaired.changed) == {"VERSION", "tests/unit/test_demo_breakage.py",
-                                     "tests/integration/test_demo_breakage.py", "debug_shell.py", "Dockerfile"}
+                                     "tests/integration/test_demo_breakage.py", "debug_shell.py", "Dockerfile",
+                                     "app.py"}
     assert (repo / "Dockerfile").read_bytes() == (SOURCES / "inventory" / "Dockerfile").read_bytes()
+    assert (repo / "app.py").read_bytes() == (SOURCES / "inventory" / "app.py").read_bytes()
     assert set(git(repo, "ls-files").splitlines()) == set(git(repos / "inventory", "ls-tree", "-r", "--name-only",
                                                               "refs/demo/source").splitlines())
     assert git(repo, "status", "--porcelain") == ""
@@ -277,6 +282,18 @@ def test_commit_refuses_an_unknown_breakage(repos, capsys):
         demo.main(["commit", "orders", "--break", "network", "--repos-dir", str(repos)])
     assert exited.value.code == 2
     assert "argument --break: invalid choice: 'network'" in capsys.readouterr().err
+
+
+def test_an_e2e_breakage_is_refused_for_a_service_that_has_none(repos):
+    demo.sync_repos(SOURCES, repos)
+    head = git(repos / "gateway", "rev-parse", "HEAD")
+
+    with pytest.raises(demo.DemoError, match=r"^--break e2e: service 'gateway' has no such breakage "
+                                             r"\(services with one: inventory\)$"):
+        demo.commit_change("gateway", repos, breakage="e2e")
+
+    assert git(repos / "gateway", "rev-parse", "HEAD") == head
+    assert git(repos / "gateway", "status", "--porcelain") == ""
 
 
 def test_commit_refuses_a_branch_other_than_main(repos):

@@ -6,8 +6,9 @@ reachable there by its name, which is a network alias held by exactly one health
 
 1. refuses an image that is not pinned by digest (`repo@sha256:...`): what runs must be what was tested;
 2. is a no-op when that digest already serves the service with the same config and secrets and is healthy;
-3. starts the new container next to the old one, on the network but *without* the service name, and waits
-   for its health endpoint (HTTP GET from this host to the container's address; `health.py`);
+3. starts the new container next to the old one, on the network but *without* the service name (read-only
+   root filesystem, a tmpfs at /tmp), and waits for its health endpoint (HTTP GET from this host to the
+   container's address; `health.py`);
 4. only then moves the service name: the new container is reconnected with the alias, the environment's
    switch (`haproxy.py`: the published port, and the address its consumers call it on) moves to it, the old
    container gets `drain_seconds` for requests in flight, then it is stopped and removed. A failed health
@@ -80,6 +81,9 @@ log = logging.getLogger(__name__)
 # After the alias moves, the new address must answer within this long (it is the same process, new interface).
 REATTACH_SECONDS = 10.0
 PULL_TIMEOUT_SECONDS = 600
+# Every service container is hardened as its deployment's `hardening` check asks: the image's files cannot be
+# changed at run time; scratch files go to a tmpfs.
+HARDENED = {"read_only": True, "tmpfs": {"/tmp": ""}}
 
 
 class DockerTargetConfig(dg.Config):
@@ -371,6 +375,7 @@ class DockerTarget(DeployTarget):
             network=net,
             extra_hosts=self._switched_calls(spec, router),
             init=True,  # PID 1 forwards SIGTERM and reaps: stop takes effect at once
+            **HARDENED,
             detach=True,
             what=f"deploying {where}",
             **network_dns_options(self._docker(), net),
@@ -652,6 +657,7 @@ class DockerTarget(DeployTarget):
             networking_config={network.name: client.api.create_endpoint_config(aliases=[spec.service])},
             extra_hosts=self._switched_calls(spec, router),
             init=True,
+            **HARDENED,
             detach=True,
             what=f"deploying {where}",
             **network_dns_options(client, network.name),

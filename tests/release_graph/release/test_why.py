@@ -1,5 +1,6 @@
-"""What a stage says about itself: a failed attempt is shown as failed with its reason and run, and a
-provider whose last attempt failed does not make its consumers wait for it."""
+"""What a stage says about itself: a failed attempt is shown as failed with its reason and run, a provider
+whose last attempt failed does not make its consumers wait for it, and a stage that runs what its previous
+stage holds is up to date even after an e2e run failed because of another service."""
 
 import textwrap
 
@@ -9,7 +10,7 @@ import pytest
 from release_graph.fleet import load_fleet
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.promotion import about_to_deploy
-from release_graph.release.why import FAILED, stage_status
+from release_graph.release.why import FAILED, UP_TO_DATE, WAITING, stage_status
 
 FLEET = """\
 fleet: shop
@@ -31,12 +32,13 @@ def fleet(tmp_path):
     return load_fleet(tmp_path / "fleet.yaml")
 
 
-def record(instance, key: list[str], digest: str) -> None:
+def record(instance, key: list[str], digest: str, *, healthy: bool | None = None) -> None:
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, metadata={"digest": digest}))
-    if key[-1] == "image":
-        for name in ("unit_tests", "sast"):
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey(key), check_name=name, passed=True, metadata={"digest": digest}))
+    passed = {"unit_tests": True, "sast": True} if key[-1] == "image" else (
+        {"healthy": healthy} if healthy is not None else {})
+    for name, verdict in passed.items():
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey(key), check_name=name, passed=verdict, metadata={"digest": digest}))
 
 
 def fail_deploy(instance, service: str, environment: str) -> str:
@@ -89,3 +91,52 @@ def test_a_failure_that_dagster_wrapped_shows_its_cause_first(fleet):
         status = stage_status(instance, fleet, fleet.services["inventory"], "integration")
         assert status.state == FAILED
         assert status.reason == "inventory in it-x: the new container was not healthy: /healthz answered 500"
+
+
+E2E_FLEET = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+e2e: {context: e2e}
+services:
+  orders: {repo: repos/orders, build: {dockerfile: Dockerfile}, depends_on: [inventory]}
+  inventory: {repo: repos/inventory, build: {dockerfile: Dockerfile}}
+environments:
+  dev: {target: docker}
+  staging: {target: docker}
+"""
+
+
+def record_e2e(instance, tested: dict[str, str], passed: bool) -> None:
+    fingerprint = "sha256:" + "-".join(sorted(tested.values()))
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=["fleet", "dev_e2e"], metadata={"digest": fingerprint, "deployed_digests": tested}))
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(["fleet", "dev_e2e"]), check_name="e2e_tests", passed=passed,
+        metadata={"digest": fingerprint}))
+
+
+def test_after_an_e2e_run_failed_with_a_providers_change_its_consumer_in_staging_is_up_to_date(tmp_path):
+    for folder in ("repos/orders", "repos/inventory", "e2e"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "fleet.yaml").write_text(E2E_FLEET)
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    with dg.instance_for_test() as instance:
+        # Given orders o1 and inventory i1 in dev and in staging, after a passing e2e run in dev
+        for service in ("orders", "inventory"):
+            record(instance, [service, "image"], f"sha256:{service[0]}1")
+            record(instance, [service, "dev"], f"sha256:{service[0]}1", healthy=True)
+        record_e2e(instance, {"orders": "sha256:o1", "inventory": "sha256:i1"}, passed=True)
+        for service in ("orders", "inventory"):
+            record(instance, [service, "staging"], f"sha256:{service[0]}1", healthy=True)
+        # When inventory i2 reaches dev and the e2e run in dev fails with it
+        record(instance, ["inventory", "image"], "sha256:i2")
+        record(instance, ["inventory", "dev"], "sha256:i2", healthy=True)
+        record_e2e(instance, {"orders": "sha256:o1", "inventory": "sha256:i2"}, passed=False)
+        # then inventory/staging waits, saying why
+        inventory = stage_status(instance, fleet, fleet.services["inventory"], "staging")
+        assert (inventory.state, inventory.reason) == (
+            WAITING, "the end-to-end tests of 'dev' failed with inventory sha256:i2")
+        # and orders/staging, which runs what dev holds, waits for nothing: that e2e run is no news about it
+        orders = stage_status(instance, fleet, fleet.services["orders"], "staging")
+        assert (orders.state, orders.reason) == (UP_TO_DATE, "runs sha256:o1")
