@@ -57,6 +57,55 @@ class PromotionGate(dg.AutomationCondition):
         return dg.AutomationResult(context, subset)
 
 
+RUN_FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+RUNS_LOOKED_AT = 50
+
+
+class RunFinished(dg.AutomationCondition):
+    """True when a run finished since this asset was last requested (its last run was created), other than a
+    run of this asset alone.
+
+    For the environment matrix, whose `waiting_for` column reads everything a run can record: an e2e result,
+    an approval, a failed or refused step. Refreshed only when a deployment changed, it kept saying "waiting
+    for fleet/staging_e2e" long after that e2e passed and the stage waited for an approval. Its own runs are
+    no news: a refresh, or a failing one, would otherwise start the next one for ever.
+    """
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    @property
+    def name(self) -> str:
+        return "run_finished"
+
+    @property
+    def description(self) -> str:
+        return "another run finished since this asset was last requested"
+
+    def evaluate(self, context: AutomationContext) -> dg.AutomationResult:
+        upto = context.max_storage_id
+        if context.candidate_subset.is_empty or upto is None:
+            return dg.AutomationResult(context, context.get_empty_subset())
+        instance = context.asset_graph_view.instance
+        # Its last request, as the event log has it (the event its run wrote when it was created), so the
+        # answer survives a restart of the daemon; storage ids, so no run's end falls between two reads.
+        planned = instance.get_latest_planned_materialization_info(context.key)
+        after = planned.storage_id if planned else None
+        finished = [
+            record.run_id
+            for event_type in RUN_FINISHED
+            for record in instance.fetch_run_status_changes(
+                dg.RunStatusChangeRecordsFilter(event_type, after_storage_id=after, before_storage_id=upto + 1),
+                limit=RUNS_LOOKED_AT,
+            ).records
+        ]
+        own = {context.key}
+        news = any(run is None or set(run.asset_selection or ()) != own
+                   for run in (instance.get_run_by_id(run_id) for run_id in finished))
+        return dg.AutomationResult(context, context.candidate_subset if news else context.get_empty_subset())
+
+
 def stage_condition(
     fleet: Fleet, service: Service, own_triggers: Iterable[dg.AssetKey], *, label: str,
     not_with: dg.AssetKey | None = None,
@@ -82,11 +131,22 @@ def stage_condition(
 
 
 def report_condition(sources: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
-    """For a fleet-level asset over many deployments (e2e tests, the environment matrix): run after any of
-    them changed, without waiting for every one of them to exist or to be healthy (the e2e tests judge
+    """For a fleet-level asset over many deployments (an environment's e2e tests): run after any of them
+    changed, without waiting for every one of them to exist or to be healthy (the e2e tests judge
     what actually runs; a failed deployment leaves the previous version serving)."""
     return (
         AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*sources)).since(AC.newly_requested())
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label(label)
+
+
+def matrix_condition(deployments: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
+    """The environment matrix: after a deployment changed or another run finished, so what each stage waits
+    for is never older than the last finished run (and one automation tick)."""
+    changed = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*deployments))
+    return (
+        (changed.since(AC.newly_requested()) | RunFinished())
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label(label)

@@ -6,7 +6,7 @@ import json
 
 import dagster as dg
 
-from release_graph.assets.automation import e2e_condition, report_condition
+from release_graph.assets.automation import e2e_condition, matrix_condition
 from release_graph.assets.image import stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.assets.retry import retry_when_transient
@@ -113,7 +113,7 @@ def _matrix_asset(fleet: Fleet) -> dg.AssetsDefinition:
         group_name="fleet",
         description="Which version of every service runs in every environment, since when, approved by whom.",
         kinds={"table"},
-        automation_condition=report_condition(deployments, label="any deployment changed"),
+        automation_condition=matrix_condition(deployments, label="a deployment changed or a run finished"),
     )
     def environments(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         cells = matrix.read_matrix(context.instance, fleet)

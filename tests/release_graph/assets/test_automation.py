@@ -187,6 +187,41 @@ def test_the_environment_matrix_refreshes_after_the_first_deployment(story):
     assert key("fleet", "environments") not in story.tick()
 
 
+def finish_a_run(story: Story, asset: dg.AssetKey, *, fails: bool = False) -> dg.ExecuteInProcessResult:
+    """A real run of a stand-in for `asset` alone, finished on the story's instance (succeeded or failed)."""
+    @dg.asset(key=asset)
+    def stand_in() -> None:
+        if fails:
+            raise RuntimeError("refused")
+
+    @dg.asset(key=["bystander"])
+    def bystander() -> None:
+        """Not selected: so the run's asset selection names `asset` alone, as an automation run's does."""
+
+    job = dg.Definitions(assets=[stand_in, bystander]).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=story.instance, asset_selection=[asset], raise_on_error=False)
+
+
+def test_the_environment_matrix_refreshes_after_any_other_run_finished_and_not_after_its_own(story):
+    story.tick()
+    release_to_dev(story, "inventory", "sha256:i1")
+    assert key("fleet", "environments") in story.tick()
+    # Given the matrix recorded by a run of its own: that run is no news, not even when it failed
+    assert finish_a_run(story, key("fleet", "environments")).success
+    assert key("fleet", "environments") not in story.tick()
+    assert not finish_a_run(story, key("fleet", "environments"), fails=True).success
+    assert key("fleet", "environments") not in story.tick()
+    # When another run finishes without a deployment (an e2e result, an approval), what a stage waits for may
+    # have changed: the matrix is refreshed, until its own refresh has started
+    assert finish_a_run(story, key("inventory", "prod_approval")).success
+    assert key("fleet", "environments") in story.tick()
+    assert finish_a_run(story, key("fleet", "environments")).success
+    assert key("fleet", "environments") not in story.tick()
+    # and so it is after a failed run (a refused deployment records nothing)
+    assert not finish_a_run(story, key("inventory", "prod"), fails=True).success
+    assert key("fleet", "environments") in story.tick()
+
+
 def test_a_failed_check_of_an_older_digest_does_not_block_a_newer_release(story):
     story.tick()
     # Given inventory's dev deployment of i1 failed its health check
