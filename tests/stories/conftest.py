@@ -1,13 +1,15 @@
 """The harness of the live stories, the fixture `live`: a copy of the demo fleet run by the real daemon
 (`dagster dev`, as `make demo` starts it), under its own fleet name, registry repositories, ports and
 DAGSTER_HOME, so it never meets a running `make demo` or another test; the fixture removes its environments
-and images afterwards.
+and images afterwards. The fixture `ui`: that instance's Dagster UI in a real browser, read and used as a
+release manager would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from release_graph import demo
@@ -142,3 +145,102 @@ def live(tmp_path, run_id, docker_client):
                             docker_client.images.remove(tag)
         shutil.rmtree(world.state, ignore_errors=True)
 
+
+MATERIALIZE = re.compile(r"\bMaterialize$")  # the button's name is its icon's label and its text
+
+
+class ReleaseManagerUI:
+    """The Dagster UI of the live demo in headless Chromium, through what a release manager sees and clicks
+    (texts and roles, the URLs the UI links to). A step that fails leaves a screenshot in the test's folder."""
+
+    TIMEOUT_MS = 60_000  # the UI answers slowly while the demo builds and deploys on the same two cores
+
+    def __init__(self, browser, url: str, shots: Path):
+        self.url, self.shots = url, shots
+        self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        self.page.set_default_timeout(self.TIMEOUT_MS)
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        try:
+            yield
+        except BaseException:
+            shot = self.shots / f"ui-{name}.png"
+            with contextlib.suppress(Exception):
+                self.page.screenshot(path=str(shot), full_page=True)
+            print(f"\nUI step '{name}' failed at {self.page.url}; screenshot: {shot}")
+            raise
+
+    def open_asset(self, key: dg.AssetKey, view: str | None = None) -> None:
+        self.page.goto(f"{self.url}/assets/{'/'.join(key.path)}" + (f"?view={view}" if view else ""))
+
+    def check_results(self, key: dg.AssetKey, names) -> dict[str, str]:
+        """{check: the result the asset's Checks tab lists for it}, e.g. "Succeeded", "Failed", "Execution
+        failed", "Not evaluated"."""
+        from playwright.sync_api import expect
+
+        with self.step(f"checks-of-{key.to_python_identifier()}"):
+            self.open_asset(key, "checks")
+            expect(self.page.get_by_text(re.compile(r"^Checks \(\d+\)$"))).to_be_visible()
+            results = {}
+            for name in names:
+                # each entry: the check's name (a title= element) and, beside it, its latest result
+                entry = self.page.locator(f'[title="{name}"]').first.locator("xpath=following-sibling::span[1]")
+                expect(entry).not_to_have_text("")
+                results[name] = entry.inner_text().strip()
+            return results
+
+    def page_shows(self, text: str) -> bool:
+        return self.page.get_by_text(text, exact=True).count() > 0
+
+    def matrix(self) -> dict[tuple[str, str], dict[str, str]]:
+        """The `deployments` table of `fleet/environments` as its asset page shows it: (service, env) -> row."""
+        self.open_asset(dg.AssetKey(["fleet", "environments"]))
+        table = self.page.locator("table", has=self.page.get_by_role("columnheader", name="waiting_for")).last
+        table.wait_for()
+        header = table.locator("th").all_inner_texts()
+        rows = [dict(zip(header, row.locator("td").all_inner_texts(), strict=True))
+                for row in table.locator("tbody tr").all()]
+        return {(row["service"], row["environment"]): row for row in rows}
+
+    def wait_for_matrix(self, what: str, condition, timeout: float = 180) -> dict:
+        """The matrix once `condition(matrix)` holds (it is refreshed by a run after each change)."""
+        with self.step(f"matrix-{what.replace(' ', '-')}"):
+            deadline = time.monotonic() + timeout
+            while True:
+                shown = self.matrix()
+                if condition(shown):
+                    return shown
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the matrix in the UI: {what}: not within {timeout:.0f} s; it shows:\n"
+                                + "\n".join(f"{s}/{e}: {row['waiting_for'] or '(up to date)'}"
+                                             for (s, e), row in shown.items()))
+                time.sleep(5)
+
+    def approve(self, approval: dg.AssetKey, *, approver: str, ticket: str) -> str:
+        """Materialize an approval from its asset's launchpad with the run config a person types; returns the
+        run id once the run page says it succeeded."""
+        from playwright.sync_api import expect
+
+        with self.step(f"approve-{approval.to_python_identifier()}"):
+            self.open_asset(approval)
+            # shift-click on Materialize opens the launchpad (the same as its menu's "Open launchpad")
+            self.page.get_by_role("button", name=MATERIALIZE).first.click(modifiers=["Shift"])
+            launchpad = self.page.get_by_role("dialog")
+            expect(launchpad.get_by_text("Launchpad")).to_be_visible()
+            launchpad.locator(".CodeMirror").click()  # the run config editor (CodeMirror's own class name)
+            self.page.keyboard.press("Control+A")
+            # one line of YAML: the editor indents typed newlines on its own
+            self.page.keyboard.insert_text(f"ops: {{{approval.to_python_identifier()}: {{config: "
+                                           f"{{approver: {approver}, ticket: {ticket}}}}}}}")
+            expect(launchpad.get_by_text("No errors")).to_be_visible()
+            launchpad.get_by_role("button", name=MATERIALIZE).click()
+            self.page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+            run_id = self.page.url.rsplit("/", 1)[-1].split("?")[0]
+            expect(self.page.get_by_text("Success", exact=True).first).to_be_visible(timeout=180_000)
+            return run_id
+
+
+@pytest.fixture
+def ui(live, browser, tmp_path) -> ReleaseManagerUI:
+    return ReleaseManagerUI(browser, f"http://127.0.0.1:{live.ui_port}", tmp_path)

@@ -2,12 +2,17 @@
 
 A release manager's story, scripted: the first release of every service flows to staging on its own; a new
 commit to a provider (inventory, which orders calls) is redeployed under its consumers and reaches staging,
-its dev end-to-end run passing; three broken commits at once (a unit test, an integration test, a health
-check) each stop at their own stage and say why, and their repairs flow on with no manual step; approvals
-given consumer first reach prod in dependency order while a newer commit supersedes the approved digest in
-staging. Along the way only the broken commits' own runs fail, no run holds two services' stages, no image
-is built twice, and every stage says what it waits for. A copy of the demo fleet under its own name and
-ports, so it never meets a running `make demo`.
+its dev end-to-end run passing; four broken commits at once (a unit test, an integration test, a health
+check, and a change to inventory's API that only the fleet's e2e tests in dev reject) each stop at their own
+stage and say why, and their repairs flow on with no manual step; approvals given consumer first reach prod
+in dependency order while a newer commit supersedes the approved digest in staging. Along the way only the
+broken commits' own runs fail, no run holds two services' stages, no image is built twice, and every stage
+says what it waits for. A copy of the demo fleet under its own name and ports, so it never meets a running
+`make demo`.
+
+In the Dagster UI, in a real browser: after the failed e2e run in dev, inventory's healthy staging shows no
+failed check; the environment matrix shows what each stage waits for, as `release-graph why` says it; and
+the last prod approval is given from the UI's launchpad.
 """
 
 from __future__ import annotations
@@ -20,20 +25,23 @@ import pytest
 from release_graph import demo
 from release_graph.fleet import topological_order
 from release_graph.release import history
-from release_graph.release.keys import environment_key, image_key
-from release_graph.release.tags import SERVICE_TAG
-from release_graph.release.why import BLOCKED, FAILED, UP_TO_DATE, stage_status
+from release_graph.release import metadata as M
+from release_graph.release.keys import approval_key, e2e_key, environment_key, image_key
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG
+from release_graph.release.why import BLOCKED, FAILED, UP_TO_DATE, WAITING, stage_status
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 
 SERVICES = ("inventory", "payments", "orders", "gateway")
 FIRST_RELEASE_SECONDS = 600  # four builds with their checks, integration, dev, e2e, staging
 NEXT_STAGE_SECONDS = 300
-# Broken commits, each caught by its own stage: the unit tests, the integration tests, the health check.
-BREAKS = {"orders": "unit-test", "payments": "integration-test", "gateway": "health"}
+# Broken commits, each caught by its own stage: the unit tests, the integration tests, the health check, and
+# the fleet's e2e tests in dev (inventory's reservation ids no longer look as its consumers expect).
+BREAKS = {"orders": "unit-test", "payments": "integration-test", "gateway": "health", "inventory": "e2e"}
+DEPLOYMENT_CHECKS = ("healthy", "in_sync", "hardening")
 
 
-def test_a_release_managers_day_on_the_real_daemon(live, monkeypatch):
+def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(live.home))
     live.start()
     fleet = live.fleet
@@ -64,7 +72,8 @@ def test_a_release_managers_day_on_the_real_daemon(live, monkeypatch):
         assert history.latest(instance, image_key("inventory")).git_sha == commit.sha
         print(f"inventory commit -> staging: {lead_time:.0f} s")
 
-        # When three services get broken commits at once (a unit test, an integration test, a health check)
+        # When four services get broken commits at once (a unit test, an integration test, a health check, and
+        # a change to inventory's API that its own tests accept)
         staged = {s: digest(s, "staging") for s in SERVICES}
         broken = {service: demo.commit_change(service, live.fleet_dir / ".repos", breakage=kind).sha
                   for service, kind in BREAKS.items()}
@@ -76,28 +85,73 @@ def test_a_release_managers_day_on_the_real_daemon(live, monkeypatch):
             record = history.latest(instance, image_key(service))
             return record.git_sha if record else None
 
-        live.wait_for("each broken commit stopped at its stage", lambda: (
+        dev_e2e = e2e_key(fleet.environments["dev"])
+
+        def e2e_failed_with_broken_inventory() -> bool:
+            # inventory passed its own unit and integration tests and runs in dev, where the fleet's e2e failed
+            return (digest("inventory", "dev") == digest("inventory", "image")
+                    and why("inventory", "staging").reason
+                    == f"the end-to-end tests of 'dev' failed with inventory {digest('inventory', 'dev')}")
+
+        stopped = live.wait_for("each broken commit stopped at its stage", lambda: (
             all(sha_of(s) == broken[s] for s in BREAKS)
             and why("orders", "integration").state == BLOCKED
             and why("payments", "dev").state == BLOCKED
-            and why("gateway", "integration").state == FAILED), NEXT_STAGE_SECONDS, instance)
+            and why("gateway", "integration").state == FAILED
+            and e2e_failed_with_broken_inventory()), NEXT_STAGE_SECONDS, instance)
+        print(f"four broken commits stopped at their stages: {stopped:.0f} s")
         # then each says why, in words, and no other service moved or broke
         assert "unit_tests did not pass" in why("orders", "integration").reason
         assert "integration_tests did not pass" in why("payments", "dev").reason
         assert "health" in why("gateway", "integration").reason.lower(), why("gateway", "integration")
         assert {s: digest(s, "staging") for s in SERVICES} == staged
-        assert why("inventory", "staging").state == UP_TO_DATE
+        assert why("inventory", "staging").state == WAITING
+        # (the e2e test that rejected inventory's new reservation ids, which its own tests accepted)
+        failed_e2e = history.latest(instance, dev_e2e)
+        assert failed_e2e.value(M.DEPLOYED_DIGESTS)["inventory"] == digest("inventory", "dev")
+        evidence = history.check_metadata_for(instance, dg.AssetCheckKey(dev_e2e, "e2e_tests"), failed_e2e.digest)
+        assert "test_an_order_is_reserved_by_inventory_and_authorised_by_payments" in evidence["failing_tests"]
+        # The UI, as a release manager reads it: inventory's staging, healthy and running the previous release,
+        # shows no failed check (nothing in the failed e2e run is evidence about it)
+        browsing = time.monotonic()
+        assert ui.check_results(environment_key("inventory", "staging"), DEPLOYMENT_CHECKS) == dict.fromkeys(
+            DEPLOYMENT_CHECKS, "Succeeded")
+        assert not ui.page_shows("Execution failed") and not ui.page_shows("Failed")
+
+        # and the matrix shows what each stage waits for, as `release-graph why` says it (inventory/staging
+        # for a passing e2e run, payments/prod for an approval, orders/prod for its provider)
+        def as_why_says(shown) -> bool:
+            return all(row["waiting_for"] == ("" if (status := why(s, e)).state == UP_TO_DATE
+                                              else f"{status.state}: {status.reason}")
+                       for (s, e), row in shown.items())
+
+        shown = ui.wait_for_matrix("as release-graph why says", as_why_says)
+        assert shown[("inventory", "staging")]["waiting_for"].startswith("waiting: the end-to-end tests of 'dev'")
+        assert shown[("payments", "prod")]["waiting_for"].startswith("waiting: waiting for an approval of")
+        assert shown[("orders", "staging")]["waiting_for"] == ""  # it runs what dev holds: nothing to wait for
+        print(f"UI: staging's checks and the matrix: {time.monotonic() - browsing:.0f} s")
         # When each is repaired, the repairs flow to staging with no manual step
         repaired = {s: demo.commit_change(s, live.fleet_dir / ".repos", repair=True).sha for s in BREAKS}
-        live.wait_for("every repair in staging", lambda: all(
+        flowed = live.wait_for("every repair in staging", lambda: all(
             sha_of(s) == repaired[s] and digest(s, "staging") == digest(s, "image") for s in BREAKS),
             NEXT_STAGE_SECONDS, instance)
+        print(f"four repairs -> staging: {flowed:.0f} s")
 
-        # When prod is approved, consumers first, every approval reaches prod in dependency order
-        for service in reversed(topological_order(fleet.services)):
+        # When prod is approved, consumers first, every approval reaches prod in dependency order: from the
+        # terminal, and the last one from the UI's launchpad
+        *by_cli, by_ui = reversed(topological_order(fleet.services))
+        for service in by_cli:
             done = live.cli("approve", service, "--env", "prod", "--by", "rm@shop.example", "--ticket", "CHG-1")
             assert done.returncode == 0, done.stdout + done.stderr
             assert "next:" in done.stdout and "Traceback" not in done.stdout + done.stderr
+        ui_approval = approval_key(fleet.services[by_ui], fleet.environments["prod"])
+        browsing = time.monotonic()
+        run_id = ui.approve(ui_approval, approver="rm@shop.example", ticket="CHG-UI")
+        print(f"UI: {by_ui}'s approval from the launchpad, its run succeeded: {time.monotonic() - browsing:.0f} s")
+        approval = history.latest(instance, ui_approval)
+        assert (approval.run_id, approval.value(M.APPROVER), approval.value(M.TICKET)) == (
+            run_id, "rm@shop.example", "CHG-UI")
+        assert approval.digest == digest(by_ui, "staging")
         approved_at = time.monotonic()
         approved = {s: digest(s, "staging") for s in SERVICES}
         # and a newer inventory commit supersedes the approved digest in staging right away
@@ -119,12 +173,17 @@ def test_a_release_managers_day_on_the_real_daemon(live, monkeypatch):
         waiting = why("inventory", "prod").reason
         assert waiting.startswith("waiting for") and digest("inventory", "staging") in waiting, waiting
 
-        # Then: only the broken commits' own runs failed, no run held two services' stages, no image was
-        # built twice
+        # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory),
+        # no run held two services' stages, no image was built twice
         runs = list(instance.get_runs(limit=500))
         failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
-        assert failed and all(r.tags.get("release/git_sha") in broken.values() for r in failed), [
-            (r.run_id, r.tags.get(SERVICE_TAG), r.tags.get("release/git_sha")) for r in failed]
+        broken_inventory = next(r.digest for r in history.history(instance, image_key("inventory"))
+                                if r.git_sha == broken["inventory"])
+        tested_in = {r.run_id: r.value(M.DEPLOYED_DIGESTS) for r in history.history(instance, dev_e2e)}
+        assert failed and all(r.tags.get(SHA_TAG) in broken.values()
+                              or tested_in.get(r.run_id, {}).get("inventory") == broken_inventory
+                              for r in failed), [
+            (r.run_id, r.tags.get(SERVICE_TAG), r.tags.get(SHA_TAG), tested_in.get(r.run_id)) for r in failed]
         for run in runs:
             services = {key.path[0] for key in run.asset_selection or ()} - {"fleet"}
             assert len(services) <= 1, (run.run_id, services)
@@ -140,4 +199,5 @@ def test_a_release_managers_day_on_the_real_daemon(live, monkeypatch):
                     assert why(service, environment).state == UP_TO_DATE, why(service, environment)
         status = live.cli("status")
         assert status.returncode == 0 and "inventory/prod: waiting" in status.stdout, status.stdout + status.stderr
-        print(f"runs: {len(runs)} ({len(failed)} failed, each a broken commit's own) for {len(SERVICES)} services")
+        print(f"runs: {len(runs)} ({len(failed)} failed, each a broken commit's own or a dev e2e run that tested "
+              f"one) for {len(SERVICES)} services")
