@@ -198,7 +198,7 @@ def finish_a_run(story: Story, asset: dg.AssetKey, *, fails: bool = False) -> dg
     def bystander() -> None:
         """Not selected: so the run's asset selection names `asset` alone, as an automation run's does."""
 
-    job = dg.Definitions(assets=[stand_in, bystander]).get_implicit_global_asset_job_def()
+    job = dg.Definitions(assets=[stand_in, bystander]).resolve_implicit_global_asset_job_def()
     return job.execute_in_process(instance=story.instance, asset_selection=[asset], raise_on_error=False)
 
 
