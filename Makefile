@@ -14,7 +14,7 @@ WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
 # writes its scrape targets.
 PROMETHEUS_HOME := $(or $(RELEASE_GRAPH_STATE),$(DAGSTER_HOME))/prometheus
 
-.PHONY: setup host venv tools demo-repos prometheus demo test lint snapshot bench clean
+.PHONY: setup host venv tools demo-repos prometheus demo test soak lint snapshot bench clean
 
 setup: host venv tools
 
@@ -67,6 +67,11 @@ test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
+
+# The live story on the real daemon, longer: five rounds of consumer and provider commits before the breaks.
+soak: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
+	$(WITH_HOST_ENV) RELEASE_GRAPH_SOAK_ROUNDS=$${RELEASE_GRAPH_SOAK_ROUNDS:-5} $(VENV)/bin/pytest -s \
+	  tests/stories/test_live_demo.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
