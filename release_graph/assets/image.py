@@ -29,7 +29,8 @@ from resources.registry import Registry
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
-BUILD_PROGRESS_LINE = re.compile(r"^(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
+# Podman prefixes the lines of a multi-stage build with the stage: `[1/4] STEP 1/5: FROM ...`.
+BUILD_PROGRESS_LINE = re.compile(r"^(\[\d+/\d+\] )?(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
 
 
 @dataclass(frozen=True)

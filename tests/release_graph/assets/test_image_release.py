@@ -11,6 +11,7 @@ import time
 import dagster as dg
 import pytest
 
+from release_graph.assets.image import BUILD_PROGRESS_LINE
 from release_graph.security import evidence
 
 INVENTORY_IMAGE = dg.AssetKey(["inventory", "image"])
@@ -137,3 +138,19 @@ def test_a_killed_test_container_errors_the_unit_test_check(release_world_factor
     failure = world.failures(run)["inventory__image_unit_tests"].lower()
     assert "crash" in failure or "killed" in failure or "signal" in failure, failure
     assert world.check_evaluation(INVENTORY_IMAGE, "unit_tests") is None  # no verdict for this commit
+
+
+@pytest.mark.parametrize("line", [
+    "[1/4] STEP 1/5: FROM 127.0.0.1:5000/base/python:bookworm AS base",  # Podman, a multi-stage build
+    "STEP 2/5: RUN useradd shop",
+    "Step 1/8 : FROM python",  # Docker
+    "[4/4] COMMIT 127.0.0.1:5000/shop/inventory:0123abc",
+    "Successfully built 333d93a76ab8",
+])
+def test_build_progress_lines_become_events_in_the_run(line):
+    assert BUILD_PROGRESS_LINE.match(line)
+
+
+@pytest.mark.parametrize("line", ["--> Using cache 2fe5896639657b13", "Copying blob sha256:abc", "ok"])
+def test_other_build_output_stays_in_the_steps_stdout(line):
+    assert not BUILD_PROGRESS_LINE.match(line)
