@@ -11,7 +11,7 @@ import time
 import dagster as dg
 import pytest
 
-from release_graph.assets.image import BUILD_PROGRESS_LINE
+from release_graph.assets.image import BUILD_PROGRESS_LINE, export_build_context, image_labels
 from release_graph.security import evidence
 
 INVENTORY_IMAGE = dg.AssetKey(["inventory", "image"])
@@ -67,6 +67,33 @@ def test_a_second_build_of_the_same_sha_runs_no_engine_build_and_keeps_the_data_
     second = world.latest(INVENTORY_IMAGE)
     assert second.digest == first.digest and second.value("built") is False
     assert second.run_id != first.run_id
+
+
+@pytest.mark.engine
+def test_an_image_whose_push_failed_is_pushed_by_the_next_attempt_not_built_again(
+    release_world_factory, engine_builds, tmp_path
+):
+    world = release_world_factory(["inventory"])
+    (request,) = world.tick("git_commits").run_requests
+    sha = request.tags["release/git_sha"]
+    service = world.fleet.services["inventory"]
+    reference = f"{service.image_repository(world.fleet)}:{sha}"
+    # Given an attempt that built the commit's image and then could not push it (the registry was down)
+    engine = world.resources["engine"]
+    context_dir = export_build_context(world.resources["git"], service, sha, tmp_path / "export")
+    earlier = engine.build(context_dir, tag=reference, target=service.build.target,
+                           labels=image_labels(world.fleet, service, sha), buildargs={"GIT_SHA": sha})
+    assert world.registry.manifest_digest(service.image_repository(world.fleet), sha) is None
+    before = len(engine_builds)
+    # When the stage runs again
+    run = world.execute(request)
+    assert run.success, world.failures(run)
+    # then it pushed that image and built nothing (the unit tests' stage is built as always)
+    assert [tag for tag in engine_builds[before:] if not tag.endswith(f"-{service.build.test_target}")] == []
+    record = world.latest(INVENTORY_IMAGE)
+    assert record.digest == world.registry.manifest_digest(service.image_repository(world.fleet), sha)
+    assert record.value("built") is True and record.value("git_sha") == sha
+    assert engine.client().images.get(reference).id == earlier.image_id
 
 
 @pytest.mark.engine
