@@ -598,6 +598,21 @@ class ContainerEngine(dg.ConfigurableResource):
             return False
         return True
 
+    def built_image(self, tag: str, *, revision: str) -> BuiltImage | None:
+        """The image the engine holds under `tag` when its `org.opencontainers.image.revision` label is
+        `revision` (a build of that commit finished here: the engine tags only finished builds); else None."""
+        try:
+            image = self.client().images.get(tag)
+        except NotFound:
+            return None
+        except (APIError, DockerException, requests.RequestException) as exc:
+            raise ContainerEngineError(
+                f"container engine at {self._engine_address()} did not answer: {_describe_engine_error(exc)}"
+            ) from exc
+        if (image.labels or {}).get("org.opencontainers.image.revision") != revision:
+            return None
+        return BuiltImage(image_id=image.id or "", tag=tag, size_bytes=int(image.attrs.get("Size") or 0), seconds=0)
+
     def image_labels(self, ref: str) -> dict[str, str]:
         try:
             image = self.client().images.get(ref)

@@ -32,7 +32,13 @@ import dagster as dg
 from release_graph.fleet import Fleet, Service
 from release_graph.release import metadata as M
 from release_graph.release.keys import image_key, source_key
-from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.release.tags import (
+    MAX_RETRIES_TAG,
+    RUN_RETRIES_AFTER_A_CRASH,
+    SERVICE_TAG,
+    SHA_TAG,
+    SHORT_SHA_TAG,
+)
 from resources.git import CommitInfo, GitError, GitResource, redact_url
 from resources.registry import RegistryUnavailable
 
@@ -75,7 +81,10 @@ class NewRelease:
         return dg.RunRequest(
             run_key=f"{self.service}:{self.sha}",
             asset_selection=[image_key(self.service)],
-            tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12]},
+            # A build whose process died is run again by the instance (never one that failed): the run key
+            # would stop this sensor from asking twice, so without it the commit would be lost.
+            tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12],
+                  MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
         )
 
     def observation(self) -> dg.AssetObservation:

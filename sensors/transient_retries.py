@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from release_graph.fleet import Fleet
-from release_graph.release.tags import FAILURE_TAG, TRIGGER_TAG
+from release_graph.release.tags import FAILURE_TAG, MAX_RETRIES_TAG, RUN_RETRIES_AFTER_A_CRASH, TRIGGER_TAG
 from resources.containers import ContainerEngine
 from resources.registry import Registry
 
@@ -60,6 +60,7 @@ def build_transient_retry_sensor(fleet: Fleet, minimum_interval_seconds: int = 6
                 asset_selection=list(run.asset_selection or ()),
                 tags={**{k: v for k, v in run.tags.items() if k.startswith("release/") and k != FAILURE_TAG},
                       TRIGGER_TAG: f"retry after an outage (run {run.run_id[:8]})",
+                      MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH,
                       RETRIES_TAG: str(int(run.tags.get(RETRIES_TAG, "0")) + 1)},
             )
             for run in waiting if run.asset_selection

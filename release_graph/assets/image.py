@@ -29,7 +29,8 @@ from resources.registry import Registry
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
-BUILD_PROGRESS_LINE = re.compile(r"^(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
+# Podman prefixes the lines of a multi-stage build with the stage: `[1/4] STEP 1/5: FROM ...`.
+BUILD_PROGRESS_LINE = re.compile(r"^(\[\d+/\d+\] )?(STEP \d+/\d+|Step \d+/\d+|COMMIT|Successfully (built|tagged))")
 
 
 @dataclass(frozen=True)
@@ -114,19 +115,27 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
         built = False
     else:
         on_log = stream_to_run(context)
-        with tempfile.TemporaryDirectory(prefix=f"rg-build-{service.name}-") as tmp:
-            context_dir = export_build_context(git, service, sha, Path(tmp))
-            result = engine.build(
-                context_dir,
-                dockerfile=service.build.dockerfile,
-                tag=reference,
-                target=service.build.target,
-                labels=image_labels(fleet, service, sha),
-                # The commit is passed as GIT_SHA too, for services that report it (/version); an
-                # undeclared build arg is ignored by the engine.
-                buildargs={"GIT_SHA": sha, **service.build.args},
-                on_log=on_log,
-            )
+        earlier = engine.built_image(reference, revision=sha)
+        if earlier is not None:
+            # An earlier attempt built this commit and its push failed (the registry was down): push that image.
+            # Building again would make a second image of one commit (its labels carry the build time).
+            context.log.info(f"{reference} was built by an earlier attempt ({earlier.image_id[:19]}): "
+                             "pushing it, not building it again")
+            result = earlier
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"rg-build-{service.name}-") as tmp:
+                context_dir = export_build_context(git, service, sha, Path(tmp))
+                result = engine.build(
+                    context_dir,
+                    dockerfile=service.build.dockerfile,
+                    tag=reference,
+                    target=service.build.target,
+                    labels=image_labels(fleet, service, sha),
+                    # The commit is passed as GIT_SHA too, for services that report it (/version); an
+                    # undeclared build arg is ignored by the engine.
+                    buildargs={"GIT_SHA": sha, **service.build.args},
+                    on_log=on_log,
+                )
         size_bytes = result.size_bytes
         digest = engine.push(reference, on_log=on_log)
         built = True

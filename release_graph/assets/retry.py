@@ -54,8 +54,9 @@ def _retry(context, what: str, cause: str) -> Exception:
     if attempt >= MAX_RETRIES:
         # The failure a release manager reads first names what was down, not "Error occurred while executing".
         context.instance.add_run_tags(context.run.run_id, {FAILURE_TAG: "transient"})
-        return ReleaseStepError(f"{what}: {cause} (still down after {MAX_RETRIES + 1} attempts; "
-                                "the release resumes with `release-graph retry` once it is back)")
+        # The sensor transient_retries runs it again once that answers: nobody has to do anything.
+        return ReleaseStepError(f"{what}: {cause} (still down after {MAX_RETRIES + 1} attempts, not the commit's "
+                                "fault; it runs again by itself once that answers)")
     wait = min(FIRST_WAIT_SECONDS * 2 ** attempt, LONGEST_WAIT_SECONDS)
     context.log.warning(f"{what}: {cause}; not the commit's fault: trying again in {wait} s "
                         f"(attempt {attempt + 2} of {MAX_RETRIES + 1})")

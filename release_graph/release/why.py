@@ -7,6 +7,7 @@ One answer for `release-graph why`, the `waiting_for` column of the environment 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import dagster as dg
@@ -19,6 +20,12 @@ from release_graph.release.promotion import waiting_reason
 RUNNING, UP_TO_DATE, WAITING, BLOCKED, FAILED = "running", "up to date", "waiting", "blocked", "failed"
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
+# Dagster's words when a run's process died under it (dagster._utils.get_run_crash_explanation), which go on to
+# guess "out of memory" for every SIGKILL; and the tag it sets on a failed run it is going to run again.
+PROCESS_DIED = re.compile(r"Run execution process for \S+ (?:was terminated by signal \d+ \((?P<signal>\w+)\)"
+                          r"|unexpectedly exited with code (?P<code>-?\d+))")
+WILL_RETRY_TAG = "dagster/will_retry"
+RETRY_NUMBER_TAG, PARENT_RUN_TAG = "dagster/retry_number", "dagster/parent_run_id"  # on the run that retries
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,21 @@ def failure_reason(error) -> str:
 def _failure_message(instance, run_id: str) -> str:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records
     if not records:
-        return "the run failed"
+        return process_death(instance, run_id) or "the run failed"
     return failure_reason(records[0].event_log_entry.dagster_event.step_failure_data.error)
+
+
+def process_death(instance, run_id: str) -> str | None:
+    """How the run's process died, when it died before its steps finished (killed, crashed), else None.
+
+    Not the commit's fault, and not necessarily memory, whatever Dagster's message guesses.
+    """
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:
+        match = PROCESS_DIED.search(record.event_log_entry.dagster_event.message or "")
+        if match:
+            how = f"killed by {match['signal']}" if match["signal"] else f"ended with exit code {match['code']}"
+            return f"the run's process was {how} before its steps finished (not the commit's fault)"
+    return None
 
 
 def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageStatus:
@@ -63,13 +83,20 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
     name = key.to_user_string()
     running = history.runs_holding(instance, service.name, key, IN_PROGRESS)
     if running:
-        return StageStatus(name, RUNNING, "a run is deploying it now" if stage != "integration"
-                           else "the integration tests are running", running[0].dagster_run.run_id)
+        run = running[0].dagster_run
+        reason = "a run is deploying it now" if stage != "integration" else "the integration tests are running"
+        if run.tags.get(RETRY_NUMBER_TAG) and run.tags.get(PARENT_RUN_TAG):  # Dagster's retry of a failed run
+            parent = run.tags[PARENT_RUN_TAG]
+            reason += f", again after run {parent[:8]}: {_failure_message(instance, parent)}"
+        return StageStatus(name, RUNNING, reason, run.run_id)
     latest = history.latest(instance, key)
     failed = history.failed_attempt_since(instance, service.name, key, latest.timestamp if latest else None)
     if failed is not None:
-        run_id = failed.dagster_run.run_id
-        return StageStatus(name, FAILED, _failure_message(instance, run_id), run_id)
+        run = failed.dagster_run
+        reason = _failure_message(instance, run.run_id)
+        if run.tags.get(WILL_RETRY_TAG) == "true":  # Dagster runs it again (dagster.yaml run_retries)
+            return StageStatus(name, WAITING, f"waiting for Dagster to run it again: {reason}", run.run_id)
+        return StageStatus(name, FAILED, reason, run.run_id)
     reason = waiting_reason(instance, fleet, service, key)
     if reason:
         return StageStatus(name, BLOCKED if reason.startswith("blocked") else WAITING, reason)

@@ -70,4 +70,5 @@ def test_a_build_that_gave_up_during_an_outage_runs_again_once_the_registry_answ
         (request,) = tick(up, instance)
         assert request.asset_selection == [dg.AssetKey(["inventory", "image"])]
         assert request.tags["release/git_sha"] == "a" * 40 and request.tags[RETRIES_TAG] == "1"
+        assert request.tags["dagster/max_retries"] == "2"  # and its process dying would not lose it either
         assert request.run_key == f"after-outage:{failed.run_id}"

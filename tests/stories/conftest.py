@@ -2,7 +2,8 @@
 (`dagster dev`, as `make demo` starts it), under its own fleet name, registry repositories, ports and
 DAGSTER_HOME, so it never meets a running `make demo` or another test; the fixture removes its environments
 and images afterwards. The fixture `ui`: that instance's Dagster UI in a real browser, read and used as a
-release manager would.
+release manager would. A story that needs its own registry or engine (to stop them) overrides the fixture
+`live_settings`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -38,8 +40,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class LiveSettings:
+    """What a story may change about its demo copy: the registry its images go to (`host:port`) and
+    environment variables of the daemon (e.g. DOCKER_HOST for an engine endpoint of its own)."""
+
+    registry: str = "127.0.0.1:5000"
+    env: dict[str, str] = field(default_factory=dict)
+    name: str = "live"  # the fleet is `<run id><name>`: two stories in one pytest process never share one
+
+
 class LiveDemo:
-    def __init__(self, root: Path, fleet_name: str):
+    def __init__(self, root: Path, fleet_name: str, settings: LiveSettings | None = None):
+        self.settings = settings or LiveSettings()
         self.root = root
         self.fleet_dir = root / "shop"
         self.home = root / "home"
@@ -53,7 +66,7 @@ class LiveDemo:
         shutil.copytree(REPO_ROOT / "examples" / "shop", self.fleet_dir,
                         ignore=shutil.ignore_patterns(".repos", "__pycache__"))
         text = (self.fleet_dir / "fleet.yaml").read_text().replace("fleet: shop", f"fleet: {self.fleet_name}")
-        text = text.replace("registry: 127.0.0.1:5000/shop", f"registry: 127.0.0.1:5000/{self.fleet_name}")
+        text = text.replace("registry: 127.0.0.1:5000/shop", f"registry: {self.settings.registry}/{self.fleet_name}")
         for port in ("18081", "18082", "18080"):
             text = text.replace(f": {port}}}", f": {free_port()}}}")
         (self.fleet_dir / "fleet.yaml").write_text(text)
@@ -64,7 +77,8 @@ class LiveDemo:
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
                     "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
                     # the security tools `make test` installed (semgrep in its own venv)
-                    "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools")}
+                    "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),
+                    **self.settings.env}
 
     @property
     def fleet(self):
@@ -118,8 +132,14 @@ class LiveDemo:
 
 
 @pytest.fixture
-def live(tmp_path, run_id, docker_client):
-    world = LiveDemo(tmp_path, f"{run_id}live")
+def live_settings() -> LiveSettings:
+    """The demo as `make demo` runs it (the host's registry and engine); a story overrides this fixture."""
+    return LiveSettings()
+
+
+@pytest.fixture
+def live(tmp_path, run_id, docker_client, live_settings):
+    world = LiveDemo(tmp_path, f"{run_id}{live_settings.name}", live_settings)
     world.prepare()
     try:
         yield world

@@ -11,6 +11,7 @@ import time
 import dagster as dg
 import pytest
 
+from release_graph.assets.image import BUILD_PROGRESS_LINE, export_build_context, image_labels
 from release_graph.security import evidence
 
 INVENTORY_IMAGE = dg.AssetKey(["inventory", "image"])
@@ -66,6 +67,33 @@ def test_a_second_build_of_the_same_sha_runs_no_engine_build_and_keeps_the_data_
     second = world.latest(INVENTORY_IMAGE)
     assert second.digest == first.digest and second.value("built") is False
     assert second.run_id != first.run_id
+
+
+@pytest.mark.engine
+def test_an_image_whose_push_failed_is_pushed_by_the_next_attempt_not_built_again(
+    release_world_factory, engine_builds, tmp_path
+):
+    world = release_world_factory(["inventory"])
+    (request,) = world.tick("git_commits").run_requests
+    sha = request.tags["release/git_sha"]
+    service = world.fleet.services["inventory"]
+    reference = f"{service.image_repository(world.fleet)}:{sha}"
+    # Given an attempt that built the commit's image and then could not push it (the registry was down)
+    engine = world.resources["engine"]
+    context_dir = export_build_context(world.resources["git"], service, sha, tmp_path / "export")
+    earlier = engine.build(context_dir, tag=reference, target=service.build.target,
+                           labels=image_labels(world.fleet, service, sha), buildargs={"GIT_SHA": sha})
+    assert world.registry.manifest_digest(service.image_repository(world.fleet), sha) is None
+    before = len(engine_builds)
+    # When the stage runs again
+    run = world.execute(request)
+    assert run.success, world.failures(run)
+    # then it pushed that image and built nothing (the unit tests' stage is built as always)
+    assert [tag for tag in engine_builds[before:] if not tag.endswith(f"-{service.build.test_target}")] == []
+    record = world.latest(INVENTORY_IMAGE)
+    assert record.digest == world.registry.manifest_digest(service.image_repository(world.fleet), sha)
+    assert record.value("built") is True and record.value("git_sha") == sha
+    assert engine.client().images.get(reference).id == earlier.image_id
 
 
 @pytest.mark.engine
@@ -137,3 +165,19 @@ def test_a_killed_test_container_errors_the_unit_test_check(release_world_factor
     failure = world.failures(run)["inventory__image_unit_tests"].lower()
     assert "crash" in failure or "killed" in failure or "signal" in failure, failure
     assert world.check_evaluation(INVENTORY_IMAGE, "unit_tests") is None  # no verdict for this commit
+
+
+@pytest.mark.parametrize("line", [
+    "[1/4] STEP 1/5: FROM 127.0.0.1:5000/base/python:bookworm AS base",  # Podman, a multi-stage build
+    "STEP 2/5: RUN useradd shop",
+    "Step 1/8 : FROM python",  # Docker
+    "[4/4] COMMIT 127.0.0.1:5000/shop/inventory:0123abc",
+    "Successfully built 333d93a76ab8",
+])
+def test_build_progress_lines_become_events_in_the_run(line):
+    assert BUILD_PROGRESS_LINE.match(line)
+
+
+@pytest.mark.parametrize("line", ["--> Using cache 2fe5896639657b13", "Copying blob sha256:abc", "ok"])
+def test_other_build_output_stays_in_the_steps_stdout(line):
+    assert not BUILD_PROGRESS_LINE.match(line)

@@ -69,7 +69,10 @@ def test_an_outage_that_outlasts_the_bound_fails_with_the_cause_named(monkeypatc
                                 instance=instance, raise_on_error=False)
         assert not result.success and len(calls) == retry.MAX_RETRIES + 1
         (failure,) = [e for e in result.all_events if e.is_step_failure]
-        assert "the registry did not answer" in failure.step_failure_data.error.message
+        message = failure.step_failure_data.error.message
+        assert "the registry did not answer" in message and "127.0.0.1:5999" in message
+        # and says that nobody has to act: it runs again once the registry answers (sensor transient_retries)
+        assert "runs again by itself once that answers" in message
         # the run is marked, so what retries later can tell a transient failure from the commit's own
         assert instance.get_run_by_id(result.run_id).tags[retry.FAILURE_TAG] == "transient"
 

@@ -2,15 +2,17 @@
 whose last attempt failed does not make its consumers wait for it, and a stage that runs what its previous
 stage holds is up to date even after an e2e run failed because of another service."""
 
+import signal
 import textwrap
 
 import dagster as dg
 import pytest
+from dagster._utils import get_run_crash_explanation
 
 from release_graph.fleet import load_fleet
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.promotion import about_to_deploy
-from release_graph.release.why import FAILED, UP_TO_DATE, WAITING, stage_status
+from release_graph.release.why import FAILED, RUNNING, UP_TO_DATE, WAITING, stage_status
 
 FLEET = """\
 fleet: shop
@@ -140,3 +142,56 @@ def test_after_an_e2e_run_failed_with_a_providers_change_its_consumer_in_staging
         # and orders/staging, which runs what dev holds, waits for nothing: that e2e run is no news about it
         orders = stage_status(instance, fleet, fleet.services["orders"], "staging")
         assert (orders.state, orders.reason) == (UP_TO_DATE, "runs sha256:o1")
+
+
+def deployment_job(service: str, environment: str):
+    @dg.asset(key=[service, environment])
+    def deployment():
+        return None
+
+    return dg.Definitions(assets=[deployment]).resolve_implicit_global_asset_job_def()
+
+
+def run_whose_process_was_killed(instance, service: str, environment: str, *, max_retries: str) -> str:
+    """A deployment run whose process died under it, recorded as Dagster's code server records it."""
+    run = instance.create_run_for_job(deployment_job(service, environment),
+                                      asset_selection={dg.AssetKey([service, environment])},
+                                      tags={"release/service": service, "dagster/max_retries": max_retries})
+    instance.report_engine_event(get_run_crash_explanation(f"Run execution process for {run.run_id}",
+                                                           -signal.SIGKILL), run)
+    instance.report_run_failed(run)
+    return run.run_id
+
+
+def test_a_deployment_whose_process_was_killed_says_so_and_waits_for_dagster_to_run_it_again(fleet):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        run_id = run_whose_process_was_killed(instance, "inventory", "dev", max_retries="2")
+        status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
+        # not "out of memory", as Dagster guesses for every SIGKILL, and not the commit's fault
+        assert status.state == WAITING and status.run_id == run_id
+        assert status.reason == ("waiting for Dagster to run it again: the run's process was killed by SIGKILL "
+                                 "before its steps finished (not the commit's fault)")
+
+
+def test_a_killed_deployment_that_is_not_run_again_is_failed_with_the_same_cause(fleet):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        run_whose_process_was_killed(instance, "inventory", "dev", max_retries="0")
+        status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
+        assert status.state == FAILED and "killed by SIGKILL" in status.reason and "memory" not in status.reason
+
+
+def test_dagsters_retry_of_a_killed_deployment_says_what_it_is_running_again_for(fleet):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        killed = run_whose_process_was_killed(instance, "inventory", "dev", max_retries="2")
+        # the run Dagster launches again (its tags, as the run-retry daemon sets them)
+        retry = instance.create_run_for_job(
+            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
+            status=dg.DagsterRunStatus.STARTED, parent_run_id=killed, root_run_id=killed,
+            tags={"release/service": "inventory", "dagster/parent_run_id": killed, "dagster/retry_number": "1"})
+        status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
+        assert status.state == RUNNING and status.run_id == retry.run_id
+        assert status.reason == (f"a run is deploying it now, again after run {killed[:8]}: the run's process was "
+                                 "killed by SIGKILL before its steps finished (not the commit's fault)")
