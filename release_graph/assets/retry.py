@@ -16,7 +16,7 @@ import requests
 
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.tags import FAILURE_TAG
-from resources.containers import REGISTRY_DOWN_SIGNS, ContainerEngineError
+from resources.containers import ENGINE_CACHE_RACES, REGISTRY_DOWN_SIGNS, ContainerEngineError
 from resources.registry import RegistryUnavailable
 from resources.secrets import SecretsUnavailable
 
@@ -45,6 +45,10 @@ def transient_cause(exc: BaseException) -> str | None:
                 return f"the registry did not answer: {error}"
             if any(sign in text for sign in ENGINE_DOWN_SIGNS):
                 return f"the container engine's API did not answer: {error}"
+            # Podman's build cache lost a layer to another program's build or image removal (seen on a busy
+            # host even after the build's own retry): the same build succeeds a little later.
+            if any(race in text for race in ENGINE_CACHE_RACES):
+                return f"the container engine's build cache lost a layer to another build: {error}"
         error = error.__cause__ or error.__context__
     return None
 
