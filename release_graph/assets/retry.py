@@ -12,6 +12,7 @@ import inspect
 import socket
 
 import dagster as dg
+import docker.errors
 import requests
 
 from release_graph.release.errors import ReleaseStepError
@@ -40,6 +41,9 @@ def transient_cause(exc: BaseException) -> str | None:
             return f"the secret store did not answer: {error}"
         if isinstance(error, requests.exceptions.ConnectionError | ConnectionRefusedError | socket.timeout):
             return f"the container engine's API did not answer: {error}"
+        if isinstance(error, docker.errors.APIError) and any(race in text for race in ENGINE_CACHE_RACES):
+            # the engine's API answered, but an image or layer vanished under it (another program removed it)
+            return f"the container engine lost an image or layer to another program: {error}"
         if isinstance(error, ContainerEngineError):
             if any(sign in text for sign in REGISTRY_DOWN_SIGNS):
                 return f"the registry did not answer: {error}"

@@ -2,6 +2,7 @@
 a failure caused by the commit itself is not."""
 
 import dagster as dg
+import docker.errors
 import pytest
 
 from release_graph.assets import retry
@@ -18,6 +19,7 @@ from resources.registry import RegistryUnavailable
     # seen on a live demo while another program removed images: nothing about the commit
     BuildError("build of 127.0.0.1:5000/shop/inventory:b19-integration failed: checking if cached image exists "
                "from a previous build: getting top layer info: layer not known", tag="x"),
+    docker.errors.APIError("500 Server Error: failed to convert ImageData to ImageInspect: image not known"),
 ])
 def test_an_outage_outside_the_commit_is_transient(error):
     assert transient_cause(error)

@@ -141,10 +141,19 @@ def images(docker_client, run_id, registry_addr):
         for name, healthz, error_share in (("v1", 200, 0), ("v2", 200, 0), ("unhealthy", 500, 0),
                                            ("faulty", 200, 0.3)):
             tag = f"{registry_addr}/{repository}:{name}"
-            docker_client.images.build(
-                fileobj=_build_context(name, healthz, error_share), custom_context=True, tag=tag, pull=False, rm=True,
-                labels={TEST_RUN_LABEL: run_id},
-            )
+            for attempt in range(4):
+                try:
+                    docker_client.images.build(
+                        fileobj=_build_context(name, healthz, error_share), custom_context=True, tag=tag, pull=False,
+                        rm=True, labels={TEST_RUN_LABEL: run_id},
+                    )
+                    break
+                except docker.errors.BuildError as exc:
+                    # Podman's build cache loses a layer when a parallel test removes an image meanwhile
+                    # ("layer not known"); the same build succeeds a moment later.
+                    if "not known" not in str(exc) or attempt == 3:
+                        raise
+                    time.sleep(2)
             for item in docker_client.api.push(f"{registry_addr}/{repository}", tag=name, stream=True, decode=True):
                 assert "error" not in item and "errorDetail" not in item, item
             built[name] = f"{registry_addr}/{repository}@{_registry_digest(registry_addr, repository, name)}"
