@@ -12,6 +12,7 @@ import http.client
 import io
 import itertools
 import secrets
+import socket
 import tarfile
 import threading
 import time
@@ -855,13 +856,16 @@ def test_given_prometheus_cannot_be_asked_then_errors_up_to_the_limit_roll_the_c
     from release_graph.fleet.model import PrometheusSettings, Rollout, RolloutStep
 
     target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
-    nobody = f"http://127.0.0.1:{free_port + 1 if free_port < 65535 else 1}"  # nothing listens there
-    rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 5.0),), analysis=_analysis(
-        providers=("prometheus",), prometheus=PrometheusSettings(url=nobody), consecutive_error_limit=2))
-    with pytest.raises(RolledBack) as rolled_back:
-        _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, _Log()).run()
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))  # bound and never listening: every connection to it is refused
+        nobody = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 5.0),), analysis=_analysis(
+            providers=("prometheus",), prometheus=PrometheusSettings(url=nobody), consecutive_error_limit=2))
+        with pytest.raises(RolledBack) as rolled_back:
+            _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout,
+                        _Log()).run()
     report = rolled_back.value.report
-    assert report.steps[0]["outcome"] == "Error"
+    assert report.steps[0]["outcome"] == "Error", report.steps
     assert "could not measure 2 time(s) in a row" in report.rolled_back and nobody in report.rolled_back
     assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
 
