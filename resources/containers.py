@@ -123,6 +123,7 @@ class PruneResult:
 
 # Messages of Podman's build cache losing a layer to a concurrent build: transient, worth one retry.
 ENGINE_CACHE_RACES = ("image not known", "layer not known")
+CACHE_RACE_RETRIES = 3
 
 
 def network_dns_options(client, network: str | None) -> dict:
@@ -216,7 +217,7 @@ class ContainerEngine(dg.ConfigurableResource):
         Podman's build cache is not safe under concurrent builds that share layers: they fail with
         "image not known" / "layer not known" while another build commits or removes the same layer. Builds
         therefore take a host-wide lock per engine, and such a cache race, should one still happen (another
-        program building at the same time), is retried once.
+        program removing images meanwhile), is retried up to `CACHE_RACE_RETRIES` times after a short pause.
         """
         arguments = dict(dockerfile=dockerfile, tag=tag, target=target, labels=labels, buildargs=buildargs,
                          on_log=on_log)
@@ -226,14 +227,19 @@ class ContainerEngine(dg.ConfigurableResource):
         with open(lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                try:
-                    return self._build_once(context_dir, **arguments)
-                except BuildError as exc:
-                    if exc.timed_out or not any(race in str(exc) for race in ENGINE_CACHE_RACES):
-                        raise
-                    if on_log:
-                        on_log(f"engine build cache race ({exc}); building once more")
-                    return self._build_once(context_dir, **arguments)
+                retries = 0
+                while True:
+                    try:
+                        return self._build_once(context_dir, **arguments)
+                    except BuildError as exc:
+                        retries += 1
+                        if exc.timed_out or retries > CACHE_RACE_RETRIES or not any(
+                            race in str(exc) for race in ENGINE_CACHE_RACES
+                        ):
+                            raise
+                        if on_log:
+                            on_log(f"engine build cache race ({exc}); building again (retry {retries})")
+                        time.sleep(retries)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -186,6 +186,16 @@ if ! image_in_registry base/busybox latest; then
   push_to_registry "$busybox_image"
 fi
 
+# Builds use the engine's copy of the base images (pull=False); an engine whose storage was reset pulls them
+# back from the local registry.
+for image in "$python_image" "$busybox_image"; do
+  if ! docker_api GET "/images/${image}/json" -o /dev/null 2>/dev/null; then
+    log "pulling $image from the local registry into the engine"
+    out=$(docker_api POST "/images/create?fromImage=${image%:*}&tag=${image##*:}")
+    printf '%s' "$out" | grep -q '"error' && { log "pull of $image failed: $out"; exit 1; }
+  fi
+done
+
 # --- the environment the rest of the project reads -------------------------------------------------
 cat >"$STATE_DIR/env" <<ENV
 DOCKER_HOST=$DOCKER_HOST
