@@ -59,9 +59,6 @@ class RolloutReport:
     rolled_back: str | None = None  # why, when it rolled back
     result: DeploymentResult | None = None
 
-    def table_rows(self) -> list[dict]:
-        return self.steps
-
 
 class RolledBack(ReleaseStepError):
     """The new version was taken away during its rollout; the previous version serves as before."""
@@ -125,14 +122,14 @@ class RolloutController:
                     self._roll_back(report, why_back)
             replaced = self.target.promote_candidate(self.spec.fleet, self.spec.environment, self.spec.service)
         except RolledBack:
-            raise
+            raise  # `_roll_back` already gave the traffic back and removed the new version
         except BaseException:
             # Whatever broke mid-way (the switch, the engine, a cancel): the previous version takes it all.
             self.target.abort_candidate(self.spec.fleet, self.spec.environment, self.spec.service)
             raise
         self.log.info(f"{self.where}: {digest_label(digest)} promoted: 100 % of the traffic; removed "
                       f"{', '.join(replaced) or 'nothing'}")
-        report.result = DeploymentResult(**{**started.__dict__, "replaced": replaced})
+        report.result = replace(started, replaced=replaced)
         return report
 
     def _watch(self, step: Step, subject: Subject) -> tuple[A.Verdict, str | None]:
