@@ -3,10 +3,15 @@
 Everything a test creates in the engine or the registry carries the run prefix and the label
 `release-graph.test-run=<run id>`, so parallel runs on one machine never collide, and the session
 cleans up whatever a failed test left behind.
+
+Local images are never removed while tests run: removing one while a parallel build looks up its cache
+breaks that build in Podman ("layer not known"). The session removes every image of its own prefix once all
+of its workers have finished (`pytest_sessionfinish` below, in the controlling process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -18,13 +23,43 @@ from pathlib import Path
 
 import pytest
 
-RUN_ID = f"rgt{uuid.uuid4().hex[:8]}"
+# The controlling pytest process picks the session's id; xdist workers inherit it through the environment
+# and add their own number, so one session's prefix covers all of its workers.
+SESSION_ENV = "RELEASE_GRAPH_TEST_SESSION"
+SESSION_ID = os.environ.setdefault(SESSION_ENV, f"rgt{uuid.uuid4().hex[:6]}")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+RUN_ID = f"{SESSION_ID}{WORKER.removeprefix('gw') or 'm'}"
 TEST_RUN_LABEL = "release-graph.test-run"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After the last worker: remove every local image tagged or labelled with this session's prefix."""
+    if WORKER or not os.environ.get("DOCKER_HOST"):
+        return
+    import docker
+
+    try:
+        api = docker.APIClient(base_url=os.environ["DOCKER_HOST"], timeout=120)
+        images = api.images()  # the list's own fields: inspecting every image of a busy engine takes minutes
+    except docker.errors.DockerException as exc:
+        print(f"\nsession clean-up: the engine did not answer, images of {SESSION_ID} stay: {exc}")
+        return
+    for image in images:
+        ours = (image.get("Labels") or {}).get(TEST_RUN_LABEL, "").startswith(SESSION_ID)
+        references = [reference for reference in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+                      if SESSION_ID in reference or ours]
+        for reference in references:
+            with contextlib.suppress(docker.errors.APIError):  # gone with an image removed a moment ago
+                api.remove_image(reference)
+        if ours and not references:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_image(image["Id"], force=True)
+    api.close()
 
 
 @pytest.fixture(scope="session")
 def run_id() -> str:
-    """A short prefix unique to this pytest process (xdist workers each get their own)."""
+    """A short prefix unique to this pytest process (xdist workers each get their own), `SESSION_ID` + worker."""
     return RUN_ID
 
 

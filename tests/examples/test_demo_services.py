@@ -8,7 +8,6 @@ the fleet's end-to-end tests. Demo commits that break a unit test or health real
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -158,23 +157,17 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def shop_images(docker_client, run_id, registry_addr):
-    """Every service's test, integration and runtime stage, and the e2e image; removed afterwards."""
+    """Every service's test, integration and runtime stage, and the e2e image (removed at the session's end)."""
     images: dict[tuple[str, str], str] = {}
-    tags = []
-    try:
-        for service in SERVICES:
-            for target in ("test", "integration", "runtime"):
-                extra = {"buildargs": {"GIT_SHA": BUILT_SHA}} if target == "runtime" else {}
-                tags.append(f"{registry_addr}/{run_id}/{service}:{target}")
-                images[service, target] = build(docker_client, SHOP_DIR / "services" / service, tags[-1], target,
-                                                run_id, **extra)
-        tags.append(f"{registry_addr}/{run_id}/shop-e2e:test")
-        images["e2e", "e2e"] = build(docker_client, SHOP_DIR / "e2e", tags[-1], None, run_id)
-        yield images
-    finally:
-        for tag in tags:
-            with contextlib.suppress(docker.errors.APIError):
-                docker_client.images.remove(tag)
+    for service in SERVICES:
+        for target in ("test", "integration", "runtime"):
+            extra = {"buildargs": {"GIT_SHA": BUILT_SHA}} if target == "runtime" else {}
+            tag = f"{registry_addr}/{run_id}/{service}:{target}"
+            images[service, target] = build(docker_client, SHOP_DIR / "services" / service, tag, target, run_id,
+                                            **extra)
+    images["e2e", "e2e"] = build(docker_client, SHOP_DIR / "e2e", f"{registry_addr}/{run_id}/shop-e2e:test", None,
+                                 run_id)
+    return images
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +222,8 @@ def test_a_demo_commit_that_breaks_a_unit_test_fails_the_test_stage_naming_the_t
     demo.sync_repos(SHOP_DIR / "services", tmp_path)
     demo.commit_change("inventory", tmp_path, breakage="unit-test")
     tag = f"{registry_addr}/{run_id}/inventory:broken-test"
-    try:
-        finished = run_to_exit(docker_client, build(docker_client, tmp_path / "inventory", tag, "test", run_id),
-                               run_id, "unit-broken")
-    finally:
-        docker_client.images.remove(tag)
+    finished = run_to_exit(docker_client, build(docker_client, tmp_path / "inventory", tag, "test", run_id),
+                           run_id, "unit-broken")
 
     assert finished.exit_code == 1
     report = parse_junit(finished.reports["junit.xml"])
@@ -331,7 +321,6 @@ def test_a_demo_commit_that_breaks_health_ships_an_image_whose_healthz_fails(
         assert healthcheck(docker_client, container) == "unhealthy"
     finally:
         container.remove(force=True)
-        docker_client.images.remove(tag)
 
 
 def test_payments_without_its_key_exits_naming_the_variable(docker_client, run_id, shop_images):

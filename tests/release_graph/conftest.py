@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import docker
 import pytest
 
 from release_graph.demo import commit_change, sync_repo
@@ -260,16 +259,7 @@ def cleanup_world(world: ReleaseWorld, docker_client) -> None:
                 digest = world.registry.manifest_digest(repository, tag)
                 if digest:
                     world.registry.delete(repository, digest)
-        # Untag only (never remove by id with force): identical builds of parallel tests share image ids
-        # and layers, and a forced removal breaks their build cache ("layer not known").
-        # Listing can race with another test removing an image ("image not known"): best effort.
-        tags: list[str] = []
-        with contextlib.suppress(docker.errors.APIError):
-            tags = [t for image in docker_client.images.list(name=repository) for t in image.tags]
-        for tag in tags:
-            if tag.startswith(repository + ":"):
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.images.remove(tag)
+        # local images go at the session's end (tests/conftest.py): removing one now breaks parallel builds
     world.instance_context.__exit__(None, None, None)
     shutil.rmtree(world.root, ignore_errors=True)
     shutil.rmtree(f"/tmp/{fleet.name}-state", ignore_errors=True)

@@ -47,8 +47,9 @@ def engine(docker_client) -> ContainerEngine:
 
 @pytest.fixture
 def created(docker_client):
-    """What a test made: local image tags and registry manifests, removed at teardown (errors printed)."""
-    made: dict[str, list] = {"images": [], "manifests": []}
+    """Registry manifests a test pushed, deleted at teardown (errors printed). Its local images go at the
+    session's end (tests/conftest.py): removing one while a parallel build reads the cache breaks that build."""
+    made: dict[str, list] = {"manifests": []}
     yield made
     registry = Registry()
     for repository, digest in made["manifests"]:
@@ -56,13 +57,6 @@ def created(docker_client):
             registry.delete(repository, digest)
         except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
             print(f"teardown: could not delete {repository}@{digest}: {exc}")
-    for tag in made["images"]:
-        try:
-            docker_client.images.remove(tag)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            print(f"teardown: could not remove image {tag}: {exc}")
 
 
 def write_dockerfile(folder: Path, text: str) -> Path:
@@ -110,7 +104,6 @@ def test_given_a_commit_with_a_test_stage_when_built_and_pushed_then_the_registr
     )
     repository = f"{registry_addr}/{run_id}/engine-build"
     tag = f"{repository}:{'a' * 40}"
-    created["images"].append(tag)
     log_lines: list[str] = []
     labels = labels_for(run_id, **{"org.opencontainers.image.revision": "a" * 40})
 
@@ -153,7 +146,6 @@ def test_given_a_dockerfile_whose_run_fails_when_built_then_build_error_shows_th
         f"RUN echo 'compiling {run_id}' && echo 'boom: missing module' && exit 3\n",
     )
     tag = f"{registry_addr}/{run_id}/engine-broken:1"
-    created["images"].append(tag)
 
     with pytest.raises(BuildError) as raised:
         engine.build(context, tag=tag, labels=labels_for(run_id), buildargs={}, on_log=None)
@@ -177,7 +169,6 @@ def test_given_a_build_that_outlives_its_deadline_when_built_then_build_error_sa
         f"FROM {registry_addr}/base/busybox:latest\nRUN echo 'waiting {run_id}' && sleep 30\nRUN echo never\n",
     )
     tag = f"{registry_addr}/{run_id}/engine-slow:1"
-    created["images"].append(tag)
     engine = ContainerEngine(build_timeout_seconds=3)
     started = time.monotonic()
 
@@ -206,7 +197,6 @@ def test_given_a_test_target_the_dockerfile_lacks_when_built_then_build_error_na
 ):
     context = write_dockerfile(tmp_path / "ctx", f"FROM {registry_addr}/base/busybox:latest AS app\nRUN true\n")
     tag = f"{registry_addr}/{run_id}/engine-no-test-stage:1"
-    created["images"].append(tag)
 
     # Podman: `The target "test" was not found`; Docker: `failed to reach build target test`.
     with pytest.raises(BuildError, match=r'failed: .*(target "test" was not found|build target test)'):
@@ -227,7 +217,6 @@ def test_given_a_registry_that_is_stopped_after_a_push_when_pushing_again_then_p
     repository = f"{address}/{run_id}/engine-stopped"
     tag = f"{repository}:1"
     docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, "1")
-    created["images"].append(tag)
 
     with throwaway_registry(tmp_path, free_port) as stop:
         digest = engine.push(tag)
@@ -385,7 +374,6 @@ def test_given_a_local_tag_when_removed_then_it_is_gone_and_removing_again_says_
 ):
     repository = f"{registry_addr}/{run_id}/engine-remove"
     docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, "1")
-    created["images"].append(f"{repository}:1")
 
     assert engine.local_image_exists(f"{repository}:1") is True
     assert engine.remove_image(f"{repository}:1") is True

@@ -9,7 +9,6 @@ failure first says what was down, and no image is built twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -22,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
-import docker
 import pytest
 import yaml
 
@@ -153,27 +151,7 @@ def live_settings(live_settings, own_registry, own_engine, docker_client, run_id
         docker_client.images.get(base)
     settings = dataclasses.replace(live_settings, registry=own_registry.address, env={"DOCKER_HOST": own_engine.url},
                                    name="transient")
-    yield settings
-    # After `live` removed the environments: the image's tags and the `repo@digest` references deployments pulled.
-    remove_images(docker_client, f"{own_registry.address}/{run_id}{settings.name}/{SERVICE}")
-
-
-def remove_images(docker_client, repository: str) -> None:
-    """Untag every reference of `repository` (never by id: parallel tests share image ids and layers)."""
-    for _ in range(5):
-        try:  # filtered: listing every image of a busy engine takes minutes
-            images = docker_client.api.images(filters={"reference": repository})
-        except docker.errors.APIError:  # listing races with other tests removing their images ("image not known")
-            time.sleep(1)
-            continue
-        references = [reference for image in images
-                      for reference in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
-                      if reference.startswith(repository + ":") or reference.startswith(repository + "@")]
-        if not references:
-            return
-        for reference in references:
-            with contextlib.suppress(docker.errors.APIError):  # gone with another reference of the same image
-                docker_client.api.remove_image(reference)
+    return settings  # its images go at the session's end (tests/conftest.py)
 
 
 def base_images() -> set[str]:

@@ -57,10 +57,8 @@ def push_image(docker_client, registry_addr, run_id, tmp_path):
         return repository, digest
 
     yield build_and_push
-    for path, digest, reference in pushed:
-        delete_from_registry(registry_addr, path, digest)
-        with contextlib.suppress(Exception):
-            docker_client.images.remove(reference)
+    for path, digest, _reference in pushed:
+        delete_from_registry(registry_addr, path, digest)  # local images go at the session's end
 
 
 @pytest.fixture(scope="session")

@@ -252,7 +252,6 @@ def test_a_demo_service_container_is_measured_by_its_digest(prometheus, scrape_t
         if container is not None:
             container.remove(force=True)
         network.remove()
-        docker_client.images.remove(tag)
 
     injected = statuses.count(500) / len(statuses)
     print(f"inventory image built in {built:.1f} s; {measurement}; injected share {injected:.3f}")

@@ -161,10 +161,7 @@ def images(docker_client, run_id, registry_addr):
         assert len(set(built.values())) == 4, built
         yield built
     finally:
-        for name, reference in built.items():
-            for ref in (reference, f"{registry_addr}/{repository}:{name}"):
-                with contextlib.suppress(NotFound, docker.errors.APIError):
-                    docker_client.images.remove(ref, force=True)
+        for reference in built.values():  # local images go at the session's end (tests/conftest.py)
             digest = reference.split("@", 1)[1]
             request = urllib.request.Request(
                 f"http://{registry_addr}/v2/{repository}/manifests/{digest}", method="DELETE"
@@ -291,6 +288,13 @@ class _RequestLoop:
             time.sleep(0.002)
         conn.close()
 
+    def wait_until_serving(self, version: str, timeout: float = 60) -> None:
+        """Until the fresh client has been answered by `version` (a loaded machine can hold a call for seconds)."""
+        deadline = time.monotonic() + timeout
+        while self.results["fresh"]["versions"][-1:] != [version]:
+            assert time.monotonic() < deadline, f"{version} never answered the fresh client: {self.results}"
+            time.sleep(0.05)
+
     def __enter__(self):
         for thread in self.threads:
             thread.start()
@@ -387,8 +391,10 @@ def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_
     with _RequestLoop(free_port, path="/upstream", timeout=30) as loop:
         time.sleep(1)
         target.deploy(_spec(run_id, environment, images["v2"]))
-        time.sleep(1.5)  # long enough for both clients to see v2 on a loaded machine
+        loop.wait_until_serving("v2")
+        time.sleep(0.5)  # the keep-alive client is slower: a moment for it to see v2 too
         target.deploy(_spec(run_id, environment, images["v1"]))
+        loop.wait_until_serving("v1")
         time.sleep(1)
     fresh, keep_alive = loop.results["fresh"], loop.results["keep-alive"]
     print(f"\nprovider v1 -> v2 -> v1 under load on its consumer: fresh {fresh['ok']} ok / {fresh['failed']} "
