@@ -733,6 +733,31 @@ def _parse_rollout(problems: _Problems, env: str, raw: LineDict) -> Rollout:
                    analysis=_parse_analysis(problems, env, block, reporter))
 
 
+def _string_settings(problems: _Problems, env: str, analysis: LineDict, name: str, keys: set[str], what: str,
+                     reporter, *, example: str, other_keys: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The string fields of the `rollout.analysis.<name>:` block (a key ending in `url` must be an http(s) URL);
+    {} when the block is absent or not a mapping (reported)."""
+    raw = analysis.get(name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, LineDict):
+        reporter(analysis, "rollout.analysis")(name, f"expected a mapping such as {example}")
+        return {}
+    _check_keys(problems, raw, keys | other_keys, environment=env)
+    report = reporter(raw, f"rollout.analysis.{name}")
+    settings = {}
+    for key in sorted(keys):
+        if key in raw:
+            value = raw[key]
+            if key.endswith("url") and not (_is_str(value) and HTTP_URL.match(value)):
+                report(key, f"expected an http(s) URL, got {value!r}")
+            elif not _is_str(value):
+                report(key, f"expected {what}, got {value!r}")
+            else:
+                settings[key] = value
+    return settings
+
+
 def _parse_analysis(problems: _Problems, env: str, rollout: LineDict, reporter) -> Analysis:
     block = rollout.get("analysis")
     if block is None:
@@ -764,45 +789,19 @@ def _parse_analysis(problems: _Problems, env: str, rollout: LineDict, reporter) 
     if on_inconclusive not in ON_INCONCLUSIVE:
         report("on_inconclusive", f"expected one of {', '.join(ON_INCONCLUSIVE)}, got {on_inconclusive!r}")
         on_inconclusive = defaults.on_inconclusive
-    prometheus = PrometheusSettings()
-    raw_prometheus = block.get("prometheus")
-    if raw_prometheus is not None:
-        if not isinstance(raw_prometheus, LineDict):
-            report("prometheus", "expected a mapping such as {url: http://127.0.0.1:9090}")
-        else:
-            _check_keys(problems, raw_prometheus, PROMETHEUS_KEYS, environment=env)
-            sub = reporter(raw_prometheus, "rollout.analysis.prometheus")
-            settings = {}
-            for key in PROMETHEUS_KEYS:
-                if key in raw_prometheus:
-                    value = raw_prometheus[key]
-                    if not _is_str(value) or (key == "url" and not HTTP_URL.match(value)):
-                        sub(key, f"expected {'an http(s) URL' if key == 'url' else 'a PromQL query'}, got {value!r}")
-                    else:
-                        settings[key] = value
-            prometheus = PrometheusSettings(**settings)
-    cloudwatch = CloudWatchSettings()
+    prometheus = PrometheusSettings(**_string_settings(
+        problems, env, block, "prometheus", PROMETHEUS_KEYS, "a PromQL query", reporter,
+        example="{url: http://127.0.0.1:9090}"))
+    cloudwatch_settings = _string_settings(
+        problems, env, block, "cloudwatch", CLOUDWATCH_KEYS - {"alarms"}, "a non-empty string", reporter,
+        example="{region: eu-west-1, alarms: [orders-5xx]}", other_keys=frozenset({"alarms"}))
     raw_cloudwatch = block.get("cloudwatch")
-    if raw_cloudwatch is not None:
-        if not isinstance(raw_cloudwatch, LineDict):
-            report("cloudwatch", "expected a mapping such as {region: eu-west-1, alarms: [orders-5xx]}")
-        else:
-            _check_keys(problems, raw_cloudwatch, CLOUDWATCH_KEYS, environment=env)
-            sub = reporter(raw_cloudwatch, "rollout.analysis.cloudwatch")
-            settings = {}
-            for key in ("region", "namespace", "endpoint_url"):
-                if key in raw_cloudwatch:
-                    value = raw_cloudwatch[key]
-                    if not _is_str(value) or (key == "endpoint_url" and not HTTP_URL.match(value)):
-                        sub(key, f"expected a non-empty string{' (an http(s) URL)' if key == 'endpoint_url' else ''}, "
-                                 f"got {value!r}")
-                    else:
-                        settings[key] = value
-            alarms = raw_cloudwatch.get("alarms", [])
-            if not isinstance(alarms, list) or not all(_is_str(a) for a in alarms):
-                sub("alarms", f"expected a list of alarm names, got {alarms!r}")
-                alarms = []
-            cloudwatch = CloudWatchSettings(alarms=tuple(alarms), **settings)
+    alarms = raw_cloudwatch.get("alarms", []) if isinstance(raw_cloudwatch, LineDict) else []
+    if not isinstance(alarms, list) or not all(_is_str(a) for a in alarms):
+        reporter(raw_cloudwatch, "rollout.analysis.cloudwatch")("alarms",
+                                                               f"expected a list of alarm names, got {alarms!r}")
+        alarms = []
+    cloudwatch = CloudWatchSettings(alarms=tuple(alarms), **cloudwatch_settings)
     if "cloudwatch" in providers and raw_cloudwatch is None:
         report("providers", "the cloudwatch provider needs a cloudwatch: block (alarms and/or a namespace)")
     return Analysis(providers=tuple(providers), on_inconclusive=on_inconclusive, prometheus=prometheus,

@@ -487,7 +487,9 @@ def test_a_broken_rollout_names_the_environment_and_each_field(tmp_path):
       strategy: canary
       steps: [{weight: 50}, {weight: 20, pause_seconds: -1}]
       hold_seconds: 10
-      analysis: {providers: [datadog], max_error_rate: 2, consecutive_error_limit: 0}
+      analysis: {providers: [datadog], max_error_rate: 2, consecutive_error_limit: 0,
+                 prometheus: {url: "ftp://metrics", p95_query: 95},
+                 cloudwatch: {region: 7, alarms: orders-5xx, dimension: x}}
   staging:
     rollout: {strategy: rainbow}
 """).replace("  staging: {target: docker}\n", "")
@@ -499,5 +501,10 @@ def test_a_broken_rollout_names_the_environment_and_each_field(tmp_path):
     assert "field 'rollout.analysis.providers': expected a list of haproxy, prometheus, cloudwatch" in problems
     assert "field 'rollout.analysis.max_error_rate': expected a number between 0 and 1, got 2" in problems
     assert "field 'rollout.analysis.consecutive_error_limit'" in problems
+    assert "field 'rollout.analysis.prometheus.url': expected an http(s) URL, got 'ftp://metrics'" in problems
+    assert "field 'rollout.analysis.prometheus.p95_query': expected a PromQL query, got 95" in problems
+    assert "field 'rollout.analysis.cloudwatch.region': expected a non-empty string, got 7" in problems
+    assert "field 'rollout.analysis.cloudwatch.alarms': expected a list of alarm names, got 'orders-5xx'" in problems
+    assert "field 'dimension': unknown key (expected one of: alarms, endpoint_url, namespace, region)" in problems
     assert "environment 'staging', field 'rollout.strategy': expected one of replace, blue-green, canary" in problems
     assert "fleet.yaml:" in problems  # every problem names the file and its line
