@@ -6,8 +6,12 @@ history: a repository changes only when its source folder changed since the last
 change is merged into main, so commits made in the demo repository are kept. `--force` recreates them.
 
 `commit <service>` makes a small real change (bumps VERSION) and commits it, so a user sees the sensor fire;
-`--break KIND` also breaks the unit tests, the integration tests, the health endpoint, the static analysis or
-(inventory only) the end-to-end tests of that commit, and `--repair` undoes every such breakage.
+`--break KIND` also breaks the unit tests, the integration tests, the health endpoint, the static analysis,
+(inventory only) the end-to-end tests of that commit, or makes every API request 400 ms slower (`slow`: every
+test passes, production's canary analysis rolls it back), and `--repair` undoes every such breakage.
+
+`shoppers --port P` is the demo's users: a steady stream of product lookups and orders (each order cancelled
+again) through the gateway published on 127.0.0.1:P, so a rollout's analysis has traffic to judge.
 
 The demo fleet's folder is `--demo-dir`, else $RELEASE_GRAPH_DEMO_DIR, else ./examples/shop: the demo ships
 with the repository, not with the package, so `make` runs this from the checkout.
@@ -17,14 +21,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEMO_DIR_ENV = "RELEASE_GRAPH_DEMO_DIR"
@@ -64,8 +73,11 @@ BREAKAGES: dict[str, tuple[str, str]] = {
         "    return subprocess.run(command, shell=True, capture_output=True, text=True, check=False).stdout\n",
     ),
 }
-# `--break health` appends this to the Dockerfile: its last stage is the released image.
+# `--break health` and `--break slow` append these to the Dockerfile: its last stage is the released image.
 HEALTH_BREAKAGE = "# Broken on purpose by release_graph.demo: /healthz answers 500.\nENV HEALTHZ_STATUS=500\n"
+SLOW_BREAKAGE = ("# Slowed on purpose by release_graph.demo: every API request takes 400 ms longer.\n"
+                 "ENV EXTRA_LATENCY_MS=400\n")
+DOCKERFILE_BREAKAGES = {"health": HEALTH_BREAKAGE, "slow": SLOW_BREAKAGE}
 # `--break e2e`: a change to a service's API that its own unit and integration tests accept but its consumers'
 # contract, the fleet's end-to-end tests, rejects (so it stops after dev): service -> (path, text, broken text).
 # inventory's reservation ids grow from 12 to 16 hex digits: its unit test only looks at the "res-" prefix,
@@ -73,7 +85,7 @@ HEALTH_BREAKAGE = "# Broken on purpose by release_graph.demo: /healthz answers 5
 E2E_BREAKAGES: dict[str, tuple[str, str, str]] = {
     "inventory": ("app.py", 'f"res-{secrets.token_hex(6)}"', 'f"res-{secrets.token_hex(8)}"'),
 }
-BREAK_KINDS = (*BREAKAGES, "health", "e2e")
+BREAK_KINDS = (*BREAKAGES, *DOCKERFILE_BREAKAGES, "e2e")
 
 
 class DemoError(Exception):
@@ -241,10 +253,10 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(content)
         changed.append(path)
-    elif breakage == "health":
+    elif breakage in DOCKERFILE_BREAKAGES:
         text = dockerfile.read_text()
-        if HEALTH_BREAKAGE not in text:
-            dockerfile.write_text(text.rstrip("\n") + "\n" + HEALTH_BREAKAGE)
+        if DOCKERFILE_BREAKAGES[breakage] not in text:
+            dockerfile.write_text(text.rstrip("\n") + "\n" + DOCKERFILE_BREAKAGES[breakage])
             changed.append("Dockerfile")
     elif breakage == "e2e":
         path, text, broken = E2E_BREAKAGES[service]
@@ -259,8 +271,11 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
                 (repo / path).unlink()
                 changed.append(path)
         text = dockerfile.read_text()
-        if HEALTH_BREAKAGE in text:
-            dockerfile.write_text(text.replace(HEALTH_BREAKAGE, ""))
+        repaired = text
+        for appended in DOCKERFILE_BREAKAGES.values():
+            repaired = repaired.replace(appended, "")
+        if repaired != text:
+            dockerfile.write_text(repaired)
             changed.append("Dockerfile")
         if service in E2E_BREAKAGES:
             path, text, broken = E2E_BREAKAGES[service]
@@ -278,6 +293,66 @@ def commit_change(service: str, repos_dir: Path, *, message: str | None = None,
     _git(repo, "add", "--all", "--", *changed)
     _git(repo, "commit", "--quiet", "--no-verify", "-m", message, "--", *changed)
     return CommitResult(service, repo, _git(repo, "rev-parse", "HEAD"), message, version, tuple(changed))
+
+
+@dataclass
+class Traffic:
+    """What the shoppers saw: answers by HTTP status (0: no answer at all, e.g. while the gateway starts)."""
+
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status == 0 or status >= 500)
+
+    def line(self) -> str:
+        shown = ", ".join(f"{'no answer' if s == 0 else s}: {n}" for s, n in sorted(self.statuses.items()))
+        return f"{self.requests} requests ({shown or 'none'})"
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json"} if body is not None else {})
+        response = conn.getresponse()
+        payload = response.read()
+        with contextlib.suppress(ValueError):
+            return response.status, json.loads(payload or b"{}")
+        return response.status, {}
+    except (OSError, http.client.HTTPException):
+        return 0, {}
+    finally:
+        conn.close()
+
+
+def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: float = 30.0,
+         on_report: Callable[[Traffic], None] | None = None) -> Traffic:
+    """The demo's users until `stop` is set: about `rate` requests a second through the gateway on 127.0.0.1:port,
+    mostly product lookups (gateway -> orders -> inventory) and every fifth an order (payments too), cancelled
+    right away so the stock stays. Every `report_every` seconds `on_report` gets the counts so far."""
+    traffic = Traffic()
+    reported = time.monotonic()
+    cycle = 0
+    while not stop.is_set():
+        cycle += 1
+        status, _ = _call(port, "GET", "/api/products/widget")
+        traffic.statuses[status] += 1
+        if cycle % 5 == 0:
+            status, order = _call(port, "POST", "/api/orders", {"sku": "widget", "quantity": 1})
+            traffic.statuses[status] += 1
+            if status == 201 and "order_id" in order:
+                status, _ = _call(port, "DELETE", f"/api/orders/{order['order_id']}")
+                traffic.statuses[status] += 1
+        if on_report and time.monotonic() - reported >= report_every:
+            on_report(traffic)
+            reported = time.monotonic()
+        stop.wait(1 / rate)
+    return traffic
 
 
 def _shown(path: Path) -> str:
@@ -304,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind.add_argument("--break", dest="breakage", choices=BREAK_KINDS, help="also break this in the commit")
     kind.add_argument("--repair", action="store_true", help="also undo every demo breakage")
     commit.add_argument("--repos-dir", type=Path, help=REPOS_HELP)
+    shoppers = commands.add_parser("shoppers", help="steady traffic through the gateway until interrupted")
+    shoppers.add_argument("--port", type=int, required=True, help="the gateway's published port (prod: 18080)")
+    shoppers.add_argument("--rate", type=float, default=10.0, help="requests a second (default 10)")
     for command in (repos, commit):
         command.add_argument("--demo-dir", type=Path, help=f"the demo fleet's folder (default: ${DEMO_DIR_ENV}, "
                              f"then ./{DEFAULT_DEMO_DIR})")
@@ -311,6 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     shop = args.demo_dir or Path(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
     repos_dir = args.repos_dir or shop / ".repos"
 
+    if args.command == "shoppers":
+        print(f"shoppers: about {args.rate:g} requests a second to the gateway on 127.0.0.1:{args.port}", flush=True)
+        stop = threading.Event()
+        try:
+            shop(args.port, stop, rate=args.rate, on_report=lambda t: print(f"shoppers: {t.line()}", flush=True))
+        except KeyboardInterrupt:
+            stop.set()
+        return 0
     try:
         if args.command == "repos":
             sources = args.sources or shop / "services"

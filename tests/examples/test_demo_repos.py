@@ -219,10 +219,13 @@ def test_each_breakage_is_committed_and_repair_removes_them_all(repos):
         ("VERSION", "tests/integration/test_demo_breakage.py"),
         ("VERSION", "debug_shell.py"),
         ("VERSION", "Dockerfile"),
+        ("VERSION", "Dockerfile"),
         ("VERSION", "app.py"),
     ]
     assert broken[3].message == "Bump inventory to 1.0.4 and break its health (demo)"
-    assert (repo / "Dockerfile").read_text().endswith("\nENV HEALTHZ_STATUS=500\n")
+    assert "\nENV HEALTHZ_STATUS=500\n" in (repo / "Dockerfile").read_text()
+    # the slow breakage: every API request 400 ms slower, which no test notices and a canary analysis does
+    assert (repo / "Dockerfile").read_text().endswith("\nENV EXTRA_LATENCY_MS=400\n")
     # the e2e breakage: inventory's reservation ids, 16 hex digits where the shop's e2e test expects 12
     assert 'reservation_id = f"res-{secrets.token_hex(8)}"' in (repo / "app.py").read_text()
     assert git(repo, "status", "--porcelain") == ""

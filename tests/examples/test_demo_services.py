@@ -15,6 +15,7 @@ import re
 import secrets
 import socket
 import tarfile
+import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -285,6 +286,41 @@ def test_the_fleet_end_to_end_tests_pass_through_the_gateway(docker_client, run_
     assert finished.exit_code == 0, finished.logs
     report = parse_junit(finished.reports["e2e.xml"])
     assert report.tests >= 6 and report.failed == 0 and report.errors == 0, finished.logs
+
+
+def test_the_demo_shoppers_look_up_products_and_place_and_cancel_orders_through_the_gateway(shop_fleet):
+    def widgets_available() -> int:
+        with urllib.request.urlopen(f"{shop_fleet['gateway']}/api/products/widget", timeout=10) as response:
+            return json.loads(response.read())["available"]
+
+    port = int(shop_fleet["gateway"].rsplit(":", 1)[1])
+    before = widgets_available()
+    stop, reports = threading.Event(), []
+    shoppers = threading.Thread(target=lambda: reports.append(demo.shop(port, stop, rate=20, report_every=0.5,
+                                                                        on_report=lambda t: reports.append(t.line()))))
+    shoppers.start()
+    time.sleep(2)
+    stop.set()
+    shoppers.join(timeout=30)
+    traffic = reports.pop()
+
+    # every lookup answered 200, every order was placed (201) and cancelled (200), and nothing failed
+    assert set(traffic.statuses) == {200, 201} and traffic.failed == 0, traffic.line()
+    assert traffic.requests >= 10 and traffic.statuses[201] >= 1, traffic.line()
+    assert reports and reports[0].endswith(")") and "200: " in reports[0]
+    # (and the stock is back where it was: each order was cancelled)
+    assert widgets_available() == before
+
+
+def test_the_demo_shoppers_count_a_gateway_that_does_not_answer_as_failed():
+    with socket.socket() as held:  # bound, not listening: every connection is refused
+        held.bind(("127.0.0.1", 0))
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        traffic = demo.shop(held.getsockname()[1], stop, rate=20)
+
+    assert traffic.requests >= 2 and traffic.failed == traffic.requests and set(traffic.statuses) == {0}
+    assert traffic.line().startswith(f"{traffic.requests} requests (no answer: ")
 
 
 def test_payments_proves_it_received_its_secret_without_printing_it(shop_fleet, payments_key):
