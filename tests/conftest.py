@@ -45,13 +45,16 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nsession clean-up: the engine did not answer, images of {SESSION_ID} stay: {exc}")
         return
     for image in images:
-        ours = (image.get("Labels") or {}).get(TEST_RUN_LABEL, "").startswith(SESSION_ID)
-        references = [reference for reference in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
-                      if SESSION_ID in reference or ours]
-        for reference in references:
-            with contextlib.suppress(docker.errors.APIError):  # gone with an image removed a moment ago
-                api.remove_image(reference)
-        if ours and not references:
+        tags = [tag for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"]
+        ours = [tag for tag in tags if SESSION_ID in tag]
+        for tag in ours:  # untag: an image another name still holds (a base image a test tagged) stays
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_image(tag)
+        if len(ours) < len(tags):
+            continue
+        # Only this session's names (or none, e.g. pulled by digest): the image itself goes, with its digests.
+        labelled = (image.get("Labels") or {}).get(TEST_RUN_LABEL, "").startswith(SESSION_ID)
+        if ours or labelled or any(SESSION_ID in digest for digest in image.get("RepoDigests") or []):
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_image(image["Id"], force=True)
     api.close()

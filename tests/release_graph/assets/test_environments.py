@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from release_graph.assets import retry
+
 PAYMENTS_KEY_VARIABLE = "RG_TEST_PAYMENTS_API_KEY"
 ENVIRONMENTS = f"""\
   dev:
@@ -185,8 +187,12 @@ def test_stopping_a_staging_container_by_hand_fails_in_sync_at_the_next_observat
 
 @pytest.mark.engine
 def test_a_registry_that_is_really_stopped_fails_the_build_naming_it_and_promotes_nothing(
-    release_world_factory, throwaway_registry, free_port, tmp_path
+    release_world_factory, throwaway_registry, free_port, tmp_path, monkeypatch
 ):
+    # The step's six attempts, one second apart instead of about three minutes (the waits themselves are
+    # proven on the real daemon by tests/stories/test_transient_faults.py)
+    monkeypatch.setattr(retry, "FIRST_WAIT_SECONDS", 1)
+    monkeypatch.setattr(retry, "LONGEST_WAIT_SECONDS", 1)
     (tmp_path / "registry").mkdir()
     with throwaway_registry(tmp_path / "registry", free_port) as stop_registry:
         world = release_world_factory(["inventory"], environments="  dev: {target: docker}", integration=False,
@@ -204,6 +210,7 @@ def test_a_registry_that_is_really_stopped_fails_the_build_naming_it_and_promote
         # then the step fails naming the registry it could not reach; nothing new is recorded or promoted
         assert not run.success
         assert f"127.0.0.1:{free_port}" in world.failures(run)["inventory__image"]
+        assert "still down after 6 attempts, not the commit's fault" in world.failures(run)["inventory__image"]
         assert world.latest(key("inventory", "image")).digest == first.digest
 
 

@@ -303,7 +303,7 @@ class _RequestLoop:
     def __exit__(self, *exc_info):
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=30)
+            thread.join(timeout=self.timeout + 10)
 
 
 def test_given_v1_is_deployed_then_it_answers_by_service_name_and_the_same_digest_again_changes_nothing(
@@ -671,8 +671,10 @@ def test_given_containers_an_earlier_version_labelled_release_graph_dot_then_the
 
 # A client waits as long as a slow request may take here: while the engine starts or removes a container it
 # rewires the environment's bridge (netavark), which can hold a connection 1-5 s on a loaded 2-core machine.
-# Slow is not failed; the stories count failed requests.
-ROLLOUT_CLIENT_TIMEOUT = 30
+# Twice, in full parallel runs only, both clients' requests of the blue-green switch were held over 30 s (cause
+# not found); a request no server answers is replayed by the switch after its `timeout server` (60 s,
+# `retry-on response-timeout`). Slow is not failed; the stories count failed requests and print the slowest.
+ROLLOUT_CLIENT_TIMEOUT = 90
 
 
 class _Log:
@@ -744,6 +746,7 @@ def test_given_v1_serves_when_v2_rolls_out_blue_green_then_everything_switches_a
         report = _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout,
                              _Log()).run()
         time.sleep(0.3)
+    print(f"\nblue-green under load: {load.results}; slowest fresh call {load.slowest:.2f} s")
     assert load.errors == []
     assert [(row["weight"], row["outcome"]) for row in report.steps] == [(100, "Successful")]
     # the old color kept running during the hold (the step served 2 s at 100 %), then was removed
