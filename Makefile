@@ -56,11 +56,17 @@ $(DAGSTER_HOME)/demo-secrets.env:
 prometheus: venv
 	$(VENV)/bin/python -m resources.metrics.prometheus_server ensure --home $(PROMETHEUS_HOME) --port 9090
 
-# The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running.
+# The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running, and the
+# demo's shoppers on prod's gateway (examples/shop/fleet.yaml publishes it on 18080) for its canaries to measure;
+# they stop with the UI, their counts go to $(DAGSTER_HOME)/shoppers.log.
+DEMO_SHOPPERS_PORT ?= 18080
 demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env
 	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
 	  source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
-	  exec env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	  { $(VENV)/bin/python -m release_graph.demo shoppers --port $(DEMO_SHOPPERS_PORT) \
+	      >$(DAGSTER_HOME)/shoppers.log 2>&1 & shoppers=$$!; } && \
+	  trap 'kill $$shoppers 2>/dev/null' EXIT && \
+	  env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.
 test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +300,24 @@ class Traffic:
     """What the shoppers saw: answers by HTTP status (0: no answer at all, e.g. while the gateway starts)."""
 
     statuses: Counter = field(default_factory=Counter)
+    # the last few answers of 500 or more, with what was asked and when: what a release manager looks at first
+    server_errors: deque = field(default_factory=lambda: deque(maxlen=5))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, status: int, request: str = "", answer: dict | None = None) -> None:
+        with self._lock:
+            self.statuses[status] += 1
+            if status >= 500:
+                self.server_errors.append(f"{time.strftime('%H:%M:%S')} {request}: {status} {answer or ''}")
+
+    def snapshot(self) -> Counter:
+        """The counts so far, safe to read while the shoppers run."""
+        with self._lock:
+            return Counter(self.statuses)
+
+    def last_server_errors(self) -> list[str]:
+        with self._lock:
+            return list(self.server_errors)
 
     @property
     def requests(self) -> int:
@@ -331,23 +349,24 @@ def _call(port: int, method: str, path: str, body: dict | None = None, timeout: 
 
 
 def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: float = 30.0,
-         on_report: Callable[[Traffic], None] | None = None) -> Traffic:
+         on_report: Callable[[Traffic], None] | None = None, traffic: Traffic | None = None) -> Traffic:
     """The demo's users until `stop` is set: about `rate` requests a second through the gateway on 127.0.0.1:port,
-    mostly product lookups (gateway -> orders -> inventory) and every fifth an order (payments too), cancelled
-    right away so the stock stays. Every `report_every` seconds `on_report` gets the counts so far."""
-    traffic = Traffic()
+    product lookups (gateway -> orders -> inventory) and, every other time, an order (payments too), cancelled
+    right away so the stock stays. Every `report_every` seconds `on_report` gets the counts so far; they go to
+    `traffic` when given (read it while the shoppers run)."""
+    traffic = traffic if traffic is not None else Traffic()
     reported = time.monotonic()
     cycle = 0
     while not stop.is_set():
         cycle += 1
-        status, _ = _call(port, "GET", "/api/products/widget")
-        traffic.statuses[status] += 1
-        if cycle % 5 == 0:
+        status, answer = _call(port, "GET", "/api/products/widget")
+        traffic.add(status, "GET /api/products/widget", answer)
+        if cycle % 2 == 0:
             status, order = _call(port, "POST", "/api/orders", {"sku": "widget", "quantity": 1})
-            traffic.statuses[status] += 1
+            traffic.add(status, "POST /api/orders", order)
             if status == 201 and "order_id" in order:
-                status, _ = _call(port, "DELETE", f"/api/orders/{order['order_id']}")
-                traffic.statuses[status] += 1
+                status, answer = _call(port, "DELETE", f"/api/orders/{order['order_id']}")
+                traffic.add(status, "DELETE /api/orders/<id>", answer)
         if on_report and time.monotonic() - reported >= report_every:
             on_report(traffic)
             reported = time.monotonic()

@@ -44,8 +44,8 @@ def _plain(metadata) -> dict:
 
 
 def _record(key: dg.AssetKey, event_record) -> StageRecord:
-    materialization = event_record.asset_materialization
-    metadata = _plain(materialization.metadata)
+    event = event_record.asset_materialization or event_record.asset_observation
+    metadata = _plain(event.metadata)
     return StageRecord(
         key=key,
         digest=metadata.get(M.DIGEST),
@@ -65,6 +65,13 @@ def latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> StageRecord | None
 def history(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:
     """Newest first."""
     return [_record(key, r) for r in instance.fetch_materializations(key, limit=limit).records]
+
+
+def rollbacks(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:
+    """The rollouts that went back out of the environment `key` (its `rollback` observations), newest first:
+    `digest` is the version taken away, `serving` the one that kept the traffic."""
+    return [record for record in (_record(key, r) for r in instance.fetch_observations(key, limit=limit).records)
+            if record.value("event") == M.ROLLBACK_EVENT]
 
 
 def record_with_digest(instance: dg.DagsterInstance, key: dg.AssetKey, digest: str) -> StageRecord | None:

@@ -241,8 +241,11 @@ def world_resources(root: Path, fleet_name: str) -> dict:
         "engine": engine,
         "registry": Registry(),
         # haproxy's admin socket path must stay short (unix sockets): not under pytest's tmp_path.
+        # The demo services answer their health path within seconds even on a loaded machine: a version whose
+        # health fails is given up on after 30 s instead of the default 60.
         "deploy_targets": DeployTargets(engine=engine,
-                                        docker=DockerTargetConfig(state_dir=f"/tmp/{fleet_name}-state/targets")),
+                                        docker=DockerTargetConfig(state_dir=f"/tmp/{fleet_name}-state/targets",
+                                                                  health_timeout_seconds=30)),
         "secrets": SecretsResource(),
     }
 

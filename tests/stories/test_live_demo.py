@@ -1,23 +1,25 @@
 """The living system: the demo fleet on the real daemon (`dagster dev`, as `make demo` starts it).
 
-A release manager's story, scripted: the first release of every service flows to staging on its own; a new
-commit to a provider (inventory, which orders calls) is redeployed under its consumers and reaches staging,
-its dev end-to-end run passing; four broken commits at once (a unit test, an integration test, a health
-check, and a change to inventory's API that only the fleet's e2e tests in dev reject) each stop at their own
-stage and say why, and their repairs flow on with no manual step; approvals given consumer first reach prod
-in dependency order while a newer commit supersedes the approved digest in staging. Along the way only the
-broken commits' own runs fail, no run holds two services' stages, no image is built twice, and every stage
-says what it waits for. A copy of the demo fleet under its own name and ports, so it never meets a running
-`make demo`.
+A release manager's story, scripted: the first release of every service flows to staging on its own; four
+broken commits at once (a unit test, an integration test, a health check, and a change to inventory's API that
+only the fleet's e2e tests in dev reject) each stop at their own stage and say why, and their repairs flow on
+with no manual step; approvals given consumer first reach prod in dependency order while a newer commit to a
+provider (inventory, which orders calls) is redeployed under its consumers and supersedes the approved digest
+in staging, its dev end-to-end run passing; that commit answers 400 ms slower, which every test accepts, and
+once approved its prod canary, measured on the demo's shoppers, goes back while the approved version keeps
+serving them. Along the way only the broken commits' own runs (and the rolled-back canary's) fail, no run
+holds two services' stages, no image is built twice, and every stage says what it waits for. A copy of the
+demo fleet under its own name and ports, so it never meets a running `make demo`.
 
 In the Dagster UI, in a real browser: after the failed e2e run in dev, inventory's healthy staging shows no
-failed check; the environment matrix shows what each stage waits for, as `release-graph why` says it; and
-the last prod approval is given from the UI's launchpad.
+failed check; the environment matrix shows what each stage waits for, as `release-graph why` says it (also
+the rolled-back canary); and the last prod approval is given from the UI's launchpad.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import dagster as dg
@@ -36,15 +38,28 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 SERVICES = ("inventory", "payments", "orders", "gateway")
 FIRST_RELEASE_SECONDS = 600  # four builds with their checks, integration, dev, e2e, staging
 NEXT_STAGE_SECONDS = 300
-# `make soak` runs the story with more rounds of provider and consumer commits (RELEASE_GRAPH_SOAK_ROUNDS).
-SOAK_ROUNDS = int(os.environ.get("RELEASE_GRAPH_SOAK_ROUNDS", "1"))
+# `make soak` runs the story with rounds of provider and consumer commits first (RELEASE_GRAPH_SOAK_ROUNDS); the
+# story itself commits to the provider alone (its repair, and the newer commit at the end) and to all four.
+SOAK_ROUNDS = int(os.environ.get("RELEASE_GRAPH_SOAK_ROUNDS", "0"))
 # Broken commits, each caught by its own stage: the unit tests, the integration tests, the health check, and
 # the fleet's e2e tests in dev (inventory's reservation ids no longer look as its consumers expect).
 BREAKS = {"orders": "unit-test", "payments": "integration-test", "gateway": "health", "inventory": "e2e"}
 DEPLOYMENT_CHECKS = ("healthy", "in_sync", "hardening")
 
 
-def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
+@pytest.fixture
+def shoppers(live):
+    """The demo's shoppers on prod's gateway, as `make demo` runs them: their traffic, counted as it goes."""
+    stop, traffic = threading.Event(), demo.Traffic()
+    port = live.fleet.environments["prod"].publish["gateway"]
+    thread = threading.Thread(target=demo.shop, args=(port, stop), kwargs={"traffic": traffic}, daemon=True)
+    thread.start()
+    yield traffic
+    stop.set()
+    thread.join(timeout=60)
+
+
+def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(live.home))
     live.start()
     fleet = live.fleet
@@ -64,8 +79,15 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
             status = stage_status(instance, fleet, fleet.services[service], "prod")
             assert status.state == "waiting" and status.reason.startswith("waiting for"), status
 
-        # When a provider gets a new commit, it is rebuilt once and reaches staging under its consumers (and,
-        # in `make soak`'s longer variant, a consumer and the provider again, round after round)
+        def print_lead_time(service: str, sha: str, committed_at: float) -> None:
+            lead_time = time.monotonic() - committed_at
+            work = sum(r.end_time - r.start_time for r in instance.get_run_records(
+                filters=dg.RunsFilter(tags={SHA_TAG: sha})) if r.start_time and r.end_time)
+            print(f"{service} commit -> staging: {lead_time:.0f} s: {work:.0f} s in its own runs (build and checks, "
+                  f"integration, dev, staging), {lead_time - work:.0f} s outside them (the fleet's e2e run in dev, "
+                  "Git polls, automation ticks, run start-up, other services' runs)")
+
+        # (`make soak`: a provider, then a consumer and the provider, round after round, each reaching staging)
         for round_number in range(SOAK_ROUNDS):
             for changed in ("inventory",) if round_number == 0 else ("orders", "inventory"):
                 before = digest(changed, "staging")
@@ -74,13 +96,8 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
                 live.wait_for(f"{changed}'s new commit in staging", lambda changed=changed, before=before: (
                     digest(changed, "staging") not in (None, before)
                     and digest(changed, "staging") == digest(changed, "image")), NEXT_STAGE_SECONDS, instance)
-                lead_time = time.monotonic() - committed_at
                 assert history.latest(instance, image_key(changed)).git_sha == commit.sha
-                work = sum(r.end_time - r.start_time for r in instance.get_run_records(
-                    filters=dg.RunsFilter(tags={SHA_TAG: commit.sha})) if r.start_time and r.end_time)
-                print(f"{changed} commit -> staging: {lead_time:.0f} s: {work:.0f} s in its own runs (build and "
-                      f"checks, integration, dev, staging), {lead_time - work:.0f} s outside them (the fleet's e2e "
-                      "run in dev, Git polls, automation ticks, run start-up)")
+                print_lead_time(changed, commit.sha, committed_at)
 
         # When four services get broken commits at once (a unit test, an integration test, a health check, and
         # a change to inventory's API that its own tests accept)
@@ -164,8 +181,10 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
         assert approval.digest == digest(by_ui, "staging")
         approved_at = time.monotonic()
         approved = {s: digest(s, "staging") for s in SERVICES}
-        # and a newer inventory commit supersedes the approved digest in staging right away
-        newer = demo.commit_change("inventory", live.fleet_dir / ".repos").sha
+        # and a newer inventory commit supersedes the approved digest in staging right away (one that answers
+        # 400 ms slower: every test accepts it)
+        newer = demo.commit_change("inventory", live.fleet_dir / ".repos", breakage="slow").sha
+        newer_at = time.monotonic()
         live.wait_for("every approved digest in prod", lambda: all(
             digest(s, "prod") == approved[s] for s in SERVICES), NEXT_STAGE_SECONDS, instance)
         print(f"approvals -> all of prod: {time.monotonic() - approved_at:.0f} s")
@@ -174,17 +193,47 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
             for provider in fleet.services[service].hard_deps:
                 assert deployed_at[provider] <= deployed_at[service], (provider, service)
 
+        # When a provider gets a new commit alone, it is rebuilt once and reaches staging under its consumers (its
+        # dev e2e run passing)
         live.wait_for("the newer inventory commit in staging", lambda: (
             sha_of("inventory") == newer and digest("inventory", "staging") == digest("inventory", "image")),
             NEXT_STAGE_SECONDS, instance)
+        print_lead_time("inventory", newer, newer_at)
         # the approved digest stays in prod, and prod says what the newer one waits for
         assert digest("inventory", "prod") == approved["inventory"]
         # (for the staging e2e run with the newer digest first, then for an approval of it)
         waiting = why("inventory", "prod").reason
         assert waiting.startswith("waiting for") and digest("inventory", "staging")[7:19] in waiting, waiting
 
-        # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory),
-        # no run held two services' stages, no image was built twice
+        # When the slow commit is approved, its prod canary takes half of the shoppers' traffic, is measured
+        # slower than prod allows, and goes back: the approved version served throughout
+        slow = digest("inventory", "staging")
+        live.wait_for("the slow commit's staging e2e run", lambda: why("inventory", "prod").reason.startswith(
+            "waiting for an approval"), NEXT_STAGE_SECONDS, instance)
+        before_canary = shoppers.snapshot()
+        done = live.cli("approve", "inventory", "--env", "prod", "--by", "rm@shop.example", "--ticket", "CHG-2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rolled_back = live.wait_for("the slow canary rolled back", lambda: why("inventory", "prod").state == FAILED,
+                                    NEXT_STAGE_SECONDS, instance)
+        print(f"slow inventory approved -> its prod canary rolled back: {rolled_back:.0f} s")
+        failed_prod = why("inventory", "prod")
+        assert "rolled back" in failed_prod.reason and "mean response time" in failed_prod.reason, failed_prod
+        assert digest("inventory", "prod") == approved["inventory"]
+        rollback = history.rollbacks(instance, environment_key("inventory", "prod"))
+        assert [(r.digest, r.value("serving")) for r in rollback] == [(slow, approved["inventory"])], rollback
+        # and the UI's matrix shows the rolled-back stage as `release-graph why` says it
+        shown = ui.wait_for_matrix("the rolled-back canary, as release-graph why says", as_why_says)
+        assert "rolled back" in shown[("inventory", "prod")]["waiting_for"], shown[("inventory", "prod")]
+        # (and the shoppers were served meanwhile: the canary was slow, not down; at most 1 % of their requests
+        # failed, what the analysis itself tolerates)
+        during = demo.Traffic(shoppers.snapshot() - before_canary)
+        print(f"shoppers on prod's gateway during the slow canary: {during.line()}; last server errors: "
+              f"{shoppers.last_server_errors()}")
+        assert during.statuses[200] > 0 and during.failed <= during.requests // 100, (
+            during.line(), shoppers.last_server_errors())
+
+        # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory, and
+        # the rolled-back canary), no run held two services' stages, no image was built twice
         runs = list(instance.get_runs(limit=500))
         failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
         broken_inventory = next(r.digest for r in history.history(instance, image_key("inventory"))
@@ -192,7 +241,7 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
         tested_in = {r.run_id: r.value(M.DEPLOYED_DIGESTS) for r in history.history(instance, dev_e2e)}
         assert failed and all(r.tags.get(SHA_TAG) in broken.values()
                               or tested_in.get(r.run_id, {}).get("inventory") == broken_inventory
-                              for r in failed), [
+                              or r.run_id == failed_prod.run_id for r in failed), [
             (r.run_id, r.tags.get(SERVICE_TAG), r.tags.get(SHA_TAG), tested_in.get(r.run_id)) for r in failed]
         for run in runs:
             services = {key.path[0] for key in run.asset_selection or ()} - {"fleet"}
@@ -207,7 +256,8 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, monkeypatch):
             for environment in fleet.environments:
                 if (service, environment) != ("inventory", "prod"):
                     assert why(service, environment).state == UP_TO_DATE, why(service, environment)
+        # (the status exits 1: a release manager's terminal shows the rolled-back stage)
         status = live.cli("status")
-        assert status.returncode == 0 and "inventory/prod: waiting" in status.stdout, status.stdout + status.stderr
-        print(f"runs: {len(runs)} ({len(failed)} failed, each a broken commit's own or a dev e2e run that tested "
-              f"one) for {len(SERVICES)} services")
+        assert status.returncode == 1 and "inventory/prod: failed" in status.stdout, status.stdout + status.stderr
+        print(f"runs: {len(runs)} ({len(failed)} failed, each a broken commit's own, a dev e2e run that tested "
+              f"one, or the rolled-back canary) for {len(SERVICES)} services")

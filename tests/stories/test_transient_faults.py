@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-transient")]
 SERVICE = "inventory"
 FIRST_BUILD_SECONDS = 180  # dagster dev starts, the Git sensor's first tick, the run starts
 HEAL_SECONDS = 300  # the steps' own backoff rides out about three minutes of outage
-OUTAGE_SECONDS = 30
+OUTAGE_SECONDS = 15  # long enough for a failed attempt and its first backoff (10 s)
 AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"  # set by Dagster on a run it ran again
 
 
@@ -234,7 +234,7 @@ def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_r
 
         report = {}
 
-        # (a) When the registry stops while a new commit's image is being built, and comes back 30 s later
+        # (a) When the registry stops while a new commit's image is being built, and comes back `OUTAGE_SECONDS` later
         building = {}
 
         def build_started() -> bool:  # the build's first progress line (`[1/4] STEP 1/5: FROM ...`)

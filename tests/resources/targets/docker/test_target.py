@@ -735,6 +735,37 @@ def test_given_v1_serves_when_v2_rolls_out_as_a_canary_under_load_then_no_reques
     assert _digest(images["v2"]) in scraped and _digest(images["v1"]) not in scraped
 
 
+def test_given_a_canary_paused_for_a_release_manager_when_promoted_then_it_goes_on_and_serves_alone(
+    target, environment, images, run_id, free_port
+):
+    from release_graph.fleet.model import Rollout, RolloutStep
+
+    target.deploy(_spec(run_id, environment, images["v1"], publish=free_port))
+    rollout = Rollout(strategy="canary", steps=(RolloutStep(30, 0.5, manual=True),), bake_seconds=0.5,
+                      analysis=_analysis(min_requests=0))
+    asked: list[str | None] = [None]  # the run tag `release-graph rollout promote` sets, as the rollout reads it
+    seen_paused: list[tuple] = []
+
+    def request() -> str | None:
+        route = target.traffic(run_id, environment, SERVICE)
+        if not seen_paused and route.candidate_weight == 30:
+            # While it waits, the candidate keeps its 30 % and both versions answer
+            seen_paused.append((route.candidate_weight, {_get(free_port, "/version")[1] for _ in range(40)}))
+            asked[0] = "promote"
+        return asked[0]
+
+    log = _Log()
+    report = _controller(target, _spec(run_id, environment, images["v2"], publish=free_port), rollout, log,
+                         request=request).run()
+
+    assert seen_paused == [(30, {"v1", "v2"})]
+    assert any("paused at 30 %: waiting for `release-graph rollout promote api" in line for line in log.lines)
+    assert any("promoted by a release manager at 30 %" in line for line in log.lines), log.lines
+    assert [row["weight"] for row in report.steps] == [30, 100]
+    assert _get(free_port, "/version") == (200, "v2")
+    assert target.traffic(run_id, environment, SERVICE).candidate is None
+
+
 def test_given_v1_serves_when_v2_rolls_out_blue_green_then_everything_switches_at_once_and_v1_stops_after_hold(
     target, environment, images, run_id, docker_client, free_port
 ):
