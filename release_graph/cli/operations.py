@@ -29,6 +29,7 @@ from release_graph.release.why import (
     RUNNING,
     UP_TO_DATE,
     failure_reason,
+    gone_process,
     stage_status,
 )
 from release_graph.wiring import build_definitions, default_resources
@@ -241,6 +242,10 @@ def rollout(fleet: Fleet, action: str, service_name: str, environment_name: str,
     runs = history.runs_holding(instance, service.name, key, IN_PROGRESS)
     run_id = runs[0].dagster_run.run_id if runs else None
     candidate = route.candidate_name if route is not None and route.candidate else None
+    gone = f" (its run {run_id} still says started, but its process {pid} runs no more)" if run_id and (
+        pid := gone_process(instance, run_id)) else ""
+    if gone:
+        run_id = None  # a dead run reads no request: the rollout is interrupted, settled by abort
     if action == "status":
         if candidate and run_id:
             print(f"{where}: rollout in progress (run {run_id}): {candidate} takes {route.candidate_weight} % "
@@ -248,8 +253,8 @@ def rollout(fleet: Fleet, action: str, service_name: str, environment_name: str,
             return EXIT_OK
         if candidate:
             print(f"{where}: interrupted: {candidate} takes {route.candidate_weight} % of the traffic and no run "
-                  f"drives it; `release-graph rollout abort {service.name} --env {environment.name}` (or the next "
-                  "deployment) puts the serving version back at 100 %", file=out)
+                  f"drives it{gone}; `release-graph rollout abort {service.name} --env {environment.name}` (or the "
+                  "next deployment) puts the serving version back at 100 %", file=out)
             return EXIT_FAILED
         serving = target.running(fleet.name, environment.name, service.name)
         print(f"{where}: no rollout in progress; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import dagster as dg
 
@@ -77,6 +78,22 @@ def process_death(instance, run_id: str) -> str | None:
     return None
 
 
+def gone_process(instance, run_id: str) -> int | None:
+    """The pid of a started run's process when that process ran on this host and runs no more (killed with no
+    chance to report it), else None. Only judged when runs execute on this host (the default run launcher, or
+    in the CLI's own process): another launcher's pids live elsewhere, and its run monitoring fails such runs."""
+    from dagster._core.launcher import DefaultRunLauncher
+
+    if not isinstance(instance.run_launcher, DefaultRunLauncher):
+        return None
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+    event = records[0].event_log_entry.dagster_event if records else None
+    pid = event.pid if event is not None else None
+    if not pid or Path(f"/proc/{pid}").exists():
+        return None
+    return pid
+
+
 def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageStatus:
     """`stage` is `integration` or an environment name."""
     key = integration_key(service) if stage == "integration" else environment_key(service, stage)
@@ -84,6 +101,11 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
     running = history.runs_holding(instance, service.name, key, IN_PROGRESS)
     if running:
         run = running[0].dagster_run
+        pid = gone_process(instance, run.run_id)
+        if pid is not None:
+            return StageStatus(name, FAILED, f"its run still says started, but its process {pid} runs no more "
+                               "(killed): terminate the run in the UI, then `release-graph retry` (a rollout it "
+                               "left half-way: `release-graph rollout abort`)", run.run_id)
         reason = "a run is deploying it now" if stage != "integration" else "the integration tests are running"
         if run.tags.get(RETRY_NUMBER_TAG) and run.tags.get(PARENT_RUN_TAG):  # Dagster's retry of a failed run
             parent = run.tags[PARENT_RUN_TAG]

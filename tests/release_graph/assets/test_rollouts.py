@@ -1,26 +1,30 @@
 """Progressive delivery as a release manager lives it, on the real engine, registry and haproxy, in one story
 (one world: building it is the slow part): a new release rolls out to staging as a canary (its steps in the
 deployment's metadata, the analysis as a passed check); `release-graph rollback` goes back at once under
-load, recorded with who and why, and stays where it was made; a rollout interrupted half-way is reported by
-`release-graph rollout status` and settled by `abort`.
+load, recorded with who and why, and stays where it was made; a rollout whose process was killed half-way is
+reported by `release-graph rollout status` and settled by `abort`.
 """
 
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from release_graph.cli.main import main as cli
 from release_graph.release import history
-from release_graph.release.promotion import image_reference
-from resources.targets import DeploymentSpec
+from release_graph.release.why import FAILED, stage_status
 
-pytestmark = pytest.mark.engine
+# On the live story's worker: see tests/resources/targets/docker/test_target.py.
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 
 
 def free_port() -> int:
@@ -143,21 +147,38 @@ def test_a_canary_release_a_rollback_under_load_and_an_interrupted_rollout_settl
     world.automate()
     assert history.latest(world.instance, staging(world)).digest == first.digest
 
-    # When a run starts a canary of the newer image and dies at 30 % (the process killed half-way)
+    # When the process of a deployment run is killed while its canary holds 50 % (SIGKILL: nothing of it
+    # cleans up): `release-graph deploy` of the newer image, its run executing in the CLI's own process
     target, fleet = world.target(), world.fleet
     current = world.latest(staging(world))
-    spec_image = world.latest(dg.AssetKey(["inventory", "image"]))
-    service = fleet.services["inventory"]
-    candidate = target.start_candidate(DeploymentSpec(
-        fleet=fleet.name, environment="staging", service="inventory",
-        image=image_reference(fleet, service, spec_image.digest), port=8080, health="/healthz",
-        publish=fleet.environments["staging"].publish["inventory"]))
-    target.set_candidate_weight(fleet.name, "staging", "inventory", 30)
+    newer = world.latest(dg.AssetKey(["inventory", "image"])).digest
+    assert newer != current.digest
+    output = world.root / "killed-deploy.log"
+    with open(output, "wb") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "release-graph"), "deploy", "inventory",
+                                    "--env", "staging", "--digest", newer], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while (route := target.traffic(fleet.name, "staging", "inventory")).candidate_weight != 50:
+            assert process.poll() is None, output.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the canary never reached 50 %: " + output.read_text()[-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
     capsys.readouterr()
-    # then status says so and exits 1; abort puts the serving version back at 100 %
+    # then the split stays where the dead run left it, and status says so and exits 1
+    assert target.traffic(fleet.name, "staging", "inventory").candidate_weight == 50
     assert cli(["rollout", "status", "inventory", "--env", "staging"]) == 1
     out = capsys.readouterr().out
-    assert f"interrupted: {candidate.container_name} takes 30 %" in out and "rollout abort" in out
+    assert f"interrupted: {route.candidate_name} takes 50 %" in out and "rollout abort" in out, out
+    assert f"its process {process.pid} runs no more" in out, out
+    # (and `why` says the same of the stage, never "a run is deploying it now")
+    stuck = stage_status(world.instance, fleet, fleet.services["inventory"], "staging")
+    assert stuck.state == FAILED and f"its process {process.pid} runs no more" in stuck.reason, stuck
+    # and abort puts the serving version back at 100 %, the candidate removed
     assert cli(["rollout", "abort", "inventory", "--env", "staging"]) == 0
     assert "settled" in capsys.readouterr().out
     assert target.traffic(fleet.name, "staging", "inventory").candidate is None
