@@ -36,9 +36,8 @@ from resources.targets import (
     ImageUnavailable,
 )
 
-# Requests through the switch under load must never fail here. In three full parallel runs, both load clients
-# of whichever of these tests ran while the live story deployed its prod were held for over 30 s at once
-# (cause not found); these tests therefore run on the live story's worker, before or after it, never beside it.
+# Requests through the switch under load must never fail here. These tests run on the live story's worker,
+# before or after it, never beside its network churn (see ROLLOUT_CLIENT_TIMEOUT for what that did not cure).
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 
 TEST_RUN_LABEL = "release-graph.test-run"
@@ -291,7 +290,7 @@ class _RequestLoop:
             time.sleep(0.002)
         conn.close()
 
-    def wait_until_serving(self, version: str, timeout: float = 60) -> None:
+    def wait_until_serving(self, version: str, timeout: float = 150) -> None:
         """Until the fresh client has been answered by `version` (a loaded machine can hold a call for seconds)."""
         deadline = time.monotonic() + timeout
         while self.results["fresh"]["versions"][-1:] != [version]:
@@ -391,7 +390,7 @@ def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_
     # When the provider is replaced twice under steady load on the consumer (each consumer call crosses the
     # environment's bridge three times; while the engine rewires the bridge (netavark, a container connected or
     # removed) a packet can be lost and a call waits for TCP's retransmission: slow, not failed)
-    with _RequestLoop(free_port, path="/upstream", timeout=30) as loop:
+    with _RequestLoop(free_port, path="/upstream", timeout=ROLLOUT_CLIENT_TIMEOUT) as loop:
         time.sleep(1)
         target.deploy(_spec(run_id, environment, images["v2"]))
         loop.wait_until_serving("v2")
@@ -675,7 +674,9 @@ def test_given_containers_an_earlier_version_labelled_release_graph_dot_then_the
 # A client waits as long as a slow request may take here: while the engine starts or removes a container it
 # rewires the environment's bridge (netavark), which can hold a connection 1-5 s on a loaded 2-core machine.
 # A request no server answers is replayed by the switch after its `timeout server` (60 s, `retry-on
-# response-timeout`). Slow is not failed; the stories count failed requests and print the slowest.
+# response-timeout`). In full parallel runs (only), both clients of a switch test have had requests held over
+# 30 s at once, three times, also with no live story beside them (cause not found). Slow is not failed; the
+# tests count failed requests and print the slowest.
 ROLLOUT_CLIENT_TIMEOUT = 90
 
 
