@@ -243,6 +243,7 @@ class _RequestLoop:
         self.path = path
         self.timeout = timeout
         self.slowest = 0.0
+        self.slow_calls: list[str] = []  # calls over 2 s, either client: what a held request looked like
         self.limit = limit
         self.stop = threading.Event()
         self.results = {"fresh": {"ok": 0, "failed": 0, "versions": []}, "keep-alive": {"ok": 0, "failed": 0,
@@ -251,7 +252,10 @@ class _RequestLoop:
         self.threads = [threading.Thread(target=self._fresh, daemon=True),
                         threading.Thread(target=self._keep_alive, daemon=True)]
 
-    def _record(self, kind: str, status: int | None, body: str, error: str | None = None) -> None:
+    def _record(self, kind: str, status: int | None, body: str, error: str | None = None,
+                started: float | None = None) -> None:
+        if started is not None and (took := time.monotonic() - started) > 2:
+            self.slow_calls.append(f"{kind} {took:.1f} s until {time.strftime('%H:%M:%S')}")
         result = self.results[kind]
         if status == 200:
             result["ok"] += 1
@@ -268,10 +272,10 @@ class _RequestLoop:
             started = time.monotonic()
             try:
                 status, body = _get(self.port, self.path, timeout=self.timeout)
-                self._record("fresh", status, body)
+                self._record("fresh", status, body, started=started)
                 self.slowest = max(self.slowest, time.monotonic() - started)
             except OSError as exc:
-                self._record("fresh", None, "", repr(exc))
+                self._record("fresh", None, "", repr(exc), started=started)
             time.sleep(0.002)
 
     def _keep_alive(self) -> None:
@@ -279,16 +283,27 @@ class _RequestLoop:
         for _ in range(self.limit):
             if self.stop.is_set():
                 break
+            started = time.monotonic()
             try:
                 conn.request("GET", self.path)
                 response = conn.getresponse()
-                self._record("keep-alive", response.status, response.read().decode())
+                self._record("keep-alive", response.status, response.read().decode(), started=started)
             except (OSError, http.client.HTTPException) as exc:
-                self._record("keep-alive", None, "", repr(exc))
+                self._record("keep-alive", None, "", repr(exc), started=started)
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             time.sleep(0.002)
         conn.close()
+
+    def served(self) -> int:
+        return sum(result["ok"] + result["failed"] for result in self.results.values())
+
+    def wait_until_served(self, count: int, timeout: float) -> None:
+        """Until both clients together have had `count` answers (a held call waits out the switch's timeout)."""
+        deadline = time.monotonic() + timeout
+        while self.served() < count:
+            assert time.monotonic() < deadline, f"no {count} answers within {timeout} s; slow: {self.slow_calls}"
+            time.sleep(0.05)
 
     def wait_until_serving(self, version: str, timeout: float = 150) -> None:
         """Until the fresh client has been answered by `version` (a loaded machine can hold a call for seconds)."""
@@ -803,20 +818,21 @@ def test_given_v1_serves_when_a_version_answering_5xx_rolls_out_then_the_first_a
     with _RequestLoop(free_port, timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
         with pytest.raises(RolledBack) as rolled_back:
             _controller(target, _spec(run_id, environment, images["faulty"], publish=free_port), rollout, log).run()
-        after = {kind: result["ok"] + result["failed"] for kind, result in load.results.items()}
-        failed_by_then = len(load.errors)
-        time.sleep(1.0)  # a second of load on the old version alone
+        served_by_then, failed_by_then = load.served(), len(load.errors)
+        # A hundred answers on the old version alone (a call held by the switch is slow, not failed: see
+        # ROLLOUT_CLIENT_TIMEOUT; the wait is for it, a loaded machine answers a hundred calls in about a second)
+        load.wait_until_served(served_by_then + 100, timeout=ROLLOUT_CLIENT_TIMEOUT + 10)
         failed_after_rollback = len(load.errors) - failed_by_then
-        served_after_rollback = sum(r["ok"] + r["failed"] for r in load.results.values()) - sum(after.values())
     report = rolled_back.value.report
-    print(f"\nfaulty canary: {len(load.errors)} failed of {sum(after.values())} before the rollback; "
-          f"{report.steps[-1]}; {log.lines[-1]}")  # (the last line: "rolled back in <s> s", failed to all back)
+    print(f"\nfaulty canary: {len(load.errors)} failed of {served_by_then} before the rollback; "
+          f"{report.steps[-1]}; {log.lines[-1]}; calls over 2 s: {load.slow_calls}")
+    # (the last line: "rolled back in <s> s", failed to all back)
     assert len(report.steps) == 1 and report.steps[0]["outcome"] == "Failed", report.steps
     assert report.steps[0]["error_rate"] > 0.05
     assert "error rate" in report.rolled_back and "rolled back" in log.lines[-1]
     # every failed request was the canary's own 500 (none from the switch), and none after the rollback
     assert all(": 500 at " in error for error in load.errors), load.errors[:5]
-    assert failed_after_rollback == 0 and served_after_rollback > 0
+    assert failed_after_rollback == 0, load.errors[failed_by_then:]
     route = target.traffic(run_id, environment, SERVICE)
     assert route.candidate is None
     assert target.running(run_id, environment, SERVICE).digest == _digest(images["v1"])
