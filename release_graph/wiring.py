@@ -58,6 +58,7 @@ def build_definitions(
     fleet: Fleet, resources: dict | None = None, manifest_problem: str | None = None
 ) -> dg.Definitions:
     from sensors.branch_promotion import build_branch_promotion_sensor
+    from sensors.dead_runs import build_dead_run_sensor
     from sensors.drift import build_drift_sensor
     from sensors.git_commits import build_git_commit_sensor
     from sensors.transient_retries import build_transient_retry_sensor
@@ -68,7 +69,7 @@ def build_definitions(
         assets += release.assets
         checks += release.checks
     sensors = [build_git_commit_sensor(fleet), *automation_sensors(fleet), build_drift_sensor(fleet),
-               manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet)]
+               manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet), build_dead_run_sensor()]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))
     return dg.Definitions(

@@ -7,6 +7,7 @@ One answer for `release-graph why`, the `waiting_for` column of the environment 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 # guess "out of memory" for every SIGKILL; and the tag it sets on a failed run it is going to run again.
 PROCESS_DIED = re.compile(r"Run execution process for \S+ (?:was terminated by signal \d+ \((?P<signal>\w+)\)"
                           r"|unexpectedly exited with code (?P<code>-?\d+))")
+# What the `dead_runs` sensor records when it fails a run whose process ended with nobody to report it.
+UNWATCHED_DEATH = "the run's process {pid} ended with nobody to report it (its code server or `dagster dev` stopped"
+UNWATCHED_DEATH_PATTERN = re.compile(r"the run's process (?P<pid>\d+) ended with nobody to report it")
 WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_NUMBER_TAG, PARENT_RUN_TAG = "dagster/retry_number", "dagster/parent_run_id"  # on the run that retries
 
@@ -75,6 +79,10 @@ def process_death(instance, run_id: str) -> str | None:
         if match:
             how = f"killed by {match['signal']}" if match["signal"] else f"ended with exit code {match['code']}"
             return f"the run's process was {how} before its steps finished (not the commit's fault)"
+        match = UNWATCHED_DEATH_PATTERN.search(record.event_log_entry.dagster_event.message or "")
+        if match:
+            return (f"the run's process {match['pid']} ended with nobody to report it, before its steps finished "
+                    "(its code server or `dagster dev` stopped: not the commit's fault)")
     return None
 
 
@@ -89,9 +97,25 @@ def gone_process(instance, run_id: str) -> int | None:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
     event = records[0].event_log_entry.dagster_event if records else None
     pid = event.pid if event is not None else None
-    if not pid or Path(f"/proc/{pid}").exists():
+    if not pid:
+        return None
+    started = _process_started_at(pid)
+    # a process with that pid that started after the run did is another one: the kernel reused the pid
+    if started is not None and started <= records[0].timestamp + 1:
         return None
     return pid
+
+
+def _process_started_at(pid: int) -> float | None:
+    """When the process `pid` on this host started (epoch seconds), None when there is no such process."""
+    try:
+        # field 22 of /proc/<pid>/stat, in clock ticks since boot; the name (field 2) may hold spaces: split after it
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageStatus:

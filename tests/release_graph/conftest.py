@@ -231,6 +231,25 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         cleanup_world(world, docker_client)
 
 
+@pytest.fixture
+def first_release_for_the_cli(monkeypatch):
+    """Points the `release-graph` CLI at a world (its manifest, instance and target state) and runs the world's
+    first release: the Git sensor's run, then what automation starts after it."""
+
+    def release(world: ReleaseWorld) -> ReleaseWorld:
+        monkeypatch.setenv("DAGSTER_HOME", str(world.root / "dagster_home"))
+        monkeypatch.setenv("RELEASE_GRAPH_FLEET", str(world.fleet.source_file))
+        # The CLI's adapters keep their state beside the instance; the target must find this world's containers.
+        monkeypatch.setenv("RELEASE_GRAPH_STATE", f"/tmp/{world.fleet.name}-state")
+        world.automate()
+        (request,) = world.tick("git_commits").run_requests
+        assert world.execute(request).success
+        world.automate()
+        return world
+
+    return release
+
+
 def world_resources(root: Path, fleet_name: str) -> dict:
     from resources.secrets import SecretsResource
     from resources.targets import DeployTargets, DockerTargetConfig

@@ -84,18 +84,11 @@ class Load:
 
 
 @pytest.fixture
-def released(release_world_factory, monkeypatch):
+def released(release_world_factory, first_release_for_the_cli):
     """inventory's first release in dev and staging; the CLI pointed at this world."""
-    world = release_world_factory(["inventory"], environments=environments(free_port()), integration=False,
-                                  extra_services={"inventory": "    health: /healthz"})
-    monkeypatch.setenv("DAGSTER_HOME", str(world.root / "dagster_home"))
-    monkeypatch.setenv("RELEASE_GRAPH_FLEET", str(world.fleet.source_file))
-    monkeypatch.setenv("RELEASE_GRAPH_STATE", f"/tmp/{world.fleet.name}-state")
-    world.automate()
-    (request,) = world.tick("git_commits").run_requests
-    assert world.execute(request).success
-    world.automate()
-    return world
+    return first_release_for_the_cli(release_world_factory(
+        ["inventory"], environments=environments(free_port()), integration=False,
+        extra_services={"inventory": "    health: /healthz"}))
 
 
 def staging(world) -> dg.AssetKey:

@@ -23,18 +23,10 @@ def key(*path: str) -> dg.AssetKey:
 
 
 @pytest.fixture
-def released(release_world_factory, monkeypatch):
+def released(release_world_factory, first_release_for_the_cli):
     """inventory built and running in dev; the CLI pointed at this world's manifest and instance."""
-    world = release_world_factory(["inventory"], environments=ENVIRONMENTS, integration=False)
-    monkeypatch.setenv("DAGSTER_HOME", str(world.root / "dagster_home"))
-    monkeypatch.setenv("RELEASE_GRAPH_FLEET", str(world.fleet.source_file))
-    # The CLI's adapters keep their state beside the instance; the target must find this world's containers.
-    monkeypatch.setenv("RELEASE_GRAPH_STATE", f"/tmp/{world.fleet.name}-state")
-    world.automate()
-    (request,) = world.tick("git_commits").run_requests
-    assert world.execute(request).success
-    world.automate()
-    return world
+    return first_release_for_the_cli(release_world_factory(["inventory"], environments=ENVIRONMENTS,
+                                                           integration=False))
 
 
 @pytest.mark.engine
