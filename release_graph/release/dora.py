@@ -30,12 +30,11 @@ from release_graph.fleet import Fleet
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.keys import environment_key, image_key
+from release_graph.release.why import WILL_RETRY_TAG
 
-DAY = 86400.0
+DAY, HOUR = 86400.0, 3600.0
 WINDOWS = (7, 30, 90)  # days
 DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled back"
-# Dagster's tag on a failed run it is going to run again (dagster.yaml run_retries): not the change's end yet.
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,11 @@ def read_prod_changes(instance, fleet: Fleet, since: float) -> list[ProdChange]:
                 rolled_back_from=record.value(M.ROLLED_BACK_FROM) or None, run_id=record.run_id)
     rolled_back_runs = {r.run_id for name in fleet.services
                         for r in history.rollbacks(instance, environment_key(name, production), since=since)}
+    prod_keys = {environment_key(name, production) for name in fleet.services}
     for run in history.failed_runs_since(instance, since):
+        selection = run.dagster_run.asset_selection  # empty or None: a whole job's run, which may hold prod
+        if selection and not prod_keys & set(selection):
+            continue  # it did not try to change prod (and its events need not be read)
         if run.dagster_run.tags.get(WILL_RETRY_TAG) == "true":
             continue  # Dagster runs it again: that run's outcome is the change's
         for failure in history.step_failures(instance, run.dagster_run.run_id):
@@ -212,8 +215,6 @@ def read_report(instance, fleet: Fleet, *, now: float, windows: Sequence[int] = 
     changes = read_prod_changes(instance, fleet, since=now - max(windows) * DAY)
     return report(changes, fleet.name, fleet.production.name, fleet.services, now=now, windows=windows)
 
-
-HOUR = 3600.0
 
 
 def as_text(result: Report) -> str:

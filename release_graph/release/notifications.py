@@ -29,11 +29,16 @@ from release_graph.release.keys import (
 )
 from release_graph.release.promotion import WAITING_FOR_APPROVAL
 from release_graph.release.tags import SHA_TAG
-from release_graph.release.why import BLOCKED, WAITING, failure_reason, process_death, stage_status
+from release_graph.release.why import (
+    BLOCKED,
+    WAITING,
+    WILL_RETRY_TAG,
+    failure_reason,
+    process_death,
+    stage_status,
+)
 
 FAILED, ROLLED_BACK, APPROVAL_NEEDED, WAITING_TOO_LONG = NOTIFICATION_EVENTS
-# Dagster's tag on a failed run it is going to run again (dagster.yaml run_retries): its retry will tell.
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dataclass(frozen=True)

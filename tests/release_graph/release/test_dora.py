@@ -168,6 +168,14 @@ def record_story(instance) -> None:
             run_prod_step(instance, change.service, change.at, rollback_of=I2)
     # and a redeploy of what already ran there 12 hours ago: no change of production
     run_prod_step(instance, "inventory", NOW - 12 * HOUR, metadata={M.DIGEST: I1, M.CHANGED: False})
+    # and a failed deployment to dev 6 hours ago: not production's
+    @dg.asset(key=["inventory", "dev"])
+    def dev():
+        raise ReleaseStepError("service 'inventory', environment 'dev': new container not healthy")
+
+    with freeze_time(NOW - 6 * HOUR):
+        dg.Definitions(assets=[dev]).resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(["inventory", "dev"])])
 
 
 def test_the_reader_the_asset_a_restarted_instance_and_the_cli_give_the_same_figures(fleet, tmp_path, monkeypatch,
