@@ -35,6 +35,7 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     fleet's manifest); none does I/O on creation."""
     from resources.containers import ContainerEngine
     from resources.git import GitResource
+    from resources.notify import Notifier
     from resources.registry import Registry
     from resources.secrets import SecretsResource
     from resources.targets import DeployTargets, DockerTargetConfig
@@ -51,6 +52,8 @@ def default_resources(fleet: Fleet | None = None) -> dict:
             engine=engine, docker=DockerTargetConfig(state_dir=str(state_dir() / "targets"))
         ),
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
+        # Channels are the manifest's (the sensor passes them); their secrets are read when a message is sent.
+        "notifier": Notifier(),
     }
 
 
@@ -61,6 +64,7 @@ def build_definitions(
     from sensors.dead_runs import build_dead_run_sensor
     from sensors.drift import build_drift_sensor
     from sensors.git_commits import build_git_commit_sensor
+    from sensors.notifications import build_notification_sensor
     from sensors.transient_retries import build_transient_retry_sensor
 
     assets, checks = build_fleet_assets(fleet)
@@ -72,6 +76,8 @@ def build_definitions(
                manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet), build_dead_run_sensor()]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))
+    if fleet.notifies:
+        sensors.append(build_notification_sensor(fleet))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

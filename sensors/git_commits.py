@@ -93,7 +93,7 @@ class NewRelease:
             M.SHORT_SHA: self.commit.short_sha,
             M.AUTHOR: self.commit.author,
             "message": self.commit.message,
-            "committed_at": self.commit.committed_at,
+            M.COMMITTED_AT: self.commit.committed_at,
             "repository": redact_url(self.repo_url),
             "branch": self.branch,
             "path": self.path,

@@ -212,3 +212,69 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+class HttpReceiver:
+    """A real HTTP server on 127.0.0.1 that records every POST (path, headers, body) and answers `status`.
+
+    `start()` and `stop()` are real: a stopped receiver refuses connections on its port, and starts again on
+    the same port (how a channel that was down comes back).
+    """
+
+    def __init__(self, port: int, *, status: int = 200, answer: bytes = b"ok"):
+        self.port, self.status, self.answer = port, status, answer
+        self.received: list[dict] = []
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HttpReceiver:
+        import http.server
+        import threading
+
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the standard library's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.received.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                          "at": time.time()})
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", str(len(receiver.answer)))
+                self.end_headers()
+                self.wfile.write(receiver.answer)
+
+            def log_message(self, *args):  # the test's output stays the test's
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def http_receiver():
+    """`http_receiver(port=None, status=200)`: an HttpReceiver on a free loopback port (or `port`), not yet
+    started; every one is stopped at the end of the test."""
+    made: list[HttpReceiver] = []
+
+    def make(port: int | None = None, **kwargs) -> HttpReceiver:
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        made.append(HttpReceiver(port, **kwargs))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.stop()

@@ -62,13 +62,17 @@ RUNS_LOOKED_AT = 50
 
 class RunFinished(dg.AutomationCondition):
     """True when a run finished since this asset was last requested (its last run was created), other than a
-    run of this asset alone.
+    run of this asset alone (or of it and the other fleet reports in `quiet`).
 
     For the environment matrix, whose `waiting_for` column reads everything a run can record: an e2e result,
     an approval, a failed or refused step. Refreshed only when a deployment changed, it kept saying "waiting
     for fleet/staging_e2e" long after that e2e passed and the stage waited for an approval. Its own runs are
-    no news: a refresh, or a failing one, would otherwise start the next one for ever.
+    no news: a refresh, or a failing one, would otherwise start the next one for ever; so are the runs of the
+    other reports that only read the history (fleet/dora), which a deployment requests in the same tick.
     """
+
+    def __init__(self, quiet: Iterable[dg.AssetKey] = ()):
+        self._quiet = frozenset(quiet)
 
     @property
     def requires_cursor(self) -> bool:
@@ -99,8 +103,8 @@ class RunFinished(dg.AutomationCondition):
                 limit=RUNS_LOOKED_AT,
             ).records
         ]
-        own = {context.key}
-        news = any(run is None or set(run.asset_selection or ()) != own
+        own = {context.key} | self._quiet
+        news = any(run is None or not run.asset_selection or not set(run.asset_selection) <= own
                    for run in (instance.get_run_by_id(run_id) for run_id in finished))
         return dg.AutomationResult(context, context.candidate_subset if news else context.get_empty_subset())
 
@@ -140,13 +144,28 @@ def report_condition(sources: Iterable[dg.AssetKey], *, label: str) -> dg.Automa
     ).with_label(label)
 
 
-def matrix_condition(deployments: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
+def matrix_condition(deployments: Iterable[dg.AssetKey], *, label: str,
+                     quiet: Iterable[dg.AssetKey] = ()) -> dg.AutomationCondition:
     """The environment matrix: after a deployment changed or another run finished, so what each stage waits
-    for is never older than the last finished run (and one automation tick)."""
+    for is never older than the last finished run (and one automation tick). `quiet`: other reports whose runs
+    are no news to it."""
     changed = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*deployments))
     return (
-        (changed.since(AC.newly_requested()) | RunFinished())
+        (changed.since(AC.newly_requested()) | RunFinished(quiet))
         & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label(label)
+
+
+DORA_CRON = "0 * * * *"
+
+
+def dora_condition(prod_deployments: Iterable[dg.AssetKey], *, label: str) -> dg.AutomationCondition:
+    """DORA's figures: after a prod deployment changed, and every hour, so a failed change (which records no
+    deployment) and the windows' passing days show within the hour."""
+    changed = AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*prod_deployments))
+    return (
+        (changed.since(AC.newly_requested()) | AC.cron_tick_passed(DORA_CRON))
         & ~AC.in_progress()
     ).with_label(label)
 

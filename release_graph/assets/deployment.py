@@ -155,7 +155,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         "image": image_reference(fleet, service, digest),
         "container": result.container_name,
         M.DEPLOYED_AT: dg.MetadataValue.timestamp(time.time()),
-        "changed": result.changed,
+        M.CHANGED: result.changed,
         "deploy_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 2)),
         "promoted_from": previous_stage_key(fleet, service, environment).to_user_string(),
         "target": environment.target,

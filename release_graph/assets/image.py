@@ -146,7 +146,7 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
         M.SHORT_SHA: sha[:12],
         M.AUTHOR: commit.author_name + (f" <{commit.author_email}>" if commit.author_email else ""),
         "commit_message": commit.message.splitlines()[0] if commit.message else "",
-        "committed_at": commit.committed_at,
+        M.COMMITTED_AT: commit.committed_at,
         M.DIGEST: digest,
         "image": f"{repository}@{digest}",
         "tag": reference,

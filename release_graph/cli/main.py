@@ -102,6 +102,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                     reason=args.reason)
 
 
+def cmd_dora(args: argparse.Namespace) -> int:
+    from release_graph.cli.operations import dora
+
+    if args.days is not None and args.days < 1:
+        print(f"release-graph dora: --days must be at least 1, got {args.days}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return dora(load_fleet(resolve_fleet_path(args.fleet)), days=args.days, as_json=args.json)
+
+
 def cmd_import(argv: list[str]) -> int:
     from release_graph.importer.cli import run
 
@@ -187,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--by", required=True, help="who rolls back (email or name)")
     _fleet_argument(rollback)
     rollback.set_defaults(handler=cmd_rollback)
+
+    dora = commands.add_parser("dora", help="DORA's four figures for production: deployment frequency, lead time, "
+                               "change failure rate, time to restore, per service and for the fleet")
+    dora.add_argument("--days", type=int, help="one window of this many days (default: 7, 30 and 90)")
+    dora.add_argument("--json", action="store_true")
+    _fleet_argument(dora)
+    dora.set_defaults(handler=cmd_dora)
 
     commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
                         add_help=False)

@@ -298,3 +298,15 @@ def rollback(fleet: Fleet, service_name: str, environment_name: str, *, by: str,
         print(f"{service.name}/{environment.name}: rolled back from {digest_label(current)} to "
               f"{digest_label(previous)} by {by}: {reason}", file=out)
     return code
+
+
+def dora(fleet: Fleet, *, days: int | None = None, as_json: bool = False, out=None) -> int:
+    """DORA's figures for production, read from the instance's history (release_graph/release/dora.py)."""
+    import time
+
+    from release_graph.release import dora as D
+
+    out = out or sys.stdout
+    result = D.read_report(_instance(), fleet, now=time.time(), windows=(days,) if days else D.WINDOWS)
+    print(json.dumps(result.as_dict(), indent=2) if as_json else D.as_text(result), file=out)
+    return EXIT_OK

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -21,8 +22,10 @@ import yaml
 from release_graph.fleet.dependencies import find_hard_cycles
 from release_graph.fleet.model import (
     AWS_ENDPOINT_URL_VARIABLE,
+    CHANNEL_TYPES,
     GIT_URL,
     METRIC_PROVIDERS,
+    NOTIFICATION_EVENTS,
     ON_INCONCLUSIVE,
     SCANNERS,
     STRATEGIES,
@@ -34,6 +37,8 @@ from release_graph.fleet.model import (
     Edge,
     Environment,
     Fleet,
+    NotificationChannel,
+    Notifications,
     PrometheusSettings,
     Rollout,
     RolloutStep,
@@ -123,7 +128,7 @@ E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
 ENVIRONMENT_KEYS = {
     "target", "approval", "approvers", "author_cannot_approve", "branch", "publish", "config", "secrets",
-    "scan_threshold", "rollout",
+    "scan_threshold", "rollout", "notifications",
 }
 ROLLOUT_KEYS = {"strategy", "steps", "bake_seconds", "hold_seconds", "analysis"}
 STEP_KEYS = {"weight", "pause_seconds", "manual"}
@@ -136,7 +141,7 @@ CLOUDWATCH_KEYS = {"region", "endpoint_url", "alarms", "namespace"}
 HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security"}
+TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security", "notifications"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -197,7 +202,8 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         if service is not None:
             services[name] = service
 
-    environments = _parse_environments(problems, document, set(raw_services))
+    notifications = _parse_notifications(problems, document, None, None)
+    environments = _parse_environments(problems, document, set(raw_services), notifications)
     _check_edges(problems, raw_services, services)
 
     if problems.items:
@@ -211,6 +217,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         sast_threshold=sast_threshold.upper(),
         e2e=e2e,
         security=security,
+        notifications=notifications,
     )
 
 
@@ -565,7 +572,8 @@ def _parse_edges(problems: _Problems, raw: LineDict, where: dict) -> tuple[Edge,
     return tuple(edges)
 
 
-def _parse_environments(problems: _Problems, document: LineDict, service_names: set) -> dict[str, Environment]:
+def _parse_environments(problems: _Problems, document: LineDict, service_names: set,
+                        notifications: Notifications | None) -> dict[str, Environment]:
     raw_envs = document.get("environments")
     if not isinstance(raw_envs, dict) or not raw_envs:
         problems.add(_line(document, "environments"), _where(field_name="environments"),
@@ -587,11 +595,12 @@ def _parse_environments(problems: _Problems, document: LineDict, service_names: 
         if not isinstance(raw, LineDict):
             problems.add(line, _where(environment=name), "expected a mapping such as {target: docker}")
             continue
-        environments[name] = _parse_environment(problems, name, raw, service_names)
+        environments[name] = _parse_environment(problems, name, raw, service_names, notifications)
     return environments
 
 
-def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_names: set) -> Environment:
+def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_names: set,
+                       fleet_notifications: Notifications | None = None) -> Environment:
     def report(key: str, message: str) -> None:
         problems.add(_line(raw, key), _where(environment=name, field_name=key), message)
 
@@ -661,7 +670,163 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
         secrets=MappingProxyType(secrets),
         scan_threshold=scan_threshold,
         rollout=_parse_rollout(problems, name, raw),
+        notifications=_parse_notifications(problems, raw, name, fleet_notifications),
     )
+
+
+NOTIFICATIONS_KEYS = {"channels", "events", "waiting_limit_minutes", "ui_url"}
+CHANNEL_KEYS = {
+    "sns": {"type", "topic_arn", "region", "endpoint_url"},
+    "slack": {"type", "url_env"},
+    "webhook": {"type", "url_env", "hmac_key_env"},
+}
+SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+# Keys that would hold a secret itself: the manifest names the variable that holds it instead.
+SECRET_IN_MANIFEST = {"url": "url_env", "hmac_key": "hmac_key_env", "webhook_url": "url_env", "secret": "hmac_key_env"}
+
+
+def _parse_notifications(problems: _Problems, parent: LineDict, environment: str | None,
+                         base: Notifications | None) -> Notifications | None:
+    """The `notifications:` block at the top (`environment` None) or of one environment, where each key given
+    replaces the top-level one (`channels` as a whole) and the others are inherited from `base`."""
+    raw = parent.get("notifications")
+    if raw is None:
+        return base
+
+    def report(mapping: LineDict, key: str, field_name: str, message: str) -> None:
+        problems.add(_line(mapping, key) or _line(parent, "notifications"),
+                     _where(environment=environment, field_name=field_name), message)
+
+    if not isinstance(raw, LineDict):
+        report(parent, "notifications", "notifications", "expected a mapping such as "
+               "{channels: {team-chat: {type: slack, url_env: SLACK_WEBHOOK_URL}}, events: [failed]}")
+        return base
+    for key in raw:
+        if key not in NOTIFICATIONS_KEYS:
+            report(raw, key, f"notifications.{key}",
+                   f"unknown key (expected one of: {', '.join(sorted(NOTIFICATIONS_KEYS))})")
+    settings = base or Notifications()
+    values: dict[str, Any] = {}
+    if "channels" in raw:
+        values["channels"] = _parse_channels(problems, raw, environment, report)
+    elif base is None:
+        report(raw, "notifications", "notifications.channels",
+               "missing: at least one channel, e.g. {team-chat: {type: slack, url_env: SLACK_WEBHOOK_URL}}"
+               + ("" if environment is None else " (here or in the top-level notifications)"))
+    if "events" in raw:
+        events = raw["events"]
+        if not isinstance(events, list) or any(e not in NOTIFICATION_EVENTS for e in events):
+            report(raw, "events", "notifications.events",
+                   f"expected a list of {', '.join(NOTIFICATION_EVENTS)} (or [] for none), got {events!r}")
+        else:
+            values["events"] = tuple(dict.fromkeys(events))
+    if "waiting_limit_minutes" in raw:
+        limit = raw["waiting_limit_minutes"]
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+            report(raw, "waiting_limit_minutes", "notifications.waiting_limit_minutes",
+                   f"expected a number of minutes greater than 0 (a stage waiting longer is notified), got {limit!r}")
+        else:
+            values["waiting_limit_minutes"] = float(limit)
+    if "ui_url" in raw:
+        ui_url = raw["ui_url"]
+        if not (_is_str(ui_url) and HTTP_URL.match(ui_url)):
+            report(raw, "ui_url", "notifications.ui_url",
+                   f"expected the Dagster UI's http(s) URL such as http://127.0.0.1:3000, got {ui_url!r}")
+        else:
+            values["ui_url"] = ui_url.rstrip("/")
+    return replace(settings, **values)
+
+
+def _parse_channels(problems: _Problems, raw: LineDict, environment: str | None, report) -> tuple:
+    channels_raw = raw["channels"]
+    if not isinstance(channels_raw, LineDict) or not channels_raw:
+        report(raw, "channels", "notifications.channels",
+               "expected a mapping of channel name to its settings, e.g. "
+               "{team-chat: {type: slack, url_env: SLACK_WEBHOOK_URL}}")
+        return ()
+    channels = []
+    for name, settings in channels_raw.items():
+        field_name = f"notifications.channels.{name}"
+        if not (isinstance(name, str) and DNS_LABEL.match(name)):
+            report(channels_raw, name, field_name, "channel names must be DNS labels (lowercase letters, digits, '-')")
+            continue
+        if not isinstance(settings, LineDict):
+            report(channels_raw, name, field_name,
+                   "expected a mapping such as {type: webhook, url_env: AUDIT_WEBHOOK_URL, "
+                   "hmac_key_env: AUDIT_WEBHOOK_KEY}")
+            continue
+        channel = _parse_channel(problems, channels_raw, name, settings, environment, report)
+        if channel is not None:
+            channels.append(channel)
+    return tuple(channels)
+
+
+def _parse_channel(problems: _Problems, parent: LineDict, name: str, raw: LineDict, environment: str | None,
+                   report) -> NotificationChannel | None:
+    prefix = f"notifications.channels.{name}"
+    kind = raw.get("type")
+    if kind is None:
+        report(parent, name, f"{prefix}.type", f"missing: the channel's type, one of {', '.join(CHANNEL_TYPES)}")
+        return None
+    if kind not in CHANNEL_TYPES:
+        report(raw, "type", f"{prefix}.type",
+               f"unknown channel type {kind!r} (expected one of {', '.join(CHANNEL_TYPES)})")
+        return None
+    ok = True
+    for key in raw:
+        if key in CHANNEL_KEYS[kind]:
+            continue
+        ok = False
+        if key in SECRET_IN_MANIFEST and SECRET_IN_MANIFEST[key] in CHANNEL_KEYS[kind]:
+            # Never echoed: what was written here is the secret itself.
+            report(raw, key, f"{prefix}.{key}", f"a {kind} channel's {key} is a secret: put it in an environment "
+                   f"variable of the orchestrator and name that variable in {SECRET_IN_MANIFEST[key]}")
+        else:
+            report(raw, key, f"{prefix}.{key}", f"unknown key for a {kind} channel "
+                   f"(expected one of: {', '.join(sorted(CHANNEL_KEYS[kind]))})")
+    values: dict[str, Any] = {}
+    needed = {"slack": ("url_env",), "webhook": ("url_env", "hmac_key_env"), "sns": ()}[kind]
+    what = {"url_env": "the webhook URL", "hmac_key_env": "the key that signs each message (HMAC-SHA256)"}
+    for key in needed:
+        value = raw.get(key)
+        if value is None:
+            report(raw, key, f"{prefix}.{key}", f"missing: the name of the environment variable that holds "
+                   f"{what[key]} (a secret, never written in the manifest)")
+            ok = False
+        elif not (isinstance(value, str) and ENV_VAR_NAME.match(value)):
+            # Not echoed: a pasted URL or key is the likely mistake.
+            report(raw, key, f"{prefix}.{key}", "expected the name of an environment variable (letters, digits, "
+                   f"'_'), which holds {what[key]}")
+            ok = False
+        else:
+            values[key] = value
+    if kind == "sns":
+        topic_arn = raw.get("topic_arn")
+        if topic_arn is None:
+            report(raw, "type", f"{prefix}.topic_arn",
+                   "missing: the topic's ARN, e.g. arn:aws:sns:eu-west-1:123456789012:releases")
+            ok = False
+        elif not (isinstance(topic_arn, str) and SNS_TOPIC_ARN.match(topic_arn)):
+            report(raw, "topic_arn", f"{prefix}.topic_arn",
+                   f"expected an SNS topic ARN such as arn:aws:sns:eu-west-1:123456789012:releases, got {topic_arn!r}")
+            ok = False
+        else:
+            values["topic_arn"] = topic_arn
+        region = raw.get("region")
+        if region is not None and not (_is_str(region) and AWS_REGION.match(region)):
+            report(raw, "region", f"{prefix}.region", f"expected an AWS region such as eu-west-1, got {region!r}")
+            ok = False
+        elif region is not None:
+            values["region"] = region
+        endpoint_url = raw.get("endpoint_url")
+        if endpoint_url is not None and not (_is_str(endpoint_url) and HTTP_URL.match(endpoint_url)):
+            report(raw, "endpoint_url", f"{prefix}.endpoint_url",
+                   f"expected an http(s) URL such as http://127.0.0.1:5001, got {endpoint_url!r} "
+                   f"(leave it out to use ${AWS_ENDPOINT_URL_VARIABLE}, else AWS itself)")
+            ok = False
+        elif endpoint_url is not None:
+            values["endpoint_url"] = endpoint_url
+    return NotificationChannel(name=name, type=kind, **values) if ok else None
 
 
 def _number(report, key: str, value: Any, *, minimum: float = 0, maximum: float | None = None,

@@ -176,6 +176,50 @@ class Rollout:
         return self.strategy != "replace" or self.bake_seconds > 0
 
 
+NOTIFICATION_EVENTS = ("failed", "rolled_back", "approval_needed", "waiting_too_long")
+CHANNEL_TYPES = ("sns", "slack", "webhook")
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+
+
+@dataclass(frozen=True)
+class NotificationChannel:
+    """Where release notifications go. A webhook's URL and key are secrets: the manifest names the variables of
+    the orchestrator's process that hold them (`url_env`, `hmac_key_env`), read when a message is sent."""
+
+    name: str
+    type: str  # one of CHANNEL_TYPES
+    url_env: str | None = None  # slack, webhook
+    hmac_key_env: str | None = None  # webhook: the key of the X-Release-Graph-Signature header
+    topic_arn: str | None = None  # sns
+    region: str | None = None  # sns; None: the topic ARN's region
+    endpoint_url: str | None = None  # sns; None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time, else AWS itself
+
+    def resolved_region(self) -> str:
+        return self.region or (self.topic_arn or "").split(":")[3]
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
+    def describe(self) -> str:
+        """The channel as logs may name it: never a URL or key, only where they come from."""
+        if self.type == "sns":
+            return f"{self.name} (sns {self.topic_arn})"
+        return f"{self.name} ({self.type}, url from ${self.url_env})"
+
+
+@dataclass(frozen=True)
+class Notifications:
+    """What is sent where (top-level `notifications:`, overridden per environment key by key)."""
+
+    channels: tuple[NotificationChannel, ...] = ()
+    events: tuple[str, ...] = NOTIFICATION_EVENTS
+    waiting_limit_minutes: float = 60.0  # `waiting_too_long`: a stage waiting longer than this for anything
+    ui_url: str = DEFAULT_UI_URL  # where the links of a message point (the Dagster UI)
+
+    def channels_for(self, event: str) -> tuple[NotificationChannel, ...]:
+        return self.channels if event in self.events else ()
+
+
 @dataclass(frozen=True)
 class Environment:
     name: str
@@ -189,6 +233,8 @@ class Environment:
     secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
     scan_threshold: str | None = None  # the lowest vulnerability severity that blocks a deploy here
     rollout: Rollout = field(default_factory=Rollout)
+    # The fleet's notifications with this environment's overrides applied (None: nothing is sent about it)
+    notifications: Notifications | None = None
 
     @property
     def requires_approval(self) -> bool:
@@ -248,6 +294,7 @@ class Fleet:
     sast_threshold: str = "MEDIUM"  # the lowest static-analysis severity that blocks a release
     e2e: E2ETests | None = None
     security: Security = Security()
+    notifications: Notifications | None = None  # top-level `notifications:`; stages outside an environment
 
     @property
     def root(self) -> Path:
@@ -256,3 +303,18 @@ class Fleet:
     @property
     def built_services(self) -> tuple[Service, ...]:
         return tuple(s for s in self.services.values() if not s.is_prebuilt)
+
+    @property
+    def production(self) -> Environment:
+        """The last environment: each promotes from the one before, so the last one is what users get."""
+        return list(self.environments.values())[-1]
+
+    def notifications_for(self, environment: str | None) -> Notifications | None:
+        """The settings for a stage in `environment` (None: the image and integration stages)."""
+        if environment is None:
+            return self.notifications
+        return self.environments[environment].notifications
+
+    @property
+    def notifies(self) -> bool:
+        return self.notifications is not None or any(e.notifications for e in self.environments.values())

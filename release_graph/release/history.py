@@ -17,6 +17,8 @@ from release_graph.release.tags import SERVICE_TAG
 
 HISTORY_LIMIT = 500
 RUNS_LOOKED_AT = 25  # a service's latest runs with a given status; older ones no longer decide anything
+PAGE = 500  # records per read when a whole period is read (DORA's 90 days)
+FAILED_RUNS_LIMIT = 1000  # failed runs read for one period; a fleet failing more often has other problems
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,68 @@ def history(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY
     return [_record(key, r) for r in instance.fetch_materializations(key, limit=limit).records]
 
 
-def rollbacks(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:
+def _since(instance_fetch, key: dg.AssetKey, since: float) -> list:
+    """Every event record of `key` from `since` (a timestamp) on, newest first, read page by page."""
+    records, cursor = [], None
+    while True:
+        result = instance_fetch(dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=PAGE, cursor=cursor)
+        records += result.records
+        if not result.has_more:
+            return records
+        cursor = result.cursor
+
+
+def history_since(instance: dg.DagsterInstance, key: dg.AssetKey, since: float) -> list[StageRecord]:
+    """Every materialization of `key` from `since` on, newest first (`history` stops at HISTORY_LIMIT)."""
+    return [_record(key, r) for r in _since(instance.fetch_materializations, key, since)]
+
+
+def rollbacks(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT,
+              since: float | None = None) -> list[StageRecord]:
     """The rollouts that went back out of the environment `key` (its `rollback` observations), newest first:
-    `digest` is the version taken away, `serving` the one that kept the traffic."""
-    return [record for record in (_record(key, r) for r in instance.fetch_observations(key, limit=limit).records)
-            if record.value("event") == M.ROLLBACK_EVENT]
+    `digest` is the version taken away, `serving` the one that kept the traffic. `since`: every one from then on."""
+    found = (_since(instance.fetch_observations, key, since) if since is not None
+             else instance.fetch_observations(key, limit=limit).records)
+    return [record for record in (_record(key, r) for r in found) if record.value("event") == M.ROLLBACK_EVENT]
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A step that failed for good in a run (Dagster does not run it again), as its STEP_FAILURE event says."""
+
+    run_id: str
+    step_key: str  # an asset's step: AssetKey.to_python_identifier()
+    timestamp: float
+    error: object  # SerializableErrorInfo, or None
+
+
+def failed_runs_since(instance: dg.DagsterInstance, since: float, limit: int = FAILED_RUNS_LIMIT) -> list:
+    """Run records (newest first) of the runs of every service that failed since `since` (a timestamp)."""
+    return list(instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE],
+                              updated_after=datetime.fromtimestamp(since, UTC)),
+        limit=limit))
+
+
+def step_failures(instance: dg.DagsterInstance, run_id: str) -> list[StepFailure]:
+    """The steps of a run that failed (a step Dagster retries fails only once, at its last attempt)."""
+    return [StepFailure(run_id=run_id, step_key=r.event_log_entry.step_key or "", timestamp=r.timestamp,
+                        error=r.event_log_entry.dagster_event.step_failure_data.error)
+            for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records]
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetCheckEvaluation]:
+    """The check evaluations of a run that did not pass, in the order they were recorded."""
+    evaluations = (r.event_log_entry.dagster_event.event_specific_data
+                   for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+                                                         ).records)
+    return [e for e in evaluations if isinstance(e, dg.AssetCheckEvaluation) and not e.passed]
+
+
+def observations_in_run(instance: dg.DagsterInstance, run_id: str) -> list[StageRecord]:
+    """What a run observed (a rollout's `rollback` observation), in order."""
+    return [_record(r.asset_key, r)
+            for r in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records]
 
 
 def record_with_digest(instance: dg.DagsterInstance, key: dg.AssetKey, digest: str) -> StageRecord | None:

@@ -42,6 +42,7 @@ def e2e_key(environment: Environment) -> dg.AssetKey:
 
 
 MATRIX_KEY = dg.AssetKey(["fleet", "environments"])
+DORA_KEY = dg.AssetKey(["fleet", "dora"])
 
 
 def has_integration(service: Service) -> bool:

@@ -7,12 +7,14 @@ DIGEST = "digest"  # the image digest a stage is about; for an e2e run, the fing
 GIT_SHA = "git_sha"
 SHORT_SHA = "short_sha"
 AUTHOR = "author"  # `Name <email>` of the commit, recorded by the image step
+COMMITTED_AT = "committed_at"  # the commit's time (ISO 8601, UTC), recorded by the image step: DORA's lead time
 APPROVER = "approver"  # who approved, recorded by the approval step
 TICKET = "ticket"
 APPROVED_BY = "approved_by"  # the approver, copied onto the deployment the approval released
 APPROVAL_TICKET = "approval_ticket"
 APPROVAL_RUN_ID = "approval_run_id"  # which approval a deployment used: one approval releases once
 DEPLOYED_AT = "deployed_at"
+CHANGED = "changed"  # on a deployment: False when the digest already ran there (not a change of production)
 DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}
 ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an older digest: the digest it replaced
 

@@ -41,6 +41,10 @@ def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> li
     return []
 
 
+# How a stage waiting for a person's approval begins its waiting reason (the notifications' approval_needed).
+WAITING_FOR_APPROVAL = "waiting for an approval of"
+
+
 def refuse(service: Service, environment: Environment, message: str) -> ReleaseStepError:
     return ReleaseStepError(f"service '{service.name}', environment '{environment.name}': {message}")
 
@@ -238,7 +242,7 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     if environment.requires_approval:
         approval = history.latest(instance, approval_key(service, environment))
         if approval is None or approval.digest != digest:
-            return f"waiting for an approval of {label} for {environment.name}"
+            return f"{WAITING_FOR_APPROVAL} {label} for {environment.name}"
         if current is not None and current.value(APPROVAL_RUN_ID) == approval.run_id:
             return None  # the approval was used: this environment runs what it approved
     return None

@@ -1,4 +1,5 @@
-"""The adapters are configured in one place, release_graph/wiring.py: the scanner from the manifest's `security:`."""
+"""The adapters are configured in one place, release_graph/wiring.py: the scanner from the manifest's `security:`, the
+notification sensor only when the manifest has `notifications:`."""
 
 from __future__ import annotations
 
@@ -43,3 +44,16 @@ def test_without_a_scanner_in_the_manifest_the_resource_scans_nothing(tmp_path):
     assert default_resources(fleet_with(tmp_path))["scanner"].backend == "none"
     assert default_resources()["scanner"].backend == "none"
     assert default_resources(fleet_with(tmp_path, "security:\n  scanner: grype\n"))["scanner"].backend == "grype"
+
+
+def test_the_notification_sensor_is_there_only_when_the_manifest_configures_notifications(tmp_path):
+    def sensors(fleet) -> set[str]:
+        return {s.name for s in build_definitions(fleet).sensors}
+
+    assert "release_notifications" not in sensors(fleet_with(tmp_path))
+    configured = fleet_with(tmp_path, "notifications:\n  channels:\n    team-chat: {type: slack, url_env: SLACK_URL}\n")
+    defs = build_definitions(configured)
+    assert "release_notifications" in {s.name for s in defs.sensors}
+    # it gets the `notifier` resource by type; the resource holds no channel and no secret
+    assert defs.resolve_sensor_def("release_notifications").required_resource_keys == {"notifier"}
+    assert default_resources(configured)["notifier"].timeout_seconds == 5.0

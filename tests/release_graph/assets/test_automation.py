@@ -342,3 +342,18 @@ def test_staging_takes_a_digest_only_after_the_dev_e2e_run_that_tested_it_passed
     # then once e2e passes with i1 in its tested set, staging takes i1
     record_e2e(story, {"inventory": "sha256:i1"}, passed=True)
     assert key("inventory", "staging") in story.tick()
+
+
+def test_dora_is_refreshed_after_a_prod_deployment_and_its_runs_are_no_news_to_the_matrix(story):
+    story.tick()
+    release_to_dev(story, "inventory", "sha256:i1")
+    story.tick()
+    # Given inventory's release deployed to prod, DORA's figures are refreshed once
+    story.record(key("inventory", "prod"), "sha256:i1", {"healthy": True})
+    assert key("fleet", "dora") in story.tick()
+    assert key("fleet", "dora") not in story.tick()
+    # and a run of DORA (with the matrix, or alone) does not make the matrix refresh again
+    assert finish_a_run(story, key("fleet", "environments")).success
+    story.tick()
+    assert finish_a_run(story, key("fleet", "dora")).success
+    assert key("fleet", "environments") not in story.tick()
