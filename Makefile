@@ -72,7 +72,7 @@ demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/d
 test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 2 --dist loadgroup
+	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 3 --dist loadgroup --no-loadscope-reorder --durations=25
 
 # The live story on the real daemon, longer: five rounds of consumer and provider commits before the breaks.
 soak: setup demo-repos $(DAGSTER_HOME)/dagster.yaml

@@ -32,6 +32,17 @@ RUN_ID = f"{SESSION_ID}{WORKER.removeprefix('gw') or 'm'}"
 TEST_RUN_LABEL = "release-graph.test-run"
 
 
+# The stories on the real daemon take 5 to 11 minutes each. They go first, so each starts at once on a worker of
+# its own while the rest of the suite shares the other workers; behind them come the quick tests (xdist gives
+# every worker a second unit of work at the start, which waits behind its story). The Makefile runs xdist with
+# --no-loadscope-reorder, which keeps this order instead of sorting groups by size.
+LONG_STORIES = "tests/stories/"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: 0 if item.nodeid.startswith(LONG_STORIES) else 1)  # stable: the rest keep order
+
+
 def pytest_sessionfinish(session, exitstatus):
     """After the last worker: remove every local image tagged or labelled with this session's prefix."""
     if WORKER or not os.environ.get("DOCKER_HOST"):

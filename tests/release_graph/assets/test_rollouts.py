@@ -23,8 +23,8 @@ from release_graph.cli.main import main as cli
 from release_graph.release import history
 from release_graph.release.why import FAILED, stage_status
 
-# On the live story's worker: see tests/resources/targets/docker/test_target.py.
-pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
+# With the switch's own load tests, one after another: see tests/resources/targets/docker/test_target.py.
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("switch")]
 
 
 def free_port() -> int:
