@@ -51,21 +51,33 @@ $(DAGSTER_HOME)/demo-secrets.env:
 	mkdir -p $(DAGSTER_HOME)
 	umask 077 && echo "SHOP_PAYMENTS_API_KEY=demo-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" > $@
 
+# Where the demo's notifications go (the inbox `make demo` starts) and the key they are signed with: secrets,
+# so they live here, never in the manifest.
+$(DAGSTER_HOME)/demo-notify.env:
+	mkdir -p $(DAGSTER_HOME)
+	umask 077 && { echo "SHOP_NOTIFY_URL=http://127.0.0.1:$(DEMO_INBOX_PORT)/release-notifications"; \
+	  echo "SHOP_NOTIFY_KEY=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; } > $@
+
 # The rollout analysis' Prometheus (resources/metrics/prometheus_server.py): on 127.0.0.1:9090 unless that is
 # taken, scraping what the environments serve; idempotent. Its URL goes to $(PROMETHEUS_HOME)/prometheus.env.
 prometheus: venv
 	$(VENV)/bin/python -m resources.metrics.prometheus_server ensure --home $(PROMETHEUS_HOME) --port 9090
 
-# The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running, and the
-# demo's shoppers on prod's gateway (examples/shop/fleet.yaml publishes it on 18080) for its canaries to measure;
-# they stop with the UI, their counts go to $(DAGSTER_HOME)/shoppers.log.
+# The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running; beside it
+# the demo's shoppers on prod's gateway (examples/shop/fleet.yaml publishes it on 18080) for its canaries to
+# measure, and the team's inbox on 18090 for the release notifications the manifest sends (a signed webhook).
+# Both stop with the UI; what they see goes to $(DAGSTER_HOME)/shoppers.log and $(DAGSTER_HOME)/inbox.log.
 DEMO_SHOPPERS_PORT ?= 18080
-demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env
+DEMO_INBOX_PORT ?= 18090
+demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env \
+      $(DAGSTER_HOME)/demo-notify.env
 	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
-	  source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
+	  source $(DAGSTER_HOME)/demo-notify.env && source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
 	  { $(VENV)/bin/python -m release_graph.demo shoppers --port $(DEMO_SHOPPERS_PORT) \
 	      >$(DAGSTER_HOME)/shoppers.log 2>&1 & shoppers=$$!; } && \
-	  trap 'kill $$shoppers 2>/dev/null' EXIT && \
+	  { $(VENV)/bin/python -m release_graph.demo inbox --port $(DEMO_INBOX_PORT) \
+	      >$(DAGSTER_HOME)/inbox.log 2>&1 & inbox=$$!; } && \
+	  trap 'kill $$shoppers $$inbox 2>/dev/null' EXIT && \
 	  env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.

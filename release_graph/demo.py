@@ -10,6 +10,10 @@ change is merged into main, so commits made in the demo repository are kept. `--
 (inventory only) the end-to-end tests of that commit, or makes every API request 400 ms slower (`slow`: every
 test passes, production's canary analysis rolls it back), and `--repair` undoes every such breakage.
 
+`inbox --port P` is the demo team's channel: it receives the release notifications the demo manifest sends to
+a signed webhook (`$SHOP_NOTIFY_URL`), checks each signature with the key in `$SHOP_NOTIFY_KEY` and prints one
+line per message.
+
 `shoppers --port P` is the demo's users: a steady stream of product lookups and orders (each order cancelled
 again) through the gateway published on 127.0.0.1:P, so a rollout's analysis has traffic to judge.
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -34,6 +40,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DEMO_DIR_ENV = "RELEASE_GRAPH_DEMO_DIR"
@@ -374,6 +381,61 @@ def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: 
     return traffic
 
 
+SIGNATURE_HEADER = "X-Release-Graph-Signature"  # what resources/notify/webhook.py signs with
+
+
+class Inbox:
+    """A webhook receiver on 127.0.0.1:`port` (0: a free one) that keeps each notification whose HMAC-SHA256
+    signature matches `key` and refuses (401) any other. A context manager; `messages` holds what arrived.
+    The demo's `inbox` command and the live story both use it: it checks the sender from outside."""
+
+    def __init__(self, port: int, key: bytes, on_message=None) -> None:
+        self.key = key
+        self.messages: list[dict] = []
+        self.refused = 0
+        self.on_message = on_message
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the name http.server calls
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                expected = "sha256=" + hmac.new(inbox.key, body, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), expected):
+                    inbox.refused += 1
+                    self.send_response(401)
+                else:
+                    message = json.loads(body)
+                    inbox.messages.append(message)
+                    if inbox.on_message:
+                        inbox.on_message(message)
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # one line per message is printed by on_message instead
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/release-notifications"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [message for message in self.messages if message.get("kind") == kind]
+
+    def __enter__(self) -> Inbox:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def inbox_line(message: dict) -> str:
+    return f"inbox: {message.get('headline')}: {message.get('reason')} ({message.get('link')})"
+
+
 def _shown(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -401,13 +463,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     shoppers = commands.add_parser("shoppers", help="steady traffic through the gateway until interrupted")
     shoppers.add_argument("--port", type=int, required=True, help="the gateway's published port (prod: 18080)")
     shoppers.add_argument("--rate", type=float, default=10.0, help="requests a second (default 10)")
+    inbox = commands.add_parser("inbox", help="receive the demo's release notifications until interrupted")
+    inbox.add_argument("--port", type=int, required=True, help="where the manifest's webhook sends (demo: 18090)")
+    inbox.add_argument("--key-env", default="SHOP_NOTIFY_KEY", help="the variable holding the signing key")
     for command in (repos, commit):
         command.add_argument("--demo-dir", type=Path, help=f"the demo fleet's folder (default: ${DEMO_DIR_ENV}, "
                              f"then ./{DEFAULT_DEMO_DIR})")
     args = parser.parse_args(argv)
-    shop = args.demo_dir or Path(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
-    repos_dir = args.repos_dir or shop / ".repos"
 
+    if args.command == "inbox":
+        key = os.environ.get(args.key_env)
+        if not key:
+            print(f"demo: error: inbox: ${args.key_env} is not set (the key the notifications are signed with)",
+                  file=sys.stderr)
+            return 2
+        with Inbox(args.port, key.encode(), on_message=lambda m: print(inbox_line(m), flush=True)) as receiver:
+            print(f"inbox: receiving release notifications on {receiver.url}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+        return 0
     if args.command == "shoppers":
         print(f"shoppers: about {args.rate:g} requests a second to the gateway on 127.0.0.1:{args.port}", flush=True)
         stop = threading.Event()
@@ -416,9 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             stop.set()
         return 0
+    demo_dir = args.demo_dir or Path(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
+    repos_dir = args.repos_dir or demo_dir / ".repos"
     try:
         if args.command == "repos":
-            sources = args.sources or shop / "services"
+            sources = args.sources or demo_dir / "services"
             for result in sync_repos(sources.resolve(), repos_dir.resolve(), force=args.force):
                 print(f"{result.service}: {result.action} {_shown(result.path)} ({BRANCH} at {result.head[:12]})")
             return 0

@@ -61,6 +61,8 @@ class LiveDemo:
         self.ui_port = free_port()
         self.process: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
+        # the demo team's inbox, as `make demo` starts it: every notification the daemon sends lands here
+        self.inbox = demo.Inbox(0, os.urandom(16).hex().encode())
 
     def prepare(self) -> None:
         shutil.copytree(REPO_ROOT / "examples" / "shop", self.fleet_dir,
@@ -69,6 +71,7 @@ class LiveDemo:
         text = text.replace("registry: 127.0.0.1:5000/shop", f"registry: {self.settings.registry}/{self.fleet_name}")
         for port in ("18081", "18082", "18080"):
             text = text.replace(f": {port}}}", f": {free_port()}}}")
+        text = text.replace("ui_url: http://127.0.0.1:3000", f"ui_url: http://127.0.0.1:{self.ui_port}")
         (self.fleet_dir / "fleet.yaml").write_text(text)
         demo.sync_repos(self.fleet_dir / "services", self.fleet_dir / ".repos")
         self.home.mkdir()
@@ -76,6 +79,7 @@ class LiveDemo:
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "RELEASE_GRAPH_STATE": str(self.state),
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
                     "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
+                    "SHOP_NOTIFY_URL": self.inbox.url, "SHOP_NOTIFY_KEY": self.inbox.key.decode(),
                     # the security tools `make test` installed (semgrep in its own venv)
                     "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),
                     **self.settings.env}
@@ -142,7 +146,8 @@ def live(tmp_path, run_id, docker_client, live_settings):
     world = LiveDemo(tmp_path, f"{run_id}{live_settings.name}", live_settings)
     world.prepare()
     try:
-        yield world
+        with world.inbox:
+            yield world
     finally:
         world.stop()
         fleet = world.fleet

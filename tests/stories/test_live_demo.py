@@ -232,6 +232,27 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         assert during.statuses[200] > 0 and during.failed <= during.requests // 100, (
             during.line(), shoppers.last_server_errors())
 
+        # and the team's inbox got, signed and once each, the broken health check's failure and the rollback, with
+        # links into this UI
+        inbox = live.inbox
+        live.wait_for("the rollback in the team's inbox", lambda: any(
+            m["stage"] == "inventory/prod" for m in inbox.of_kind("rolled_back")), 120, instance)
+        told = [(m["kind"], m["stage"], m["sha"]) for m in inbox.messages]
+        print(f"team inbox: {len(told)} notifications, {inbox.refused} refused: "
+              + "; ".join(f"{kind} {stage}@{sha[:7]}" for kind, stage, sha in told))
+        assert len(told) == len(set(told)) and inbox.refused == 0, told
+        assert ("gateway", broken["gateway"]) in {(m["service"], m["sha"]) for m in inbox.of_kind("failed")}, told
+        rollback_note = next(m for m in inbox.of_kind("rolled_back") if m["stage"] == "inventory/prod")
+        assert "mean response time" in rollback_note["reason"], rollback_note
+        assert rollback_note["link"].startswith(f"http://127.0.0.1:{live.ui_port}/"), rollback_note
+
+        # (and no secret reached the instance's storage: event log, runs, compute logs; neither the payments key
+        # deployed to every environment nor the key the notifications are signed with)
+        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), inbox.key]
+        leaked = [str(path) for path in live.home.rglob("*")
+                  if path.is_file() and any(secret in path.read_bytes() for secret in secrets)]
+        assert not leaked, leaked
+
         # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory, and
         # the rolled-back canary), no run held two services' stages, no image was built twice
         runs = list(instance.get_runs(limit=500))

@@ -55,7 +55,7 @@ from pydantic import Field
 from resources import labels as L
 from resources.containers import ContainerEngine, ContainerEngineError, RunResult, network_dns_options
 from resources.registry import is_loopback_host, parse_image_reference
-from resources.targets.docker import health, inspect, reaper
+from resources.targets.docker import bridge, health, inspect, reaper
 from resources.targets.docker.ephemeral import DockerEphemeralEnvironment, container_arguments
 from resources.targets.docker.haproxy import HaproxyRouter, Route
 from resources.targets.interface import (
@@ -383,6 +383,7 @@ class DockerTarget(DeployTarget):
         try:
             with self._engine(f"starting {container.name} for {where}"):
                 container.start()
+            self._pin_bridge(network)
             health_seconds = self._wait_healthy(
                 container, net, spec.port, spec.health,
                 service=spec.service, environment=spec.environment, where=where, image=reference,
@@ -489,6 +490,13 @@ class DockerTarget(DeployTarget):
             health_seconds=round(probe_seconds, 3),
             network=net,
         )
+
+    def _pin_bridge(self, network) -> None:
+        """Keep the environment's bridge at one MAC while containers come and go (bridge.py says why). The
+        bridge exists once a container runs on the network; only a local engine's bridge is this host's."""
+        host = self.engine.docker_host or os.environ.get("DOCKER_HOST") or "unix://"  # unset: the default socket
+        if host.startswith("unix://"):
+            bridge.pin_address(self._gateway(network))
 
     @staticmethod
     def _gateway(network) -> str | None:
@@ -665,6 +673,7 @@ class DockerTarget(DeployTarget):
         try:
             with self._engine(f"starting {container.name} for {where}"):
                 container.start()
+            self._pin_bridge(network)
             health_seconds = self._wait_healthy(container, network.name, spec.port, spec.health,
                                                 service=spec.service, environment=spec.environment, where=where,
                                                 image=reference)
