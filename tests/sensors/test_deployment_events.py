@@ -7,7 +7,8 @@ upgrade to prod, a rollback by hand, dev torn down), when the sensor ticks, then
 moto_server) holds exactly the expected sums per environment, and the CDEvents sink (an HTTP receiver on
 loopback, down at first) receives each of the six CDEvents once, in order, valid against its schema, once it
 answers; nothing is sent twice however many ticks follow and across a restart of the daemon, no tick fails,
-and the sink's token is nowhere in the instance's storage.
+and the sink's token is nowhere in the instance's storage. A second story, on the sensor alone: releases before
+its first tick are no news, and an event the sink refuses (a 400) is logged and never sent again.
 """
 
 from __future__ import annotations
@@ -248,3 +249,44 @@ def test_a_release_through_dev_and_prod_reaches_cloudwatch_and_a_sink_that_was_d
     assert files_holding(home, "not delivered: deployed of orders/dev")
     print(f"\none tick reading the history and putting 7 events to CloudWatch: {tick_seconds:.2f} s; the sink "
           f"received its last CDEvent {delivered_after:.2f} s after it came back (the next tick)")
+
+
+def test_releases_before_the_first_tick_are_not_news_and_an_event_the_sink_refuses_is_not_sent_again(
+        tmp_path, http_receiver, monkeypatch, run_id):
+    from resources.events import EventSinks
+    from sensors.deployment_events import build_deployment_events_sensor
+
+    sink = http_receiver(status=400).start()  # a sink that refuses what it is sent (a 4xx: never)
+    monkeypatch.setenv("RG_TEST_CDEVENTS_URL", f"{sink.url}/cdevents")
+    (tmp_path / "repos" / "orders").mkdir(parents=True)
+    (tmp_path / "repos" / "orders" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "fleet.yaml").write_text(textwrap.dedent(FLEET.format(
+        fleet=f"{run_id}r", namespace="unused", region=REGION, endpoint="http://127.0.0.1:9")).replace(
+        "  cloudwatch:", "  # cloudwatch:"))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    assert fleet.events.cloudwatch is None
+    sensor = build_deployment_events_sensor(fleet)
+    resources = {"event_sinks": EventSinks(timeout_seconds=2)}
+
+    def tick(instance, cursor):
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+    with dg.instance_for_test() as instance:
+        # Given orders deployed to dev before the sensor ever ran
+        t0 = float(int(time.time())) - 600
+        image(instance, A, t0, committed_at=t0 - 60)
+        release(instance, "dev", t0 + 10, metadata={M.DIGEST: A, M.CHANGED: True})
+        # when it first ticks, that is no news
+        first = tick(instance, None)
+        assert first.skip_reason.skip_message == "nothing new to send" and not sink.received
+        # Given an upgrade after that, which the sink refuses
+        t1 = float(int(time.time())) + 1
+        image(instance, B, t1, committed_at=t1 - 60)
+        release(instance, "dev", t1 + 1, metadata={M.DIGEST: B, M.CHANGED: True})
+        second = tick(instance, first.cursor)
+        assert second.skip_reason.skip_message == "sent nothing; 1 refused for good (see the log)"
+        # then it is not sent again
+        third = tick(instance, second.cursor)
+        assert third.skip_reason.skip_message == "nothing new to send"
+    assert len(sink.received) == 1
+    assert json.loads(sink.received[0]["body"])["type"] == "dev.cdevents.service.upgraded.0.2.0"
