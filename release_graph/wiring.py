@@ -34,6 +34,7 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     """The adapters, each configured in this one place from the environment (and, for the scanner, from the
     fleet's manifest); none does I/O on creation."""
     from resources.containers import ContainerEngine
+    from resources.events import EventSinks
     from resources.git import GitResource
     from resources.notify import Notifier
     from resources.registry import Registry
@@ -54,6 +55,8 @@ def default_resources(fleet: Fleet | None = None) -> dict:
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
         # Channels are the manifest's (the sensor passes them); their secrets are read when a message is sent.
         "notifier": Notifier(),
+        # Sinks are the manifest's `events:` (the sensor passes them); a sink's URL is read when an event is sent.
+        "event_sinks": EventSinks(),
     }
 
 
@@ -62,6 +65,7 @@ def build_definitions(
 ) -> dg.Definitions:
     from sensors.branch_promotion import build_branch_promotion_sensor
     from sensors.dead_runs import build_dead_run_sensor
+    from sensors.deployment_events import build_deployment_events_sensor
     from sensors.drift import build_drift_sensor
     from sensors.git_commits import build_git_commit_sensor
     from sensors.notifications import build_notification_sensor
@@ -78,6 +82,8 @@ def build_definitions(
         sensors.append(build_branch_promotion_sensor(fleet))
     if fleet.notifies:
         sensors.append(build_notification_sensor(fleet))
+    if fleet.events is not None:
+        sensors.append(build_deployment_events_sensor(fleet))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -206,13 +206,32 @@ def teardown(fleet: Fleet, environment_names: list[str], *, out=None) -> int:
     for name in environment_names:
         environment = _environment(fleet, name)
         try:
-            report = targets.for_environment(environment.target).teardown_environment(fleet.name, name)
+            target = targets.for_environment(environment.target)
+            present = {c.service for c in target.describe_environment(fleet.name, name).containers}
+            report = target.teardown_environment(fleet.name, name)
         except TargetNotConfigured as exc:
             print(f"{name}: {exc}", file=out)
             continue
         print(f"{fleet.name}/{name}: removed {len(report.containers)} containers, "
               f"{len(report.networks)} networks, {len(report.proxies)} proxies", file=out)
+        _record_removals(fleet, name, sorted(present & set(fleet.services)), out)
     return EXIT_OK
+
+
+def _record_removals(fleet: Fleet, environment: str, services: list[str], out) -> None:
+    """A `removed` observation on `<svc>/<env>` of each service whose containers went: the history's record of
+    the teardown (the deployment events' `service.removed`). Without an instance ($DAGSTER_HOME unset, as in
+    `make clean` on a host that never ran one) there is no history to record it in."""
+    import os
+
+    if not services or not os.environ.get("DAGSTER_HOME"):
+        return
+    instance = _instance()
+    for service in services:
+        instance.report_runless_asset_event(dg.AssetObservation(
+            asset_key=environment_key(service, environment),
+            metadata={"event": M.REMOVED_EVENT, "removed_by": "release-graph teardown"}))
+    print(f"{fleet.name}/{environment}: recorded the removal of {', '.join(services)}", file=out)
 
 
 def status(fleet: Fleet, *, as_json: bool = False, out=None) -> int:

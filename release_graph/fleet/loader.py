@@ -31,7 +31,9 @@ from release_graph.fleet.model import (
     STRATEGIES,
     Analysis,
     Build,
+    CDEventsSink,
     CloudWatchSettings,
+    DeploymentEvents,
     E2ETests,
     EcrSettings,
     Edge,
@@ -40,6 +42,7 @@ from release_graph.fleet.model import (
     NotificationChannel,
     Notifications,
     PrometheusSettings,
+    ReleaseMetricsSettings,
     Rollout,
     RolloutStep,
     SecretRef,
@@ -141,7 +144,8 @@ CLOUDWATCH_KEYS = {"region", "endpoint_url", "alarms", "namespace"}
 HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security", "notifications"}
+TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security", "notifications",
+            "events"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -203,6 +207,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
             services[name] = service
 
     notifications = _parse_notifications(problems, document, None, None)
+    events = _parse_events(problems, document)
     environments = _parse_environments(problems, document, set(raw_services), notifications)
     _check_edges(problems, raw_services, services)
 
@@ -218,6 +223,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         e2e=e2e,
         security=security,
         notifications=notifications,
+        events=events,
     )
 
 
@@ -827,6 +833,116 @@ def _parse_channel(problems: _Problems, parent: LineDict, name: str, raw: LineDi
         elif endpoint_url is not None:
             values["endpoint_url"] = endpoint_url
     return NotificationChannel(name=name, type=kind, **values) if ok else None
+
+
+EVENTS_KEYS = {"cdevents", "cloudwatch"}
+CDEVENTS_KEYS = {"sink_url_env", "source"}
+RELEASE_METRICS_KEYS = {"namespace", "region", "endpoint_url"}
+# CloudWatch's own rule for a namespace; AWS/ is reserved for AWS's services.
+CLOUDWATCH_NAMESPACE = re.compile(r"^[0-9A-Za-z.\-_/#:]{1,255}$")
+URI_REFERENCE = re.compile(r"^[^\s<>\"{}|\\^`]+$")
+
+
+def _parse_events(problems: _Problems, document: LineDict) -> DeploymentEvents | None:
+    """The top-level `events:` block: the CDEvents sink and the CloudWatch release metrics (at least one)."""
+    raw = document.get("events")
+    if raw is None:
+        return None
+
+    def report(mapping: LineDict, key: str, field_name: str, message: str) -> None:
+        problems.add(_line(mapping, key) or _line(document, "events"), _where(field_name=field_name), message)
+
+    if not isinstance(raw, LineDict) or not raw:
+        report(document, "events", "events", "expected a mapping with cdevents, cloudwatch or both, e.g. "
+               "{cdevents: {sink_url_env: CDEVENTS_SINK_URL}, cloudwatch: {namespace: ReleaseGraph}}")
+        return None
+    for key in raw:
+        if key not in EVENTS_KEYS:
+            report(raw, key, f"events.{key}", f"unknown key (expected one of: {', '.join(sorted(EVENTS_KEYS))})")
+    cdevents = _parse_cdevents(raw, report) if "cdevents" in raw else None
+    cloudwatch = _parse_release_metrics(raw, report) if "cloudwatch" in raw else None
+    if cdevents is None and cloudwatch is None:
+        return None  # each problem is reported already (or only unknown keys were given)
+    return DeploymentEvents(cdevents=cdevents, cloudwatch=cloudwatch)
+
+
+def _parse_cdevents(parent: LineDict, report) -> CDEventsSink | None:
+    raw = parent["cdevents"]
+    if not isinstance(raw, LineDict):
+        report(parent, "cdevents", "events.cdevents", "expected a mapping such as {sink_url_env: CDEVENTS_SINK_URL}")
+        return None
+    ok = True
+    for key in raw:
+        if key in CDEVENTS_KEYS:
+            continue
+        ok = False
+        if key in ("sink_url", "url"):
+            # Never echoed: what was written here is the URL itself, which may carry the sink's token.
+            report(raw, key, f"events.cdevents.{key}", "the sink's URL may carry a token: put it in an environment "
+                   "variable of the orchestrator and name that variable in sink_url_env")
+        else:
+            report(raw, key, f"events.cdevents.{key}",
+                   f"unknown key (expected one of: {', '.join(sorted(CDEVENTS_KEYS))})")
+    variable = raw.get("sink_url_env")
+    if variable is None:
+        report(parent, "cdevents", "events.cdevents.sink_url_env", "missing: the name of the environment variable "
+               "that holds the sink's URL (it may carry a token, so it is never written in the manifest)")
+        ok = False
+    elif not (isinstance(variable, str) and ENV_VAR_NAME.match(variable)):
+        # Not echoed: a pasted URL is the likely mistake.
+        report(raw, "sink_url_env", "events.cdevents.sink_url_env",
+               "expected the name of an environment variable (letters, digits, '_'), which holds the sink's URL")
+        ok = False
+    source = raw.get("source")
+    if source is not None and not (_is_str(source) and URI_REFERENCE.match(source)):
+        report(raw, "source", "events.cdevents.source",
+               f"expected a URI-reference such as /release-graph/shop (no spaces), got {source!r}")
+        ok = False
+    return CDEventsSink(sink_url_env=variable, source=source) if ok else None
+
+
+def _parse_release_metrics(parent: LineDict, report) -> ReleaseMetricsSettings | None:
+    raw = parent["cloudwatch"]
+    if raw is None:  # `cloudwatch:` alone: every default
+        return ReleaseMetricsSettings()
+    if not isinstance(raw, LineDict):
+        report(parent, "cloudwatch", "events.cloudwatch",
+               "expected a mapping such as {namespace: ReleaseGraph, region: eu-west-1} (or {} for the defaults)")
+        return None
+    ok = True
+    for key in raw:
+        if key not in RELEASE_METRICS_KEYS:
+            report(raw, key, f"events.cloudwatch.{key}",
+                   f"unknown key (expected one of: {', '.join(sorted(RELEASE_METRICS_KEYS))})")
+            ok = False
+    values: dict[str, Any] = {}
+    namespace = raw.get("namespace")
+    if namespace is not None:
+        if not (_is_str(namespace) and CLOUDWATCH_NAMESPACE.match(namespace)) or namespace.startswith("AWS/"):
+            report(raw, "namespace", "events.cloudwatch.namespace",
+                   "expected a CloudWatch namespace (letters, digits and . - _ / # :, at most 255, not starting "
+                   f"with AWS/) such as ReleaseGraph, got {namespace!r}")
+            ok = False
+        else:
+            values["namespace"] = namespace
+    region = raw.get("region")
+    if region is not None:
+        if not (_is_str(region) and AWS_REGION.match(region)):
+            report(raw, "region", "events.cloudwatch.region",
+                   f"expected an AWS region such as eu-west-1, got {region!r}")
+            ok = False
+        else:
+            values["region"] = region
+    endpoint_url = raw.get("endpoint_url")
+    if endpoint_url is not None:
+        if not (_is_str(endpoint_url) and HTTP_URL.match(endpoint_url)):
+            report(raw, "endpoint_url", "events.cloudwatch.endpoint_url",
+                   f"expected an http(s) URL such as http://127.0.0.1:5001, got {endpoint_url!r} "
+                   f"(leave it out to use ${AWS_ENDPOINT_URL_VARIABLE}, else AWS itself)")
+            ok = False
+        else:
+            values["endpoint_url"] = endpoint_url
+    return ReleaseMetricsSettings(**values) if ok else None
 
 
 def _number(report, key: str, value: Any, *, minimum: float = 0, maximum: float | None = None,

@@ -220,6 +220,38 @@ class Notifications:
         return self.channels if event in self.events else ()
 
 
+DEFAULT_METRICS_NAMESPACE = "ReleaseGraph"
+
+
+@dataclass(frozen=True)
+class CDEventsSink:
+    """Where the deployment events go as CDEvents (CloudEvents, structured JSON over HTTP). The sink's URL may
+    carry a token: the manifest names the variable of the orchestrator's process that holds it."""
+
+    sink_url_env: str
+    source: str | None = None  # the events' `source` (a URI-reference); None: /release-graph/<fleet>
+
+
+@dataclass(frozen=True)
+class ReleaseMetricsSettings:
+    """Where the release metrics go in CloudWatch (put_metric_data)."""
+
+    namespace: str = DEFAULT_METRICS_NAMESPACE
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # None: $RELEASE_GRAPH_AWS_ENDPOINT_URL at use time, else AWS itself
+
+    def resolved_endpoint_url(self) -> str | None:
+        return self.endpoint_url or os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+
+
+@dataclass(frozen=True)
+class DeploymentEvents:
+    """Top-level `events:`: every environment's deployments told to machines, as CDEvents and as metrics."""
+
+    cdevents: CDEventsSink | None = None
+    cloudwatch: ReleaseMetricsSettings | None = None
+
+
 @dataclass(frozen=True)
 class Environment:
     name: str
@@ -295,6 +327,7 @@ class Fleet:
     e2e: E2ETests | None = None
     security: Security = Security()
     notifications: Notifications | None = None  # top-level `notifications:`; stages outside an environment
+    events: DeploymentEvents | None = None  # top-level `events:`; None: no deployment events are sent
 
     @property
     def root(self) -> Path:

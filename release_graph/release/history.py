@@ -94,6 +94,11 @@ def rollbacks(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTO
     return [record for record in (_record(key, r) for r in found) if record.value("event") == M.ROLLBACK_EVENT]
 
 
+def observations(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:
+    """Every observation of `key` (a rollout's `rollback`, a teardown's `removed`), newest first."""
+    return [_record(key, r) for r in instance.fetch_observations(key, limit=limit).records]
+
+
 @dataclass(frozen=True)
 class StepFailure:
     """A step that failed for good in a run (Dagster does not run it again), as its STEP_FAILURE event says."""

@@ -26,3 +26,4 @@ ROLLED_BACK_BECAUSE = "rolled_back_because"
 ROLLBACK_EVENT = "rollback"  # the `event` of the observation a rollback records on the environment's asset
 ROLLBACK_BY = "rollback_by"  # `release-graph rollback --by`: who went back
 ROLLBACK_REASON = "rollback_reason"
+REMOVED_EVENT = "removed"  # the `event` of the observation `release-graph teardown` records on each service it removed

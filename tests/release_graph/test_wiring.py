@@ -1,5 +1,5 @@
 """The adapters are configured in one place, release_graph/wiring.py: the scanner from the manifest's `security:`, the
-notification sensor only when the manifest has `notifications:`."""
+notification sensor only when the manifest has `notifications:`, the deployment events sensor only with `events:`."""
 
 from __future__ import annotations
 
@@ -57,3 +57,13 @@ def test_the_notification_sensor_is_there_only_when_the_manifest_configures_noti
     # it gets the `notifier` resource by type; the resource holds no channel and no secret
     assert defs.resolve_sensor_def("release_notifications").required_resource_keys == {"notifier"}
     assert default_resources(configured)["notifier"].timeout_seconds == 5.0
+
+
+def test_the_deployment_events_sensor_is_there_only_when_the_manifest_configures_events(tmp_path):
+    assert "deployment_events" not in {s.name for s in build_definitions(fleet_with(tmp_path)).sensors}
+    configured = fleet_with(tmp_path, "events:\n  cdevents: {sink_url_env: CDEVENTS_URL}\n  cloudwatch: {}\n")
+    defs = build_definitions(configured)
+    # it gets the `event_sinks` resource by type; the resource holds no sink and no secret
+    assert defs.resolve_sensor_def("deployment_events").required_resource_keys == {"event_sinks"}
+    sinks = default_resources(configured)["event_sinks"]
+    assert sinks.timeout_seconds == 5.0 and sinks.configured(configured.events) == ("cdevents", "cloudwatch")

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from release_graph.cli.main import main as cli
+from release_graph.release import history
 
 ENVIRONMENTS = """\
   dev: {target: docker}
@@ -124,7 +125,11 @@ def test_environments_lists_what_runs_and_teardown_removes_it_also_for_another_i
     # When another instance (another checkout: another state folder) tears dev down
     monkeypatch.setenv("RELEASE_GRAPH_STATE", str(tmp_path / "another-instance"))
     assert cli(["teardown", "--env", "dev"]) == 0
-    assert "removed 1 containers, 1 networks, 1 proxies" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed 1 containers, 1 networks, 1 proxies" in out
+    # and the history records the removal (the deployment events' service.removed)
+    assert f"{world.fleet.name}/dev: recorded the removal of inventory" in out
+    assert [r.value("event") for r in history.observations(world.instance, key("inventory", "dev"))] == ["removed"]
     # then nothing of dev is left: no container, and the first instance's proxy is stopped too
     assert not docker_client.containers.list(all=True, filters={"label": [
         f"io.release-graph.fleet={world.fleet.name}", "io.release-graph.environment=dev"]})
