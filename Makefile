@@ -56,6 +56,7 @@ $(DAGSTER_HOME)/demo-secrets.env:
 $(DAGSTER_HOME)/demo-notify.env:
 	mkdir -p $(DAGSTER_HOME)
 	umask 077 && { echo "SHOP_NOTIFY_URL=http://127.0.0.1:$(DEMO_INBOX_PORT)/release-notifications"; \
+	  echo "SHOP_CDEVENTS_SINK_URL=http://127.0.0.1:$(DEMO_INBOX_PORT)/cdevents"; \
 	  echo "SHOP_NOTIFY_KEY=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; } > $@
 
 # The rollout analysis' Prometheus (resources/metrics/prometheus_server.py): on 127.0.0.1:9090 unless that is
@@ -65,7 +66,8 @@ prometheus: venv
 
 # The main job: host setup, the demo fleet's git repos, and the Dagster UI with the sensors running; beside it
 # the demo's shoppers on prod's gateway (examples/shop/fleet.yaml publishes it on 18080) for its canaries to
-# measure, and the team's inbox on 18090 for the release notifications the manifest sends (a signed webhook).
+# measure, and the team's inbox on 18090 for the release notifications the manifest sends (a signed webhook)
+# and its deployment events (CDEvents).
 # Both stop with the UI; what they see goes to $(DAGSTER_HOME)/shoppers.log and $(DAGSTER_HOME)/inbox.log.
 DEMO_SHOPPERS_PORT ?= 18080
 DEMO_INBOX_PORT ?= 18090

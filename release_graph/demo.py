@@ -11,8 +11,8 @@ change is merged into main, so commits made in the demo repository are kept. `--
 test passes, production's canary analysis rolls it back), and `--repair` undoes every such breakage.
 
 `inbox --port P` is the demo team's channel: it receives the release notifications the demo manifest sends to
-a signed webhook (`$SHOP_NOTIFY_URL`), checks each signature with the key in `$SHOP_NOTIFY_KEY` and prints one
-line per message.
+a signed webhook (`$SHOP_NOTIFY_URL`), checks each signature with the key in `$SHOP_NOTIFY_KEY`, takes the
+deployment events (CDEvents, `$SHOP_CDEVENTS_SINK_URL`) on `/cdevents`, and prints one line per message.
 
 `shoppers --port P` is the demo's users: a steady stream of product lookups and orders (each order cancelled
 again) through the gateway published on 127.0.0.1:P, so a rollout's analysis has traffic to judge.
@@ -382,16 +382,19 @@ def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: 
 
 
 SIGNATURE_HEADER = "X-Release-Graph-Signature"  # what resources/notify/webhook.py signs with
+CDEVENTS_PATH = "/cdevents"
 
 
 class Inbox:
     """A webhook receiver on 127.0.0.1:`port` (0: a free one) that keeps each notification whose HMAC-SHA256
-    signature matches `key` and refuses (401) any other. A context manager; `messages` holds what arrived.
+    signature matches `key` and refuses (401) any other, and on `/cdevents` the deployment events (CDEvents in
+    CloudEvents). A context manager; `messages` and `cdevents` hold what arrived.
     The demo's `inbox` command and the live story both use it: it checks the sender from outside."""
 
     def __init__(self, port: int, key: bytes, on_message=None) -> None:
         self.key = key
-        self.messages: list[dict] = []
+        self.messages: list[dict] = []  # notifications (signed)
+        self.cdevents: list[dict] = []  # deployment events, as CloudEvents in structured JSON mode
         self.refused = 0
         self.on_message = on_message
         inbox = self
@@ -399,6 +402,15 @@ class Inbox:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - the name http.server calls
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == CDEVENTS_PATH:  # deployment events: CloudEvents, unsigned (the URL is the secret)
+                    event = json.loads(body)
+                    inbox.cdevents.append(event)
+                    if inbox.on_message:
+                        inbox.on_message(event)
+                    self.send_response(202)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 expected = "sha256=" + hmac.new(inbox.key, body, hashlib.sha256).hexdigest()
                 if not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), expected):
                     inbox.refused += 1
@@ -418,6 +430,7 @@ class Inbox:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/release-notifications"
+        self.cdevents_url = f"http://127.0.0.1:{self.port}{CDEVENTS_PATH}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def of_kind(self, kind: str) -> list[dict]:
@@ -433,6 +446,11 @@ class Inbox:
 
 
 def inbox_line(message: dict) -> str:
+    if "specversion" in message:  # a CloudEvent carrying a CDEvent
+        content = (message.get("data") or {}).get("subject", {}).get("content", {})
+        kind = str(message.get("type", "")).removeprefix("dev.cdevents.").rsplit(".", 3)[0]
+        return (f"inbox: cdevent {kind} {message.get('subject')} in {content.get('environment', {}).get('id')}"
+                + (f" ({content['artifactId']})" if content.get("artifactId") else ""))
     return f"inbox: {message.get('headline')}: {message.get('reason')} ({message.get('link')})"
 
 

@@ -81,3 +81,21 @@ def test_the_shoppers_command_runs_until_stopped():
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_deployment_event_lands_on_the_inbox_as_a_cdevent(monkeypatch):
+    from release_graph.fleet.model import CDEventsSink
+    from resources.events.cdevents import CDEventsSinkAdapter
+    from resources.events.interface import ServiceEvent
+
+    digest = "sha256:" + "ab" * 32
+    with demo.Inbox(0, b"the-demo-key") as inbox:
+        monkeypatch.setenv("SHOP_CDEVENTS_SINK_URL", inbox.cdevents_url)
+        sink = CDEventsSinkAdapter(CDEventsSink(sink_url_env="SHOP_CDEVENTS_SINK_URL"), "shop")
+        sink.send(ServiceEvent(kind="rolledback", fleet="shop", service="inventory", environment="prod",
+                               at=time.time(), key="inventory/prod/1", repository="127.0.0.1:5000/shop/inventory",
+                               digest=digest))
+        (event,) = inbox.cdevents
+        assert event["type"] == "dev.cdevents.service.rolledback.0.2.0" and inbox.messages == []
+        assert demo.inbox_line(event) == ("inbox: cdevent service.rolledback inventory in prod "
+                                          f"(pkg:oci/inventory@{digest}?repository_url=127.0.0.1:5000/shop/inventory)")

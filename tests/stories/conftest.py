@@ -80,6 +80,7 @@ class LiveDemo:
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
                     "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
                     "SHOP_NOTIFY_URL": self.inbox.url, "SHOP_NOTIFY_KEY": self.inbox.key.decode(),
+                    "SHOP_CDEVENTS_SINK_URL": self.inbox.cdevents_url,
                     # the security tools `make test` installed (semgrep in its own venv)
                     "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),
                     **self.settings.env}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 
 import dagster as dg
 import pytest
@@ -245,6 +246,21 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         rollback_note = next(m for m in inbox.of_kind("rolled_back") if m["stage"] == "inventory/prod")
         assert "mean response time" in rollback_note["reason"], rollback_note
         assert rollback_note["link"].startswith(f"http://127.0.0.1:{live.ui_port}/"), rollback_note
+        # and other tools follow the deployments as CDEvents: every service upgraded in staging, and inventory's
+        # prod rolled back to the version it had, each event once
+        live.wait_for("the rollback as a CDEvent", lambda: any(
+            e["type"] == "dev.cdevents.service.rolledback.0.2.0" and e["subject"] == "inventory"
+            for e in inbox.cdevents), 120, instance)
+        seen = [(e["type"].split(".")[3], e["subject"], e["data"]["subject"]["content"]["environment"]["id"])
+                for e in inbox.cdevents]
+        print(f"deployment events: {len(seen)} CDEvents, " + ", ".join(
+            f"{kind} {n}" for kind, n in sorted(Counter(kind for kind, _, _ in seen).items())))
+        assert len({e["id"] for e in inbox.cdevents}) == len(inbox.cdevents), seen
+        assert {s for kind, s, env in seen if kind == "upgraded" and env == "staging"} == set(SERVICES), seen
+        back = [e for e in inbox.cdevents if e["type"].endswith("rolledback.0.2.0")]
+        assert [(e["subject"], e["data"]["subject"]["content"]["environment"]["id"]) for e in back] == [
+            ("inventory", "prod")], seen
+        assert approved["inventory"] in back[0]["data"]["subject"]["content"]["artifactId"], back[0]
 
         # (and no secret reached the instance's storage: event log, runs, compute logs; neither the payments key
         # deployed to every environment nor the key the notifications are signed with)
