@@ -18,6 +18,7 @@ the rolled-back canary); and the last prod approval is given from the UI's launc
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -296,5 +297,13 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         # (the status exits 1: a release manager's terminal shows the rolled-back stage)
         status = live.cli("status")
         assert status.returncode == 1 and "inventory/prod: failed" in status.stdout, status.stdout + status.stderr
+        # and DORA's figures are read from what the instance recorded: four approved prod changes and the
+        # rolled-back canary (failed, not restored yet)
+        dora = live.cli("dora", "--days", "7", "--json")
+        assert dora.returncode == 0, dora.stdout + dora.stderr
+        week = json.loads(dora.stdout)["fleet_figures"]["7"]
+        print(f"DORA over the story: {week}")
+        assert week["changes"] >= len(SERVICES) + 1 and week["failed_changes"] >= 1, week
+        assert week["lead_time_seconds"] and 0 < week["change_failure_rate"] < 1, week
         print(f"runs: {len(runs)} ({len(failed)} failed, each a broken commit's own, a dev e2e run that tested "
               f"one, or the rolled-back canary) for {len(SERVICES)} services")
