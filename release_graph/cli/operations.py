@@ -20,8 +20,10 @@ from release_graph.release.tags import (
     SERVICE_TAG,
     SHA_TAG,
     SHORT_SHA_TAG,
+    TRACE_ID_TAG,
     TRIGGER_TAG,
 )
+from release_graph.release.tracing import ReleaseTrace
 from release_graph.release.why import (
     BLOCKED,
     FAILED,
@@ -105,7 +107,8 @@ def build_image(fleet: Fleet, service_name: str, sha: str | None = None) -> int:
     if sha:
         resources = default_resources()
         full = resources["git"].resolve_commit(service.repo_url, sha)
-        tags.update({SERVICE_TAG: service.name, SHA_TAG: full, SHORT_SHA_TAG: full[:12]})
+        tags.update({SERVICE_TAG: service.name, SHA_TAG: full, SHORT_SHA_TAG: full[:12],
+                     TRACE_ID_TAG: ReleaseTrace(fleet.name, service.name, full).trace_id_hex})
     return report(run_assets(fleet, [image_key(service)], tags=tags))
 
 

@@ -6,6 +6,7 @@ SHA_TAG = "release/git_sha"
 SHORT_SHA_TAG = "release/short_sha"
 APPROVED_BY_TAG = "release/approved_by"
 TRIGGER_TAG = "release/trigger"
+TRACE_ID_TAG = "release/trace_id"  # the release's OpenTelemetry trace (release_graph/release/tracing.py)
 FAILURE_TAG = "release/failure"  # "transient": the run gave up because something outside the commit was down
 # Whole-run retries by the instance: dagster.yaml sets `retry_on_asset_or_op_failure: false`, so only a run
 # whose process died (killed, out of memory, daemon restarted) is run again; a refused step stays refused.

@@ -36,7 +36,8 @@ def test_the_scanner_is_the_backend_the_manifest_names(tmp_path):
     # the vulnerability_scan check gets it by type; nothing else constructs a scanner
     defs = build_definitions(fleet)
     (check,) = [c for c in defs.asset_checks if "vulnerability_scan" in {k.name for k in c.check_keys}]
-    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry"}
+    # (and, like every stage, the release_tracer: release_graph/assets/stage_tracing.py)
+    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry", "release_tracer"}
     defs.resolve_implicit_global_asset_job_def()  # every required resource is there
 
 
