@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from release_graph.fleet import load_fleet
 from release_graph.wiring import build_definitions, default_resources
 
@@ -58,3 +60,26 @@ def test_the_notification_sensor_is_there_only_when_the_manifest_configures_noti
     # it gets the `notifier` resource by type; the resource holds no channel and no secret
     assert defs.resolve_sensor_def("release_notifications").required_resource_keys == {"notifier"}
     assert default_resources(configured)["notifier"].timeout_seconds == 5.0
+
+
+def test_tracing_is_off_unless_the_environment_names_a_collector_or_a_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("RELEASE_GRAPH_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("RELEASE_GRAPH_TRACE_FILE", raising=False)
+    assert not default_resources()["release_tracer"].enabled
+    monkeypatch.setenv("RELEASE_GRAPH_TRACE_FILE", str(tmp_path / "spans.jsonl"))
+    monkeypatch.setenv("RELEASE_GRAPH_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    tracer = default_resources()["release_tracer"]
+    assert (tracer.trace_file, tracer.otlp_endpoint) == (str(tmp_path / "spans.jsonl"), "http://127.0.0.1:4318")
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("RELEASE_GRAPH_OTLP_ENDPOINT", "127.0.0.1:4318", "expected the collector's OTLP/HTTP address"),
+    ("RELEASE_GRAPH_TRACE_FILE", "traces/spans.jsonl", "expected an absolute path"),
+])
+def test_a_tracing_setting_that_cannot_work_stops_the_load_naming_its_variable(monkeypatch, variable, value,
+                                                                                 expected):
+    from resources.tracing import TracingConfigError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(TracingConfigError, match=f"^{variable}='{value}': {expected}"):
+        default_resources()
