@@ -4,8 +4,8 @@ Off unless configured (`release_graph/wiring.py` reads `RELEASE_GRAPH_OTLP_ENDPO
 `RELEASE_GRAPH_TRACE_FILE`): then nothing is imported from OpenTelemetry, no tracer provider or exporter
 exists and `record` returns at once. On, the first `record` builds one tracer provider per released service
 (OpenTelemetry's resource is per provider, and `service.name` names the service being released, not this
-process) with a SimpleSpanProcessor per exporter: each span is exported when it ends, inside the step, so a
-run that is killed loses at most the span it had open, and no exporter thread outlives a step.
+process). A step's spans are exported together before `record` returns, inside the step, in one request per
+exporter and without any thread: a run that is killed loses at most the step it was in.
 
 The spans of one release are written by several runs in several processes and must join one trace without
 shared state: the caller gives the trace id and the root span id (derived from the release, see
@@ -88,6 +88,35 @@ def _ids_generator():
     return ReleaseIds()
 
 
+def _one_export_per_step(exporter):
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class OneExportPerStep(SpanProcessor):
+        """Keeps the spans a step ends and exports them together on `force_flush` (the end of `record`): one
+        request per step, no thread, and a collector that is down costs a step one timeout, not one per span."""
+
+        def __init__(self):
+            self._ended: list = []
+            self._lock = threading.Lock()
+
+        def on_end(self, span) -> None:
+            with self._lock:
+                self._ended.append(span)
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            with self._lock:
+                spans, self._ended = self._ended, []
+            if spans:
+                exporter.export(spans)
+            return True
+
+        def shutdown(self) -> None:
+            self.force_flush()
+            exporter.shutdown()
+
+    return OneExportPerStep()
+
+
 def _json_lines_exporter(path: str):
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -154,7 +183,8 @@ class ReleaseTracer(dg.ConfigurableResource):
         from opentelemetry import trace
         from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
-        tracer = self._provider(service_attributes).get_tracer("release_graph")
+        provider = self._provider(service_attributes)
+        tracer = provider.get_tracer("release_graph")
 
         def emit(record: SpanRecord, parent_context) -> None:
             span = tracer.start_span(record.name, context=parent_context, start_time=record.start_ns,
@@ -173,6 +203,7 @@ class ReleaseTracer(dg.ConfigurableResource):
             trace_id=trace_id, span_id=root_span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
         for record in spans:
             emit(record, parent)
+        provider.force_flush()
 
     def _provider(self, service_attributes: Mapping[str, str]):
         key = tuple(sorted(service_attributes.items()))
@@ -181,12 +212,10 @@ class ReleaseTracer(dg.ConfigurableResource):
             if provider is None:
                 from opentelemetry.sdk.resources import Resource
                 from opentelemetry.sdk.trace import TracerProvider
-                from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
                 provider = TracerProvider(resource=Resource.create(dict(service_attributes)),
                                           id_generator=_ids_generator())
                 for exporter in self._shared_exporters():
-                    provider.add_span_processor(SimpleSpanProcessor(exporter))
+                    provider.add_span_processor(_one_export_per_step(exporter))
                 self._providers[key] = provider
             return provider
 
