@@ -35,12 +35,8 @@ from release_graph.release.keys import image_key, source_key
 from release_graph.release.tags import (
     MAX_RETRIES_TAG,
     RUN_RETRIES_AFTER_A_CRASH,
-    SERVICE_TAG,
-    SHA_TAG,
-    SHORT_SHA_TAG,
-    TRACE_ID_TAG,
+    release_tags,
 )
-from release_graph.release.tracing import ReleaseTrace
 from resources.git import CommitInfo, GitError, GitResource, redact_url
 from resources.registry import RegistryUnavailable
 
@@ -80,14 +76,12 @@ class NewRelease:
         return self.commit.sha
 
     def run_request(self, fleet: str) -> dg.RunRequest:
-        trace = ReleaseTrace(fleet, self.service, self.sha)
         return dg.RunRequest(
             run_key=f"{self.service}:{self.sha}",
             asset_selection=[image_key(self.service)],
             # A build whose process died is run again by the instance (never one that failed): the run key
             # would stop this sensor from asking twice, so without it the commit would be lost.
-            tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12],
-                  TRACE_ID_TAG: trace.trace_id_hex, MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
+            tags={**release_tags(self.service, self.sha, fleet=fleet), MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
         )
 
     def observation(self) -> dg.AssetObservation:

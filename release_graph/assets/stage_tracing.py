@@ -35,7 +35,7 @@ from release_graph.release import metadata as M
 from release_graph.release import tracing as T
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key
-from release_graph.release.tags import TRACE_ID_TAG, release_tags
+from release_graph.release.tags import release_tags
 from resources.tracing import ReleaseTracer, SpanRecord
 
 TRACER_RESOURCE = "release_tracer"  # the resource key (release_graph/wiring.py), injected as a step parameter
@@ -78,10 +78,8 @@ def tag_release(context, fleet: Fleet, service: Service, sha: str | None, enviro
                 **more_tags: str) -> None:
     """Tag the run with the release this step works on (service, environment, commit and its trace id: automation
     cannot tag its runs at launch) and tell the running step, whose log fields and span then carry it."""
-    tags = release_tags(service.name, sha, environment)
-    if sha:
-        tags[TRACE_ID_TAG] = T.ReleaseTrace(fleet.name, service.name, sha).trace_id_hex
-    context.instance.add_run_tags(context.run.run_id, {**tags, **more_tags})
+    context.instance.add_run_tags(context.run.run_id,
+                                  {**release_tags(service.name, sha, environment, fleet=fleet.name), **more_tags})
     step = _running_step.get()
     if step is not None and sha:
         step.sha = sha
