@@ -200,6 +200,7 @@ class Bench:
     def resources(self) -> dict:
         """The same adapters as the demo (release_graph.wiring.default_resources), with state in the work folder."""
         if self._resources is None:
+            from release_graph.wiring import tracer_resource
             from resources.containers import ContainerEngine
             from resources.git import GitResource
             from resources.registry import Registry
@@ -214,6 +215,7 @@ class Bench:
                 "deploy_targets": DeployTargets(engine=engine,
                                                 docker=DockerTargetConfig(state_dir=str(self.work / "targets"))),
                 "secrets": SecretsResource(),
+                "release_tracer": tracer_resource(),
             }
         return self._resources
 

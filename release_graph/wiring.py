@@ -30,6 +30,23 @@ def scanner_resource(fleet: Fleet | None):
     return VulnerabilityScanner(backend=security.scanner)
 
 
+OTLP_ENDPOINT_VARIABLE = "RELEASE_GRAPH_OTLP_ENDPOINT"
+TRACE_FILE_VARIABLE = "RELEASE_GRAPH_TRACE_FILE"
+
+
+def tracer_resource():
+    """The `release_tracer` resource from the environment (docs/operations.md, "Tracing"): an OTLP/HTTP collector
+    (`$RELEASE_GRAPH_OTLP_ENDPOINT`), a JSON-lines file (`$RELEASE_GRAPH_TRACE_FILE`), both, or neither: off.
+    A setting that cannot work is an error now, naming the variable, not a trace silently lost later."""
+    from resources.tracing import ReleaseTracer
+
+    tracer = ReleaseTracer(otlp_endpoint=os.environ.get(OTLP_ENDPOINT_VARIABLE) or None,
+                           trace_file=os.environ.get(TRACE_FILE_VARIABLE) or None,
+                           otlp_endpoint_source=OTLP_ENDPOINT_VARIABLE, trace_file_source=TRACE_FILE_VARIABLE)
+    tracer.check()
+    return tracer
+
+
 def default_resources(fleet: Fleet | None = None) -> dict:
     """The adapters, each configured in this one place from the environment (and, for the scanner, from the
     fleet's manifest); none does I/O on creation."""
@@ -57,6 +74,7 @@ def default_resources(fleet: Fleet | None = None) -> dict:
         "notifier": Notifier(),
         # Sinks are the manifest's `events:` (the sensor passes them); a sink's URL is read when an event is sent.
         "event_sinks": EventSinks(),
+        "release_tracer": tracer_resource(),
     }
 
 

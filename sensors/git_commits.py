@@ -35,9 +35,7 @@ from release_graph.release.keys import image_key, source_key
 from release_graph.release.tags import (
     MAX_RETRIES_TAG,
     RUN_RETRIES_AFTER_A_CRASH,
-    SERVICE_TAG,
-    SHA_TAG,
-    SHORT_SHA_TAG,
+    release_tags,
 )
 from resources.git import CommitInfo, GitError, GitResource, redact_url
 from resources.registry import RegistryUnavailable
@@ -77,14 +75,13 @@ class NewRelease:
     def sha(self) -> str:
         return self.commit.sha
 
-    def run_request(self) -> dg.RunRequest:
+    def run_request(self, fleet: str) -> dg.RunRequest:
         return dg.RunRequest(
             run_key=f"{self.service}:{self.sha}",
             asset_selection=[image_key(self.service)],
             # A build whose process died is run again by the instance (never one that failed): the run key
             # would stop this sensor from asking twice, so without it the commit would be lost.
-            tags={SERVICE_TAG: self.service, SHA_TAG: self.sha, SHORT_SHA_TAG: self.sha[:12],
-                  MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
+            tags={**release_tags(self.service, self.sha, fleet=fleet), MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
         )
 
     def observation(self) -> dg.AssetObservation:
@@ -129,9 +126,10 @@ class GitTick:
     problems: list[str] = field(default_factory=list)
     branches: int = 0  # tracked (repo, branch) pairs
     moved: int = 0  # of which the head moved since the cursor (and could be read)
+    fleet: str = ""  # the fleet's name: with service and SHA, it names each release's trace
 
     def run_requests(self) -> list[dg.RunRequest]:
-        return [r.run_request() for r in self.releases if r.build]
+        return [r.run_request(self.fleet) for r in self.releases if r.build]
 
     def observations(self) -> list[dg.AssetObservation]:
         return [r.observation() for r in self.releases]
@@ -200,7 +198,7 @@ def evaluate_git_tick(fleet: Fleet, git: GitResource, registry: ImageRegistry, c
     """One tick of the sensor, without Dagster's context: the releases, the next cursor and the problems."""
     previous, cursor_problem = parse_cursor(cursor)
     branches = tracked_branches(fleet)
-    tick = GitTick(branches=len(branches))
+    tick = GitTick(branches=len(branches), fleet=fleet.name)
     if cursor_problem:
         tick.problems.append(cursor_problem)
     heads = git.remote_heads(list(branches))

@@ -289,3 +289,55 @@ def http_receiver():
     yield make
     for receiver in made:
         receiver.stop()
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP trace receiver on a loopback port: what an OpenTelemetry collector's `otlp` receiver does
+    with POST /v1/traces (protobuf ExportTraceServiceRequest, gzip or not), answering an empty
+    ExportTraceServiceResponse. `spans()` decodes everything received so far."""
+
+    def __init__(self, http: HttpReceiver):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        self.http = http
+        http.answer = ExportTraceServiceResponse().SerializeToString()
+
+    @property
+    def endpoint(self) -> str:
+        """The base address, as RELEASE_GRAPH_OTLP_ENDPOINT takes it."""
+        return self.http.url
+
+    def spans(self) -> list[dict]:
+        """Every span received, flattened: ids as hex, times in ns, attributes and the resource's as plain dicts."""
+        import gzip
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        def plain(attributes) -> dict:
+            return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in attributes}
+
+        spans = []
+        for post in self.http.received:
+            assert post["path"] == "/v1/traces", post["path"]
+            body = post["body"]
+            if post["headers"].get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in request.resource_spans:
+                resource = plain(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        spans.append({
+                            "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                            "parent_span_id": span.parent_span_id.hex() or None, "name": span.name,
+                            "start_ns": span.start_time_unix_nano, "end_ns": span.end_time_unix_nano,
+                            "attributes": plain(span.attributes), "resource": resource,
+                            "status": {0: "UNSET", 1: "OK", 2: "ERROR"}[span.status.code],
+                        })
+        return spans
+
+
+@pytest.fixture
+def otlp_receiver(http_receiver) -> OtlpReceiver:
+    """An OtlpReceiver, started on a free loopback port and stopped at the end of the test."""
+    return OtlpReceiver(http_receiver().start())

@@ -12,11 +12,12 @@ from typing import Optional
 import dagster as dg
 
 from release_graph.assets.common import asset_attributes, describe
+from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, environment_key, previous_environment, previous_stage_key
 from release_graph.release.promotion import approvable_digest, commit_author, verify_approver
-from release_graph.release.tags import APPROVED_BY_TAG, release_tags
+from release_graph.release.tags import APPROVED_BY_TAG
 
 
 class ApprovalConfig(dg.Config):
@@ -31,9 +32,7 @@ def materialize_approval(context, config: ApprovalConfig, fleet: Fleet, service:
     digest = current.digest
     author = commit_author(context.instance, service, digest)
     verify_approver(service, environment, config.approver, author)
-    context.instance.add_run_tags(context.run.run_id, {
-        **release_tags(service.name, environment=environment.name), APPROVED_BY_TAG: config.approver,
-    })
+    tag_release(context, fleet, service, current.git_sha, environment.name, **{APPROVED_BY_TAG: config.approver})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
         metadata={
@@ -60,6 +59,8 @@ def approval_asset(fleet: Fleet, service: Service, environment: Environment) -> 
                               f"digest, or run `release-graph approve {service.name} --env {environment.name}`."),
         **asset_attributes(service),
     )
+    @traced_stage(fleet, service, Stage(f"{environment.name}_approval", f"approval {environment.name}",
+                                        environment=environment.name, after=upstream))
     def approval(context: dg.AssetExecutionContext, config: ApprovalConfig) -> dg.MaterializeResult:
         return materialize_approval(context, config, fleet, service, environment)
 

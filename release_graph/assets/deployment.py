@@ -19,6 +19,7 @@ from release_graph.assets.common import asset_attributes, describe, rows_table
 from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.rollout import deliver
 from release_graph.assets.security_checks import check_hardening
+from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
 from release_graph.release import metadata as M
@@ -37,7 +38,6 @@ from release_graph.release.promotion import (
     verify_approval,
     verify_provenance,
 )
-from release_graph.release.tags import release_tags
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.secrets import SecretsResource
@@ -119,7 +119,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     approval = (verify_approval(context.instance, service, environment, digest)
                 if environment.requires_approval else None)
     git_sha = record.git_sha or ""
-    context.instance.add_run_tags(context.run.run_id, release_tags(service.name, git_sha, environment.name))
+    tag_release(context, fleet, service, git_sha, environment.name)
     # Secrets resolve before anything stops: a missing one leaves the running version untouched.
     secrets = secrets_resource.resolve(
         environment.secrets.get(service.name, {}), environment=environment.name, service=service.name
@@ -256,6 +256,8 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
         pool=pool_name(service, environment),
         **asset_attributes(service),
     )
+    @traced_stage(fleet, service, Stage(environment.name, f"deploy {environment.name}", "deploy",
+                                        environment=environment.name, after=trigger))
     def deployment(context: dg.AssetExecutionContext, config: DeployConfig, deploy_targets: DeployTargets,
                    secrets: SecretsResource, engine: ContainerEngine) -> dg.MaterializeResult:
         deployed = materialize_deployment(context, config, fleet, service, environment, deploy_targets, secrets)

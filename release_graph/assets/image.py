@@ -16,12 +16,13 @@ import dagster as dg
 
 from release_graph.assets.common import asset_attributes, describe, edges_metadata
 from release_graph.assets.retry import retry_when_transient
+from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import Fleet, Service, build_files_problem
 from release_graph.fleet.references import split_reference
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key, source_key
-from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
+from release_graph.release.tags import SERVICE_TAG, SHA_TAG
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.git import GitError, GitResource
@@ -99,9 +100,7 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
     sha = resolve_sha(context, service, git)
     repository = service.image_repository(fleet)
     reference = f"{repository}:{sha}"
-    context.instance.add_run_tags(
-        context.run.run_id, {SERVICE_TAG: service.name, SHA_TAG: sha, SHORT_SHA_TAG: sha[:12]}
-    )
+    tag_release(context, fleet, service, sha)
     git.ensure_commit(service.repo_url, sha)
     commit = git.commit_info(service.repo_url, sha)
 
@@ -192,6 +191,7 @@ def image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
         metadata={"repository": repository, **edges_metadata(fleet, service)},
         **asset_attributes(service),
     )
+    @traced_stage(fleet, service, Stage("image", "image", "build", root=True))
     def image(context: dg.AssetExecutionContext, git: GitResource, engine: ContainerEngine,
               registry: Registry) -> dg.MaterializeResult:
         return materialize_image(context, fleet, service, git, engine, registry)

@@ -16,6 +16,7 @@ import dagster as dg
 
 from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context, stream_to_run
+from release_graph.assets.stage_tracing import check_stage, traced_stage
 from release_graph.fleet import Fleet, Service
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
@@ -159,6 +160,7 @@ def image_check_definitions(fleet: Fleet, service: Service) -> list:
             description=f"Unit tests: the `{service.build.test_target}` stage of the Dockerfile run in a "
             "container, JUnit XML from /reports.",
         )
+        @traced_stage(fleet, service, check_stage(service, "unit_tests"))
         def unit_tests(context: dg.AssetCheckExecutionContext, git: GitResource,
                        engine: ContainerEngine) -> dg.AssetCheckResult:
             return check_unit_tests(context, fleet, service, git, engine)
@@ -171,6 +173,7 @@ def image_check_definitions(fleet: Fleet, service: Service) -> list:
         blocking=False,
         description="Dockerfile lint with hadolint: a warning, never blocking.",
     )
+    @traced_stage(fleet, service, check_stage(service, "dockerfile_lint"))
     def dockerfile_lint(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
         return check_dockerfile_lint(context, service, git)
 

@@ -16,13 +16,13 @@ from release_graph.assets.fleet import service_urls
 from release_graph.assets.image import export_build_context, stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.assets.retry import retry_when_transient
+from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import Fleet, Service, topological_order
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import environment_key, image_key, integration_key
 from release_graph.release.promotion import blocking_checks_passed, image_reference
-from release_graph.release.tags import release_tags
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.git import GitResource
@@ -72,7 +72,7 @@ def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTa
                                f"{', '.join(failed)}: not integrated")
     sha = image.git_sha
     # The Runs page filters by service and commit: automation cannot tag that at launch, the step can.
-    context.instance.add_run_tags(context.run.run_id, release_tags(service.name, sha))
+    tag_release(context, fleet, service, sha)
     first = next(iter(fleet.environments.values()))
     test_reference = f"{service.image_repository(fleet)}:{sha}-{service.build.integration_target}"
     if not engine.local_image_exists(test_reference):
@@ -141,6 +141,7 @@ def integration_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
                                        description="JUnit XML of the integration-test container")],
         **asset_attributes(service),
     )
+    @traced_stage(fleet, service, Stage("integration", "integration", "test", after=image_key(service)))
     def integration(context: dg.AssetExecutionContext, deploy_targets: DeployTargets, engine: ContainerEngine,
                     git: GitResource, secrets: SecretsResource):
         yield from run_integration(context, fleet, service, target=deploy_targets.for_integration(), engine=engine,

@@ -24,6 +24,7 @@ import dagster as dg
 from release_graph.assets.common import rows_table
 from release_graph.assets.image import export_build_context
 from release_graph.assets.image_checks import hadolint_once, image_under_check
+from release_graph.assets.stage_tracing import check_stage, traced_stage
 from release_graph.fleet import Environment, Fleet, Service
 from release_graph.release import history
 from release_graph.release import metadata as M
@@ -360,6 +361,7 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
                     description=f"Static analysis: semgrep (the rules shipped with release-graph) and, for Python, "
                     f"bandit; findings at or above {fleet.sast_threshold} block unless waived.",
 )
+    @traced_stage(fleet, service, check_stage(service, "sast"))
     def sast(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
         return check_sast(context, fleet, service, git)
 
@@ -369,6 +371,7 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
         @dg.asset_check(asset=image, name=VULNERABILITY_SCAN, blocking=False,
                         description=f"Image vulnerability scan ({settings.scanner}): counts per severity and the "
                         "top findings. Each environment's deploy step refuses findings above its scan_threshold.")
+        @traced_stage(fleet, service, check_stage(service, VULNERABILITY_SCAN))
         def vulnerability_scan(context: dg.AssetCheckExecutionContext, scanner: VulnerabilityScanner,
                                registry: Registry) -> dg.AssetCheckResult:
             return check_vulnerability_scan(context, fleet, service, scanner, registry)
@@ -379,6 +382,7 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
         @dg.asset_check(asset=image, name="sbom", blocking=False,
                         description="CycloneDX SBOM of the image (Debian packages, Python distributions), "
                         "stored with the run's reports.")
+        @traced_stage(fleet, service, check_stage(service, "sbom"))
         def sbom(context: dg.AssetCheckExecutionContext, engine: ContainerEngine) -> dg.AssetCheckResult:
             return check_sbom(context, fleet, service, engine)
 
@@ -389,6 +393,7 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
         @dg.asset_check(asset=image, name="compliance", blocking=bool(settings.compliance_blocking),
                         description=f"hadolint and checkov on the Dockerfile and Kubernetes manifests; blocking "
                         f"rules: {rules}.")
+        @traced_stage(fleet, service, check_stage(service, "compliance"))
         def compliance(context: dg.AssetCheckExecutionContext, git: GitResource) -> dg.AssetCheckResult:
             return check_compliance(context, fleet, service, git)
 

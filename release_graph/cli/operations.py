@@ -17,10 +17,8 @@ from release_graph.release.promotion import digest_label
 from release_graph.release.tags import (
     MAX_RETRIES_TAG,
     ROLLOUT_REQUEST_TAG,
-    SERVICE_TAG,
-    SHA_TAG,
-    SHORT_SHA_TAG,
     TRIGGER_TAG,
+    release_tags,
 )
 from release_graph.release.why import (
     BLOCKED,
@@ -105,7 +103,7 @@ def build_image(fleet: Fleet, service_name: str, sha: str | None = None) -> int:
     if sha:
         resources = default_resources()
         full = resources["git"].resolve_commit(service.repo_url, sha)
-        tags.update({SERVICE_TAG: service.name, SHA_TAG: full, SHORT_SHA_TAG: full[:12]})
+        tags.update(release_tags(service.name, full, fleet=fleet.name))
     return report(run_assets(fleet, [image_key(service)], tags=tags))
 
 

@@ -187,3 +187,16 @@ def failed_attempt_since(instance: dg.DagsterInstance, service_name: str, key: d
     if failed and (since is None or failed[0].create_timestamp.timestamp() > since):
         return failed[0]
     return None
+
+
+def step_started_at(instance: dg.DagsterInstance, run_id: str, step_key: str) -> float | None:
+    """When `step_key` started in `run_id` (its latest STEP_START: a retried step starts again), or None."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+    starts = [r.timestamp for r in records if r.event_log_entry.step_key == step_key]
+    return max(starts) if starts else None
+
+
+def record_with_sha(instance: dg.DagsterInstance, key: dg.AssetKey, sha: str, limit: int = RUNS_LOOKED_AT
+                    ) -> StageRecord | None:
+    """The newest materialization of `key` that recorded commit `sha`, among its latest `limit`."""
+    return next((r for r in history(instance, key, limit=limit) if r.git_sha == sha), None)

@@ -14,6 +14,7 @@ APPROVED_BY = "approved_by"  # the approver, copied onto the deployment the appr
 APPROVAL_TICKET = "approval_ticket"
 APPROVAL_RUN_ID = "approval_run_id"  # which approval a deployment used: one approval releases once
 DEPLOYED_AT = "deployed_at"
+TRACE_ID = "trace_id"  # on every stage (and check): the release's trace id, 32 hex digits, as trace viewers search it
 CHANGED = "changed"  # on a deployment: False when the digest already ran there (not a change of production)
 DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}
 ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an older digest: the digest it replaced

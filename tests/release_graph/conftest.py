@@ -17,7 +17,7 @@ import pytest
 
 from release_graph.demo import commit_change, sync_repo
 from release_graph.fleet import Fleet, load_fleet, topological_order
-from release_graph.wiring import build_definitions, scanner_resource
+from release_graph.wiring import build_definitions, scanner_resource, tracer_resource
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
@@ -266,6 +266,7 @@ def world_resources(root: Path, fleet_name: str) -> dict:
                                         docker=DockerTargetConfig(state_dir=f"/tmp/{fleet_name}-state/targets",
                                                                   health_timeout_seconds=30)),
         "secrets": SecretsResource(),
+        "release_tracer": tracer_resource(),  # as the environment configures it: off unless a story turns it on
     }
 
 

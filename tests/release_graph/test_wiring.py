@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from release_graph.fleet import load_fleet
 from release_graph.wiring import build_definitions, default_resources
 
@@ -36,7 +38,8 @@ def test_the_scanner_is_the_backend_the_manifest_names(tmp_path):
     # the vulnerability_scan check gets it by type; nothing else constructs a scanner
     defs = build_definitions(fleet)
     (check,) = [c for c in defs.asset_checks if "vulnerability_scan" in {k.name for k in c.check_keys}]
-    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry"}
+    # (and, like every stage, the release_tracer: release_graph/assets/stage_tracing.py)
+    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry", "release_tracer"}
     defs.resolve_implicit_global_asset_job_def()  # every required resource is there
 
 
@@ -67,3 +70,26 @@ def test_the_deployment_events_sensor_is_there_only_when_the_manifest_configures
     assert defs.resolve_sensor_def("deployment_events").required_resource_keys == {"event_sinks"}
     sinks = default_resources(configured)["event_sinks"]
     assert sinks.timeout_seconds == 5.0 and sinks.configured(configured.events) == ("cdevents", "cloudwatch")
+
+
+def test_tracing_is_off_unless_the_environment_names_a_collector_or_a_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("RELEASE_GRAPH_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("RELEASE_GRAPH_TRACE_FILE", raising=False)
+    assert not default_resources()["release_tracer"].enabled
+    monkeypatch.setenv("RELEASE_GRAPH_TRACE_FILE", str(tmp_path / "spans.jsonl"))
+    monkeypatch.setenv("RELEASE_GRAPH_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    tracer = default_resources()["release_tracer"]
+    assert (tracer.trace_file, tracer.otlp_endpoint) == (str(tmp_path / "spans.jsonl"), "http://127.0.0.1:4318")
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("RELEASE_GRAPH_OTLP_ENDPOINT", "127.0.0.1:4318", "expected the collector's OTLP/HTTP address"),
+    ("RELEASE_GRAPH_TRACE_FILE", "traces/spans.jsonl", "expected an absolute path"),
+])
+def test_a_tracing_setting_that_cannot_work_stops_the_load_naming_its_variable(monkeypatch, variable, value,
+                                                                                 expected):
+    from resources.tracing import TracingConfigError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(TracingConfigError, match=f"^{variable}='{value}': {expected}"):
+        default_resources()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from release_graph.fleet import Fleet, load_fleet
+from release_graph.release.tracing import ReleaseTrace
 from resources.git import GitResource
 from resources.registry import Registry
 from sensors.git_commits import DATA_VERSION_TAG, build_git_commit_sensor
@@ -104,6 +105,8 @@ def test_first_tick_builds_every_head_whose_image_is_missing_and_not_one_that_ex
     assert run.asset_selection == [dg.AssetKey(["orders", "image"])]
     assert run.tags == {
         "release/service": "orders", "release/git_sha": orders_head, "release/short_sha": orders_head[:12],
+        # the release's trace, the same in every run of it (release_graph/release/tracing.py)
+        "release/trace_id": ReleaseTrace(fleet.name, "orders", orders_head).trace_id_hex,
         # a build whose process dies is run again by the instance (dagster.yaml run_retries), never a failed one
         "dagster/max_retries": "2",
     }

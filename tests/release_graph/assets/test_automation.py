@@ -29,7 +29,7 @@ environments:
   prod: {target: docker, approval: required}
 """
 
-RESOURCE_KEYS = ["git", "engine", "registry", "deploy_targets", "secrets"]
+RESOURCE_KEYS = ["git", "engine", "registry", "deploy_targets", "secrets", "release_tracer"]
 IMAGE_CHECKS_PASSED = {"unit_tests": True, "sast": True}  # the image's blocking checks
 
 

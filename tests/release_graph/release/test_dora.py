@@ -190,7 +190,8 @@ def test_the_reader_the_asset_a_restarted_instance_and_the_cli_give_the_same_fig
         assert_figures(report_figures(dora.read_report(instance, fleet, now=NOW)))
         # the fleet/dora asset, materialized by the fleet's own definitions
         defs = build_definitions(fleet, resources={k: dg.ResourceDefinition.none_resource() for k in
-                                                   ("git", "engine", "registry", "deploy_targets", "secrets")})
+                                                   ("git", "engine", "registry", "deploy_targets", "secrets",
+                                                    "release_tracer")})
         run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=[DORA_KEY])
         assert run.success

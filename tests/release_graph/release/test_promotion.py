@@ -175,6 +175,7 @@ def test_given_a_digest_pushed_by_hand_when_the_staging_step_runs_then_it_refuse
         instance, fleet, orders):
     """The deploy step itself applies the provenance rule, before secrets or the target are touched."""
     from release_graph.assets.deployment import deployment_asset
+    from resources.tracing import ReleaseTracer
 
     build(instance, orders, BUILT)
     deploy(instance, orders, "dev", BY_HAND)
@@ -190,7 +191,7 @@ def test_given_a_digest_pushed_by_hand_when_the_staging_step_runs_then_it_refuse
     step = deployment_asset(fleet, orders, fleet.environments["staging"])
     result = dg.materialize([step], instance=instance, raise_on_error=False,
                             resources={"deploy_targets": Untouchable(), "secrets": Untouchable(),
-                                       "engine": Untouchable()})
+                                       "engine": Untouchable(), "release_tracer": ReleaseTracer()})
     assert not result.success and touched == []
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert f"digest {BY_HAND} was not produced by orders/image: refused" in failure.step_failure_data.error.message
