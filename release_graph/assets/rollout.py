@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import dagster as dg
 
 from release_graph.assets.common import rows_table
+from release_graph.assets.stage_tracing import record_part
 from release_graph.fleet import Environment
 from release_graph.fleet.model import Analysis, Rollout
 from release_graph.release import analysis as A
@@ -108,11 +109,17 @@ class RolloutController:
         subject = Subject(self.spec.fleet, self.spec.environment, self.spec.service, digest, "candidate")
         try:
             for index, step in enumerate(plan(self.rollout), start=1):
+                step_started_ns = time.time_ns()
                 self.target.set_candidate_weight(self.spec.fleet, self.spec.environment, self.spec.service,
                                                  step.weight)
                 verdict, why_back = self._watch(step, subject)
                 row = self._row(index, step, verdict)
                 report.steps.append(row)
+                # the step as a span of the release's trace (stage_tracing: nothing when tracing is off)
+                record_part(f"rollout {row['step']}", step_started_ns, time.time_ns(), {
+                    "release_graph.rollout.weight": step.weight, "release_graph.rollout.outcome": verdict.outcome,
+                    "release_graph.rollout.requests": row["requests"], "release_graph.rollout.reason": verdict.reason,
+                }, error=why_back)
                 report.verdict = verdict
                 self.log.info(f"{self.where}: step {index} {step.name}: {step.weight} % for {row['seconds']} s: "
                               f"{verdict.outcome}: {verdict.reason}")

@@ -24,7 +24,7 @@ import functools
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import dagster as dg
@@ -65,6 +65,7 @@ class StepRelease:
     service: str
     environment: str | None
     sha: str | None = None
+    parts: list[SpanRecord] = field(default_factory=list)  # spans inside the step (a rollout's steps)
 
     @property
     def trace(self) -> T.ReleaseTrace | None:
@@ -72,6 +73,16 @@ class StepRelease:
 
 
 _running_step: contextvars.ContextVar[StepRelease | None] = contextvars.ContextVar("release_step", default=None)
+
+
+def record_part(name: str, started_ns: int, ended_ns: int, attributes: dict | None = None,
+                error: str | None = None) -> None:
+    """A span inside the running stage (a rollout's step), exported with the stage's own spans when it ends;
+    nothing when no traced stage runs (tracing off costs a list append)."""
+    step = _running_step.get()
+    if step is not None:
+        kept = {name: value for name, value in (attributes or {}).items() if value is not None}
+        step.parts.append(SpanRecord(name, started_ns, ended_ns, kept, error=error))
 
 
 def tag_release(context, fleet: Fleet, service: Service, sha: str | None, environment: str | None = None,
@@ -222,6 +233,10 @@ class _TracedStep:
                 **({T.ENVIRONMENT_NAME: self.stage.environment} if self.stage.environment else {}),
             }))
         spans.append(SpanRecord(self.stage.span_name, started_ns, ended_ns, attributes, error=why))
+        shared = {**trace.release_attributes(), T.TASK_RUN_ID: f"{run_id}/{step_key}",
+                  **({T.ENVIRONMENT_NAME: self.stage.environment} if self.stage.environment else {})}
+        spans += [SpanRecord(part.name, part.start_ns, part.end_ns, {**shared, **part.attributes}, error=part.error)
+                  for part in self.step.parts]
         root = None
         if self.stage.root and not isinstance(error, dg.RetryRequested) and self._value("built") is not False:
             # Once per release: by the step that built its image (the retry of a transient failure records it).

@@ -8,6 +8,7 @@ reported by `release-graph rollout status` and settled by `abort`.
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from release_graph.cli.main import main as cli
 from release_graph.release import history
+from release_graph.release.tracing import ReleaseTrace
 from release_graph.release.why import FAILED, stage_status
 
 # With the switch's own load tests, one after another: see tests/resources/targets/docker/test_target.py.
@@ -95,7 +97,16 @@ def staging(world) -> dg.AssetKey:
     return dg.AssetKey(["inventory", "staging"])
 
 
-def test_a_canary_release_a_rollback_under_load_and_an_interrupted_rollout_settled(released, capsys):
+@pytest.fixture
+def trace_file(tmp_path, monkeypatch):
+    """Release traces to a JSON-lines file (set before the world is made: its tracer is configured from it)."""
+    path = tmp_path / "traces" / "release.jsonl"
+    monkeypatch.delenv("RELEASE_GRAPH_OTLP_ENDPOINT", raising=False)
+    monkeypatch.setenv("RELEASE_GRAPH_TRACE_FILE", str(path))
+    return path
+
+
+def test_a_canary_release_a_rollback_under_load_and_an_interrupted_rollout_settled(trace_file, released, capsys):
     world = released
     first = world.latest(staging(world))
     assert first.value("analysis").startswith("not analysed: the first deployment")
@@ -112,6 +123,17 @@ def test_a_canary_release_a_rollback_under_load_and_an_interrupted_rollout_settl
     assert [(row.data["weight"], row.data["outcome"]) for row in steps] == [("50", "Successful"),
                                                                             ("100", "Successful")]
     assert second.value("analysis").startswith("Successful")
+    # and each rollout step is a span of the release's trace, inside staging's deployment (its run and step)
+    trace = ReleaseTrace(world.fleet.name, "inventory", second.git_sha)
+    spans = [json.loads(line) for line in trace_file.read_text().splitlines()]
+    deploy = next(span for span in spans if span["name"] == "deploy staging"
+                  and span["trace_id"] == trace.trace_id_hex)
+    parts = [span for span in spans if span["name"].startswith("rollout ") and span["trace_id"] == trace.trace_id_hex]
+    assert [(span["name"], span["attributes"]["release_graph.rollout.outcome"]) for span in parts] == [
+        ("rollout 1. canary 50%", "Successful"), ("rollout 2. full traffic (bake)", "Successful")], parts
+    assert all(deploy["start_ns"] <= span["start_ns"] <= span["end_ns"] <= deploy["end_ns"] for span in parts)
+    assert {span["attributes"]["cicd.pipeline.task.run.id"] for span in parts} == {
+        deploy["attributes"]["cicd.pipeline.task.run.id"]}
     analysis = world.instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(staging(world), "analysis")])
     assert next(iter(analysis.values())).status.value == "SUCCEEDED"
