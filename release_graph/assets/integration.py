@@ -17,12 +17,17 @@ from release_graph.assets.image import export_build_context, stream_to_run
 from release_graph.assets.image_checks import junit_metadata, read_test_report, tests_passed
 from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
-from release_graph.fleet import Fleet, Service, topological_order
+from release_graph.fleet import Fleet, Service
 from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
-from release_graph.release.keys import environment_key, image_key, integration_key
-from release_graph.release.promotion import blocking_checks_passed, image_reference
+from release_graph.release.keys import image_key, integration_key
+from release_graph.release.promotion import (
+    blocking_checks_passed,
+    image_reference,
+    integration_partner,
+    transitive_hard_deps,
+)
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.git import GitResource
@@ -32,31 +37,14 @@ from resources.targets import DeployTarget, DeployTargets
 INTEGRATION_TIMEOUT_SECONDS = 600
 
 
-def transitive_hard_deps(fleet: Fleet, service: Service) -> list[str]:
-    """Every service `service` needs at run time, providers first."""
-    needed: set[str] = set()
-    pending = list(service.hard_deps)
-    while pending:
-        name = pending.pop()
-        if name not in needed:
-            needed.add(name)
-            pending += fleet.services[name].hard_deps
-    return [name for name in topological_order(fleet.services) if name in needed]
-
-
 def dependency_digest(context, fleet: Fleet, name: str) -> str:
-    """What the first environment runs of `name`, else its latest image that passed its checks."""
-    first = next(iter(fleet.environments.values()))
-    dependency = fleet.services[name]
-    deployed = history.latest(context.instance, environment_key(dependency, first))
-    if deployed is not None and deployed.digest:
-        return deployed.digest
-    for record in history.history(context.instance, image_key(dependency), limit=50):
-        if record.digest and not blocking_checks_passed(context.instance, fleet, dependency,
-                                                        image_key(dependency), record.digest):
-            return record.digest
-    raise ReleaseStepError(f"service '{name}': no passing image and nothing in '{first.name}' to integrate "
-                           "with: build it first")
+    """What the integration starts of the dependency `name` (promotion.integration_partner says which)."""
+    digest = integration_partner(context.instance, fleet, name)
+    if digest is None:
+        first = next(iter(fleet.environments.values()))
+        raise ReleaseStepError(f"service '{name}': no passing image and nothing in '{first.name}' to integrate "
+                               "with: build it first")
+    return digest
 
 
 @retry_when_transient("the integration stage")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from release_graph.fleet import Environment, Fleet, Service
+from release_graph.fleet import Environment, Fleet, Service, topological_order
 from release_graph.fleet.references import pinned
 from release_graph.release import history
 from release_graph.release import metadata as M
@@ -197,6 +197,33 @@ def rolled_back_from(instance, service: Service, environment: Environment, diges
                  if r.value(M.ROLLED_BACK_FROM) == digest), None)
 
 
+def transitive_hard_deps(fleet: Fleet, service: Service) -> list[str]:
+    """Every service `service` needs at run time, providers first."""
+    needed: set[str] = set()
+    pending = list(service.hard_deps)
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            pending += fleet.services[name].hard_deps
+    return [name for name in topological_order(fleet.services) if name in needed]
+
+
+def integration_partner(instance, fleet: Fleet, name: str) -> str | None:
+    """The digest of the dependency `name` an integration run starts beside the service: what the first
+    environment runs, else its latest image that passed its blocking checks; None when there is neither yet."""
+    first = next(iter(fleet.environments.values()))
+    dependency = fleet.services[name]
+    deployed = history.latest(instance, environment_key(dependency, first))
+    if deployed is not None and deployed.digest:
+        return deployed.digest
+    for record in history.history(instance, image_key(dependency), limit=50):
+        if record.digest and not blocking_checks_passed(instance, fleet, dependency, image_key(dependency),
+                                                        record.digest):
+            return record.digest
+    return None
+
+
 def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -> str | None:
     """Why the stage `key` (integration or an environment) would not take the release its previous stage
     holds now, in words; None when it may (or already did). The automation gate and `release-graph why`
@@ -223,6 +250,12 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     if failed:
         return f"blocked: {', '.join(failed)} did not pass for {short} at {previous.to_user_string()}"
     if environment is None:
+        # The integration starts the image beside every service it needs: each must have something to start
+        # (a fleet's first release builds them all at once, and a consumer's image can pass its checks first).
+        for name in transitive_hard_deps(fleet, service):
+            if integration_partner(instance, fleet, name) is None:
+                return (f"waiting for {name}/image to pass its checks (the integration tests start it beside "
+                        f"{service.name})")
         return None
     if candidate.value(M.ROLLED_BACK_FROM):
         return (f"{previous.to_user_string()} was rolled back to {label} by hand: a rollback does not flow "

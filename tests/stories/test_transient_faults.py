@@ -33,6 +33,7 @@ from release_graph.release.why import BLOCKED, FAILED, RUNNING, WAITING, process
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-transient")]
 
 SERVICE = "inventory"
+RELEASE_PREFIX = re.compile(r"^\[service=[^\]]*\] ")  # release_graph/release/tracing.py log_prefix
 FIRST_BUILD_SECONDS = 180  # dagster dev starts, the Git sensor's first tick, the run starts
 HEAL_SECONDS = 300  # the steps' own backoff rides out about three minutes of outage
 OUTAGE_SECONDS = 15  # long enough for a failed attempt and its first backoff (10 s)
@@ -192,7 +193,8 @@ def run_process(home: Path, run_id: str) -> int | None:
 
 
 def log_messages(instance, run_id: str) -> list[str]:
-    return [entry.user_message for entry in instance.all_logs(run_id) if entry.user_message]
+    """The run's log lines without the release prefix every stage's line carries ([service=… trace_id=…])."""
+    return [RELEASE_PREFIX.sub("", entry.user_message) for entry in instance.all_logs(run_id) if entry.user_message]
 
 
 def builds_in(instance, run_id: str) -> int:
@@ -200,7 +202,7 @@ def builds_in(instance, run_id: str) -> int:
     per build; the unit-test stage's build is another step)."""
     step = f"{SERVICE}__image"
     return sum(1 for e in instance.all_logs(run_id) if e.step_key == step
-               and (e.user_message or "").startswith("Successfully built"))
+               and RELEASE_PREFIX.sub("", e.user_message or "").startswith("Successfully built"))
 
 
 def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_registry, own_engine, monkeypatch):

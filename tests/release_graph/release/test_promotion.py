@@ -291,3 +291,46 @@ def test_a_waiting_reason_names_a_release_by_its_short_digest_and_commit():
     # A release manager reads the first 12 hex digits (as `docker images` shows them) and the commit.
     assert promotion.digest_label(BUILT, "0123456789abcdef") == "sha256:bbbbbbbbbbbb (0123456)"
     assert promotion.digest_label(BUILT) == "sha256:bbbbbbbbbbbb"
+
+
+# --- the integration stage waits for what it starts beside the service -----------------------------------
+
+CONSUMER_AND_PROVIDER = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+services:
+  orders:
+    repo: https://git.shop.example/orders.git
+    build: {dockerfile: Dockerfile, test_target: test, integration_target: integration}
+    port: 8080
+    depends_on: [payments]
+  payments:
+    repo: https://git.shop.example/payments.git
+    build: {dockerfile: Dockerfile, test_target: test}
+    port: 8080
+environments:
+  dev: {target: docker}
+"""
+
+
+def test_a_consumers_integration_waits_until_its_providers_image_passed_its_checks(tmp_path, instance):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(CONSUMER_AND_PROVIDER)
+    fleet = load_fleet(path, check_files=False)
+    orders, payments = fleet.services["orders"], fleet.services["payments"]
+    integration = dg.AssetKey(["orders", "integration"])
+    # Given a fleet's first release: orders' image passed its checks, payments' image is built but still tested
+    build(instance, orders, BUILT)
+    record(instance, image_key(payments), **{M.DIGEST: NEWER, M.GIT_SHA: "9f8e7d6c", M.AUTHOR: AUTHOR})
+    # Then orders' integration waits, saying for what (it would have nothing of payments to start)
+    assert promotion.waiting_reason(instance, fleet, orders, integration) == (
+        "waiting for payments/image to pass its checks (the integration tests start it beside orders)")
+    assert promotion.integration_partner(instance, fleet, "payments") is None
+    # When payments' checks pass, the integration may run, with that image beside orders
+    evaluate(instance, image_key(payments), "unit_tests", NEWER, passed=True)
+    evaluate(instance, image_key(payments), "sast", NEWER, passed=True)
+    assert promotion.waiting_reason(instance, fleet, orders, integration) is None
+    assert promotion.integration_partner(instance, fleet, "payments") == NEWER
+    # and once dev runs payments, that is what the integration starts
+    deploy(instance, payments, "dev", BUILT)
+    assert promotion.integration_partner(instance, fleet, "payments") == BUILT

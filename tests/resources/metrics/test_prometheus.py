@@ -257,5 +257,7 @@ def test_a_demo_service_container_is_measured_by_its_digest(prometheus, scrape_t
     print(f"inventory image built in {built:.1f} s; {measurement}; injected share {injected:.3f}")
     assert set(statuses) <= {200, 500} and 0.15 < injected < 0.35
     assert measurement.requests == pytest.approx(len(statuses), rel=0.2)
-    assert measurement.error_rate == pytest.approx(injected, abs=0.04)
+    # (the window's edges fall between scrapes: up to a fifth of the requests may lie outside it, so the measured
+    # share may differ from the whole load's by a few points either way)
+    assert measurement.error_rate == pytest.approx(injected, abs=0.08)
     assert measurement.p95_ms is not None and measurement.p95_ms > 0  # a latency was measured (no timing bound)
