@@ -179,8 +179,11 @@ class ReleaseManagerUI:
 
     def __init__(self, browser, url: str, shots: Path):
         self.url, self.shots = url, shots
+        from playwright.sync_api import expect
+
         self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
         self.page.set_default_timeout(self.TIMEOUT_MS)
+        expect.set_options(timeout=self.TIMEOUT_MS)  # assertions too (their own default is 5 s)
 
     @contextlib.contextmanager
     def step(self, name: str):
@@ -249,13 +252,15 @@ class ReleaseManagerUI:
             # shift-click on Materialize opens the launchpad (the same as its menu's "Open launchpad")
             self.page.get_by_role("button", name=MATERIALIZE).first.click(modifiers=["Shift"])
             launchpad = self.page.get_by_role("dialog")
+            # the button spins while the UI asks the code server for the asset's config schema: seconds on a
+            # loaded machine (the story shares it with the rest of the suite)
             expect(launchpad.get_by_text("Launchpad")).to_be_visible()
             launchpad.locator(".CodeMirror").click()  # the run config editor (CodeMirror's own class name)
             self.page.keyboard.press("Control+A")
             # one line of YAML: the editor indents typed newlines on its own
             self.page.keyboard.insert_text(f"ops: {{{approval.to_python_identifier()}: {{config: "
                                            f"{{approver: {approver}, ticket: {ticket}}}}}}}")
-            expect(launchpad.get_by_text("No errors")).to_be_visible()
+            expect(launchpad.get_by_text("No errors")).to_be_visible()  # validated by the server
             launchpad.get_by_role("button", name=MATERIALIZE).click()
             self.page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
             run_id = self.page.url.rsplit("/", 1)[-1].split("?")[0]
