@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from release_graph.fleet import Fleet, Service
-from release_graph.release.promotion import waiting_reason
+from release_graph.release.promotion import approval_spent, waiting_reason
 from release_graph.release.tags import MAX_RETRIES_TAG, RUN_RETRIES_AFTER_A_CRASH, SERVICE_TAG, TRIGGER_TAG
 
 AC = dg.AutomationCondition
@@ -52,7 +52,13 @@ class PromotionGate(dg.AutomationCondition):
             return dg.AutomationResult(context, context.get_empty_subset())
         instance = context.asset_graph_view.instance
         reason = waiting_reason(instance, self._fleet, self._service, context.key)
-        subset = context.get_empty_subset() if reason else context.candidate_subset
+        stage = context.key.path[-1]
+        environment = self._fleet.environments.get(stage) if stage != "integration" else None
+        # A gated environment that runs what its latest approval released is done: its step would refuse
+        # a second use of that approval (another trigger, such as the previous environment's e2e run again).
+        done = (environment is not None and environment.requires_approval
+                and approval_spent(instance, self._service, environment))
+        subset = context.get_empty_subset() if reason or done else context.candidate_subset
         return dg.AutomationResult(context, subset)
 
 

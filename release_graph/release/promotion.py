@@ -91,6 +91,14 @@ def verify_provenance(instance, service: Service, environment: Environment, dige
                       f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
 
 
+def approval_spent(instance, service: Service, environment: Environment) -> bool:
+    """True when the environment's latest approval was used by its latest deployment: it runs what that
+    approval released, and only a new approval deploys there again."""
+    approval = history.latest(instance, approval_key(service, environment))
+    last = history.latest(instance, environment_key(service, environment))
+    return approval is not None and last is not None and last.value(APPROVAL_RUN_ID) == approval.run_id
+
+
 def verify_approval(instance, service: Service, environment: Environment, digest: str):
     """A new approval of exactly this digest, not already used by an earlier deployment."""
     approval = history.latest(instance, approval_key(service, environment))
@@ -100,8 +108,7 @@ def verify_approval(instance, service: Service, environment: Environment, digest
     if approval.digest != digest:
         raise refuse(service, environment, f"the latest approval is for {approval.digest}, "
                       f"not for {digest}, which is what would be deployed: approve this digest")
-    last = history.latest(instance, environment_key(service, environment))
-    if last is not None and last.value(APPROVAL_RUN_ID) == approval.run_id:
+    if approval_spent(instance, service, environment):
         raise refuse(service, environment, "the latest approval has already been used: "
                       "one approval releases one digest once")
     return approval

@@ -334,3 +334,19 @@ def test_a_consumers_integration_waits_until_its_providers_image_passed_its_chec
     # and once dev runs payments, that is what the integration starts
     deploy(instance, payments, "dev", BUILT)
     assert promotion.integration_partner(instance, fleet, "payments") == BUILT
+
+
+def test_an_approval_used_by_the_deployment_that_runs_is_spent_until_a_new_one_is_given(instance, fleet, orders):
+    prod = fleet.environments["prod"]
+    released_to_staging(instance, fleet, orders)
+    first = approve(instance, orders, prod, BUILT)
+    assert not promotion.approval_spent(instance, orders, prod)  # given, not used yet: prod may deploy
+    deploy(instance, orders, "prod", BUILT, **{M.APPROVAL_RUN_ID: first})
+    # then automation has nothing more to do there (its gate asks this), and the step would refuse a second use
+    assert promotion.approval_spent(instance, orders, prod)
+    with pytest.raises(ReleaseStepError, match="already been used"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+    # and a new approval, even of the same digest, deploys it again
+    approve(instance, orders, prod, BUILT)
+    assert not promotion.approval_spent(instance, orders, prod)
+    promotion.verify_approval(instance, orders, prod, BUILT)
