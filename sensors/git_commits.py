@@ -322,7 +322,7 @@ def _releases_on_branch(
 
 
 def build_git_commit_sensor(
-    fleet: Fleet, *, minimum_interval_seconds: int = 30, name: str = "git_commits"
+    fleet: Fleet, *, minimum_interval_seconds: int = 10, name: str = "git_commits"
 ) -> dg.SensorDefinition:
     """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists)."""
     image_keys = [image_key(s) for branch in tracked_branches(fleet).values() for s in branch]

@@ -27,6 +27,7 @@ from release_graph.release.keys import (
     approval_key,
     e2e_key,
     environment_key,
+    integration_key,
     pool_name,
     previous_environment,
     previous_stage_key,
@@ -251,6 +252,8 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
         automation_condition=None if environment.branch else stage_condition(
             fleet, service, [trigger], label=f"new {gate} for {service.name}/{environment.name}",
             not_with=environment_key(service, before) if environment.requires_approval and before else None,
+            chained_to=(previous, environment) if previous == integration_key(service) and before is None
+            and not environment.requires_approval else None,
         ),
         check_specs=check_specs,
         pool=pool_name(service, environment),

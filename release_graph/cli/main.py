@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet_argument(dora)
     dora.set_defaults(handler=cmd_dora)
 
-    commands.add_parser("import", help="write a fleet.yaml from docker-compose files or Kubernetes manifests",
-                        add_help=False)
+    commands.add_parser("import", add_help=False,
+                        help="write a fleet.yaml from docker-compose files, Kubernetes manifests or an Aspire manifest")
     return parser
 
 

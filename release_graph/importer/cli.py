@@ -124,7 +124,8 @@ def write_fleet_file(result: ImportResult, output: Path) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="release-graph import",
-        description="Write a commented fleet.yaml from docker-compose files or Kubernetes manifests.",
+        description="Write a commented fleet.yaml from docker-compose files, Kubernetes manifests or a .NET Aspire "
+        "manifest (aspire-manifest.json).",
         epilog="Compose files merge in the order given, like `docker compose -f a -f b`. A folder means its "
                "compose file (and override file), or else every .yaml/.yml manifest below it.",
     )

@@ -179,14 +179,28 @@ def runs_holding(instance: dg.DagsterInstance, service_name: str, key: dg.AssetK
     return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
 
 
-def failed_attempt_since(instance: dg.DagsterInstance, service_name: str, key: dg.AssetKey, since: float | None):
+def failed_attempt_since(instance: dg.DagsterInstance, service_name: str, key: dg.AssetKey, since: float | None,
+                         trigger_run_id: str | None = None):
     """The newest failed run that held `key` and was created after `since` (a timestamp; None: ever), or None.
     A stage's attempt is its run: a run created after the stage's last materialization (or after its trigger)
-    that failed is what the stage is stuck on."""
-    failed = runs_holding(instance, service_name, key, [dg.DagsterRunStatus.FAILURE])
-    if failed and (since is None or failed[0].create_timestamp.timestamp() > since):
+    that failed is what the stage is stuck on. `trigger_run_id`: the run that recorded the trigger, when the
+    stage may have run in that same run (a first environment deployed in its integration's run): created
+    before its own trigger, it is an attempt too."""
+    failed = [r for r in runs_holding(instance, service_name, key, [dg.DagsterRunStatus.FAILURE])
+              if stage_started(instance, r.dagster_run, key)]
+    if failed and (since is None or failed[0].create_timestamp.timestamp() > since
+                   or failed[0].dagster_run.run_id == trigger_run_id):
         return failed[0]
     return None
+
+
+def stage_started(instance: dg.DagsterInstance, run: dg.DagsterRun, key: dg.AssetKey) -> bool:
+    """Whether `key`'s step started in `run`. A run of one stage counts whatever happened (a run that never
+    started is that stage's failure too); in a run of several stages (an integration and its first environment)
+    a stage whose step never started did not fail: the stage before it did."""
+    if len(run.asset_selection or ()) <= 1:
+        return True
+    return step_started_at(instance, run.run_id, "__".join(key.path)) is not None
 
 
 def step_started_at(instance: dg.DagsterInstance, run_id: str, step_key: str) -> float | None:

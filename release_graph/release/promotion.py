@@ -288,6 +288,67 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     return None
 
 
+def already_took_or_tried(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -> bool:
+    """Whether the ungated stage `key` already took the digest its previous stage holds now, or tried to and
+    failed: there is nothing for automation to start (the stage ran in the same run as its previous stage,
+    or its trigger fired again for a digest it took already)."""
+    stage = key.path[-1]
+    if stage == "integration":
+        previous = image_key(service)
+    else:
+        environment = fleet.environments[stage]
+        if environment.requires_approval:
+            return False  # judged by its approvals (`approval_spent`)
+        previous = previous_stage_key(fleet, service, environment)
+    current, candidate = history.latest(instance, key), history.latest(instance, previous)
+    if candidate is None or not candidate.digest:
+        return False
+    if current is not None and current.digest == candidate.digest and current.storage_id > candidate.storage_id:
+        return True
+    # It tried that digest already and failed (in the same run as its previous stage, or after it): automation
+    # does not try again on its own; `release-graph why` says it failed, `release-graph retry` runs it again.
+    return history.failed_attempt_since(instance, service.name, key, candidate.timestamp, candidate.run_id) is not None
+
+
+def chain_waiting_reason(instance, fleet: Fleet, service: Service, environment: Environment) -> str | None:
+    """Why the first environment cannot deploy in the same run as the integration of the service's newest
+    image (None: it can). That run deploys what its integration passed, or nothing: a failed integration or
+    a failed blocking check stops the run before the deployment (the deploy step then judges the integration's
+    evidence itself, as always). What can be judged before the integration ran is judged here: the rollback
+    rules, and that every provider already runs there with no new release of its own on the way, so providers
+    still deploy first. When this says no, the stage simply waits for the integration's result as before."""
+    image = history.latest(instance, image_key(service))
+    if image is None or not image.digest:
+        return f"waiting for {service.name}/image: nothing has been built yet"
+    if rolled_back_from(instance, service, environment, image.digest) is not None:
+        return f"{digest_label(image.digest, image.git_sha)} was rolled back out of {environment.name}"
+    for provider_name in service.hard_deps:
+        provider = fleet.services[provider_name]
+        if service.deploy_unit and provider.deploy_unit == service.deploy_unit:
+            continue
+        deployed = history.latest(instance, environment_key(provider, environment))
+        if deployed is None:
+            return f"waiting for {provider_name}/{environment.name} (provider) to be deployed first"
+        if about_to_deploy(instance, fleet, provider, environment) or release_on_the_way(
+                instance, fleet, provider, deployed.digest):
+            return f"waiting for {provider_name}/{environment.name} (provider) to deploy its new release first"
+    return None
+
+
+def release_on_the_way(instance, fleet: Fleet, service: Service, deployed_digest: str | None) -> bool:
+    """Whether `service` has a newer image than the one its first environment runs, built and passing its
+    blocking checks, and its integration has not failed since: a release its consumers should let go first."""
+    image = history.latest(instance, image_key(service))
+    if image is None or not image.digest or image.digest == deployed_digest:
+        return False
+    if blocking_checks_passed(instance, fleet, service, image_key(service), image.digest):
+        return False
+    integrated = history.latest(instance, integration_key(service))
+    if integrated is not None and integrated.digest == image.digest:
+        return False  # past its integration: `about_to_deploy` judges the rest
+    return history.failed_attempt_since(instance, service.name, integration_key(service), image.timestamp) is None
+
+
 def about_to_deploy(instance, fleet: Fleet, service: Service, environment: Environment) -> bool:
     """Whether `service` has a release it is about to deploy in `environment`: its own trigger (the previous
     stage, or the approval) is newer than its last deployment there, its gate is open, and no attempt since
@@ -302,4 +363,4 @@ def about_to_deploy(instance, fleet: Fleet, service: Service, environment: Envir
         return False
     if waiting_reason(instance, fleet, service, key) is not None:
         return False
-    return history.failed_attempt_since(instance, service.name, key, trigger.timestamp) is None
+    return history.failed_attempt_since(instance, service.name, key, trigger.timestamp, trigger.run_id) is None

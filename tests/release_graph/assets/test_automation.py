@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from release_graph.fleet import load_fleet
+from release_graph.release import history
 from release_graph.release.promotion import waiting_reason
 from release_graph.wiring import build_definitions
 
@@ -84,16 +85,61 @@ def test_nothing_is_requested_before_anything_was_built(story):
     assert story.tick() == set()
 
 
-def test_a_new_image_is_integrated_then_deployed_to_the_first_environment(story):
+def test_a_new_image_is_integrated_and_deployed_to_the_first_environment_in_one_run(story):
     story.tick()
     # Given a new inventory image whose unit tests passed
     story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
-    # when automation ticks, then only its integration stage starts
-    assert story.tick() == {key("inventory", "integration")}
+    # when automation ticks, its integration and its first environment are requested together (one run: the
+    # deployment takes what the integration passed, or is skipped when it did not pass)
+    assert story.tick() == {key("inventory", "integration"), key("inventory", "dev")}
     assert story.tick() == set()
-    # and once integration passed, inventory deploys to dev
+    # and once that run recorded both, neither is started again
     story.record(key("inventory", "integration"), "sha256:i1", {"integration_tests": True})
-    assert story.tick() == {key("inventory", "dev")}
+    story.record(key("inventory", "dev"), "sha256:i1", {"healthy": True})
+    assert story.tick() == {key("fleet", "environments")}
+    assert story.tick() == set()
+
+
+def test_a_deployment_that_failed_in_its_integrations_run_is_not_started_again_by_automation(story):
+    story.tick()
+    story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
+    assert story.tick() == {key("inventory", "integration"), key("inventory", "dev")}
+    # Given the run passed the integration and then failed deploying to dev
+    result = finish_a_run(story, key("inventory", "dev"), fails=True, tags={"release/service": "inventory"},
+                          also=key("inventory", "integration"))
+    assert not result.success
+    # then automation does not try dev again on its own: release-graph why says it failed, retry runs it again
+    for _ in range(2):
+        assert key("inventory", "dev") not in story.tick()
+
+
+def test_a_providers_deployment_that_failed_in_its_integrations_run_does_not_freeze_its_consumer(story):
+    story.tick()
+    release_to_dev(story, "orders", "sha256:o1")
+    release_to_dev(story, "inventory", "sha256:i1")
+    story.tick()
+    # Given the provider's new release passed its integration and failed to deploy, in one run
+    story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
+    story.tick()
+    assert not finish_a_run(story, key("inventory", "dev"), fails=True, tags={"release/service": "inventory"},
+                            also=key("inventory", "integration")).success
+    # when the consumer gets a new image, it is integrated and deployed beside the provider's previous release
+    story.record(key("orders", "image"), "sha256:o2", IMAGE_CHECKS_PASSED)
+    assert {key("orders", "integration"), key("orders", "dev")} <= story.tick()
+
+
+def test_a_consumer_is_not_deployed_in_its_integrations_run_while_its_provider_has_a_release_on_the_way(story):
+    story.tick()
+    release_to_dev(story, "orders", "sha256:o1")
+    release_to_dev(story, "inventory", "sha256:i1")
+    story.tick()
+    # Given a provider's new image whose integration has not run yet, and a new image of its consumer
+    story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
+    story.record(key("orders", "image"), "sha256:o2", IMAGE_CHECKS_PASSED)
+    requested = story.tick()
+    # then the provider's release runs to dev in one run, the consumer's stops after its integration
+    assert {key("inventory", "integration"), key("inventory", "dev"), key("orders", "integration")} <= requested
+    assert key("orders", "dev") not in requested
 
 
 def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(story):
@@ -103,9 +149,8 @@ def test_a_providers_new_deployment_does_not_redeploy_its_unchanged_consumer(sto
     story.tick()  # the matrix notices both deployments
     # Given a new inventory release reaching dev
     story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
-    assert story.tick() == {key("inventory", "integration")}
+    assert story.tick() == {key("inventory", "integration"), key("inventory", "dev")}
     story.record(key("inventory", "integration"), "sha256:i2", {"integration_tests": True})
-    assert story.tick() == {key("inventory", "dev")}
     story.record(key("inventory", "dev"), "sha256:i2", {"healthy": True})
     # then orders/dev is not requested: only its own trigger starts it
     assert key("orders", "dev") not in story.tick()
@@ -115,13 +160,15 @@ def test_a_consumers_first_deployment_waits_for_its_providers_first_deployment(s
     story.tick()
     for service in ("orders", "inventory"):
         story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
-    assert story.tick() == {key("orders", "integration"), key("inventory", "integration")}
-    for service in ("orders", "inventory"):
-        story.record(key(service, "integration"), f"sha256:{service}1", {"integration_tests": True})
-    # The provider deploys first (in a run of its own); the consumer waits for it, and says so
-    assert story.tick() == {key("inventory", "dev")}
+    # The provider is integrated and deployed in one run; the consumer, whose provider runs nowhere yet, is
+    # only integrated
+    assert story.tick() == {key("orders", "integration"), key("inventory", "integration"), key("inventory", "dev")}
+    story.record(key("orders", "integration"), "sha256:orders1", {"integration_tests": True})
+    # and then waits for its provider's deployment, and says so
+    assert key("orders", "dev") not in story.tick()
     assert waiting_reason(story.instance, story.fleet, story.fleet.services["orders"], key("orders", "dev")) == (
         "waiting for inventory/dev (provider) to be deployed first")
+    story.record(key("inventory", "integration"), "sha256:inventory1", {"integration_tests": True})
     story.record(key("inventory", "dev"), "sha256:inventory1", {"healthy": True})
     # then the consumer follows on the next tick
     assert key("orders", "dev") in story.tick()
@@ -135,11 +182,12 @@ def test_a_provider_and_its_consumer_changing_together_deploy_provider_first(sto
     for service in ("orders", "inventory"):
         story.record(key(service, "image"), f"sha256:{service}2", IMAGE_CHECKS_PASSED)
     story.tick()
+    # Given both integrations passed, and the provider's deployment of its new release still to come
     for service in ("orders", "inventory"):
         story.record(key(service, "integration"), f"sha256:{service}2", {"integration_tests": True})
     # The provider goes first; the consumer waits for the provider's new release
     requested = story.tick()
-    assert key("inventory", "dev") in requested and key("orders", "dev") not in requested
+    assert key("orders", "dev") not in requested
     assert "to deploy its new release first" in waiting_reason(
         story.instance, story.fleet, story.fleet.services["orders"], key("orders", "dev"))
     story.record(key("inventory", "dev"), "sha256:inventory2", {"healthy": True})
@@ -187,9 +235,22 @@ def test_the_environment_matrix_refreshes_after_the_first_deployment(story):
     assert key("fleet", "environments") not in story.tick()
 
 
-def finish_a_run(story: Story, asset: dg.AssetKey, *, fails: bool = False) -> dg.ExecuteInProcessResult:
-    """A real run of a stand-in for `asset` alone, finished on the story's instance (succeeded or failed)."""
-    @dg.asset(key=asset)
+def finish_a_run(story: Story, asset: dg.AssetKey, *, fails: bool = False, tags: dict[str, str] | None = None,
+                 also: dg.AssetKey | None = None) -> dg.ExecuteInProcessResult:
+    """A real run of a stand-in for `asset` alone (or after `also`, recorded with the digest of the story's
+    newest image and a passing integration check, as an integration's and its first environment's run),
+    finished on the story's instance."""
+    assets = []
+    if also is not None:
+        digest = history.latest(story.instance, key(also.path[0], "image")).digest
+
+        @dg.asset(key=also, check_specs=[dg.AssetCheckSpec("integration_tests", asset=also)])
+        def before() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"digest": digest}, data_version=dg.DataVersion(digest),
+                                        check_results=[dg.AssetCheckResult(passed=True, metadata={"digest": digest})])
+        assets.append(before)
+
+    @dg.asset(key=asset, deps=[also] if also else [])
     def stand_in() -> None:
         if fails:
             raise RuntimeError("refused")
@@ -198,8 +259,9 @@ def finish_a_run(story: Story, asset: dg.AssetKey, *, fails: bool = False) -> dg
     def bystander() -> None:
         """Not selected: so the run's asset selection names `asset` alone, as an automation run's does."""
 
-    job = dg.Definitions(assets=[stand_in, bystander]).resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(instance=story.instance, asset_selection=[asset], raise_on_error=False)
+    job = dg.Definitions(assets=[*assets, stand_in, bystander]).resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=story.instance, asset_selection=[*([also] if also else []), asset],
+                                  raise_on_error=False, tags=tags)
 
 
 def test_the_environment_matrix_refreshes_after_any_other_run_finished_and_not_after_its_own(story):
@@ -286,8 +348,9 @@ def test_each_service_is_automated_by_its_own_sensor_so_its_runs_are_its_own(sto
         story.record(key(service, "image"), f"sha256:{service}1", IMAGE_CHECKS_PASSED)
     requests = tick()
     # then each service's integration is its own run, tagged with its service from launch
-    assert sorted((r.tags["release/service"], tuple(k.to_user_string() for k in r.asset_selection))
-                  for r in requests) == [("inventory", ("inventory/integration",)), ("orders", ("orders/integration",))]
+    assert sorted((r.tags["release/service"], tuple(sorted(k.to_user_string() for k in r.asset_selection)))
+                  for r in requests) == [("inventory", ("inventory/dev", "inventory/integration")),
+                                         ("orders", ("orders/integration",))]
 
 
 E2E_FLEET = """\
