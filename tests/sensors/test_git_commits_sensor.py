@@ -145,7 +145,7 @@ def test_the_sensor_resolves_its_requests_to_the_image_asset_and_its_checks(
     sensor = build_git_commit_sensor(fleet)
     assert sensor.name == "git_commits"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 30
+    assert sensor.minimum_interval_seconds == 10
     assert sensor.required_resource_keys == {"git", "registry"}
     assert build_git_commit_sensor(fleet, minimum_interval_seconds=45).minimum_interval_seconds == 45
 
