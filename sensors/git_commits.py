@@ -6,7 +6,9 @@ fetched into its cached mirror. For each service on a moved branch the tick then
 
 - observes `<svc>/source` with the release SHA as data version (author, message, skipped commits as
   metadata), and
-- requests one run of `<svc>/image` with `run_key=<svc>:<sha>` and the SHA in the run tags.
+- requests one run of `<svc>/image` with `run_key=<svc>:<sha>` and the SHA in the run tags; the run goes on
+  to the service's integration and first environment when the promotion rules allow it beforehand
+  (`promotion.stages_in_the_image_run`), so a release does not wait for automation ticks between them.
 
 The release SHA of a service is the newest commit that changed its `path` (the head itself for `path: .`),
 so a monorepo commit releases only the services whose folder it touched, and several commits since the
@@ -31,7 +33,8 @@ import dagster as dg
 
 from release_graph.fleet import Fleet, Service
 from release_graph.release import metadata as M
-from release_graph.release.keys import image_key, source_key
+from release_graph.release.keys import environment_key, image_key, integration_key, source_key
+from release_graph.release.promotion import stages_in_the_image_run
 from release_graph.release.tags import (
     MAX_RETRIES_TAG,
     RUN_RETRIES_AFTER_A_CRASH,
@@ -70,6 +73,7 @@ class NewRelease:
     skipped_count: int = 0
     force_pushed: bool = False
     build: bool = True  # False when the first tick found the image already in the registry
+    then: tuple[dg.AssetKey, ...] = ()  # the stages its build run goes on to after the image
 
     @property
     def sha(self) -> str:
@@ -78,7 +82,7 @@ class NewRelease:
     def run_request(self, fleet: str) -> dg.RunRequest:
         return dg.RunRequest(
             run_key=f"{self.service}:{self.sha}",
-            asset_selection=[image_key(self.service)],
+            asset_selection=[image_key(self.service), *self.then],
             # A build whose process died is run again by the instance (never one that failed): the run key
             # would stop this sensor from asking twice, so without it the commit would be lost.
             tags={**release_tags(self.service, self.sha, fleet=fleet), MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
@@ -326,6 +330,11 @@ def build_git_commit_sensor(
 ) -> dg.SensorDefinition:
     """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists)."""
     image_keys = [image_key(s) for branch in tracked_branches(fleet).values() for s in branch]
+    first = next(iter(fleet.environments.values()), None)
+    # what a build run may go on to (stages_in_the_image_run): every service's integration and first environment
+    then_keys = [key for branch in tracked_branches(fleet).values() for s in branch if s.build
+                 and s.build.integration_target for key in (integration_key(s), *(
+                     [environment_key(s, first)] if first is not None and not first.requires_approval else []))]
 
     @dg.sensor(
         name=name,
@@ -333,7 +342,7 @@ def build_git_commit_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         # An asset selection (not a job): each request then runs in the fleet's implicit asset job with
         # exactly its image and that image's checks (resolved by Dagster when the tick is evaluated).
-        asset_selection=dg.AssetSelection.assets(*image_keys) if image_keys else None,
+        asset_selection=dg.AssetSelection.assets(*image_keys, *then_keys) if image_keys else None,
         description="Polls every tracked branch with git ls-remote; one image build per new release "
         "(run key <service>:<sha>), an observation of <service>/source with the SHA as data version.",
     )
@@ -341,6 +350,10 @@ def build_git_commit_sensor(
         context: dg.SensorEvaluationContext, git: GitResource, registry: dg.ResourceParam[ImageRegistry]
     ) -> dg.SensorResult:
         tick = evaluate_git_tick(fleet, git, registry, context.cursor)
+        releasing = {r.service for r in tick.releases if r.build}
+        tick.releases = [replace(r, then=tuple(stages_in_the_image_run(
+            context.instance, fleet, fleet.services[r.service], releasing - {r.service}))) if r.build else r
+            for r in tick.releases]
         for problem in tick.problems:
             context.log.warning(problem)
         return tick.sensor_result()

@@ -105,7 +105,10 @@ def junit_metadata(summary: evidence.JUnitSummary) -> dict:
         "failed": summary.failed,
         "errors": summary.errors,
         "skipped": summary.skipped,
-        "failing_tests": dg.MetadataValue.md("\n".join(f"- `{name}`" for name in summary.failing) or "none"),
+        "failing_tests": dg.MetadataValue.md("\n".join(
+            f"- `{name}`" + (f": {reason}" if reason else "")
+            for name, reason in zip(summary.failing, summary.reasons or [""] * len(summary.failing), strict=True))
+            or "none"),
         "duration_seconds": dg.MetadataValue.float(round(summary.duration, 3)),
     }
 

@@ -7,6 +7,8 @@ the integration stage call the same ones.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import dagster as dg
 
 from release_graph.fleet import Environment, Fleet, Service, topological_order
@@ -322,6 +324,12 @@ def chain_waiting_reason(instance, fleet: Fleet, service: Service, environment: 
         return f"waiting for {service.name}/image: nothing has been built yet"
     if rolled_back_from(instance, service, environment, image.digest) is not None:
         return f"{digest_label(image.digest, image.git_sha)} was rolled back out of {environment.name}"
+    return providers_unsettled(instance, fleet, service, environment)
+
+
+def providers_unsettled(instance, fleet: Fleet, service: Service, environment: Environment) -> str | None:
+    """Why a release of `service` cannot be deployed to `environment` without waiting for its run's previous
+    stage (None: it can): a provider that does not run there yet, or has a new release of its own on the way."""
     for provider_name in service.hard_deps:
         provider = fleet.services[provider_name]
         if service.deploy_unit and provider.deploy_unit == service.deploy_unit:
@@ -333,6 +341,27 @@ def chain_waiting_reason(instance, fleet: Fleet, service: Service, environment: 
                 instance, fleet, provider, deployed.digest):
             return f"waiting for {provider_name}/{environment.name} (provider) to deploy its new release first"
     return None
+
+
+def stages_in_the_image_run(instance, fleet: Fleet, service: Service, releasing: Collection[str]) -> list[dg.AssetKey]:
+    """The stages a new commit's build run goes on to after its image, so a release does not wait for an
+    automation tick and a run start-up between them: its integration, when every service it is started beside
+    has an image to start; and then its first environment, when nothing in `releasing` (the services whose new
+    commits this Git tick builds) is one of its providers and `providers_unsettled` has nothing to say. Each
+    stage still runs only when the one before passed (a failed blocking check stops the run there) and the
+    deploy step judges the integration's evidence as always. Empty: automation takes over after the image."""
+    if not (service.build and service.build.integration_target):
+        return []
+    needed = transitive_hard_deps(fleet, service)
+    if any(name in releasing for name in needed) or any(
+            integration_partner(instance, fleet, name) is None for name in needed):
+        return []
+    stages = [integration_key(service)]
+    first = next(iter(fleet.environments.values()))
+    if (not first.requires_approval and not first.branch and previous_stage_key(fleet, service, first) == stages[0]
+            and providers_unsettled(instance, fleet, service, first) is None):
+        stages.append(environment_key(service, first))
+    return stages
 
 
 def release_on_the_way(instance, fleet: Fleet, service: Service, deployed_digest: str | None) -> bool:

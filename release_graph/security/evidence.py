@@ -11,7 +11,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # The one tool runner and its errors; re-exported, since evidence is where a reader looks for them.
@@ -34,6 +34,9 @@ class JUnitSummary:
     skipped: int
     failing: list[str]  # "classname.name" of every failed or errored test, in report order
     duration: float  # seconds, as the reports state them
+    # why each of `failing` failed: the report's message (its assertion, e.g. "AssertionError: 502 != 201"),
+    # first line, shortened; "" when the report gives none
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def parse_junit(files: Mapping[str, bytes]) -> JUnitSummary:
         raise EvidenceError("no JUnit report was produced: the tests did not run (or wrote their report elsewhere)")
     tests = failed = errors = skipped = 0
     failing: list[str] = []
+    reasons: list[str] = []
     duration = 0.0
     for name in sorted(files):
         root = _parse_report_xml(name, files[name])
@@ -84,9 +88,11 @@ def parse_junit(files: Mapping[str, bytes]) -> JUnitSummary:
             if "failure" in outcome:
                 failed += 1
                 failing.append(label)
+                reasons.append(_case_reason(case, "failure"))
             elif "error" in outcome:
                 errors += 1
                 failing.append(label)
+                reasons.append(_case_reason(case, "error"))
             elif "skipped" in outcome:
                 skipped += 1
     if tests == 0:
@@ -102,6 +108,7 @@ def parse_junit(files: Mapping[str, bytes]) -> JUnitSummary:
         skipped=skipped,
         failing=failing,
         duration=round(duration, 6),
+        reasons=reasons,
     )
 
 
@@ -128,6 +135,20 @@ def _report_duration(name: str, root: ET.Element) -> float:
             except ValueError as exc:
                 raise EvidenceError(f"JUnit report {name}: a time attribute is not a number ({values})") from exc
     return 0.0
+
+
+REASON_CHARACTERS = 300
+
+
+def _case_reason(case: ET.Element, outcome: str) -> str:
+    """A failed case's reason: its `message` attribute, else the last line of its text (a traceback ends with
+    the exception), shortened to one line."""
+    element = case.find(outcome)
+    text = (element.get("message") or "").strip() if element is not None else ""
+    if not text and element is not None and element.text:
+        text = element.text.strip().splitlines()[-1].strip() if element.text.strip() else ""
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_CHARACTERS else text[:REASON_CHARACTERS - 1] + "…"
 
 
 def _case_label(case: ET.Element) -> str:

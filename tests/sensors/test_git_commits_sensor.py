@@ -456,3 +456,23 @@ def test_an_unreadable_cursor_starts_over_as_a_first_tick(tmp_path, new_repo, gi
 
     assert requested(result) == {"orders": head}
     assert cursor_of(result) == {f"{orders.path}@main": head}
+
+
+def test_a_build_run_goes_on_to_the_services_integration_and_first_environment_when_the_rules_allow(
+    tmp_path, new_repo, git, registry, fleet_registry, instance
+):
+    # Given a service with integration tests and nothing it needs beside it, in a fleet whose dev is ungated
+    orders = new_repo("orders")
+    head = orders.commit("first", {"Dockerfile": DOCKERFILE + "FROM scratch AS integration\n"})
+    document = {"fleet": "shop", "registry": fleet_registry,
+                "services": {"orders": {"repo": "repos/orders", "port": 8080,
+                                        "build": {"dockerfile": "Dockerfile", "integration_target": "integration"}}},
+                "environments": {"dev": {"target": "docker"}, "prod": {"target": "docker", "approval": "required"}}}
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    # when a new commit is seen, its build run holds the image, the integration and the dev deployment: no
+    # automation tick and no second run start-up between them (a failed blocking check stops the run there)
+    [run] = tick(fleet, git, registry, instance, cursor=None).run_requests
+    assert run.run_key == f"orders:{head}"
+    assert run.asset_selection == [dg.AssetKey(["orders", "image"]), dg.AssetKey(["orders", "integration"]),
+                                   dg.AssetKey(["orders", "dev"])]

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from release_graph.fleet import load_fleet
-from release_graph.release import history
+from release_graph.release import history, promotion
 from release_graph.release.promotion import waiting_reason
 from release_graph.wiring import build_definitions
 
@@ -420,3 +420,33 @@ def test_dora_is_refreshed_after_a_prod_deployment_and_its_runs_are_no_news_to_t
     story.tick()
     assert finish_a_run(story, key("fleet", "dora")).success
     assert key("fleet", "environments") not in story.tick()
+
+
+def test_a_new_commits_build_run_goes_on_to_integration_and_dev_when_nothing_can_change_the_rules(story):
+    stages = promotion.stages_in_the_image_run
+    orders, inventory = story.fleet.services["orders"], story.fleet.services["inventory"]
+    # A fleet's first build of a consumer: its provider has no image to start beside it yet, so its build run
+    # stops at the image and automation takes over
+    assert stages(story.instance, story.fleet, orders, releasing=()) == []
+    # A provider with no providers of its own: built, integrated and deployed to dev in one run
+    assert stages(story.instance, story.fleet, inventory, releasing=()) == [
+        key("inventory", "integration"), key("inventory", "dev")]
+    # Once the provider runs in dev, the consumer's new commit goes all the way to dev in its build run too
+    release_to_dev(story, "inventory", "sha256:i1")
+    assert stages(story.instance, story.fleet, orders, releasing=()) == [
+        key("orders", "integration"), key("orders", "dev")]
+    # but not while the same Git tick builds its provider too: the provider's new release deploys first, and
+    # the consumer's integration starts beside it (automation takes over after the image)
+    assert stages(story.instance, story.fleet, orders, releasing={"inventory"}) == []
+    # nor, past its integration, while the provider has a newer release on the way to dev
+    story.record(key("inventory", "image"), "sha256:i2", IMAGE_CHECKS_PASSED)
+    assert stages(story.instance, story.fleet, orders, releasing=()) == [key("orders", "integration")]
+
+
+def test_after_a_build_run_that_went_on_to_dev_automation_starts_neither_stage_again(story):
+    story.tick()
+    # Given inventory's build run recorded its image, its integration and its dev deployment
+    release_to_dev(story, "inventory", "sha256:i1")
+    # then automation has nothing to start for inventory (only the matrix notices the deployment)
+    assert story.tick() == {key("fleet", "environments")}
+    assert story.tick() == set()

@@ -89,6 +89,9 @@ def test_given_a_real_pytest_report_then_counts_and_failing_test_names_are_read(
 
     assert (summary.tests, summary.passed, summary.failed, summary.errors, summary.skipped) == (5, 2, 1, 1, 1)
     assert summary.failing == ["test_orders.test_totals_the_basket", "test_orders.test_reads_inventory"]
+    # and why each failed, in one line a release manager can read in the check's metadata
+    assert summary.reasons[0].startswith("assert 3 == 4"), summary.reasons
+    assert "database not reachable" in summary.reasons[1], summary.reasons
     assert summary.duration > 0
 
 
