@@ -143,7 +143,7 @@ def reports_dir(context) -> Path:
 
 
 def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: VulnerabilityScanner,
-                             registry: Registry) -> dg.AssetCheckResult:
+                             registry: Registry, engine: ContainerEngine) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
     waivers = fleet_waivers(fleet, service, "the vulnerability scan")
     if scanner.backend != fleet.security.scanner:
@@ -154,8 +154,11 @@ def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: V
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        report = scanner.scan_image(service.image_repository(fleet), digest, registry=registry, tag=sha,
-                                    report_path=str(folder / f"{service.name}-{scanner.backend}.json"))
+        report = scanner.scan_image(
+            service.image_repository(fleet), digest, registry=registry, tag=sha,
+            report_path=str(folder / f"{service.name}-{scanner.backend}.json"), engine=engine,
+            container_labels={L.SERVICE: service.name, L.STEP: VULNERABILITY_SCAN},
+            container_name=f"rg-scan-{service.name}-{digest[7:19]}-{context.run.run_id[:8]}")
     except EvidenceError as exc:  # ScannerMissing, ScanError: the scan could not run
         raise ReleaseStepError(f"service '{service.name}': the vulnerability scan ({fleet.security.scanner}) of "
                                f"{digest} could not run: {exc}") from None
@@ -373,8 +376,8 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
                         "top findings. Each environment's deploy step refuses findings above its scan_threshold.")
         @traced_stage(fleet, service, check_stage(service, VULNERABILITY_SCAN))
         def vulnerability_scan(context: dg.AssetCheckExecutionContext, scanner: VulnerabilityScanner,
-                               registry: Registry) -> dg.AssetCheckResult:
-            return check_vulnerability_scan(context, fleet, service, scanner, registry)
+                               registry: Registry, engine: ContainerEngine) -> dg.AssetCheckResult:
+            return check_vulnerability_scan(context, fleet, service, scanner, registry, engine)
 
         checks.append(vulnerability_scan)
     if settings.sbom:
