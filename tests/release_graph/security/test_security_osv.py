@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import zipfile
+from datetime import date
 from pathlib import Path
 
 import pytest
 
+from release_graph.fleet import load_fleet
 from release_graph.security import osv, sbom
+from release_graph.security.findings import parse_threshold
+from release_graph.security.gate import evaluate_gate
+from release_graph.security.waivers import WaiverError, fleet_owners, load_waivers
 
-DEMO_DATABASE = Path(__file__).resolve().parents[3] / "examples" / "shop" / "osv"
+SHOP = Path(__file__).resolve().parents[3] / "examples" / "shop"
+DEMO_DATABASE = SHOP / "osv"
 IMAGE = "127.0.0.1:5000/shop/orders"
 DIGEST = "sha256:" + "1" * 64
 
@@ -230,3 +236,51 @@ def test_a_document_that_is_not_a_cyclonedx_sbom_is_refused(tmp_path):
     (tmp_path / "sbom.json").write_text("{")
     with pytest.raises(osv.OsvError, match=r"SBOM .*sbom.json: cannot read a JSON document"):
         osv.scan_sbom_file(tmp_path / "sbom.json", database)
+
+
+# --- the demo: what `make demo` shows --------------------------------------------------------------------------
+
+# What the demo images hold of Python (Debian bookworm's pip, setuptools and wheel; tests/.../test_security_osv
+# scans the real base image in the engine test below).
+DEMO_IMAGE_PACKAGES = (pypi("pip", "23.0.1"), pypi("setuptools", "66.1.1"), pypi("wheel", "0.38.4"),
+                       deb("python3-pip", "23.0.1+dfsg-1", source="python-pip"))
+
+
+def demo_gate(fleet, environment: str, waivers, today: date):
+    findings = osv.scan_sbom(sbom_of(*DEMO_IMAGE_PACKAGES), osv.load_database(fleet.security.osv.database)).findings
+    threshold = parse_threshold(fleet.environments[environment].scan_threshold or "none")
+    return evaluate_gate(findings, threshold, waivers, today, "orders")
+
+
+def test_the_demo_scan_shows_the_advisories_waived_for_prod_and_passing_staging():
+    fleet = load_fleet(SHOP / "fleet.yaml", check_files=False)
+    assert (fleet.security.scanner, fleet.security.osv.database) == ("osv", DEMO_DATABASE)
+    waivers = load_waivers(fleet.security.waivers, known_owners=fleet_owners(fleet), known_services=fleet.services)
+    assert {(w.rule, w.owner, w.expires) for w in waivers} == {
+        ("GHSA-cx63-2mw6-8hw5", "team:storefront", date(2027, 6, 30)),
+        ("GHSA-5rjg-fvgr-3xxf", "team:storefront", date(2027, 6, 30)),
+    }
+    today = date(2026, 12, 5)
+    staging = demo_gate(fleet, "staging", waivers, today)
+    prod = demo_gate(fleet, "prod", waivers, today)
+    assert [(row["rule"], row["severity"], row["status"]) for row in prod.table] == [
+        ("GHSA-5rjg-fvgr-3xxf", "HIGH", "waived by team:storefront until 2027-06-30"),
+        ("GHSA-cx63-2mw6-8hw5", "HIGH", "waived by team:storefront until 2027-06-30"),
+        ("GHSA-mq26-g339-26xf", "LOW", "below threshold")]
+    assert staging.passed and not staging.blocking
+    # prod refuses HIGH: the two setuptools advisories would block it, and their waivers let it through.
+    assert prod.passed and sorted(f.rule for f, _ in prod.waived) == ["GHSA-5rjg-fvgr-3xxf", "GHSA-cx63-2mw6-8hw5"]
+    unwaived = demo_gate(fleet, "prod", [], today)
+    assert not unwaived.passed and [f.rule for f in unwaived.blocking] == ["GHSA-5rjg-fvgr-3xxf",
+                                                                           "GHSA-cx63-2mw6-8hw5"]
+    assert demo_gate(fleet, "staging", [], today).passed
+
+
+def test_a_demo_waiver_past_its_expiry_stops_the_gate_naming_it():
+    fleet = load_fleet(SHOP / "fleet.yaml", check_files=False)
+    waivers = load_waivers(fleet.security.waivers, known_owners=fleet_owners(fleet), known_services=fleet.services)
+    assert demo_gate(fleet, "prod", waivers, date(2027, 6, 30)).passed  # valid through its expiry day
+    with pytest.raises(WaiverError) as expired:
+        demo_gate(fleet, "prod", waivers, date(2027, 7, 1))
+    assert "GHSA-cx63-2mw6-8hw5" in str(expired.value) and "waivers.yaml:7" in str(expired.value)
+    assert "team:storefront" in str(expired.value) and "2027-06-30" in str(expired.value)
