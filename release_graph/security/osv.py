@@ -16,9 +16,9 @@ Matching follows the OSV schema:
   are ordered by PEP 440 (`packaging`) for PyPI and by Debian's rules (`python-debian`: epochs, upstream
   versions, revisions, `~`) for Debian. `GIT` ranges name commits, which an installed package does not carry:
   they are skipped (PyPI records list the affected versions as well).
-- the severity is the record's own word (`database_specific.severity`, as GitHub's advisories write it, or
-  the affected entry's `ecosystem_specific` / `database_specific` severity), else the CVSS v3 base score of its
-  `severity[]` vector, else UNKNOWN (counted and shown, never blocking on a threshold).
+- the severity is the record's own word (`database_specific.severity`, as GitHub's advisories write it), else
+  the affected entry's (`ecosystem_specific` / `database_specific` severity), else the rating of the CVSS v3
+  base score of its `severity[]` vector, else UNKNOWN (counted and shown, never blocking on a threshold).
 
 A database that cannot be used (missing, not JSON, a record without an id, an event version the ecosystem
 cannot read) is an `OsvError` naming the file and the field: a broken database is "the scan could not run",
@@ -45,7 +45,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 from packaging.version import Version as PythonVersion
 
-from release_graph.security.findings import Finding, finding, sort_findings
+from release_graph.security.findings import Finding, finding, normalise_severity, sort_findings
 from release_graph.security.tools import ToolError
 
 SUPPORTED_ECOSYSTEMS = ("PyPI", "Debian")
@@ -142,7 +142,8 @@ class Advisory:
     id: str
     aliases: tuple[str, ...]
     summary: str
-    severity: str  # one of findings.SEVERITIES (UNKNOWN when the record rates none)
+    severity_word: str | None  # the record's own word (database_specific.severity), normalised
+    cvss_severity: str | None  # the rating of its CVSS v3 vector's base score
     modified: str
     source: str  # "osv/PyPI/GHSA-....json" or "all.zip:GHSA-....json", for messages
 
@@ -228,7 +229,8 @@ def _add_record(database: OsvDatabase, label: str, data: bytes) -> None:
         raise OsvError(f"{where}: field 'summary' is not text")
     advisory = Advisory(
         id=record_id, aliases=tuple(aliases), summary=summary.strip().splitlines()[0] if summary.strip() else record_id,
-        severity=record_severity(record, where), modified=str(modified or ""), source=label,
+        severity_word=record_severity_word(record), cvss_severity=record_cvss_severity(record, where),
+        modified=str(modified or ""), source=label,
     )
     for index, entry in enumerate(affected_list):
         parsed = _parse_affected(advisory, entry, f"{where}: affected[{index}]")
@@ -275,7 +277,7 @@ def _parse_affected(advisory: Advisory, entry: Any, where: str) -> Affected | No
         advisory=advisory, ecosystem=ecosystem, release=release or None,
         name=canonicalize_name(name) if ecosystem == "PyPI" else name,
         ranges=tuple(ranges), versions=frozenset(versions), parsed_versions=tuple(parsed_versions),
-        severity=own if isinstance(own, str) else None,
+        severity=normalise_severity(own) if isinstance(own, str) else None,
     )
 
 
@@ -328,16 +330,29 @@ def _in_osv_order(events: list[tuple[str, Any, str]]) -> list[tuple[str, Any, st
 # --- severities ----------------------------------------------------------------------------------------------
 
 
-def record_severity(record: dict[str, Any], where: str) -> str:
-    """The record's severity word (GitHub's LOW/MODERATE/HIGH/CRITICAL), else its CVSS v3 vector's base score
-    rated as CVSS does, else UNKNOWN."""
+def record_severity_word(record: dict[str, Any]) -> str | None:
+    """The record's own severity word (GitHub's LOW/MODERATE/HIGH/CRITICAL), normalised; None without one."""
     specific = record.get("database_specific")
     if isinstance(specific, dict) and isinstance(specific.get("severity"), str):
-        return finding("osv", "x", specific["severity"], "", "").severity
+        return normalise_severity(specific["severity"])
+    return None
+
+
+def record_cvss_severity(record: dict[str, Any], where: str) -> str | None:
+    """The rating of the record's CVSS v3 vector (its base score, as CVSS rates it); None without one. A vector
+    that cannot be scored is an error, as the record then says something this scanner cannot read."""
     for index, entry in enumerate(record.get("severity") or []):
         if isinstance(entry, dict) and str(entry.get("type", "")).startswith("CVSS_V3"):
-            score = cvss3_base_score(str(entry.get("score", "")), f"{where}: severity[{index}].score")
-            return cvss_rating(score)
+            return cvss_rating(cvss3_base_score(str(entry.get("score", "")), f"{where}: severity[{index}].score"))
+    return None
+
+
+def finding_severity(entry: Affected) -> str:
+    """The record's word, else the affected entry's, else the CVSS rating, else UNKNOWN."""
+    advisory = entry.advisory
+    for severity in (advisory.severity_word, entry.severity, advisory.cvss_severity):
+        if severity and severity != "UNKNOWN":
+            return severity
     return "UNKNOWN"
 
 
@@ -482,8 +497,7 @@ def scan_sbom(document: Any, database: OsvDatabase, origin: str = "(document)") 
                 continue
             advisory = entry.advisory
             aliases = f" ({', '.join(advisory.aliases)})" if advisory.aliases else ""
-            severity = advisory.severity if advisory.severity != "UNKNOWN" or not entry.severity else entry.severity
-            findings.append(finding("osv", advisory.id, severity, package.location,
+            findings.append(finding("osv", advisory.id, finding_severity(entry), package.location,
                                     f"{advisory.summary}{aliases}", fixed))
     return OsvScan(sort_findings(dict.fromkeys(findings)), len(packages), others, unreadable)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -181,6 +181,13 @@ def test_severities_come_from_the_record_then_its_cvss_vector(tmp_path):
     database = database_of(tmp_path, record("TEST-PY-UNRATED", "PyPI", "shoplib", [{"introduced": "0"}]))
     (unrated,) = osv.scan_sbom(sbom_of(pypi("shoplib", "1.0")), database).findings
     assert unrated.severity == "UNKNOWN"
+    # A rating per package (ecosystem_specific) comes before the record's CVSS vector
+    per_package = record("TEST-PY-PER-PACKAGE", "PyPI", "otherlib", [{"introduced": "0"}],
+                         severity=[{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}])
+    per_package["affected"][0]["ecosystem_specific"] = {"severity": "moderate"}
+    database = database_of(tmp_path, per_package)
+    (rated,) = osv.scan_sbom(sbom_of(pypi("otherlib", "1.0")), database).findings
+    assert rated.severity == "MEDIUM"
 
 
 # --- what cannot be used -------------------------------------------------------------------------------------
@@ -284,3 +291,14 @@ def test_a_demo_waiver_past_its_expiry_stops_the_gate_naming_it():
         demo_gate(fleet, "prod", waivers, date(2027, 7, 1))
     assert "GHSA-cx63-2mw6-8hw5" in str(expired.value) and "waivers.yaml:7" in str(expired.value)
     assert "team:storefront" in str(expired.value) and "2027-06-30" in str(expired.value)
+
+
+def test_the_demo_waivers_still_hold_today():
+    # The demo (and the live story) reach prod only while these waivers hold: when they lapse, this says what to do
+    # before `make demo` stops at prod's gate.
+    fleet = load_fleet(SHOP / "fleet.yaml", check_files=False)
+    today = datetime.now(UTC).date()
+    lapsed = [f"{w.source} {w.rule} (expired {w.expires})" for w in load_waivers(fleet.security.waivers)
+              if w.expired(today)]
+    assert not lapsed, ("the demo's waivers expired: renew them in examples/shop/waivers.yaml (and the dates in "
+                        f"this file's demo tests, docs/security.md and examples/shop/README.md): {lapsed}")
