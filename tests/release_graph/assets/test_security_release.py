@@ -296,8 +296,9 @@ def test_the_osv_scan_of_a_built_image_shows_the_demo_advisories_and_prod_takes_
     scan = world.check_evaluation(INVENTORY_IMAGE, "vulnerability_scan")
     # then every environment passes, prod on the strength of the waivers it names
     assert scan.passed
-    rows = {r["environment"]: (r["verdict"], str(r["waived"])) for r in table_rows(scan, "environments")}
-    assert rows == {"staging": ("passes", "2"), "prod": ("passes", "2")}
+    rows = {r["environment"]: (r["verdict"], str(r["waived"]), r["without_waivers"])
+            for r in table_rows(scan, "environments")}
+    assert rows == {"staging": ("passes", "2", "passes"), "prod": ("passes", "2", "blocked (2)")}
     assert {(r["rule"], r["owner"], r["expires"]) for r in table_rows(scan, "waivers_used")} == {
         ("GHSA-cx63-2mw6-8hw5", "team:warehouse", "2027-06-30"),
         ("GHSA-5rjg-fvgr-3xxf", "team:warehouse", "2027-06-30"),
