@@ -27,6 +27,8 @@ def scanner_resource(fleet: Fleet | None):
         ecr = security.ecr
         return VulnerabilityScanner(backend="ecr", ecr_region=ecr.region,
                                     ecr_endpoint_url=ecr.resolved_endpoint_url(), ecr_registry_id=ecr.registry_id)
+    if security.scanner == "osv" and security.osv is not None:
+        return VulnerabilityScanner(backend="osv", osv_database=str(security.osv.database))
     return VulnerabilityScanner(backend=security.scanner)
 
 

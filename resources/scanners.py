@@ -8,12 +8,15 @@
 - `CliScanner`: the Trivy or Grype command line, when its binary is installed. Their vulnerability databases
   are downloaded by the tools themselves, which hosts without outside network cannot do; the JSON reports are
   parsed by release_graph.security.vulnerabilities either way.
+- `OsvScanner`: no tool and no network: the image's CycloneDX SBOM (read through the container engine, as the
+  sbom check makes it) matched against an offline OSV database (release_graph/security/osv.py).
 
 Nothing here does I/O at import or construction: clients and binaries are looked up on first use.
 """
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +29,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from release_graph.fleet import references
+from release_graph.security import osv, sbom
 from release_graph.security.vulnerabilities import (
     ScanError,
     ScannerMissing,
@@ -34,6 +38,7 @@ from release_graph.security.vulnerabilities import (
     parse_grype,
     parse_trivy,
 )
+from resources.containers import ContainerEngine
 from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry
 
 SCAN_DONE = {"COMPLETE", "ACTIVE"}  # ACTIVE: enhanced (Inspector) scanning keeps the image under watch
@@ -228,6 +233,69 @@ class CliScanner(dg.ConfigurableResource):
         return ScanReport(self.tool, reference, digest, findings, {"report": str(report_path or "")})
 
 
+# One parsed database per process and per version of its files: a run's checks scan several images with it.
+_OSV_DATABASES: dict[tuple[str, tuple[int, int]], osv.OsvDatabase] = {}
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    """(files, newest mtime) of a database folder, or (size, mtime) of a zip: changes when the data does."""
+    if path.is_dir():
+        stats = [p.stat().st_mtime_ns for p in path.rglob("*.json")]
+        return len(stats), max(stats, default=0)
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def osv_database(path: str | Path) -> osv.OsvDatabase:
+    """The OSV database at `path`, read once per process while its files are unchanged (OsvError if unusable)."""
+    source = Path(path)
+    if not source.exists():
+        raise osv.OsvError(f"OSV database {source} does not exist (a folder of OSV JSON records or an OSV all.zip)")
+    key = (str(source.resolve()), _fingerprint(source))
+    if key not in _OSV_DATABASES:
+        _OSV_DATABASES[key] = osv.load_database(source)
+    return _OSV_DATABASES[key]
+
+
+class OsvScanner(dg.ConfigurableResource):
+    """The image's SBOM matched against an offline OSV database: no scanner binary, no network."""
+
+    database: str = Field(description="A folder of OSV JSON records or an OSV all.zip (the manifest's security.osv).")
+
+    def scan(self, engine: ContainerEngine, repository: str, digest: str, *, report_path: str | None = None,
+             container_labels: dict[str, str] | None = None, container_name: str | None = None) -> ScanReport:
+        """Read `repository@digest`'s packages into a CycloneDX SBOM (kept beside `report_path`) and match it.
+
+        The report written to `report_path` lists every finding with the database and SBOM it came from."""
+        reference = f"{repository}@{digest}"
+        database = osv_database(self.database)  # a broken database fails before the image is read
+        with tempfile.TemporaryDirectory(prefix="rg-osv-") as tmp:
+            # A folder of its own: the sbom check of the same run writes its document beside the reports too.
+            folder = Path(report_path).with_suffix("") if report_path else Path(tmp)
+            started = time.monotonic()
+            try:
+                summary = sbom.generate_sbom(engine.client(), repository, digest, folder, labels=container_labels,
+                                             container_name=container_name)
+            except sbom.SbomError as exc:
+                raise ScanError(f"osv scan of {reference}: {exc}") from exc
+            sbom_seconds = time.monotonic() - started
+            matched = osv.scan_sbom_file(summary.path, database)
+            match_seconds = time.monotonic() - started - sbom_seconds
+        details = {
+            **database.details(),
+            "sbom": str(summary.path) if report_path else "(not kept)",
+            "packages_compared": str(matched.packages),
+            "components_not_scanned": str(matched.unmatched_components),
+            "versions_not_ordered": ", ".join(matched.unreadable_versions) or "none",
+            "sbom_seconds": f"{sbom_seconds:.2f}",
+            "match_seconds": f"{match_seconds:.3f}",
+        }
+        if report_path:
+            report = {"image": reference, "details": details, "findings": [f.as_row() for f in matched.findings]}
+            Path(report_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            details["report"] = report_path
+        return ScanReport("osv", reference, digest, matched.findings, details)
+
 
 def is_ecr_host(host: str) -> bool:
     """Whether a registry host is an ECR registry (`<account>.dkr.ecr.<region>.amazonaws.com`)."""
@@ -242,7 +310,7 @@ class VulnerabilityScanner(dg.ConfigurableResource):
     stand-in takes the manifest alone).
     """
 
-    backend: Literal["none", "ecr", "trivy", "grype"] = Field(
+    backend: Literal["none", "ecr", "trivy", "grype", "osv"] = Field(
         default="none", description="The manifest's security.scanner; none: no image is scanned."
     )
     ecr_region: str = Field(default="us-east-1", description="AWS region of the ECR registry (backend ecr).")
@@ -251,6 +319,9 @@ class VulnerabilityScanner(dg.ConfigurableResource):
     ecr_poll_interval_seconds: float = Field(default=2.0, description="Pause between polls of a running scan.")
     timeout_seconds: float = Field(default=900.0, description="How long one scan may take.")
     executable: str | None = Field(default=None, description="trivy/grype binary; None = look it up on PATH.")
+    osv_database: str | None = Field(
+        default=None, description="The OSV database (a folder of records or an all.zip) of backend osv."
+    )
 
     def ecr(self) -> EcrScanner:
         return EcrScanner(region_name=self.ecr_region, endpoint_url=self.ecr_endpoint_url,
@@ -258,12 +329,23 @@ class VulnerabilityScanner(dg.ConfigurableResource):
                           timeout_seconds=self.timeout_seconds)
 
     def scan_image(self, repository: str, digest: str, *, registry: Registry, tag: str | None = None,
-                   report_path: str | None = None) -> ScanReport:
+                   report_path: str | None = None, engine: ContainerEngine | None = None,
+                   container_labels: dict[str, str] | None = None, container_name: str | None = None) -> ScanReport:
         """Scan `repository@digest` (repository = `host[:port]/path`, read through `registry`). `tag` names the
-        copy put into ECR; a CLI scanner's JSON report is kept at `report_path` when given."""
+        copy put into ECR; a CLI scanner's JSON report is kept at `report_path` when given. The osv backend
+        reads the image through `engine` (its short-lived container carries `container_labels`)."""
         reference = f"{repository}@{digest}"
         if self.backend == "none":
             raise ScanError(f"no scanner is configured (security.scanner: none): {reference} cannot be scanned")
+        if self.backend == "osv":
+            if not self.osv_database:
+                raise ScanError(f"scanner osv has no database (security.osv.database): {reference} cannot be scanned")
+            if engine is None:
+                raise ScanError(f"scanner osv reads the packages of {reference} through the container engine, "
+                                "and none was given")
+            return OsvScanner(database=self.osv_database).scan(
+                engine, repository, digest, report_path=report_path, container_labels=container_labels,
+                container_name=container_name)
         if self.backend != "ecr":
             return CliScanner(tool=self.backend, executable=self.executable,
                               timeout_seconds=self.timeout_seconds).scan(reference, report_path=report_path)

@@ -45,7 +45,7 @@ from resources.targets import DeployTarget
 
 FINDING_COLUMNS = ("status", "severity", "rule", "location", "tool", "message", "fixed_version")
 WAIVER_COLUMNS = ("finding", "severity", "rule", "service", "location", "owner", "reason", "expires", "source")
-ENVIRONMENT_COLUMNS = ("environment", "threshold", "verdict", "blocking", "waived")
+ENVIRONMENT_COLUMNS = ("environment", "threshold", "verdict", "blocking", "waived", "without_waivers")
 TOP_FINDINGS = 20
 VULNERABILITY_SCAN = "vulnerability_scan"
 
@@ -143,7 +143,7 @@ def reports_dir(context) -> Path:
 
 
 def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: VulnerabilityScanner,
-                             registry: Registry) -> dg.AssetCheckResult:
+                             registry: Registry, engine: ContainerEngine) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
     waivers = fleet_waivers(fleet, service, "the vulnerability scan")
     if scanner.backend != fleet.security.scanner:
@@ -154,8 +154,11 @@ def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: V
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        report = scanner.scan_image(service.image_repository(fleet), digest, registry=registry, tag=sha,
-                                    report_path=str(folder / f"{service.name}-{scanner.backend}.json"))
+        report = scanner.scan_image(
+            service.image_repository(fleet), digest, registry=registry, tag=sha,
+            report_path=str(folder / f"{service.name}-{scanner.backend}.json"), engine=engine,
+            container_labels={L.SERVICE: service.name, L.STEP: VULNERABILITY_SCAN},
+            container_name=f"rg-scan-{service.name}-{digest[7:19]}-{context.run.run_id[:8]}")
     except EvidenceError as exc:  # ScannerMissing, ScanError: the scan could not run
         raise ReleaseStepError(f"service '{service.name}': the vulnerability scan ({fleet.security.scanner}) of "
                                f"{digest} could not run: {exc}") from None
@@ -167,9 +170,12 @@ def check_vulnerability_scan(context, fleet: Fleet, service: Service, scanner: V
             continue
         threshold = parse_threshold(environment.scan_threshold)
         result = judge(report.findings, threshold, waivers, service, "the vulnerability scan")
+        # What the threshold alone would do: shows which environment a waiver is what lets the image in.
+        bare = evaluate_gate(report.findings, threshold, [], today(), service.name)
         verdicts.append({"environment": environment.name, "threshold": f"{threshold.text} ({threshold.describe()})",
                          "verdict": "passes" if result.passed else "blocked", "blocking": len(result.blocking),
-                         "waived": len(result.waived)})
+                         "waived": len(result.waived),
+                         "without_waivers": "passes" if bare.passed else f"blocked ({len(bare.blocking)})"})
         waived_rows.update({(row["finding"], row["source"]): row for row in result.waiver_rows})
         if not result.passed:
             blocked_in.append(environment.name)
@@ -373,8 +379,8 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
                         "top findings. Each environment's deploy step refuses findings above its scan_threshold.")
         @traced_stage(fleet, service, check_stage(service, VULNERABILITY_SCAN))
         def vulnerability_scan(context: dg.AssetCheckExecutionContext, scanner: VulnerabilityScanner,
-                               registry: Registry) -> dg.AssetCheckResult:
-            return check_vulnerability_scan(context, fleet, service, scanner, registry)
+                               registry: Registry, engine: ContainerEngine) -> dg.AssetCheckResult:
+            return check_vulnerability_scan(context, fleet, service, scanner, registry, engine)
 
         checks.append(vulnerability_scan)
     if settings.sbom:

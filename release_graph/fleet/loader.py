@@ -41,6 +41,7 @@ from release_graph.fleet.model import (
     Fleet,
     NotificationChannel,
     Notifications,
+    OsvSettings,
     PrometheusSettings,
     ReleaseMetricsSettings,
     Rollout,
@@ -243,7 +244,8 @@ def _parse_e2e(problems: _Problems, document: LineDict, root: Path, check_files:
     return e2e
 
 
-SECURITY_KEYS = {"waivers", "scanner", "ecr", "compliance_blocking", "sbom"}
+SECURITY_KEYS = {"waivers", "scanner", "ecr", "osv", "compliance_blocking", "sbom"}
+OSV_KEYS = {"database"}
 ECR_KEYS = {"region", "endpoint_url", "registry_id"}
 AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 AWS_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
@@ -297,6 +299,18 @@ def _parse_security(problems: _Problems, document: LineDict, root: Path, check_f
         else:
             ecr = _parse_ecr(problems, ecr_raw)
 
+    osv = None
+    osv_raw = raw.get("osv")
+    if osv_raw is not None and scanner != "osv":
+        report("osv", f"OSV settings only apply with scanner: osv (scanner is {scanner!r})")
+    elif scanner == "osv":
+        if not isinstance(osv_raw, LineDict):
+            report("osv" if "osv" in raw else "scanner",
+                   "scanner: osv needs osv: {database: <folder of OSV JSON records, or an OSV all.zip, beside "
+                   "this file>}")
+        else:
+            osv = _parse_osv(problems, osv_raw, root, check_files)
+
     compliance_blocking, compliance_blocking_at = None, ""
     if "compliance_blocking" in raw:
         compliance_blocking = _parse_compliance_blocking(problems, raw)
@@ -306,8 +320,29 @@ def _parse_security(problems: _Problems, document: LineDict, root: Path, check_f
     if not isinstance(sbom, bool):
         report("sbom", f"expected true or false, got {sbom!r}")
         sbom = True
-    return Security(waivers=waivers, scanner=scanner, ecr=ecr, compliance_blocking=compliance_blocking, sbom=sbom,
-                    compliance_blocking_at=compliance_blocking_at)
+    return Security(waivers=waivers, scanner=scanner, ecr=ecr, osv=osv, compliance_blocking=compliance_blocking,
+                    sbom=sbom, compliance_blocking_at=compliance_blocking_at)
+
+
+def _parse_osv(problems: _Problems, raw: LineDict, root: Path, check_files: bool) -> OsvSettings | None:
+    """Where the OSV database is; its records are read (and their problems reported) by the scan itself."""
+    def report(key: str, message: str) -> None:
+        problems.add(_line(raw, key), _where(field_name=f"security.osv.{key}"), message)
+
+    for key in raw:
+        if key not in OSV_KEYS:
+            report(key, f"unknown key (expected one of: {', '.join(sorted(OSV_KEYS))})")
+    value = raw.get("database")
+    if not _is_str(value) or Path(value).is_absolute() or ".." in Path(value).parts:
+        report("database", "expected a path relative to this file: a folder of OSV JSON records or an OSV "
+               f"all.zip (e.g. osv or osv/PyPI-all.zip), got {value!r}")
+        return None
+    path = (root / value).resolve()
+    if check_files and not (path.is_dir() or (path.is_file() and path.suffix == ".zip")):
+        what = "is neither a folder nor a .zip file" if path.exists() else "does not exist"
+        report("database", f"OSV database '{value}' {what} in {root}")
+        return None
+    return OsvSettings(database=path)
 
 
 def _parse_ecr(problems: _Problems, raw: LineDict) -> EcrSettings | None:

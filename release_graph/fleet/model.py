@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
-SCANNERS = ("none", "ecr", "trivy", "grype")
+SCANNERS = ("none", "ecr", "trivy", "grype", "osv")
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
 PROMETHEUS_URL_VARIABLE = "RELEASE_GRAPH_PROMETHEUS_URL"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
@@ -302,12 +302,21 @@ class EcrSettings:
 
 
 @dataclass(frozen=True)
+class OsvSettings:
+    """The offline OSV database the osv scanner matches each image's SBOM against: a folder of OSV JSON records
+    or an OSV `all.zip`, beside the manifest (release_graph/security/osv.py reads it)."""
+
+    database: Path  # absolute
+
+
+@dataclass(frozen=True)
 class Security:
     """The fleet's security gates (top-level `security:`); the defaults turn off everything that needs setup."""
 
     waivers: Path | None = None  # absolute; None: no waivers file
-    scanner: str = "none"  # none, ecr, trivy, grype
+    scanner: str = "none"  # none, ecr, trivy, grype, osv
     ecr: EcrSettings | None = None  # only with scanner: ecr
+    osv: OsvSettings | None = None  # only with scanner: osv
     # None: no compliance check (dockerfile_lint still runs); () : the check runs and blocks nothing.
     compliance_blocking: tuple[str, ...] | None = None
     sbom: bool = True

@@ -152,10 +152,29 @@ def parse_dpkg_status(text: str, distro_id: str = "debian", distro_version: str 
         qualifiers = {"arch": arch} if arch else {}
         if distro_version:
             qualifiers["distro"] = f"{distro_id}-{distro_version}"
+        upstream = source_package(fields.get("Source"), name, version)
+        if upstream:
+            qualifiers["upstream"] = upstream
         packages.append(
             Package("deb", name, version, purl("deb", distro_id, name, version, qualifiers), DPKG_STATUS, arch=arch)
         )
     return packages
+
+
+def source_package(source_field: str | None, name: str, version: str) -> str | None:
+    """The purl `upstream` qualifier (as Syft writes it): the Debian source package a binary package was built
+    from, `name` or `name@version` when the binary's version differs (a binNMU's `+b1`). None when the source is
+    the package itself. Debian's security data (and OSV's Debian records) name source packages, so a scanner
+    needs this to match `libssl3` against an advisory for `openssl`."""
+    if not source_field:
+        return None
+    match = re.fullmatch(r"\s*(\S+)(?:\s+\((\S+)\))?\s*", source_field)
+    if not match:
+        return None
+    source_name, source_version = match.group(1), match.group(2)
+    if source_version and source_version != version:
+        return f"{source_name}@{source_version}"
+    return source_name if source_name != name else None
 
 
 def parse_python_metadata(text: str, location: str) -> Package | None:

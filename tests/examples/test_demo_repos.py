@@ -71,7 +71,9 @@ def test_repos_creates_one_repository_per_service_with_one_commit_on_main(repos,
 
 def test_the_demo_manifest_is_valid_against_the_repositories_it_names(tmp_path):
     shutil.copy(SHOP_DIR / "fleet.yaml", tmp_path / "fleet.yaml")
+    shutil.copy(SHOP_DIR / "waivers.yaml", tmp_path / "waivers.yaml")
     shutil.copytree(SHOP_DIR / "e2e", tmp_path / "e2e")
+    shutil.copytree(SHOP_DIR / "osv", tmp_path / "osv")  # the offline vulnerability database
     demo.sync_repos(SOURCES, tmp_path / ".repos")
 
     fleet = load_fleet(tmp_path / "fleet.yaml")  # also checks each repo's Dockerfile and build context

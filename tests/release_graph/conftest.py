@@ -208,7 +208,8 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
             fleet=fleet_name, registry=registry, extra_top=extra_top.replace("{shop}", str(SHOP_DIR)),
             services="\n".join(blocks), environments=environments,
         ))
-        for name, text in (files or {}).items():  # files beside fleet.yaml, e.g. waivers.yaml
+        for name, text in (files or {}).items():  # files beside fleet.yaml, e.g. waivers.yaml, osv/PyPI/<id>.json
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(text)
         fleet = load_fleet(path)
         resources = world_resources(root, fleet_name)

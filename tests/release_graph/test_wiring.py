@@ -38,9 +38,16 @@ def test_the_scanner_is_the_backend_the_manifest_names(tmp_path):
     # the vulnerability_scan check gets it by type; nothing else constructs a scanner
     defs = build_definitions(fleet)
     (check,) = [c for c in defs.asset_checks if "vulnerability_scan" in {k.name for k in c.check_keys}]
-    # (and, like every stage, the release_tracer: release_graph/assets/stage_tracing.py)
-    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry", "release_tracer"}
+    # (the engine, through which the osv backend reads the image; and, like every stage, the release_tracer:
+    # release_graph/assets/stage_tracing.py)
+    assert check.required_resource_keys - {"io_manager"} == {"scanner", "registry", "engine", "release_tracer"}
     defs.resolve_implicit_global_asset_job_def()  # every required resource is there
+
+
+def test_the_osv_scanner_gets_the_manifests_database(tmp_path):
+    (tmp_path / "osv").mkdir()
+    scanner = default_resources(fleet_with(tmp_path, "security:\n  scanner: osv\n  osv: {database: osv}\n"))["scanner"]
+    assert (scanner.backend, scanner.osv_database) == ("osv", str(tmp_path / "osv"))
 
 
 def test_without_a_scanner_in_the_manifest_the_resource_scans_nothing(tmp_path):

@@ -1,18 +1,23 @@
 """Given an image in the registry and its manifest mirrored into ECR (moto_server stands in for AWS and answers
 every scan with one canned HIGH finding, CVE-9999-9999), when the ECR backend scans it, then prod's
 "no HIGH or CRITICAL" blocks it and staging's "no CRITICAL" lets it through. Given a CLI scanner whose binary
-is not installed, the error names the tool."""
+is not installed, the error names the tool. Given the demo's offline OSV records, the osv backend reads the real
+base image's packages and finds the advisories of its pip and setuptools."""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from datetime import date
+from pathlib import Path
 
 import pytest
 
 from release_graph.security.gate import GateBlocked, evaluate_gate
+from release_graph.security.osv import OsvError
 from release_graph.security.vulnerabilities import ScanError, ScannerMissing
+from resources.containers import ContainerEngine
 from resources.registry import Registry
 from resources.scanners import CliScanner, EcrScanner, VulnerabilityScanner, split_reference
 
@@ -148,3 +153,55 @@ def test_the_scanner_resource_names_a_cli_backend_that_is_not_installed_and_refu
         trivy.scan_image("127.0.0.1:5000/shop/orders", digest, registry=Registry())
     with pytest.raises(ScanError, match=r"no scanner is configured \(security.scanner: none\)"):
         VulnerabilityScanner().scan_image("127.0.0.1:5000/shop/orders", digest, registry=Registry())
+
+
+# --- the osv backend: the image's SBOM against offline OSV records ---------------------------------------------
+
+DEMO_OSV = Path(__file__).resolve().parents[2] / "examples" / "shop" / "osv"
+
+
+def test_the_osv_backend_finds_the_advisories_of_the_base_images_pip_and_setuptools(registry_addr, tmp_path):
+    registry = Registry()
+    repository = f"{registry_addr}/base/python"
+    digest = registry.manifest_digest(repository, "bookworm")
+    scanner = VulnerabilityScanner(backend="osv", osv_database=str(DEMO_OSV))
+    started = time.monotonic()
+    report = scanner.scan_image(repository, digest, registry=registry, engine=ContainerEngine(),
+                                report_path=str(tmp_path / "base-osv.json"))
+    seconds = time.monotonic() - started
+    print(f"\nosv scan of {repository}@{digest[:19]}: {seconds:.2f} s (SBOM {report.details['sbom_seconds']} s, "
+          f"matching {report.details['match_seconds']} s, {report.details['packages_compared']} packages)")
+    assert report.tool == "osv" and report.digest == digest
+    assert [(f.rule, f.severity, f.location, f.fixed_version) for f in report.findings] == [
+        ("GHSA-5rjg-fvgr-3xxf", "HIGH", "setuptools@66.1.1", "78.1.1"),
+        ("GHSA-cx63-2mw6-8hw5", "HIGH", "setuptools@66.1.1", "70.0.0"),
+        ("GHSA-mq26-g339-26xf", "LOW", "pip@23.0.1", "23.3"),
+    ]
+    assert report.details["osv_records"] == "4" and int(report.details["packages_compared"]) > 100
+    # The report and the SBOM it matched are kept beside each other as the scan's evidence
+    kept = json.loads((tmp_path / "base-osv.json").read_text())
+    assert [row["rule"] for row in kept["findings"]] == [f.rule for f in report.findings]
+    assert Path(report.details["sbom"]).parent == tmp_path / "base-osv"
+    # Prod's "no HIGH or CRITICAL" would refuse the image, staging's "no CRITICAL" takes it
+    assert not evaluate_gate(report.findings, "no HIGH or CRITICAL", [], TODAY, "orders").passed
+    assert evaluate_gate(report.findings, "no CRITICAL", [], TODAY, "orders").passed
+
+
+def test_the_osv_backend_refuses_without_a_database_or_an_engine_and_names_a_broken_record(tmp_path):
+    digest = "sha256:" + "a" * 64
+    repository = "127.0.0.1:5000/shop/orders"
+    with pytest.raises(ScanError, match=r"scanner osv has no database \(security.osv.database\)"):
+        VulnerabilityScanner(backend="osv").scan_image(repository, digest, registry=Registry(),
+                                                       engine=ContainerEngine())
+    with pytest.raises(ScanError, match=r"reads the packages of .* through the container engine, and none was given"):
+        VulnerabilityScanner(backend="osv", osv_database=str(DEMO_OSV)).scan_image(repository, digest,
+                                                                                    registry=Registry())
+    # A broken database fails before the image is read: the scan could not run (an error, never a clean result)
+    (tmp_path / "osv").mkdir()
+    (tmp_path / "osv" / "GHSA-broken.json").write_text('{"id": "GHSA-broken", "affected": "pip"}')
+    broken = VulnerabilityScanner(backend="osv", osv_database=str(tmp_path / "osv"))
+    with pytest.raises(OsvError, match=r"record osv/GHSA-broken.json \(GHSA-broken\): field 'affected' is not a list"):
+        broken.scan_image(repository, digest, registry=Registry(), engine=ContainerEngine())
+    with pytest.raises(OsvError, match=r"OSV database .*nowhere does not exist"):
+        VulnerabilityScanner(backend="osv", osv_database=str(tmp_path / "nowhere")).scan_image(
+            repository, digest, registry=Registry(), engine=ContainerEngine())

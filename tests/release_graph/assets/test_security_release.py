@@ -248,6 +248,63 @@ def test_the_ecr_scan_lets_an_image_into_staging_and_prods_deploy_step_refuses_i
         ecr.delete_repository(repositoryName=f"{world.fleet.name}/inventory", force=True)
 
 
+SHOP = Path(__file__).resolve().parents[3] / "examples" / "shop"
+
+
+def demo_osv_files() -> dict[str, str]:
+    """The demo's offline OSV records, to lay beside a test fleet's manifest."""
+    return {f"osv/PyPI/{path.name}": path.read_text() for path in sorted((SHOP / "osv" / "PyPI").glob("*.json"))}
+
+
+@pytest.mark.engine
+def test_the_osv_scan_of_a_built_image_shows_the_demo_advisories_and_prod_takes_them_only_waived(
+    release_world_factory,
+):
+    # Given inventory, built on the demo's base image, and the demo's OSV records; no waivers yet
+    world = release_world_factory(
+        ["inventory"], integration=False, environments=ECR_ENVIRONMENTS, extra_services=OWNED,
+        files={"waivers.yaml": NO_WAIVERS, **demo_osv_files()},
+        extra_top="security:\n  scanner: osv\n  osv: {database: osv}\n",
+    )
+    world.automate()
+    _, run = release_head(world)
+    assert run.success, world.failures(run)
+    image = world.latest(INVENTORY_IMAGE)
+    # then its scan found the published advisories of the image's setuptools and pip, offline
+    scan = world.check_evaluation(INVENTORY_IMAGE, "vulnerability_scan")
+    assert scan.metadata["digest"].value == image.digest and scan.metadata["scanner"].value == "osv"
+    found = [(r["rule"], r["severity"], r["location"], r["fixed_version"]) for r in table_rows(scan, "top_findings")]
+    assert found == [
+        ("GHSA-5rjg-fvgr-3xxf", "HIGH", "setuptools@66.1.1", "78.1.1"),
+        ("GHSA-cx63-2mw6-8hw5", "HIGH", "setuptools@66.1.1", "70.0.0"),
+        ("GHSA-mq26-g339-26xf", "LOW", "pip@23.0.1", "23.3"),
+    ]
+    details = scan.metadata["scan_details"].value
+    assert details["osv_records"] == "4" and Path(details["report"]).is_file() and Path(details["sbom"]).is_file()
+    print(f"\nosv scan of inventory's image: {scan.metadata['duration_seconds'].value} s "
+          f"(SBOM {details['sbom_seconds']} s, matching {details['match_seconds']} s)")
+    # and prod's threshold (HIGH) would refuse it while staging's (CRITICAL) takes it
+    assert {r["environment"]: r["verdict"] for r in table_rows(scan, "environments")} == {
+        "staging": "passes", "prod": "blocked"}
+
+    # When the demo's waivers (an owner, a reason, an expiry) accept the two setuptools advisories (owned here by
+    # this fleet's one team)
+    (world.root / "waivers.yaml").write_text(
+        (SHOP / "waivers.yaml").read_text().replace("team:storefront", "team:warehouse"))
+    rescan = run_checks(world, INVENTORY_IMAGE, "vulnerability_scan")
+    assert rescan.success
+    scan = world.check_evaluation(INVENTORY_IMAGE, "vulnerability_scan")
+    # then every environment passes, prod on the strength of the waivers it names
+    assert scan.passed
+    rows = {r["environment"]: (r["verdict"], str(r["waived"]), r["without_waivers"])
+            for r in table_rows(scan, "environments")}
+    assert rows == {"staging": ("passes", "2", "passes"), "prod": ("passes", "2", "blocked (2)")}
+    assert {(r["rule"], r["owner"], r["expires"]) for r in table_rows(scan, "waivers_used")} == {
+        ("GHSA-cx63-2mw6-8hw5", "team:warehouse", "2027-06-30"),
+        ("GHSA-5rjg-fvgr-3xxf", "team:warehouse", "2027-06-30"),
+    }
+
+
 @pytest.mark.engine
 def test_a_scanner_that_is_not_installed_errors_the_scan_and_nothing_is_promoted(release_world_factory, monkeypatch):
     # Given a host without trivy (whatever else is on PATH stays there: git, the engine's tools)

@@ -384,9 +384,9 @@ security:
 """)
     assert problems_of(write_fleet(tmp_path, text)) == [
         "fleet.yaml:8: field 'security.scan_threshold': unknown key (expected one of: compliance_blocking, ecr, "
-        "sbom, scanner, waivers)",
+        "osv, sbom, scanner, waivers)",
         f"fleet.yaml:4: field 'security.waivers': waivers file 'missing.yaml' does not exist in {tmp_path}",
-        "fleet.yaml:5: field 'security.scanner': expected one of none, ecr, trivy, grype, got 'clair'",
+        "fleet.yaml:5: field 'security.scanner': expected one of none, ecr, trivy, grype, osv, got 'clair'",
         "fleet.yaml:6: field 'security.ecr': ECR settings only apply with scanner: ecr (scanner is 'none')",
         "fleet.yaml:7: field 'security.sbom': expected true or false, got 'yes please'",
     ]
@@ -413,6 +413,46 @@ security:
     assert problems_of(write_fleet(tmp_path, text)) == [
         "fleet.yaml:3: field 'security.scanner': scanner: ecr needs ecr: {region: <AWS region>} "
         "(endpoint_url and registry_id are optional)",
+    ]
+
+
+def test_the_osv_scanner_reads_a_folder_or_a_zip_beside_the_manifest(tmp_path):
+    (tmp_path / "osv" / "PyPI").mkdir(parents=True)
+    fleet = load_fleet(write_fleet(tmp_path, with_security(GOOD, "security: {scanner: osv, osv: {database: osv}}\n")))
+    assert fleet.security.scanner == "osv" and fleet.security.osv.database == tmp_path / "osv"
+    (tmp_path / "PyPI-all.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    text = with_security(GOOD, "security: {scanner: osv, osv: {database: PyPI-all.zip}}\n")
+    assert load_fleet(write_fleet(tmp_path, text)).security.osv.database == tmp_path / "PyPI-all.zip"
+
+
+def test_osv_settings_are_checked(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    text = with_security(GOOD, """\
+security:
+  scanner: osv
+  osv: {database: vulns, mirror: nightly}
+""")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:5: field 'security.osv.mirror': unknown key (expected one of: database)",
+        f"fleet.yaml:5: field 'security.osv.database': OSV database 'vulns' does not exist in {tmp_path}",
+    ]
+    text = with_security(GOOD, "security: {scanner: osv, osv: {database: notes.txt}}\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        f"fleet.yaml:3: field 'security.osv.database': OSV database 'notes.txt' is neither a folder nor a .zip "
+        f"file in {tmp_path}",
+    ]
+    text = with_security(GOOD, "security: {scanner: osv, osv: {database: /srv/osv}}\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:3: field 'security.osv.database': expected a path relative to this file: a folder of OSV JSON "
+        "records or an OSV all.zip (e.g. osv or osv/PyPI-all.zip), got '/srv/osv'",
+    ]
+    assert problems_of(write_fleet(tmp_path, with_security(GOOD, "security: {scanner: osv}\n"))) == [
+        "fleet.yaml:3: field 'security.scanner': scanner: osv needs osv: {database: <folder of OSV JSON records, "
+        "or an OSV all.zip, beside this file>}",
+    ]
+    text = with_security(GOOD, "security: {scanner: trivy, osv: {database: osv}}\n")
+    assert problems_of(write_fleet(tmp_path, text)) == [
+        "fleet.yaml:3: field 'security.osv': OSV settings only apply with scanner: osv (scanner is 'trivy')",
     ]
 
 

@@ -103,6 +103,33 @@ Version: 1:2024a-0+deb12u1
     ]
 
 
+def test_a_debian_package_names_its_source_package_as_syft_does():
+    status = """\
+Package: libssl3
+Status: install ok installed
+Architecture: amd64
+Source: openssl
+Version: 3.0.20-1~deb12u2
+
+Package: python3
+Status: install ok installed
+Architecture: amd64
+Source: python3-defaults (3.11.2-1)
+Version: 3.11.2-1+b1
+
+Package: openssl
+Status: install ok installed
+Architecture: amd64
+Version: 3.0.20-1~deb12u2
+"""
+    assert [p.purl for p in sbom.parse_dpkg_status(status, "debian", "12")] == [
+        "pkg:deb/debian/libssl3@3.0.20-1~deb12u2?arch=amd64&distro=debian-12&upstream=openssl",
+        # a binNMU (+b1): the source version it was rebuilt from goes with the source's name
+        "pkg:deb/debian/python3@3.11.2-1%2Bb1?arch=amd64&distro=debian-12&upstream=python3-defaults%403.11.2-1",
+        "pkg:deb/debian/openssl@3.0.20-1~deb12u2?arch=amd64&distro=debian-12",
+    ]
+
+
 def test_a_digest_that_is_not_one_is_refused_before_anything_runs(docker_client, tmp_path):
     with pytest.raises(sbom.SbomError, match="'latest' is not a digest"):
         sbom.generate_sbom(docker_client, "127.0.0.1:5000/base/python", "latest", tmp_path)
