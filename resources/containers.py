@@ -54,6 +54,8 @@ ABANDON_GRACE_SECONDS = 5
 PUSH_DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 # Words in an engine's push error that mean "the registry did not answer", as opposed to "it refused".
 REGISTRY_DOWN_SIGNS = ("connection refused", "no such host", "i/o timeout", "connection reset", "no route to host")
+# What Docker and Podman say when the registry turned the push's credentials (or their absence) away.
+REGISTRY_AUTH_SIGNS = ("unauthorized", "authentication required", "denied", "401")
 
 
 class ContainerEngineError(Exception):
@@ -368,8 +370,12 @@ class ContainerEngine(dg.ConfigurableResource):
 
     # --- push ---------------------------------------------------------------------------------------------
 
-    def push(self, tag: str, on_log: Callable[[str], None] | None = None) -> str:
-        """Push `registry/repository:tag` and return the manifest digest (`sha256:...`) the registry holds."""
+    def push(self, tag: str, on_log: Callable[[str], None] | None = None, registry: Registry | None = None) -> str:
+        """Push `registry/repository:tag` and return the manifest digest (`sha256:...`) the registry holds.
+
+        `registry` (the `registry` resource) gives the credentials the engine pushes with and answers the digest
+        when the engine reports none; without it the push is anonymous.
+        """
         try:
             ref = parse_image_reference(tag)
         except ValueError as exc:
@@ -380,6 +386,12 @@ class ContainerEngine(dg.ConfigurableResource):
                 reference=tag, registry=ref.registry,
             )
         repository = tag[: -(len(ref.tag) + 1)]
+        registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
+        try:
+            engine_auth = registry.engine_auth(ref.registry)
+        except RegistryError as exc:
+            raise PushError(f"push of {tag}: {exc}", reference=tag, registry=ref.registry) from None
+        credentials_source = registry.credentials_source(ref.registry)
         params = {"tag": ref.tag}
         if is_loopback_host(ref.registry):
             params["tlsVerify"] = "false"
@@ -390,7 +402,7 @@ class ContainerEngine(dg.ConfigurableResource):
         digest: str | None = None
         try:
             response = api.post(
-                url, params=params, headers=self._registry_auth_header(ref.registry), stream=True,
+                url, params=params, headers={"X-Registry-Auth": engine_auth}, stream=True,
                 timeout=self.push_timeout_seconds,
             )
             if response.status_code >= 400:
@@ -406,7 +418,16 @@ class ContainerEngine(dg.ConfigurableResource):
                         detail = item.get("errorDetail") or {}
                         message = str(detail.get("message") or item.get("error")).strip()
                         down = any(sign in message.lower() for sign in REGISTRY_DOWN_SIGNS)
-                        what = f"registry {ref.registry} did not answer" if down else "the engine reported an error"
+                        refused = any(sign in message.lower() for sign in REGISTRY_AUTH_SIGNS)
+                        if down:
+                            what = f"registry {ref.registry} did not answer"
+                        elif refused and credentials_source:
+                            what = f"registry {ref.registry} refused the credentials of {credentials_source}"
+                        elif refused:
+                            what = (f"registry {ref.registry} wants credentials and none are configured for it "
+                                    "(the manifest's registry_auth)")
+                        else:
+                            what = "the engine reported an error"
                         raise PushError(
                             f"push of {tag} to registry {ref.registry} failed: {what}: {message}",
                             reference=tag, registry=ref.registry,
@@ -431,7 +452,7 @@ class ContainerEngine(dg.ConfigurableResource):
             return digest
         # Neither an aux item nor a status line carried it: ask the registry what it now serves.
         try:
-            digest = Registry(timeout_seconds=self.registry_timeout_seconds).manifest_digest(repository, ref.tag)
+            digest = registry.manifest_digest(repository, ref.tag)
         except RegistryError as exc:
             raise PushError(
                 f"push of {tag} to registry {ref.registry} reported no digest and the registry could not be "
@@ -444,10 +465,6 @@ class ContainerEngine(dg.ConfigurableResource):
                 reference=tag, registry=ref.registry,
             )
         return digest
-
-    def _registry_auth_header(self, registry: str) -> dict[str, str]:
-        """X-Registry-Auth for `registry`. Anonymous (`{}`) for now; registry credentials would go here."""
-        return {"X-Registry-Auth": "e30="}
 
     # --- run ----------------------------------------------------------------------------------------------
 
