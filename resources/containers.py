@@ -417,17 +417,7 @@ class ContainerEngine(dg.ConfigurableResource):
                     if item.get("error") or item.get("errorDetail"):
                         detail = item.get("errorDetail") or {}
                         message = str(detail.get("message") or item.get("error")).strip()
-                        down = any(sign in message.lower() for sign in REGISTRY_DOWN_SIGNS)
-                        refused = any(sign in message.lower() for sign in REGISTRY_AUTH_SIGNS)
-                        if down:
-                            what = f"registry {ref.registry} did not answer"
-                        elif refused and credentials_source:
-                            what = f"registry {ref.registry} refused the credentials of {credentials_source}"
-                        elif refused:
-                            what = (f"registry {ref.registry} wants credentials and none are configured for it "
-                                    "(the manifest's registry_auth)")
-                        else:
-                            what = "the engine reported an error"
+                        what = _registry_problem(message, ref.registry, credentials_source)
                         raise PushError(
                             f"push of {tag} to registry {ref.registry} failed: {what}: {message}",
                             reference=tag, registry=ref.registry,
@@ -465,6 +455,45 @@ class ContainerEngine(dg.ConfigurableResource):
                 reference=tag, registry=ref.registry,
             )
         return digest
+
+    def pull(self, reference: str, registry: Registry | None = None) -> None:
+        """Pull `reference` (`host/path:tag` or `host/path@sha256:...`) into the engine, with the credentials
+        `registry` (the `registry` resource) has for its host; loopback registries over plain HTTP."""
+        ref = parse_image_reference(reference)
+        repository, _, rest = reference.partition("@") if ref.digest else reference.rpartition(":")
+        params = {"fromImage": repository, "tag": rest or "latest"}
+        if is_loopback_host(ref.registry):
+            params["tlsVerify"] = "false"  # Podman: loopback registries speak plain HTTP (Docker ignores it)
+        registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
+        try:
+            engine_auth = registry.engine_auth(ref.registry)
+        except RegistryError as exc:
+            raise ContainerEngineError(f"pull of {reference}: {exc}") from None
+        api = self.client().api
+        headers = {"X-Registry-Auth": engine_auth}
+        try:
+            # Podman's compatible pull ignores tlsVerify; its own API takes it. Docker has no such path (404) and
+            # treats loopback registries as plain HTTP by itself.
+            libpod = {"reference": reference, **({"tlsVerify": "false"} if "tlsVerify" in params else {})}
+            response = api.post(f"{api.base_url}/v4.0.0/libpod/images/pull", params=libpod, headers=headers,
+                                stream=True, timeout=self.push_timeout_seconds)
+            if response.status_code == 404:
+                response.close()
+                response = api.post(f"{api.base_url}/v{api.api_version}/images/create", params=params,
+                                    headers=headers, stream=True, timeout=self.push_timeout_seconds)
+            with response:
+                if response.status_code >= 400:
+                    raise ContainerEngineError(f"pull of {reference} was refused by the engine "
+                                               f"({response.status_code}): {_engine_message(response)}")
+                for item in json_stream(response.iter_content(chunk_size=None, decode_unicode=True)):
+                    if item.get("error") or item.get("errorDetail"):
+                        message = str((item.get("errorDetail") or {}).get("message") or item.get("error")).strip()
+                        what = _registry_problem(message, ref.registry, registry.credentials_source(ref.registry))
+                        raise ContainerEngineError(f"pull of {reference} from registry {ref.registry} failed: "
+                                                   f"{what}: {message}")
+        except requests.RequestException as exc:
+            raise ContainerEngineError(f"pull of {reference}: container engine at {self._engine_address()} "
+                                       f"stopped answering: {exc}") from exc
 
     # --- run ----------------------------------------------------------------------------------------------
 
@@ -713,6 +742,18 @@ def _describe_engine_error(exc: Exception) -> str:
     if isinstance(exc, APIError):
         return f"{exc.status_code} {exc.explanation or exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _registry_problem(message: str, registry: str, credentials_source: str | None) -> str:
+    """The words for an engine's push or pull error: the registry down, its credentials refused or missing."""
+    lowered = message.lower()
+    if any(sign in lowered for sign in REGISTRY_DOWN_SIGNS):
+        return f"registry {registry} did not answer"
+    if any(sign in lowered for sign in REGISTRY_AUTH_SIGNS):
+        if credentials_source:
+            return f"registry {registry} refused the credentials of {credentials_source}"
+        return f"registry {registry} wants credentials and none are configured for it (the manifest's registry_auth)"
+    return "the engine reported an error"
 
 
 def _engine_message(response: requests.Response) -> str:

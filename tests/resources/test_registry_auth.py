@@ -25,7 +25,7 @@ import boto3
 import pytest
 
 from release_graph.security.vulnerabilities import ScanError
-from resources.containers import ContainerEngine, PushError
+from resources.containers import ContainerEngine, ContainerEngineError, PushError
 from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry, RegistryError
 from resources.registry_auth import Credentials
 from resources.scanners import VulnerabilityScanner
@@ -143,6 +143,16 @@ def test_with_the_secret_a_push_resolves_its_digest_lists_tags_and_deletes_and_t
         with PODMAN_LOG.open("rb") as log:
             log.seek(podman_log_before)
             private_registry.assert_not_in("the engine's log", log.read())
+
+
+def test_the_engine_pulls_with_the_credentials_and_without_them_says_the_registry_wants_some(private_registry, pushed):
+    repository, digest = pushed
+    ContainerEngine().pull(f"{repository}@{digest}", registry=private_registry.authed())
+    with pytest.raises(ContainerEngineError, match=(
+        rf"^pull of {repository}@{digest} from registry {private_registry.host} failed: registry "
+        rf"{private_registry.host} wants credentials and none are configured for it"
+    )):
+        ContainerEngine().pull(f"{repository}@{digest}", registry=Registry())
 
 
 def test_a_password_kept_in_secrets_manager_logs_in_too(private_registry, pushed, aws, run_id):
