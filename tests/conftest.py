@@ -175,15 +175,18 @@ def htpasswd_line(username: str, password: str) -> str:
 
 @contextmanager
 def _throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True,
-                        htpasswd: dict[str, str] | None = None):
+                        htpasswd: dict[str, str] | None = None, token: dict[str, str] | None = None):
     """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`;
-    with `htpasswd` ({user: password}) it wants HTTP basic auth from those users (its `auth.htpasswd`)."""
+    with `htpasswd` ({user: password}) it wants HTTP basic auth from those users (its `auth.htpasswd`); with
+    `token` ({realm, service, issuer, rootcertbundle}) it wants a token from that realm (`auth.token`)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "registry.yml"
     auth = ""
     if htpasswd:
         (folder / "htpasswd").write_text("".join(htpasswd_line(u, p) + "\n" for u, p in htpasswd.items()))
         auth = f"auth:\n  htpasswd: {{realm: release-graph-test, path: {folder / 'htpasswd'}}}\n"
+    elif token:
+        auth = "auth:\n  token:\n" + "".join(f"    {key}: {value}\n" for key, value in token.items())
     config.write_text(
         "version: 0.1\n"
         "log: {level: warn}\n"
