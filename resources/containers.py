@@ -389,8 +389,8 @@ class ContainerEngine(dg.ConfigurableResource):
         registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
         try:
             engine_auth = registry.engine_auth(ref.registry)
-        except RegistryError as exc:
-            raise PushError(f"push of {tag}: {exc}", reference=tag, registry=ref.registry) from None
+        except RegistryError as exc:  # chained: a registry or secret store that did not answer is retried
+            raise PushError(f"push of {tag}: {exc}", reference=tag, registry=ref.registry) from exc
         credentials_source = registry.credentials_source(ref.registry)
         params = {"tag": ref.tag}
         if is_loopback_host(ref.registry):
@@ -467,8 +467,8 @@ class ContainerEngine(dg.ConfigurableResource):
         registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
         try:
             engine_auth = registry.engine_auth(ref.registry)
-        except RegistryError as exc:
-            raise ContainerEngineError(f"pull of {reference}: {exc}") from None
+        except RegistryError as exc:  # chained: a registry or secret store that did not answer is retried
+            raise ContainerEngineError(f"pull of {reference}: {exc}") from exc
         api = self.client().api
         headers = {"X-Registry-Auth": engine_auth}
         try:

@@ -30,7 +30,13 @@ from pydantic import Field, PrivateAttr
 # The one image-reference parser (shared vocabulary); re-exported for the adapters that import it from here.
 from release_graph.fleet.references import DEFAULT_REGISTRY, SHA256_DIGEST, ImageReference, parse_image_reference
 from resources import registry_auth as auth
-from resources.registry_auth import ANONYMOUS_ENGINE_AUTH, Challenge, Credentials, RegistryAuthError
+from resources.registry_auth import (
+    ANONYMOUS_ENGINE_AUTH,
+    Challenge,
+    Credentials,
+    CredentialsUnavailable,
+    RegistryAuthError,
+)
 
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -111,6 +117,8 @@ class Registry(dg.ConfigurableResource):
             return None
         try:
             found = self._find_credentials(registry)
+        except CredentialsUnavailable as exc:  # transient: a step is retried (release_graph/assets/retry.py)
+            raise RegistryUnavailable(f"registry {registry}: no credentials: {exc}") from None
         except RegistryAuthError as exc:
             raise RegistryError(f"registry {registry}: no credentials: {exc}") from None
         self._credentials[registry] = found

@@ -41,6 +41,10 @@ class RegistryAuthError(Exception):
     The message names where they were looked for, never a value."""
 
 
+class CredentialsUnavailable(RegistryAuthError):
+    """Where the credentials are kept did not answer (the secret store, ECR's endpoint): worth trying again."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     """A username and password for one registry; `source` says where they came from, in words."""
@@ -121,13 +125,15 @@ def token_from_answer(body: bytes) -> str | None:
 def from_secret(username: str, source: str, name: str, *, aws_endpoint_url: str | None, aws_region: str,
                 registry: str) -> Credentials:
     """A username and the password the secret store holds under `source:name` (env or aws)."""
-    from resources.secrets import SecretRef, SecretsError, SecretsResource
+    from resources.secrets import SecretRef, SecretsError, SecretsResource, SecretsUnavailable
 
     ref = SecretRef(source, name)  # type: ignore[arg-type]
     try:
         password = SecretsResource(aws_endpoint_url=aws_endpoint_url, aws_region=aws_region).resolve_value(
             ref, what=f"the password of registry {registry} (registry_auth.password)"
         )
+    except SecretsUnavailable as exc:
+        raise CredentialsUnavailable(str(exc)) from None
     except SecretsError as exc:
         raise RegistryAuthError(str(exc)) from None
     return Credentials(username, password, source=f"secret {ref} (user {username})")
@@ -229,7 +235,7 @@ def from_ecr(*, region: str, endpoint_url: str | None, registry_id: str | None, 
         raise RegistryAuthError(f"{where} refused an authorization token for registry {registry}: "
                                 f"{error.get('Code', 'error')}: {error.get('Message', '')}") from None
     except BotoCoreError as exc:
-        raise RegistryAuthError(f"{where} could not be asked for an authorization token for registry {registry}: "
+        raise CredentialsUnavailable(f"{where} could not be asked for an authorization token for registry {registry}: "
                                 f"{type(exc).__name__}: {exc}") from None
     data = (answer.get("authorizationData") or [{}])[0]
     try:

@@ -281,6 +281,8 @@ class VulnerabilityScanner(dg.ConfigurableResource):
         if self.backend != "ecr":
             try:
                 credentials = registry.credentials_for(host)
+            except RegistryUnavailable:
+                raise  # transient: the step is retried
             except RegistryError as exc:
                 raise ScanError(f"cannot scan {reference}: {exc}") from None
             return CliScanner(tool=self.backend, executable=self.executable,

@@ -26,7 +26,7 @@ import pytest
 
 from release_graph.security.vulnerabilities import ScanError
 from resources.containers import ContainerEngine, ContainerEngineError, PushError
-from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry, RegistryError
+from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry, RegistryError, RegistryUnavailable
 from resources.registry_auth import Credentials
 from resources.scanners import VulnerabilityScanner
 
@@ -292,7 +292,7 @@ def test_ecr_that_cannot_be_asked_is_named(private_registry, monkeypatch):
         free_port = closed.getsockname()[1]
     registry = Registry(auth_registry=private_registry.host, ecr_region=REGION,
                         ecr_endpoint_url=f"http://127.0.0.1:{free_port}")
-    with pytest.raises(RegistryError, match=(
+    with pytest.raises(RegistryUnavailable, match=(  # the step that asked is retried
         rf"registry {private_registry.host}: no credentials: ECR \(http://127.0.0.1:{free_port}\) could not be "
         rf"asked for an authorization token for registry {private_registry.host}: EndpointConnectionError"
     )):

@@ -132,3 +132,23 @@ def test_a_cli_scanner_gets_the_credentials_in_its_environment_never_on_its_comm
     assert not any(PASSWORD in arg for arg in argv)
     _, anonymous = CliScanner(tool=tool, executable=str(binary)).command(reference, tmp_path / "r.json")
     assert not set(variables) & set(anonymous) - set(os.environ)
+
+
+def test_a_secret_store_that_does_not_answer_is_a_registry_that_cannot_be_reached_now(monkeypatch):
+    import socket
+
+    from resources.registry import Registry, RegistryUnavailable
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    registry = Registry(auth_registry=HOST, auth_username="ci-bot", auth_password_secret="aws:shop/registry",
+                        aws_endpoint_url=f"http://127.0.0.1:{port}", timeout_seconds=1)
+    # transient (the step is retried), naming the registry, the field and the secret
+    with pytest.raises(RegistryUnavailable, match=(
+        rf"^registry {HOST}: no credentials: the password of registry {HOST} \(registry_auth.password\): "
+        r"secret aws:shop/registry: http://127.0.0.1:\d+ could not be asked"
+    )):
+        registry.credentials_for(HOST)
