@@ -1,4 +1,4 @@
-"""The container engine through the Docker Engine API (docker-py): builds, pushes and run-to-completion.
+"""The container engine through the Docker Engine API (docker-py): builds, pushes, pulls and run-to-completion.
 
 Works against whatever `DOCKER_HOST` points at, Docker or Podman's compatible service. The client is
 created on first use, so importing or configuring this resource does no I/O.
@@ -12,8 +12,12 @@ Engine behaviour this module is written around (measured on Podman 4.3; docs/ope
 - Podman decides plain HTTP versus TLS per registry from registries.conf, which its API service reads
   once. For loopback registries `push` adds Podman's `tlsVerify=false` query parameter, so a registry on
   any loopback port works without editing that file; Docker ignores the parameter and treats loopback
-  registries as insecure anyway.
-- Podman 4.3 emits no `aux.Digest` on push, only a `<tag>: digest: sha256:... size: N` status line.
+  registries as insecure anyway. Podman's compatible pull (`/images/create`) ignores it: `pull` uses Podman's
+  own `/libpod/images/pull`, which takes it, and falls back to the compatible path on Docker (404).
+- Podman 4.3 emits no `aux.Digest` on push, only a `<tag>: digest: sha256:... size: N` status line, and names
+  the local image by another digest than the one the registry serves (it compresses the layers again).
+- Registry credentials travel in each push's and pull's `X-Registry-Auth` header (base64url JSON, as the
+  `registry` resource gives them): the engine is never logged in, and writes them to no file or log.
 """
 
 import fcntl
