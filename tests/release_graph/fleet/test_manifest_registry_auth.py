@@ -3,13 +3,44 @@ config.json, ECR), never what they are; every mistake names the file, the line a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from release_graph.fleet import SecretRef, load_fleet
+from release_graph.fleet import ManifestError, SecretRef, load_fleet
 from release_graph.wiring import registry_resource
-from tests.release_graph.fleet.test_manifest import GOOD, problems_of, replace, write_fleet
 
 ECR_REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop"
+GOOD = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+services:
+  orders:
+    repo: repos/orders
+    build: {}
+    port: 8080
+environments:
+  staging: {target: docker}
+"""
+
+
+def write_fleet(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "repos" / "orders").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "repos" / "orders" / "Dockerfile").write_text("FROM scratch\n")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        load_fleet(path)
+    return caught.value.problems
+
+
+def replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
 
 
 def with_auth(block: str, registry: str | None = None) -> str:
