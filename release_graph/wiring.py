@@ -13,6 +13,7 @@ from release_graph.assets.automation import automation_sensors
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
 from release_graph.fleet import Fleet, ManifestError, load_fleet, resolve_fleet_path
+from release_graph.fleet.references import ECR_HOST
 from resources.state import state_dir
 
 
@@ -30,6 +31,37 @@ def scanner_resource(fleet: Fleet | None):
     if security.scanner == "osv" and security.osv is not None:
         return VulnerabilityScanner(backend="osv", osv_database=str(security.osv.database))
     return VulnerabilityScanner(backend=security.scanner)
+
+
+AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+
+
+def registry_resource(fleet: Fleet | None):
+    """The `registry` resource, logged into the fleet's registry as its `registry_auth:` says: where the
+    credentials are kept, never their value (resource config is stored with every run). An ECR registry with no
+    `registry_auth:` logs in through ECR itself (region and account from its host)."""
+    from resources.registry import Registry
+
+    aws_endpoint_url = os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None
+    if fleet is None:
+        return Registry()
+    settings = fleet.registry_auth
+    host = fleet.registry_host
+    if settings is None:
+        ecr_host = ECR_HOST.match(host)
+        if not ecr_host:
+            return Registry()
+        return Registry(auth_registry=host, ecr_region=ecr_host.group("region"), ecr_endpoint_url=aws_endpoint_url,
+                        ecr_registry_id=ecr_host.group("account"))
+    if settings.ecr is not None:
+        return Registry(auth_registry=host, ecr_region=settings.ecr.region,
+                        ecr_endpoint_url=settings.ecr.resolved_endpoint_url(),
+                        ecr_registry_id=settings.ecr.registry_id)
+    if settings.docker_config is not None:
+        return Registry(auth_registry=host, docker_config=str(settings.docker_config))
+    return Registry(auth_registry=host, auth_username=settings.username,
+                    auth_password_secret=settings.password.describe() if settings.password else None,
+                    aws_endpoint_url=aws_endpoint_url)
 
 
 OTLP_ENDPOINT_VARIABLE = "RELEASE_GRAPH_OTLP_ENDPOINT"
@@ -56,7 +88,6 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     from resources.events import EventSinks
     from resources.git import GitResource
     from resources.notify import Notifier
-    from resources.registry import Registry
     from resources.secrets import SecretsResource
     from resources.targets import DeployTargets, DockerTargetConfig
 
@@ -64,14 +95,14 @@ def default_resources(fleet: Fleet | None = None) -> dict:
     return {
         "git": GitResource(mirror_dir=str(state_dir() / "git-mirrors")),
         "engine": engine,
-        "registry": Registry(),
+        "registry": registry_resource(fleet),
         "scanner": scanner_resource(fleet),
         # The docker target runs its containers on the same engine; haproxy state for published ports must be
         # the same folder for the UI, the daemon and every run.
         "deploy_targets": DeployTargets(
             engine=engine, docker=DockerTargetConfig(state_dir=str(state_dir() / "targets"))
         ),
-        "secrets": SecretsResource(aws_endpoint_url=os.environ.get("RELEASE_GRAPH_AWS_ENDPOINT_URL") or None),
+        "secrets": SecretsResource(aws_endpoint_url=os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None),
         # Channels are the manifest's (the sensor passes them); their secrets are read when a message is sent.
         "notifier": Notifier(),
         # Sinks are the manifest's `events:` (the sensor passes them); a sink's URL is read when an event is sent.

@@ -1,4 +1,4 @@
-"""The container engine through the Docker Engine API (docker-py): builds, pushes and run-to-completion.
+"""The container engine through the Docker Engine API (docker-py): builds, pushes, pulls and run-to-completion.
 
 Works against whatever `DOCKER_HOST` points at, Docker or Podman's compatible service. The client is
 created on first use, so importing or configuring this resource does no I/O.
@@ -12,8 +12,12 @@ Engine behaviour this module is written around (measured on Podman 4.3; docs/ope
 - Podman decides plain HTTP versus TLS per registry from registries.conf, which its API service reads
   once. For loopback registries `push` adds Podman's `tlsVerify=false` query parameter, so a registry on
   any loopback port works without editing that file; Docker ignores the parameter and treats loopback
-  registries as insecure anyway.
-- Podman 4.3 emits no `aux.Digest` on push, only a `<tag>: digest: sha256:... size: N` status line.
+  registries as insecure anyway. Podman's compatible pull (`/images/create`) ignores it: `pull` uses Podman's
+  own `/libpod/images/pull`, which takes it, and falls back to the compatible path on Docker (404).
+- Podman 4.3 emits no `aux.Digest` on push, only a `<tag>: digest: sha256:... size: N` status line, and names
+  the local image by another digest than the one the registry serves (it compresses the layers again).
+- Registry credentials travel in each push's and pull's `X-Registry-Auth` header (base64url JSON, as the
+  `registry` resource gives them): the engine is never logged in, and writes them to no file or log.
 """
 
 import fcntl
@@ -54,6 +58,8 @@ ABANDON_GRACE_SECONDS = 5
 PUSH_DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 # Words in an engine's push error that mean "the registry did not answer", as opposed to "it refused".
 REGISTRY_DOWN_SIGNS = ("connection refused", "no such host", "i/o timeout", "connection reset", "no route to host")
+# What Docker and Podman say when the registry turned the push's credentials (or their absence) away.
+REGISTRY_AUTH_SIGNS = ("unauthorized", "authentication required", "denied", "401")
 
 
 class ContainerEngineError(Exception):
@@ -368,8 +374,12 @@ class ContainerEngine(dg.ConfigurableResource):
 
     # --- push ---------------------------------------------------------------------------------------------
 
-    def push(self, tag: str, on_log: Callable[[str], None] | None = None) -> str:
-        """Push `registry/repository:tag` and return the manifest digest (`sha256:...`) the registry holds."""
+    def push(self, tag: str, on_log: Callable[[str], None] | None = None, registry: Registry | None = None) -> str:
+        """Push `registry/repository:tag` and return the manifest digest (`sha256:...`) the registry holds.
+
+        `registry` (the `registry` resource) gives the credentials the engine pushes with and answers the digest
+        when the engine reports none; without it the push is anonymous.
+        """
         try:
             ref = parse_image_reference(tag)
         except ValueError as exc:
@@ -380,6 +390,12 @@ class ContainerEngine(dg.ConfigurableResource):
                 reference=tag, registry=ref.registry,
             )
         repository = tag[: -(len(ref.tag) + 1)]
+        registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
+        try:
+            engine_auth = registry.engine_auth(ref.registry)
+        except RegistryError as exc:  # chained: a registry or secret store that did not answer is retried
+            raise PushError(f"push of {tag}: {exc}", reference=tag, registry=ref.registry) from exc
+        credentials_source = registry.credentials_source(ref.registry)
         params = {"tag": ref.tag}
         if is_loopback_host(ref.registry):
             params["tlsVerify"] = "false"
@@ -390,7 +406,7 @@ class ContainerEngine(dg.ConfigurableResource):
         digest: str | None = None
         try:
             response = api.post(
-                url, params=params, headers=self._registry_auth_header(ref.registry), stream=True,
+                url, params=params, headers={"X-Registry-Auth": engine_auth}, stream=True,
                 timeout=self.push_timeout_seconds,
             )
             if response.status_code >= 400:
@@ -405,8 +421,7 @@ class ContainerEngine(dg.ConfigurableResource):
                     if item.get("error") or item.get("errorDetail"):
                         detail = item.get("errorDetail") or {}
                         message = str(detail.get("message") or item.get("error")).strip()
-                        down = any(sign in message.lower() for sign in REGISTRY_DOWN_SIGNS)
-                        what = f"registry {ref.registry} did not answer" if down else "the engine reported an error"
+                        what = _registry_problem(message, ref.registry, credentials_source)
                         raise PushError(
                             f"push of {tag} to registry {ref.registry} failed: {what}: {message}",
                             reference=tag, registry=ref.registry,
@@ -431,7 +446,7 @@ class ContainerEngine(dg.ConfigurableResource):
             return digest
         # Neither an aux item nor a status line carried it: ask the registry what it now serves.
         try:
-            digest = Registry(timeout_seconds=self.registry_timeout_seconds).manifest_digest(repository, ref.tag)
+            digest = registry.manifest_digest(repository, ref.tag)
         except RegistryError as exc:
             raise PushError(
                 f"push of {tag} to registry {ref.registry} reported no digest and the registry could not be "
@@ -445,9 +460,44 @@ class ContainerEngine(dg.ConfigurableResource):
             )
         return digest
 
-    def _registry_auth_header(self, registry: str) -> dict[str, str]:
-        """X-Registry-Auth for `registry`. Anonymous (`{}`) for now; registry credentials would go here."""
-        return {"X-Registry-Auth": "e30="}
+    def pull(self, reference: str, registry: Registry | None = None) -> None:
+        """Pull `reference` (`host/path:tag` or `host/path@sha256:...`) into the engine, with the credentials
+        `registry` (the `registry` resource) has for its host; loopback registries over plain HTTP."""
+        ref = parse_image_reference(reference)
+        repository, _, rest = reference.partition("@") if ref.digest else reference.rpartition(":")
+        params = {"fromImage": repository, "tag": rest or "latest"}
+        if is_loopback_host(ref.registry):
+            params["tlsVerify"] = "false"  # Podman: loopback registries speak plain HTTP (Docker ignores it)
+        registry = registry or Registry(timeout_seconds=self.registry_timeout_seconds)
+        try:
+            engine_auth = registry.engine_auth(ref.registry)
+        except RegistryError as exc:  # chained: a registry or secret store that did not answer is retried
+            raise ContainerEngineError(f"pull of {reference}: {exc}") from exc
+        api = self.client().api
+        headers = {"X-Registry-Auth": engine_auth}
+        try:
+            # Podman's compatible pull ignores tlsVerify; its own API takes it. Docker has no such path (404) and
+            # treats loopback registries as plain HTTP by itself.
+            libpod = {"reference": reference, **({"tlsVerify": "false"} if "tlsVerify" in params else {})}
+            response = api.post(f"{api.base_url}/v4.0.0/libpod/images/pull", params=libpod, headers=headers,
+                                stream=True, timeout=self.push_timeout_seconds)
+            if response.status_code == 404:
+                response.close()
+                response = api.post(f"{api.base_url}/v{api.api_version}/images/create", params=params,
+                                    headers=headers, stream=True, timeout=self.push_timeout_seconds)
+            with response:
+                if response.status_code >= 400:
+                    raise ContainerEngineError(f"pull of {reference} was refused by the engine "
+                                               f"({response.status_code}): {_engine_message(response)}")
+                for item in json_stream(response.iter_content(chunk_size=None, decode_unicode=True)):
+                    if item.get("error") or item.get("errorDetail"):
+                        message = str((item.get("errorDetail") or {}).get("message") or item.get("error")).strip()
+                        what = _registry_problem(message, ref.registry, registry.credentials_source(ref.registry))
+                        raise ContainerEngineError(f"pull of {reference} from registry {ref.registry} failed: "
+                                                   f"{what}: {message}")
+        except requests.RequestException as exc:
+            raise ContainerEngineError(f"pull of {reference}: container engine at {self._engine_address()} "
+                                       f"stopped answering: {exc}") from exc
 
     # --- run ----------------------------------------------------------------------------------------------
 
@@ -696,6 +746,18 @@ def _describe_engine_error(exc: Exception) -> str:
     if isinstance(exc, APIError):
         return f"{exc.status_code} {exc.explanation or exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _registry_problem(message: str, registry: str, credentials_source: str | None) -> str:
+    """The words for an engine's push or pull error: the registry down, its credentials refused or missing."""
+    lowered = message.lower()
+    if any(sign in lowered for sign in REGISTRY_DOWN_SIGNS):
+        return f"registry {registry} did not answer"
+    if any(sign in lowered for sign in REGISTRY_AUTH_SIGNS):
+        if credentials_source:
+            return f"registry {registry} refused the credentials of {credentials_source}"
+        return f"registry {registry} wants credentials and none are configured for it (the manifest's registry_auth)"
+    return "the engine reported an error"
 
 
 def _engine_message(response: requests.Response) -> str:

@@ -4,8 +4,12 @@ Why not the container engine: Podman 4.3 answers `get_registry_data` with 404, a
 itself is the only answer that holds for every engine (the digest it serves is what a deployment pulls).
 
 Addresses come from the image reference (`127.0.0.1:5000/shop/orders`): loopback registries speak plain
-HTTP, every other host HTTPS. No credentials are sent yet; `_authorization` is the one place a token or
-basic-auth header would be added (a 401 says so instead of looking like a missing image).
+HTTP, every other host HTTPS. Credentials (resources/registry_auth.py) are configured from the manifest's
+`registry_auth:` and given to the fleet's registry host only. A request goes without an `Authorization` header
+until the registry answers 401 with its challenge; `_authorization` answers it (Basic with the credentials, or
+Bearer with a token from the challenge's realm) and the answer is reused for that repository until it is
+refused. A 401 that stays says whose credentials were refused, or that none are configured, never the password.
+The engine's push takes the same credentials (`engine_auth`), and the scanners read images through this class.
 
 Nothing here touches the network at import or construction time.
 """
@@ -21,10 +25,18 @@ import urllib.request
 from typing import NamedTuple
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 # The one image-reference parser (shared vocabulary); re-exported for the adapters that import it from here.
 from release_graph.fleet.references import DEFAULT_REGISTRY, SHA256_DIGEST, ImageReference, parse_image_reference
+from resources import registry_auth as auth
+from resources.registry_auth import (
+    ANONYMOUS_ENGINE_AUTH,
+    Challenge,
+    Credentials,
+    CredentialsUnavailable,
+    RegistryAuthError,
+)
 
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -70,9 +82,77 @@ class RegistryUnavailable(RegistryError):
 
 
 class Registry(dg.ConfigurableResource):
-    """Reads and deletes images in any registry that speaks the Distribution v2 API."""
+    """Reads and deletes images in any registry that speaks the Distribution v2 API, logged in where configured.
+
+    The fields say where credentials are kept, never what they are: they are part of the run's resource config.
+    """
 
     timeout_seconds: float = Field(default=5, description="Per-request timeout for the registry's HTTP API.")
+    auth_registry: str | None = Field(
+        default=None, description="host[:port] the username/password or ECR credentials are for (the fleet's "
+                                  "registry); no other host is sent them.")
+    auth_username: str | None = Field(default=None, description="Username for auth_registry.")
+    auth_password_secret: str | None = Field(
+        default=None, description="Where the password is kept: env:<VARIABLE> or aws:<Secrets Manager id>.")
+    docker_config: str | None = Field(
+        default=None, description="A Docker config.json whose auths / credential helpers give any host's credentials.")
+    ecr_region: str | None = Field(default=None, description="ECR region: auth_registry logs in with ECR's token.")
+    ecr_endpoint_url: str | None = Field(default=None, description="ECR endpoint (moto_server in tests); None: AWS.")
+    ecr_registry_id: str | None = Field(default=None, description="ECR account id; None: the caller's.")
+    aws_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint for aws: passwords.")
+    aws_region: str = Field(default="us-east-1", description="Secrets Manager region for aws: passwords.")
+
+    _credentials: dict = PrivateAttr(default_factory=dict)  # registry -> Credentials | None
+    _answers: dict = PrivateAttr(default_factory=dict)  # (registry, repository) -> Authorization header value
+
+    # --- credentials ------------------------------------------------------------------------------------
+
+    def credentials_for(self, registry: str) -> Credentials | None:
+        """The credentials configured for `registry` (None: anonymous). RegistryError when they are configured
+        but cannot be had (a missing secret, an unreadable config.json, ECR refusing a token)."""
+        cached = self._credentials.get(registry)
+        if cached is not None and cached.fresh():
+            return cached
+        if cached is None and registry in self._credentials:
+            return None
+        try:
+            found = self._find_credentials(registry)
+        except CredentialsUnavailable as exc:  # transient: a step is retried (release_graph/assets/retry.py)
+            raise RegistryUnavailable(f"registry {registry}: no credentials: {exc}") from None
+        except RegistryAuthError as exc:
+            raise RegistryError(f"registry {registry}: no credentials: {exc}") from None
+        self._credentials[registry] = found
+        return found
+
+    def _find_credentials(self, registry: str) -> Credentials | None:
+        if registry == self.auth_registry:
+            if self.ecr_region:
+                return auth.from_ecr(region=self.ecr_region, endpoint_url=self.ecr_endpoint_url,
+                                     registry_id=self.ecr_registry_id, registry=registry,
+                                     timeout_seconds=max(self.timeout_seconds, 10))
+            if self.auth_username and self.auth_password_secret:
+                source, _, name = self.auth_password_secret.partition(":")
+                return auth.from_secret(self.auth_username, source, name, aws_endpoint_url=self.aws_endpoint_url,
+                                        aws_region=self.aws_region, registry=registry)
+        if self.docker_config:
+            return auth.from_docker_config(self.docker_config, registry)
+        return None
+
+    def engine_auth(self, registry: str) -> str:
+        """The `X-Registry-Auth` value for the container engine's push or pull to `registry` (anonymous `e30=`)."""
+        credentials = self.credentials_for(registry)
+        return credentials.engine_auth(registry) if credentials else ANONYMOUS_ENGINE_AUTH
+
+    def credentials_source(self, registry: str) -> str | None:
+        """Where `registry`'s credentials come from, in words, without fetching them; None: anonymous."""
+        if registry == self.auth_registry and self.ecr_region:
+            account = self.ecr_registry_id or "the caller's account"
+            return f"ECR authorization token ({account}, {self.ecr_region})"
+        if registry == self.auth_registry and self.auth_username and self.auth_password_secret:
+            return f"secret {self.auth_password_secret} (user {self.auth_username})"
+        if self.docker_config:
+            return f"Docker config {self.docker_config}"
+        return None
 
     def image_exists(self, repository: str, tag: str) -> bool:
         """Whether `repository:tag` (repository = `host[:port]/path`) has a manifest in the registry."""
@@ -166,45 +246,116 @@ class Registry(dg.ConfigurableResource):
         host = "registry-1.docker.io" if registry == DEFAULT_REGISTRY else registry
         return f"{scheme}://{host}"
 
-    def _authorization(self, registry: str) -> str | None:
-        """The Authorization header for `registry`. None: anonymous access (token auth would go here)."""
-        return None
+    def _authorization(self, registry: str, challenge: Challenge | None, what: str) -> str | None:
+        """The Authorization header that answers `registry`'s 401 challenge; None when there is nothing to answer
+        with (no credentials, and a challenge a token cannot be had for anonymously)."""
+        credentials = self.credentials_for(registry)
+        if challenge is None or challenge.scheme == "basic":
+            return credentials.basic_authorization() if credentials else None
+        if challenge.scheme == "bearer" and challenge.params.get("realm"):
+            return f"Bearer {self._token(registry, challenge, credentials, what)}"
+        raise RegistryError(
+            f"registry {registry} asks for {challenge.scheme} authentication for {what}, which release-graph does "
+            "not speak (it answers Basic and the registry token flow's Bearer)"
+        )
+
+    def _token(self, registry: str, challenge: Challenge, credentials: Credentials | None, what: str) -> str:
+        """A token from the challenge's realm (the Distribution token flow), asked with the credentials (or
+        anonymously without any, as public repositories allow). The answer's body is never shown: it is the
+        token."""
+        url = challenge.token_url()
+        request = urllib.request.Request(url, method="GET")
+        if credentials:
+            request.add_header("Authorization", credentials.basic_authorization())
+        realm_host = urllib.parse.urlsplit(url).netloc
+        opener = _DIRECT if is_loopback_host(realm_host) else _FROM_ENVIRONMENT
+        whose = f"the credentials of {credentials.source}" if credentials else "an anonymous token request"
+        try:
+            with opener.open(request, timeout=self.timeout_seconds) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            body = _read_quietly(exc)
+            if exc.code in (401, 403):
+                hint = "" if credentials else ": configure credentials in the manifest's registry_auth"
+                raise RegistryError(
+                    f"registry {registry}'s token service {challenge.params.get('realm')} refused {whose}: "
+                    f"{exc.code} {exc.reason} (for {what}){hint}: {_excerpt(body)}"
+                ) from None
+            raise RegistryError(
+                f"registry {registry}'s token service {challenge.params.get('realm')} answered {exc.code} "
+                f"{exc.reason} (for {what}): {_excerpt(body)}"
+            ) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            raise RegistryUnavailable(
+                f"registry {registry}'s token service {challenge.params.get('realm')} did not answer "
+                f"({getattr(exc, 'reason', exc)}) for {what}"
+            ) from None
+        token = auth.token_from_answer(body)
+        if not token:
+            raise RegistryError(f"registry {registry}'s token service {challenge.params.get('realm')} answered "
+                                f"without a token (for {what})")
+        return token
 
     def _request(self, method: str, ref: ImageReference, path: str, accept: str | None = None):
-        """One request to `/v2/<name>/<path>`. None on 404; raises for anything else that is not 2xx."""
+        """One request to `/v2/<name>/<path>`, answering one 401 challenge. None on 404; raises for anything else
+        that is not 2xx."""
         url = f"{self._base_url(ref.registry)}/v2/{ref.repository}/{path}"
+        what = f"{method} {url}"
+        key = (ref.registry, ref.repository)
+        authorization = self._answers.get(key)  # what answered this repository's last challenge
+        answered = False
+        while True:
+            try:
+                return self._send(method, ref, url, accept, authorization)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                body = _read_quietly(exc)
+                if exc.code == 401 and not answered:
+                    self._answers.pop(key, None)
+                    challenge = auth.parse_challenge(exc.headers.get("WWW-Authenticate"))
+                    authorization = self._authorization(ref.registry, challenge, what)
+                    if authorization is not None:
+                        self._answers[key] = authorization
+                        answered = True
+                        continue
+                raise RegistryError(self._refusal(exc, body, ref, method, what, answered)) from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, socket.timeout | TimeoutError):
+                    reason = f"no answer within {self.timeout_seconds:g} s"
+                raise RegistryUnavailable(
+                    f"registry {ref.registry} did not answer ({reason}) while looking up {ref.name} ({what})"
+                ) from exc
+
+    def _send(self, method: str, ref: ImageReference, url: str, accept: str | None, authorization: str | None):
         request = urllib.request.Request(url, method=method)
         if accept:
             request.add_header("Accept", accept)
-        authorization = self._authorization(ref.registry)
         if authorization:
             request.add_header("Authorization", authorization)
-        what = f"{method} {url}"
         # A loopback registry is on this machine: never route it through an HTTP(S)_PROXY from the environment.
         opener = _DIRECT if is_loopback_host(ref.registry) else _FROM_ENVIRONMENT
-        try:
-            with opener.open(request, timeout=self.timeout_seconds) as response:
-                body = response.read() if method != "HEAD" else b""
-                return _Response(response.status, response.headers, body)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            body = _read_quietly(exc)
-            hint = ""
+        with opener.open(request, timeout=self.timeout_seconds) as response:
+            body = response.read() if method != "HEAD" else b""
+            return _Response(response.status, response.headers, body)
+
+    def _refusal(self, exc: urllib.error.HTTPError, body: bytes, ref: ImageReference, method: str, what: str,
+                 answered: bool) -> str:
+        """The words for a non-2xx answer; whose credentials were refused, never what they are."""
+        status = f"{exc.code} {exc.reason}"
+        if exc.code in (401, 403):
+            source = self.credentials_source(ref.registry)
+            if source and (answered or exc.code == 403):
+                verb = "refused the credentials of" if exc.code == 401 else "denied it to the credentials of"
+                return f"registry {ref.registry} {verb} {source}: {status} to {what}: {_excerpt(body)}"
             if exc.code == 401:
-                hint = " (the registry wants credentials; release-graph sends none yet)"
-            elif exc.code == 405 and method == "DELETE":
-                hint = " (the registry does not allow deletes: set storage.delete.enabled: true)"
-            raise RegistryError(
-                f"registry {ref.registry} answered {exc.code} {exc.reason} to {what}{hint}: {_excerpt(body)}"
-            ) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, socket.timeout | TimeoutError):
-                reason = f"no answer within {self.timeout_seconds:g} s"
-            raise RegistryUnavailable(
-                f"registry {ref.registry} did not answer ({reason}) while looking up {ref.name} ({what})"
-            ) from exc
+                return (f"registry {ref.registry} wants credentials ({status} to {what}) and none are configured "
+                        f"for it: name where they are kept in the manifest's registry_auth: {_excerpt(body)}")
+        hint = ""
+        if exc.code == 405 and method == "DELETE":
+            hint = " (the registry does not allow deletes: set storage.delete.enabled: true)"
+        return f"registry {ref.registry} answered {status} to {what}{hint}: {_excerpt(body)}"
 
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -39,7 +39,8 @@ from release_graph.security.vulnerabilities import (
     parse_trivy,
 )
 from resources.containers import ContainerEngine
-from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry
+from resources.registry import IMAGE_MANIFEST_MEDIA_TYPES, Registry, RegistryError, RegistryUnavailable
+from resources.registry_auth import Credentials
 
 SCAN_DONE = {"COMPLETE", "ACTIVE"}  # ACTIVE: enhanced (Inspector) scanning keeps the image under watch
 SCAN_FAILED = {"FAILED", "UNSUPPORTED_IMAGE", "FINDINGS_UNAVAILABLE", "SCAN_ELIGIBILITY_EXPIRED"}
@@ -197,9 +198,19 @@ class CliScanner(dg.ConfigurableResource):
             raise ScannerMissing(f"{self.tool} is not installed ({looked}): {CLI_HINTS[self.tool]}")
         return Path(candidate)
 
-    def command(self, reference: str, report: Path) -> tuple[list[str], dict[str, str]]:
+    def command(self, reference: str, report: Path,
+                credentials: Credentials | None = None) -> tuple[list[str], dict[str, str]]:
+        """The tool's command line and environment; registry credentials go in its environment (Trivy's
+        TRIVY_USERNAME/TRIVY_PASSWORD, Grype's GRYPE_REGISTRY_AUTH_*), never on the command line."""
         binary = str(self.binary())
         env = dict(os.environ)
+        if credentials is not None:
+            host, _, _ = split_reference(reference)
+            if self.tool == "trivy":
+                env.update(TRIVY_USERNAME=credentials.username, TRIVY_PASSWORD=credentials.password)
+            else:
+                env.update(GRYPE_REGISTRY_AUTH_AUTHORITY=host, GRYPE_REGISTRY_AUTH_USERNAME=credentials.username,
+                           GRYPE_REGISTRY_AUTH_PASSWORD=credentials.password)
         if self.tool == "trivy":
             argv = [binary, "image", "--quiet", "--format", "json", "--output", str(report)]
             if self.offline:
@@ -210,12 +221,14 @@ class CliScanner(dg.ConfigurableResource):
             env["GRYPE_CHECK_FOR_APP_UPDATE"] = "false"
         return [binary, f"registry:{reference}", "-o", "json", "--file", str(report), "-q"], env
 
-    def scan(self, reference: str, report_path: str | None = None) -> ScanReport:
-        """Scan `reference` (repo@sha256:...); the report is written to `report_path` when given."""
+    def scan(self, reference: str, report_path: str | None = None,
+             credentials: Credentials | None = None) -> ScanReport:
+        """Scan `reference` (repo@sha256:...), reading it with `credentials` when given; the report is written
+        to `report_path` when given."""
         _, _, digest = split_reference(reference)
         with tempfile.TemporaryDirectory(prefix=f"rg-{self.tool}-") as tmp:
             report = Path(report_path) if report_path else Path(tmp) / f"{self.tool}.json"
-            argv, env = self.command(reference, report)
+            argv, env = self.command(reference, report, credentials)
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_seconds,
                                       env=env, check=False)
@@ -346,13 +359,25 @@ class VulnerabilityScanner(dg.ConfigurableResource):
             return OsvScanner(database=self.osv_database).scan(
                 engine, repository, digest, report_path=report_path, container_labels=container_labels,
                 container_name=container_name)
-        if self.backend != "ecr":
-            return CliScanner(tool=self.backend, executable=self.executable,
-                              timeout_seconds=self.timeout_seconds).scan(reference, report_path=report_path)
         host, ecr_repository, _ = split_reference(reference)
+        if self.backend != "ecr":
+            try:
+                credentials = registry.credentials_for(host)
+            except RegistryUnavailable:
+                raise  # transient: the step is retried
+            except RegistryError as exc:
+                raise ScanError(f"cannot scan {reference}: {exc}") from None
+            return CliScanner(tool=self.backend, executable=self.executable,
+                              timeout_seconds=self.timeout_seconds).scan(reference, report_path=report_path,
+                                                                         credentials=credentials)
         scanner = self.ecr()
         if not is_ecr_host(host):
-            manifest = registry.manifest(repository, digest, media_types=IMAGE_MANIFEST_MEDIA_TYPES)
+            try:
+                manifest = registry.manifest(repository, digest, media_types=IMAGE_MANIFEST_MEDIA_TYPES)
+            except RegistryUnavailable:
+                raise  # transient: the step is retried
+            except RegistryError as exc:  # credentials refused or missing: the scan cannot read the image
+                raise ScanError(f"cannot read {reference} to scan it: {exc}") from None
             if manifest is None:
                 raise ScanError(f"image {reference} is not in its registry: nothing to scan")
             mirrored = scanner.mirror_manifest(ecr_repository, manifest.body, manifest.media_type, tag=tag)

@@ -210,10 +210,27 @@ class SecretsResource(dg.ConfigurableResource):
             raise MissingSecret(missing, service=service, environment=environment)
         return values
 
-    def _get_aws(self, client, variable: str, ref: SecretRef, *, environment: str, service: str) -> "str | MissingRef":
+    def resolve_value(self, ref: Any, *, what: str) -> str:
+        """The value of one reference, for something other than a container's variable (`what` names it in
+        errors, e.g. "the password of registry 127.0.0.1:5000"). SecretsError (MissingSecret's reason, or
+        SecretsUnavailable) when it names nothing or the store cannot be asked; never the value."""
+        parsed = parse_secret_ref(ref)
+        if parsed.source == "env":
+            value = os.environ.get(parsed.name)
+            if value is None:
+                raise SecretsError(f"{what}: secret {parsed} is missing: environment variable {parsed.name} is not set")
+            return value
+        found = self._get_aws(self._client(), "value", parsed, environment="", service="",
+                              where=f"{what}: secret {parsed}")
+        if isinstance(found, MissingRef):
+            raise SecretsError(f"{what}: secret {parsed} is missing: {found.reason}")
+        return found
+
+    def _get_aws(self, client, variable: str, ref: SecretRef, *, environment: str, service: str,
+                 where: str | None = None) -> "str | MissingRef":
         from botocore.exceptions import BotoCoreError, ClientError
 
-        where = f"secret {variable} ({ref}) of service {service} in environment {environment}"
+        where = where or f"secret {variable} ({ref}) of service {service} in environment {environment}"
         try:
             answer = client.get_secret_value(SecretId=ref.name)
         except ClientError as exc:

@@ -41,7 +41,7 @@ from release_graph.release.tags import (
     release_tags,
 )
 from resources.git import CommitInfo, GitError, GitResource, redact_url
-from resources.registry import RegistryUnavailable
+from resources.registry import RegistryError
 
 # Dagster reads the data version of an observation from this tag
 # (dagster._core.definitions.data_version.DATA_VERSION_TAG, not exported by the public API).
@@ -54,7 +54,8 @@ class ImageRegistry(Protocol):
     """What the sensor needs from the `registry` resource (resources.registry.Registry has it)."""
 
     def image_exists(self, repository: str, tag: str) -> bool:
-        """`repository` is `host[:port]/path`; raises RegistryUnavailable when the registry cannot answer."""
+        """`repository` is `host[:port]/path`; raises RegistryUnavailable when the registry cannot answer, and
+        RegistryError when it refuses (credentials missing or refused)."""
         ...
 
 
@@ -233,7 +234,7 @@ def evaluate_git_tick(fleet: Fleet, git: GitResource, registry: ImageRegistry, c
         if outcome.head is not None and old is None and outcome.releases:
             try:
                 outcome.releases = _skip_existing_images(fleet, registry, outcome.releases)
-            except RegistryUnavailable as exc:
+            except RegistryError as exc:  # down (RegistryUnavailable), or its credentials missing or refused
                 tick.problems.append(
                     f"{outcome.key} ({_names(branches[(url, branch)])}): first look at this branch postponed, "
                     f"the registry cannot say which images exist: {exc}"

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -158,16 +159,40 @@ def moto_server():
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 
 
+def htpasswd_line(username: str, password: str) -> str:
+    """An htpasswd entry the registry accepts (it takes bcrypt only): `user:$2b$...`, hashed by the C library's
+    crypt(3) (libxcrypt's bcrypt) through the standard library, so no htpasswd binary or package is needed."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # `crypt` leaves the standard library in 3.13
+        import crypt
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2**5))
+    assert hashed and hashed.startswith("$2"), "this C library's crypt(3) has no bcrypt"
+    return f"{username}:{hashed}"
+
+
 @contextmanager
-def _throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True):
-    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`."""
+def _throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True,
+                        htpasswd: dict[str, str] | None = None, token: dict[str, str] | None = None):
+    """A real distribution registry on 127.0.0.1:<port> with its own config and storage under `folder`;
+    with `htpasswd` ({user: password}) it wants HTTP basic auth from those users (its `auth.htpasswd`); with
+    `token` ({realm, service, issuer, rootcertbundle}) it wants a token from that realm (`auth.token`)."""
+    folder.mkdir(parents=True, exist_ok=True)
     config = folder / "registry.yml"
+    auth = ""
+    if htpasswd:
+        (folder / "htpasswd").write_text("".join(htpasswd_line(u, p) + "\n" for u, p in htpasswd.items()))
+        auth = f"auth:\n  htpasswd: {{realm: release-graph-test, path: {folder / 'htpasswd'}}}\n"
+    elif token:
+        auth = "auth:\n  token:\n" + "".join(f"    {key}: {value}\n" for key, value in token.items())
     config.write_text(
         "version: 0.1\n"
         "log: {level: warn}\n"
         f"storage:\n  filesystem: {{rootdirectory: {folder / 'storage'}}}\n"
         f"  delete: {{enabled: {'true' if delete_enabled else 'false'}}}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
     )
     log = open(folder / "registry.log", "wb")  # noqa: SIM115 - closed in finally, after the process
     process = subprocess.Popen([DOCKER_REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -187,6 +212,10 @@ def _throwaway_registry(folder: Path, port: int, *, delete_enabled: bool = True)
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
                 break
+            except urllib.error.HTTPError as exc:  # an htpasswd registry answers, with 401
+                if exc.code == 401:
+                    break
+                raise
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     log_text = (folder / "registry.log").read_text()

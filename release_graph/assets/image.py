@@ -136,7 +136,7 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
                     on_log=on_log,
                 )
         size_bytes = result.size_bytes
-        digest = engine.push(reference, on_log=on_log)
+        digest = engine.push(reference, on_log=on_log, registry=registry)
         built = True
     seconds = round(time.monotonic() - started, 2)
 

@@ -37,7 +37,7 @@ from release_graph.security.gate import GateResult, evaluate_gate
 from release_graph.security.least_privilege import container_hardening
 from release_graph.security.waivers import Waiver, WaiverError, fleet_owners, load_waivers
 from resources import labels as L
-from resources.containers import ContainerEngine
+from resources.containers import ContainerEngine, ContainerEngineError
 from resources.git import GitResource
 from resources.registry import Registry
 from resources.scanners import VulnerabilityScanner
@@ -220,7 +220,7 @@ def findings_from_metadata(rows: object) -> list[Finding]:
 # --- SBOM --------------------------------------------------------------------------------------------------
 
 
-def check_sbom(context, fleet: Fleet, service: Service, engine) -> dg.AssetCheckResult:
+def check_sbom(context, fleet: Fleet, service: Service, engine, registry: Registry) -> dg.AssetCheckResult:
     sha, digest = image_under_check(context, service)
     repository = service.image_repository(fleet)
     folder = reports_dir(context)
@@ -230,8 +230,10 @@ def check_sbom(context, fleet: Fleet, service: Service, engine) -> dg.AssetCheck
             engine.client(), repository, digest, folder,
             labels={L.SERVICE: service.name, L.STEP: "sbom"},
             container_name=f"rg-sbom-{service.name}-{digest[7:19]}-{context.run.run_id[:8]}",
+            # the engine names a pushed image by another digest: it is pulled, with the registry's credentials
+            pull=lambda reference: engine.pull(reference, registry=registry),
         )
-    except sbom.SbomError as exc:
+    except (sbom.SbomError, ContainerEngineError) as exc:
         raise ReleaseStepError(f"service '{service.name}': {exc}") from None
     path = folder / f"{service.name}-sbom.cdx.json"
     os.replace(summary.path, path)
@@ -389,8 +391,9 @@ def security_check_definitions(fleet: Fleet, service: Service) -> list:
                         description="CycloneDX SBOM of the image (Debian packages, Python distributions), "
                         "stored with the run's reports.")
         @traced_stage(fleet, service, check_stage(service, "sbom"))
-        def sbom(context: dg.AssetCheckExecutionContext, engine: ContainerEngine) -> dg.AssetCheckResult:
-            return check_sbom(context, fleet, service, engine)
+        def sbom(context: dg.AssetCheckExecutionContext, engine: ContainerEngine,
+                 registry: Registry) -> dg.AssetCheckResult:
+            return check_sbom(context, fleet, service, engine, registry)
 
         checks.append(sbom)
     if settings.compliance_blocking is not None:

@@ -17,7 +17,7 @@ from release_graph.fleet.loader import (
     load_fleet,
     resolve_fleet_path,
 )
-from release_graph.fleet.model import Build, Edge, Environment, Fleet, Security, Service
+from release_graph.fleet.model import Build, Edge, Environment, Fleet, RegistryAuth, SecretRef, Security, Service
 from release_graph.fleet.references import (
     ImageReference,
     is_image_reference,
@@ -33,6 +33,8 @@ __all__ = [
     "Fleet",
     "ImageReference",
     "ManifestError",
+    "RegistryAuth",
+    "SecretRef",
     "Security",
     "Service",
     "build_files_problem",

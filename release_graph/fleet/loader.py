@@ -43,6 +43,7 @@ from release_graph.fleet.model import (
     Notifications,
     OsvSettings,
     PrometheusSettings,
+    RegistryAuth,
     ReleaseMetricsSettings,
     Rollout,
     RolloutStep,
@@ -50,7 +51,7 @@ from release_graph.fleet.model import (
     Security,
     Service,
 )
-from release_graph.fleet.references import is_image_reference, is_image_repository
+from release_graph.fleet.references import ECR_HOST, is_image_reference, is_image_repository
 from release_graph.fleet.yaml_lines import LineDict, empty_line_dict, load_single
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -145,8 +146,8 @@ CLOUDWATCH_KEYS = {"region", "endpoint_url", "alarms", "namespace"}
 HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TOP_KEYS = {"fleet", "registry", "services", "environments", "sast_threshold", "e2e", "security", "notifications",
-            "events"}
+TOP_KEYS = {"fleet", "registry", "registry_auth", "services", "environments", "sast_threshold", "e2e", "security",
+            "notifications", "events"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -195,6 +196,8 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         sast_threshold = "medium"
 
     e2e = _parse_e2e(problems, document, source_file.parent, check_files)
+    registry_auth = _parse_registry_auth(problems, document, source_file.parent, check_files,
+                                         registry if _is_str(registry) else None)
     security = _parse_security(problems, document, source_file.parent, check_files)
     raw_services = document.get("services")
     services: dict[str, Service] = {}
@@ -225,6 +228,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         security=security,
         notifications=notifications,
         events=events,
+        registry_auth=registry_auth,
     )
 
 
@@ -345,9 +349,9 @@ def _parse_osv(problems: _Problems, raw: LineDict, root: Path, check_files: bool
     return OsvSettings(database=path)
 
 
-def _parse_ecr(problems: _Problems, raw: LineDict) -> EcrSettings | None:
+def _parse_ecr(problems: _Problems, raw: LineDict, prefix: str = "security.ecr") -> EcrSettings | None:
     def report(key: str, message: str) -> None:
-        problems.add(_line(raw, key), _where(field_name=f"security.ecr.{key}"), message)
+        problems.add(_line(raw, key), _where(field_name=f"{prefix}.{key}"), message)
 
     for key in raw:
         if key not in ECR_KEYS:
@@ -369,6 +373,93 @@ def _parse_ecr(problems: _Problems, raw: LineDict) -> EcrSettings | None:
         report("registry_id", f"expected a 12-digit AWS account id, got {raw.get('registry_id')!r}")
         ok = False
     return EcrSettings(region=region, endpoint_url=endpoint_url, registry_id=registry_id) if ok else None
+
+
+REGISTRY_AUTH_KEYS = {"username", "password", "docker_config", "ecr"}
+REGISTRY_AUTH_SHAPES = ("{username: <name>, password: {env: <VARIABLE>} or {aws: <Secrets Manager secret id>}}, "
+                        "{docker_config: <path to a Docker config.json>} or {ecr: {region: <AWS region>}}")
+
+
+def _parse_registry_auth(problems: _Problems, document: LineDict, root: Path, check_files: bool,
+                         registry: str | None) -> RegistryAuth | None:
+    """The top-level `registry_auth:` block: where the credentials for the fleet's registry are kept. A value is
+    never written here and never echoed by an error (what was written may be the password itself)."""
+    raw = document.get("registry_auth")
+    if raw is None:
+        return None
+    if not isinstance(raw, LineDict) or not raw:
+        problems.add(_line(document, "registry_auth"), _where(field_name="registry_auth"),
+                     f"expected one of {REGISTRY_AUTH_SHAPES}")
+        return None
+
+    def report(key: str, message: str, mapping: LineDict = raw, field_name: str | None = None) -> None:
+        problems.add(_line(mapping, key), _where(field_name=field_name or f"registry_auth.{key}"), message)
+
+    for key in raw:
+        if key not in REGISTRY_AUTH_KEYS:
+            report(key, f"unknown key (expected one of: {', '.join(sorted(REGISTRY_AUTH_KEYS))})")
+    kinds = [kind for kind, keys in (("username/password", ("username", "password")),
+                                     ("docker_config", ("docker_config",)), ("ecr", ("ecr",)))
+             if any(k in raw for k in keys)]
+    if len(kinds) > 1:
+        report(next(iter(raw)), f"give one way to log in, not {' and '.join(kinds)}", field_name="registry_auth")
+        return None
+    if not kinds:
+        return None  # only unknown keys, reported above
+
+    if kinds[0] == "username/password":
+        username, password = raw.get("username"), raw.get("password")
+        ok = True
+        if not (_is_str(username) and not any(c.isspace() or c == ":" for c in username)):
+            report("username" if "username" in raw else "password",
+                   "expected the user name the registry knows (text without spaces or ':')",
+                   field_name="registry_auth.username")
+            ok = False
+        if not (isinstance(password, LineDict) and len(password) == 1 and next(iter(password)) in ("aws", "env")
+                and _is_str(next(iter(password.values())))):
+            # Never echoed: a string here is most likely the password itself.
+            report("password" if "password" in raw else "username",
+                   "the password is a secret: name where it is kept, {env: <VARIABLE of the orchestrator>} or "
+                   "{aws: <Secrets Manager secret id>}, never the value itself",
+                   field_name="registry_auth.password")
+            ok = False
+        elif next(iter(password)) == "env" and not ENV_VAR_NAME.match(next(iter(password.values()))):
+            report("password", "expected an environment variable name (letters, digits, '_')")
+            ok = False
+        if not ok:
+            return None
+        (source, name), = password.items()
+        return RegistryAuth(username=username, password=SecretRef(source=source, name=name))
+
+    if kinds[0] == "docker_config":
+        value = raw["docker_config"]
+        if not _is_str(value):
+            report("docker_config", f"expected the path of a Docker config.json, got {value!r}")
+            return None
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (root / path)
+        if check_files and not path.is_file():
+            report("docker_config", f"Docker config file '{value}' does not exist (looked at {path})")
+            return None
+        return RegistryAuth(docker_config=path.resolve())
+
+    ecr_raw = raw["ecr"]
+    host_match = ECR_HOST.match(registry.split("/", 1)[0]) if registry else None
+    if ecr_raw is None and host_match:
+        ecr_raw = empty_line_dict(_line(raw, "ecr") or 0)
+    if not isinstance(ecr_raw, LineDict):
+        report("ecr", "expected {region: <AWS region>} (endpoint_url and registry_id are optional; with an ECR "
+               "registry such as 123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop both come from its host)")
+        return None
+    if host_match and "region" not in ecr_raw:
+        derived = empty_line_dict(ecr_raw.line)
+        derived.update(ecr_raw)
+        derived.key_lines = dict(getattr(ecr_raw, "key_lines", {}))
+        derived["region"] = host_match.group("region")
+        derived.setdefault("registry_id", host_match.group("account"))
+        ecr_raw = derived
+    ecr = _parse_ecr(problems, ecr_raw, prefix="registry_auth.ecr")
+    return RegistryAuth(ecr=ecr) if ecr is not None else None
 
 
 def _parse_compliance_blocking(problems: _Problems, raw: LineDict) -> tuple[str, ...] | None:

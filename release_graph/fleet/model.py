@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from release_graph.fleet.references import parse_image_reference
+
 GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
 SCANNERS = ("none", "ecr", "trivy", "grype", "osv")
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
@@ -326,6 +328,26 @@ class Security:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """How the fleet's registry is logged into (top-level `registry_auth:`): exactly one of a username with a
+    password held in the secret store (`password` names it, never holds it), a Docker `config.json` (its `auths`
+    or credential helpers), or ECR's `get_authorization_token`. Only the fleet's registry host gets them."""
+
+    username: str | None = None
+    password: SecretRef | None = None
+    docker_config: Path | None = None  # absolute (a relative path is resolved against the manifest's folder)
+    ecr: EcrSettings | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.ecr is not None:
+            return "ecr"
+        if self.docker_config is not None:
+            return "docker_config"
+        return "password"
+
+
+@dataclass(frozen=True)
 class Fleet:
     name: str
     registry: str
@@ -337,6 +359,13 @@ class Fleet:
     security: Security = Security()
     notifications: Notifications | None = None  # top-level `notifications:`; stages outside an environment
     events: DeploymentEvents | None = None  # top-level `events:`; None: no deployment events are sent
+    # top-level `registry_auth:`; None: anonymous, except an ECR registry, which is logged into through ECR itself
+    registry_auth: RegistryAuth | None = None
+
+    @property
+    def registry_host(self) -> str:
+        """`host[:port]` of the fleet's registry (docker.io when `registry:` names no host)."""
+        return parse_image_reference(self.registry).registry
 
     @property
     def root(self) -> Path:

@@ -20,6 +20,8 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
 SHA256_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+# An ECR registry host: its account id and region (`123456789012.dkr.ecr.eu-west-1.amazonaws.com`).
+ECR_HOST = re.compile(r"^(?P<account>[0-9]{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(:[0-9]+)?$")
 
 
 class ImageReference(NamedTuple):

@@ -14,7 +14,7 @@ import re
 import tarfile
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.parser import HeaderParser
@@ -266,15 +266,21 @@ def build_document(
 
 
 def read_image_packages(client, reference: str, *, python_roots: Iterable[str] = PYTHON_ROOTS,
-                        labels: dict[str, str] | None = None, name: str | None = None) -> list[Package]:
-    """Every Debian package and Python distribution in the image `reference` (pulled when not local)."""
+                        labels: dict[str, str] | None = None, name: str | None = None,
+                        pull: Callable[[str], None] | None = None) -> list[Package]:
+    """Every Debian package and Python distribution in the image `reference`, pulled when not local: by `pull`
+    when given (the engine's pull, with the registry's credentials; its errors are raised as they are), else by
+    docker-py anonymously."""
     import docker.errors
 
     try:
         try:
             client.images.get(reference)
         except docker.errors.ImageNotFound:
-            client.images.pull(reference)
+            if pull is not None:
+                pull(reference)
+            else:
+                client.images.pull(reference)
         container = client.containers.create(
             reference, command=["true"], labels=labels or {}, name=name, network_disabled=True
         )
@@ -313,6 +319,7 @@ def generate_sbom(
     python_roots: Iterable[str] = PYTHON_ROOTS,
     labels: dict[str, str] | None = None,
     container_name: str | None = None,
+    pull: Callable[[str], None] | None = None,
 ) -> SbomSummary:
     """Write `sbom-<digest hex[:12]>.cdx.json` for `repository@digest` into `output_dir`; return its summary.
 
@@ -322,7 +329,8 @@ def generate_sbom(
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
         raise SbomError(f"SBOM of {repository}: {digest!r} is not a digest (sha256:<64 hex>)")
     reference = f"{repository}@{digest}"
-    packages = read_image_packages(client, reference, python_roots=python_roots, labels=labels, name=container_name)
+    packages = read_image_packages(client, reference, python_roots=python_roots, labels=labels, name=container_name,
+                                   pull=pull)
     document = build_document(repository, digest, packages)
     data = (json.dumps(document, indent=2, sort_keys=False) + "\n").encode("utf-8")
     folder = Path(output_dir)

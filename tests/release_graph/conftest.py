@@ -17,7 +17,7 @@ import pytest
 
 from release_graph.demo import commit_change, sync_repo
 from release_graph.fleet import Fleet, load_fleet, topological_order
-from release_graph.wiring import build_definitions, scanner_resource, tracer_resource
+from release_graph.wiring import build_definitions, registry_resource, scanner_resource, tracer_resource
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
@@ -214,6 +214,7 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         fleet = load_fleet(path)
         resources = world_resources(root, fleet_name)
         resources["scanner"] = scanner_resource(fleet)  # as the manifest configures it
+        resources["registry"] = registry_resource(fleet)  # logged in as the manifest's registry_auth says
         (root / "dagster_home").mkdir()
         instance_context = (contextlib.nullcontext(instance) if instance is not None
                             else dg.instance_for_test(temp_dir=str(root / "dagster_home")))
@@ -221,7 +222,7 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         world = ReleaseWorld(
             instance_context=instance_context,
             root=root, fleet=fleet, instance=instance, resources=resources,
-            defs=build_definitions(fleet, resources), run_id=run_id, registry=Registry(), repos=repos,
+            defs=build_definitions(fleet, resources), run_id=run_id, registry=registry_resource(fleet), repos=repos,
         )
         worlds.append(world)
         return world
