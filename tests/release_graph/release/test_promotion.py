@@ -502,3 +502,12 @@ def test_given_approvals_older_than_a_day_when_prod_deploys_then_they_are_refuse
         promotion.verify_approval(instance, orders, prod, BUILT, now=time.time() + 25 * 3600)
     # and an expired approval does not stand in the way of the same person approving again
     promotion.verify_new_approval(instance, orders, prod, BUILT, ANN, now=time.time() + 25 * 3600)
+
+
+def test_a_materialization_of_the_approval_reported_by_hand_in_the_ui_never_counts(instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    approve(instance, orders, prod, BUILT, ANN)
+    # the UI's "Report materialization" records no metadata: no digest, no approver
+    instance.report_runless_asset_event(dg.AssetMaterialization(approval_key(orders, prod)))
+    with pytest.raises(ReleaseStepError, match=r"\(1 of 2: ann@shop.example\)"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
