@@ -248,10 +248,8 @@ def verify_new_approval(instance, service: Service, environment: Environment, di
     """Whether `identity` may approve `digest` here now: an eligible approver, not the commit's author, and not
     one whose approval of it already counts (a second approval by the same person would add nothing). Returns
     the count before this approval."""
-    reason = approver_refusal(environment, identity, commit_author(instance, service, digest),
-                              commit_author_email(instance, service, digest))
-    if reason:
-        raise refuse(service, environment, reason)
+    verify_approver(service, environment, identity, commit_author(instance, service, digest),
+                    commit_author_email(instance, service, digest))
     count = count_approvals(instance, service, environment, digest, now)
     if identity_key(identity) in {identity_key(given) for given in count.given_by}:
         raise refuse(service, environment, f"'{identity}' already approved {digest_label(digest)} and that approval "

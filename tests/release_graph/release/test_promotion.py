@@ -15,7 +15,7 @@ import pytest
 
 from release_graph.fleet import load_fleet
 from release_graph.release import metadata as M
-from release_graph.release import promotion
+from release_graph.release import promotion, why
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import approval_key, environment_key, image_key
 
@@ -411,6 +411,9 @@ def test_given_prod_needs_two_approvals_when_two_release_managers_approve_then_p
     assert promotion.waiting_reason(instance, strict, orders, prod_key) == (
         "waiting for 1 more approval of sha256:bbbbbbbbbbbb (1a2b3c4) (1 of 2: ann@shop.example) for prod")
     assert promotion.waits_for_approval(promotion.waiting_reason(instance, strict, orders, prod_key))
+    # which is what `release-graph why orders --env prod` prints (and what approval_needed notifications say)
+    status = why.stage_status(instance, strict, orders, "prod")
+    assert (status.state, status.reason) == (why.WAITING, promotion.waiting_reason(instance, strict, orders, prod_key))
     with pytest.raises(ReleaseStepError, match=r"waiting for 1 more approval of sha256:bbbbbbbbbbbb "
                        r"\(1 of 2: ann@shop.example\) for prod; approve with release-graph approve orders"):
         promotion.verify_approval(instance, orders, prod, BUILT)
