@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -141,7 +141,7 @@ class ApprovalCount:
     counted: tuple[history.StageRecord, ...] = ()
     expired: tuple[tuple[history.StageRecord, float], ...] = ()  # (approval, when it expired)
     refused: tuple[tuple[history.StageRecord, str], ...] = ()  # (approval, why it does not count)
-    given_by: tuple[str, ...] = field(default=())  # the counted approvals' identities, in order
+    given_by: tuple[str, ...] = ()  # the counted approvals' identities, in order
 
     @property
     def complete(self) -> bool:
@@ -174,8 +174,7 @@ def count_approvals(instance, service: Service, environment: Environment, digest
     """Which unused approvals of `digest` count now: each given by an eligible approver who is not the commit's
     author (the rules are asked again: the manifest may have changed since), not expired, one per identity."""
     now = time.time() if now is None else now
-    author = commit_author(instance, service, digest)
-    author_email = commit_author_email(instance, service, digest)
+    author, author_email = commit_identity(instance, service, digest)
     lifetime = (environment.approval_expires_after_hours * 3600
                 if environment.approval_expires_after_hours is not None else None)
     counted, expired, refused, seen = [], [], [], set()
@@ -248,8 +247,7 @@ def verify_new_approval(instance, service: Service, environment: Environment, di
     """Whether `identity` may approve `digest` here now: an eligible approver, not the commit's author, and not
     one whose approval of it already counts (a second approval by the same person would add nothing). Returns
     the count before this approval."""
-    verify_approver(service, environment, identity, commit_author(instance, service, digest),
-                    commit_author_email(instance, service, digest))
+    verify_approver(service, environment, identity, *commit_identity(instance, service, digest))
     count = count_approvals(instance, service, environment, digest, now)
     if identity_key(identity) in {identity_key(given) for given in count.given_by}:
         raise refuse(service, environment, f"'{identity}' already approved {digest_label(digest)} and that approval "
@@ -296,8 +294,13 @@ def commit_author(instance, service: Service, digest: str) -> str:
 def commit_author_email(instance, service: Service, digest: str) -> str:
     """The author's email exactly as git has it for the digest's commit ('' if unknown; images recorded
     before the image step wrote it separately have only `Name <email>`)."""
+    return commit_identity(instance, service, digest)[1]
+
+
+def commit_identity(instance, service: Service, digest: str) -> tuple[str, str]:
+    """(`Name <email>`, the email) of the digest's commit, read once, as the author rule takes them."""
     built = history.record_with_digest(instance, image_key(service), digest)
-    return built.value(M.AUTHOR_EMAIL, "") if built else ""
+    return (built.value(M.AUTHOR, ""), built.value(M.AUTHOR_EMAIL, "")) if built else ("", "")
 
 
 def is_author(approver: str, author: str, author_email: str = "") -> bool:
