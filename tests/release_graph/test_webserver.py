@@ -5,6 +5,7 @@ step's use of the tag is told in tests/release_graph/assets/test_approval_step.p
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -109,24 +110,62 @@ def test_a_run_launched_through_the_proxy_carries_the_proxys_identity_not_the_ty
     assert answer.json()["data"]["version"] == ""
 
 
+def test_requests_that_could_launch_a_run_past_the_rewriting_are_refused(ui):
+    url, instance = ui
+    proxied = {HEADER: "ann@shop.example"}
+    inline = ('mutation { launchPipelineExecution(executionParams: {selector: {repositoryLocationName: "shop", '
+              'repositoryName: "__repository__", jobName: "__ASSET_JOB"}}) { __typename } }')
+    # launch inputs written inline, which the rewriting of variables would not see
+    answer = requests.post(url, json={"query": inline}, headers=proxied, timeout=30)
+    assert (answer.status_code, answer.text) == (403, "behind the authenticating proxy a mutation passes its inputs "
+                                                      "as variables (as the Dagster UI does), not inline")
+    # the tag's name in a mutation, even spelled with an escape
+    smuggled = ('mutation M($key: String = "release\\u002fauthenticated_user", $p: ExecutionParams!) '
+                '{ launchPipelineExecution(executionParams: $p) { __typename } }')
+    answer = requests.post(url, json={"query": smuggled}, headers=proxied, timeout=30)
+    assert answer.status_code == 403 and "set by the authenticating proxy, never by a request" in answer.text
+    # a mutation sent in the URL or as application/graphql
+    answer = requests.get(url, params={"query": LAUNCH}, headers=proxied, timeout=30)
+    assert answer.status_code == 403 and "POST application/json" in answer.text
+    answer = requests.post(url, data=LAUNCH, headers={**proxied, "Content-Type": "application/graphql"}, timeout=30)
+    assert answer.status_code == 403
+    assert instance.get_runs() == []  # nothing was launched
+    # queries are left alone: in the URL, and the Runs page's filter by the identity tag
+    assert requests.get(url, params={"query": "{ version }"}, headers=proxied, timeout=30).json() == {
+        "data": {"version": ""}}
+    by_identity = {"query": "query Runs($filter: RunsFilter) { runsOrError(filter: $filter) { __typename } }",
+                   "variables": {"filter": {"tags": [{"key": AUTHENTICATED_USER_TAG, "value": "bob@shop.example"}]}}}
+    answer = requests.post(url, json=by_identity, headers=proxied, timeout=30)
+    assert answer.json() == {"data": {"runsOrError": {"__typename": "Runs"}}}
+    assert stamp_identity(by_identity, "ann@shop.example") == by_identity
+
+
 def test_every_kind_of_launch_gets_the_identity_and_loses_a_typed_one():
     typed = {"key": AUTHENTICATED_USER_TAG, "value": "ann@shop.example"}
-    batch = [
-        {"variables": {"executionParams": {"selector": {}}}},  # no tags sent at all
-        {"variables": {"executionParamsList": [{"executionMetadata": {"tags": [typed]}}]}},
-        {"variables": {"reexecutionParams": {"parentRunId": "r1", "extraTags": [typed]}}},
-        {"variables": {"backfillParams": {"tags": [typed, {"key": "note", "value": "x"}]}}},
-        {"query": "{ version }"},
-    ]
-    stamped = stamp_identity(batch, "bob@shop.example")
     bob = {"key": AUTHENTICATED_USER_TAG, "value": "bob@shop.example"}
-    assert stamped[0]["variables"]["executionParams"]["executionMetadata"]["tags"] == [bob]
-    assert stamped[1]["variables"]["executionParamsList"][0]["executionMetadata"]["tags"] == [bob]
-    # a re-execution would otherwise keep the parent run's identity: the proxy's upserts over it
-    assert stamped[2]["variables"]["reexecutionParams"]["extraTags"] == [bob]
-    assert stamped[3]["variables"]["backfillParams"]["tags"] == [{"key": "note", "value": "x"}, bob]
-    assert stamped[4] == {"query": "{ version }"}
-    # without the header, a typed identity is dropped, and a re-execution does not inherit its parent's
-    unstamped = stamp_identity(batch, None)
-    assert unstamped[1]["variables"]["executionParamsList"][0]["executionMetadata"]["tags"] == []
-    assert unstamped[2]["variables"]["reexecutionParams"]["extraTags"] == [{"key": AUTHENTICATED_USER_TAG, "value": ""}]
+
+    def stamped(query: str, variables, identity="bob@shop.example") -> dict:
+        return stamp_identity({"query": query, "variables": variables}, identity)["variables"]
+
+    # a launch whose form sent no tags at all
+    launch = stamped(LAUNCH, {"executionParams": {"selector": {}}})
+    assert launch["executionParams"]["executionMetadata"]["tags"] == [bob]
+    # several runs, with variables sent as a JSON text
+    several = stamped("mutation M($all: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $all) "
+                      "{ __typename } }",
+                      json.dumps({"all": [{"executionMetadata": {"tags": [typed]}}]}))
+    assert several["all"][0]["executionMetadata"]["tags"] == [bob]
+    # a re-execution, whatever its variable is called, would otherwise keep the parent run's identity
+    reexecution = "mutation R($p: ReexecutionParams) { launchPipelineReexecution(reexecutionParams: $p) " \
+                  "{ __typename } }"
+    assert stamped(reexecution, {"p": {"parentRunId": "r1", "extraTags": [typed]}})["p"]["extraTags"] == [bob]
+    assert stamped(reexecution, {"p": {"parentRunId": "r1"}}, identity=None)["p"]["extraTags"] == [
+        {"key": AUTHENTICATED_USER_TAG, "value": ""}]
+    # a backfill; and a typed identity anywhere else in the variables is dropped too
+    backfill = stamped("mutation B($b: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $b) "
+                       "{ __typename } }", {"b": {"tags": [typed, {"key": "note", "value": "x"}]},
+                                            "other": {"deep": [typed]}})
+    assert backfill == {"b": {"tags": [{"key": "note", "value": "x"}, bob]}, "other": {"deep": []}}
+    # without the header, a typed identity is dropped and none is added
+    assert stamped(LAUNCH, {"executionParams": {"executionMetadata": {"tags": [typed]}}}, identity=None) == {
+        "executionParams": {"executionMetadata": {"tags": []}}}
