@@ -170,8 +170,8 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     metadata.update(rollback_metadata(context.instance, fleet, service, environment, digest, config.digest))
     if approval is not None:
         metadata.update({
-            M.APPROVED_BY: approval.value(M.APPROVER),
-            M.APPROVAL_TICKET: approval.value(M.TICKET) or "",
+            M.APPROVED_BY: ", ".join(approval.given_by),
+            M.APPROVAL_TICKET: approval.tickets,
             M.APPROVAL_RUN_ID: approval.run_id,
         })
     return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)

@@ -144,6 +144,7 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
         M.GIT_SHA: sha,
         M.SHORT_SHA: sha[:12],
         M.AUTHOR: commit.author_name + (f" <{commit.author_email}>" if commit.author_email else ""),
+        M.AUTHOR_EMAIL: commit.author_email,
         "commit_message": commit.message.splitlines()[0] if commit.message else "",
         M.COMMITTED_AT: commit.committed_at,
         M.DIGEST: digest,

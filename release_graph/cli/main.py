@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     approve = commands.add_parser("approve", help="approve a digest for an approval-gated environment")
     approve.add_argument("service")
     approve.add_argument("--env", required=True)
-    approve.add_argument("--by", required=True, help="who approves (email or name)")
+    approve.add_argument("--by", required=True,
+                         help="who approves: an email the environment's approvers name (any name where they name "
+                         "none); behind the UI's authenticating proxy, approve in the UI instead")
     approve.add_argument("--ticket", help="change ticket")
     approve.add_argument("--digest", help="the digest approved (default: what the previous environment runs)")
     _fleet_argument(approve)

@@ -56,6 +56,7 @@ from release_graph.fleet.yaml_lines import LineDict, empty_line_dict, load_singl
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TEAM = re.compile(r"^team:[A-Za-z0-9][A-Za-z0-9_.-]*$")
 GIT_BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
 
@@ -132,8 +133,8 @@ BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_tar
 E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
 ENVIRONMENT_KEYS = {
-    "target", "approval", "approvers", "author_cannot_approve", "branch", "publish", "config", "secrets",
-    "scan_threshold", "rollout", "notifications",
+    "target", "approval", "approvers", "author_cannot_approve", "approvals_required", "approval_expires_after_hours",
+    "branch", "publish", "config", "secrets", "scan_threshold", "rollout", "notifications",
 }
 ROLLOUT_KEYS = {"strategy", "steps", "bake_seconds", "hold_seconds", "analysis"}
 STEP_KEYS = {"weight", "pause_seconds", "manual"}
@@ -147,7 +148,7 @@ HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_KEYS = {"fleet", "registry", "registry_auth", "services", "environments", "sast_threshold", "e2e", "security",
-            "notifications", "events"}
+            "notifications", "events", "teams"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -212,7 +213,8 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
 
     notifications = _parse_notifications(problems, document, None, None)
     events = _parse_events(problems, document)
-    environments = _parse_environments(problems, document, set(raw_services), notifications)
+    teams = _parse_teams(problems, document)
+    environments = _parse_environments(problems, document, set(raw_services), notifications, teams)
     _check_edges(problems, raw_services, services)
 
     if problems.items:
@@ -229,6 +231,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         notifications=notifications,
         events=events,
         registry_auth=registry_auth,
+        teams=MappingProxyType(teams),
     )
 
 
@@ -704,8 +707,38 @@ def _parse_edges(problems: _Problems, raw: LineDict, where: dict) -> tuple[Edge,
     return tuple(edges)
 
 
+def _parse_teams(problems: _Problems, document: LineDict) -> dict[str, tuple[str, ...]]:
+    """Top-level `teams:`: who `team:<name>` is in an environment's approvers, each member an email."""
+    raw = document.get("teams")
+    if raw is None:
+        return {}
+    if not isinstance(raw, LineDict):
+        problems.add(_line(document, "teams"), _where(field_name="teams"),
+                     "expected a mapping of team name to a list of member emails, "
+                     "such as {release: [ann@shop.example]}")
+        return {}
+    teams = {}
+    for name, members in raw.items():
+        def report(message: str, name=name) -> None:
+            problems.add(_line(raw, name), _where(field_name=f"teams.{name}"), message)
+
+        if not (isinstance(name, str) and TEAM_NAME.match(name)):
+            report("a team name is letters, digits, '.', '_' and '-'")
+            continue
+        if not isinstance(members, list) or not members:
+            report("expected a list of at least one member email")
+            continue
+        bad = [m for m in members if not (isinstance(m, str) and EMAIL.match(m))]
+        for member in bad:
+            report(f"member {member!r} is not an email address (a team lists people, not other teams)")
+        if not bad:
+            teams[name] = tuple(members)
+    return teams
+
+
 def _parse_environments(problems: _Problems, document: LineDict, service_names: set,
-                        notifications: Notifications | None) -> dict[str, Environment]:
+                        notifications: Notifications | None,
+                        teams: dict[str, tuple[str, ...]] | None = None) -> dict[str, Environment]:
     raw_envs = document.get("environments")
     if not isinstance(raw_envs, dict) or not raw_envs:
         problems.add(_line(document, "environments"), _where(field_name="environments"),
@@ -727,12 +760,13 @@ def _parse_environments(problems: _Problems, document: LineDict, service_names: 
         if not isinstance(raw, LineDict):
             problems.add(line, _where(environment=name), "expected a mapping such as {target: docker}")
             continue
-        environments[name] = _parse_environment(problems, name, raw, service_names, notifications)
+        environments[name] = _parse_environment(problems, name, raw, service_names, notifications, teams or {})
     return environments
 
 
 def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_names: set,
-                       fleet_notifications: Notifications | None = None) -> Environment:
+                       fleet_notifications: Notifications | None = None,
+                       teams: dict[str, tuple[str, ...]] | None = None) -> Environment:
     def report(key: str, message: str) -> None:
         problems.add(_line(raw, key), _where(environment=name, field_name=key), message)
 
@@ -755,6 +789,22 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
     author_cannot_approve = raw.get("author_cannot_approve", False)
     if not isinstance(author_cannot_approve, bool):
         report("author_cannot_approve", f"expected true or false, got {author_cannot_approve!r}")
+    eligible, resolved = _eligible_approvers(report, approvers, teams or {})
+    approvals_required = raw.get("approvals_required", 1)
+    if _number(report, "approvals_required", approvals_required, minimum=1, integer=True) is None:
+        approvals_required = 1
+    elif approval is None and "approvals_required" in raw:
+        report("approvals_required", "approvals_required only applies with approval: required")
+    elif approvers and resolved and len(eligible) < approvals_required:
+        report("approvals_required", f"{approvals_required} distinct approvals are required but the approvers "
+               f"resolve to {len(eligible)} "
+               f"({', '.join(eligible) or 'nobody'}): the environment could never deploy")
+    expires_after = raw.get("approval_expires_after_hours")
+    if expires_after is not None:
+        if _number(report, "approval_expires_after_hours", expires_after, minimum=0.01) is None:
+            expires_after = None
+        elif approval is None:
+            report("approval_expires_after_hours", "approval_expires_after_hours only applies with approval: required")
     branch = raw.get("branch")
     if branch is not None and not (_is_str(branch) and GIT_BRANCH.match(branch)):
         report("branch", f"not a valid git branch name: {branch!r}")
@@ -796,6 +846,9 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
         approval=approval,
         approvers=tuple(a for a in approvers if isinstance(a, str)),
         author_cannot_approve=author_cannot_approve is True,
+        eligible_approvers=eligible,
+        approvals_required=approvals_required,
+        approval_expires_after_hours=expires_after,
         branch=branch,
         publish=MappingProxyType(publish),
         config=MappingProxyType(config),
@@ -1081,6 +1134,35 @@ def _number(report, key: str, value: Any, *, minimum: float = 0, maximum: float 
         report(key, f"expected {'a whole number' if integer else 'a number'} {bounds}, got {value!r}")
         return None
     return value
+
+
+def _eligible_approvers(report, approvers: list, teams: dict[str, tuple[str, ...]]) -> tuple[tuple[str, ...], bool]:
+    """Everyone `approvers` names, each `team:<name>` replaced by its members from `teams:`, in order, once each
+    (emails compared case-insensitively); and whether every entry resolved. A team that `teams:` does not
+    define is a problem: an approvers list that silently means nobody (or, as before, anybody who types the
+    team's name) is what this replaces."""
+    people: list[str] = []
+    resolved = True
+    for approver in approvers:
+        if not isinstance(approver, str):
+            continue
+        if TEAM.match(approver):
+            team = approver.removeprefix("team:")
+            if team not in teams:
+                defined = ", ".join(sorted(teams)) or "none"
+                report("approvers", f"team {team!r} is not defined in the manifest's teams: section "
+                       f"(defined: {defined})")
+                resolved = False
+                continue
+            people += teams[team]
+        elif EMAIL.match(approver):
+            people.append(approver)
+        else:
+            resolved = False
+    unique: dict[str, str] = {}
+    for person in people:
+        unique.setdefault(person.casefold(), person)
+    return tuple(unique.values()), resolved
 
 
 def _parse_rollout(problems: _Problems, env: str, raw: LineDict) -> Rollout:

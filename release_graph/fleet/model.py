@@ -259,8 +259,12 @@ class Environment:
     name: str
     target: str = "docker"
     approval: str | None = None
-    approvers: tuple[str, ...] = ()  # empty: anyone may approve
+    approvers: tuple[str, ...] = ()  # as written: emails and team:<name>; empty: anyone may approve
     author_cannot_approve: bool = False
+    # Everyone `approvers` names, teams resolved through the manifest's `teams:` (emails, as written there)
+    eligible_approvers: tuple[str, ...] = ()
+    approvals_required: int = 1  # distinct people who must approve one digest before it deploys here
+    approval_expires_after_hours: float | None = None  # None: an approval stays valid until it is used
     branch: str | None = None  # git-based promotion: a new head here promotes that commit's digest
     publish: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # service -> host port
     config: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
@@ -273,6 +277,14 @@ class Environment:
     @property
     def requires_approval(self) -> bool:
         return self.approval == "required"
+
+    def may_approve(self, identity: str) -> bool:
+        """Whether `identity` is one of the eligible approvers: the whole email, case-insensitive (never a part of
+        one); anyone when the environment names no approvers."""
+        if not self.approvers:
+            return True
+        wanted = identity.strip().casefold()
+        return any(wanted == person.casefold() for person in self.eligible_approvers)
 
     def service_env(self, service: Service) -> dict[str, str]:
         """Plain configuration for one service here: the service's own, then this environment's."""
@@ -366,6 +378,8 @@ class Fleet:
     def registry_host(self) -> str:
         """`host[:port]` of the fleet's registry (docker.io when `registry:` names no host)."""
         return parse_image_reference(self.registry).registry
+    # top-level `teams:`: team name -> member emails, what `team:<name>` stands for in an environment's approvers
+    teams: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def root(self) -> Path:

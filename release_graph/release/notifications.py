@@ -27,7 +27,7 @@ from release_graph.release.keys import (
     integration_key,
     previous_stage_key,
 )
-from release_graph.release.promotion import WAITING_FOR_APPROVAL
+from release_graph.release.promotion import waits_for_approval
 from release_graph.release.tags import SHA_TAG
 from release_graph.release.why import (
     BLOCKED,
@@ -162,7 +162,7 @@ def waiting(instance, fleet: Fleet, now: float) -> list[ReleaseEvent]:
                 continue  # nothing has reached the stage before: nothing is waiting yet
             common = {"service": service.name, "environment": environment, "stage": status.stage,
                       "sha": candidate.git_sha or "", "digest": candidate.digest or ""}
-            if APPROVAL_NEEDED in wanted and status.reason.startswith(WAITING_FOR_APPROVAL):
+            if APPROVAL_NEEDED in wanted and waits_for_approval(status.reason):
                 events.append(ReleaseEvent(kind=APPROVAL_NEEDED, reason=status.reason, **common))
             waited = now - candidate.timestamp
             if WAITING_TOO_LONG in wanted and waited > settings.waiting_limit_minutes * 60:

@@ -7,7 +7,11 @@ the integration stage call the same ones.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -26,6 +30,7 @@ from release_graph.release.keys import (
     previous_stage_key,
 )
 from release_graph.release.metadata import APPROVAL_RUN_ID
+from release_graph.release.tags import AUTHENTICATED_USER_TAG
 
 
 def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> list[str]:
@@ -43,8 +48,16 @@ def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> li
     return []
 
 
-# How a stage waiting for a person's approval begins its waiting reason (the notifications' approval_needed).
+# How a stage waiting for a person's approval begins its waiting reason (the notifications' approval_needed):
+# "waiting for an approval of ...", or, when some of the approvals it needs were given, "waiting for 1 more
+# approval of ..." (`waits_for_approval` recognises both).
 WAITING_FOR_APPROVAL = "waiting for an approval of"
+_WAITING_FOR_APPROVAL = re.compile(r"^waiting for (an|\d+ more) approvals? of ")
+
+
+def waits_for_approval(reason: str) -> bool:
+    """Whether a waiting reason is a release waiting for people to approve it."""
+    return bool(_WAITING_FOR_APPROVAL.match(reason))
 
 
 def refuse(service: Service, environment: Environment, message: str) -> ReleaseStepError:
@@ -93,27 +106,155 @@ def verify_provenance(instance, service: Service, environment: Environment, dige
                       f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
 
 
+def unused_approvals(instance, service: Service, environment: Environment) -> list[history.StageRecord]:
+    """The environment's approvals given since the last one a deployment used, newest first: what may still
+    release a digest there. A deployment records the approval that completed its count (APPROVAL_RUN_ID); that
+    one and every approval before it are spent."""
+    used = {record.value(APPROVAL_RUN_ID) for record in history.history(instance, environment_key(service, environment))
+            if record.value(APPROVAL_RUN_ID)}
+    unused = []
+    for approval in history.history(instance, approval_key(service, environment)):
+        if approval.run_id in used:
+            break
+        unused.append(approval)
+    return unused
+
+
 def approval_spent(instance, service: Service, environment: Environment) -> bool:
-    """True when the environment's latest approval was used by its latest deployment: it runs what that
-    approval released, and only a new approval deploys there again."""
-    approval = history.latest(instance, approval_key(service, environment))
-    last = history.latest(instance, environment_key(service, environment))
-    return approval is not None and last is not None and last.value(APPROVAL_RUN_ID) == approval.run_id
+    """True when the environment's latest approval was used by a deployment: it runs what that approval
+    released, and only a new approval deploys there again."""
+    return (history.latest(instance, approval_key(service, environment)) is not None
+            and not unused_approvals(instance, service, environment))
 
 
-def verify_approval(instance, service: Service, environment: Environment, digest: str):
-    """A new approval of exactly this digest, not already used by an earlier deployment."""
-    approval = history.latest(instance, approval_key(service, environment))
-    if approval is None:
+def identity_key(identity: str) -> str:
+    """How two identities are compared: whole, without surrounding spaces, case-insensitive."""
+    return identity.strip().casefold()
+
+
+@dataclass(frozen=True)
+class ApprovalCount:
+    """The unused approvals of one digest in one environment, sorted: those that count (one per person, oldest
+    first), those that expired and those that no longer count (the approvers list changed, or the author)."""
+
+    digest: str
+    required: int
+    counted: tuple[history.StageRecord, ...] = ()
+    expired: tuple[tuple[history.StageRecord, float], ...] = ()  # (approval, when it expired)
+    refused: tuple[tuple[history.StageRecord, str], ...] = ()  # (approval, why it does not count)
+    given_by: tuple[str, ...] = ()  # the counted approvals' identities, in order
+
+    @property
+    def complete(self) -> bool:
+        return len(self.counted) >= self.required
+
+    @property
+    def missing(self) -> int:
+        return max(self.required - len(self.counted), 0)
+
+    @property
+    def run_id(self) -> str:
+        """The approval that completed the count: a deployment records it, and it and all before are spent."""
+        return self.counted[-1].run_id if self.counted else ""
+
+    @property
+    def tickets(self) -> str:
+        return ", ".join(dict.fromkeys(t for a in self.counted if (t := a.value(M.TICKET))))
+
+    def progress(self) -> str:
+        """`1 of 2: ann@shop.example`."""
+        return f"{len(self.counted)} of {self.required}" + (f": {', '.join(self.given_by)}" if self.given_by else "")
+
+
+def _at(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def count_approvals(instance, service: Service, environment: Environment, digest: str,
+                    now: float | None = None) -> ApprovalCount:
+    """Which unused approvals of `digest` count now: each given by an eligible approver who is not the commit's
+    author (the rules are asked again: the manifest may have changed since), not expired, one per identity."""
+    now = time.time() if now is None else now
+    author, author_email = commit_identity(instance, service, digest)
+    lifetime = (environment.approval_expires_after_hours * 3600
+                if environment.approval_expires_after_hours is not None else None)
+    counted, expired, refused, seen = [], [], [], set()
+    for approval in reversed(unused_approvals(instance, service, environment)):  # oldest first
+        if approval.digest != digest:
+            continue
+        identity = approval.value(M.APPROVER, "") or ""
+        if lifetime is not None and now > approval.timestamp + lifetime:
+            expired.append((approval, approval.timestamp + lifetime))
+            continue
+        reason = approver_refusal(environment, identity, author, author_email)
+        if reason:
+            refused.append((approval, reason))
+            continue
+        if identity_key(identity) in seen:
+            continue  # the same person twice counts once
+        seen.add(identity_key(identity))
+        counted.append(approval)
+    return ApprovalCount(digest=digest, required=environment.approvals_required, counted=tuple(counted),
+                         expired=tuple(expired), refused=tuple(refused),
+                         given_by=tuple(a.value(M.APPROVER, "") for a in counted))
+
+
+def approval_shortfall(count: ApprovalCount, environment: Environment, label: str) -> str:
+    """What an incomplete count still needs, and why earlier approvals did not count."""
+    if count.counted:
+        text = (f"waiting for {count.missing} more approval{'s' if count.missing != 1 else ''} of {label} "
+                f"({count.progress()}) for {environment.name}")
+    else:
+        text = f"{WAITING_FOR_APPROVAL} {label} for {environment.name}" + (
+            f" ({count.required} distinct approvers needed)" if count.required > 1 else "")
+    notes = [f"the approval by {a.value(M.APPROVER)} expired at {_at(at)} (approvals expire after "
+             f"{environment.approval_expires_after_hours:g} h here)" for a, at in count.expired]
+    notes += [f"the approval by {a.value(M.APPROVER)} does not count: {why}" for a, why in count.refused]
+    return text + (": " + "; ".join(notes) if notes else "")
+
+
+def verify_approval(instance, service: Service, environment: Environment, digest: str,
+                    now: float | None = None) -> ApprovalCount:
+    """Enough unused, unexpired approvals of exactly this digest, by distinct eligible people who did not write
+    it; what the deployment records (who approved, the approval that completed the count)."""
+    unused = unused_approvals(instance, service, environment)
+    if not unused:
+        if history.latest(instance, approval_key(service, environment)) is not None:
+            raise refuse(service, environment, "the latest approval has already been used: "
+                         "one approval releases one digest once")
         raise refuse(service, environment, "needs an approval: release-graph approve "
-                      f"{service.name} --env {environment.name} --by <you>")
-    if approval.digest != digest:
-        raise refuse(service, environment, f"the latest approval is for {approval.digest}, "
-                      f"not for {digest}, which is what would be deployed: approve this digest")
-    if approval_spent(instance, service, environment):
-        raise refuse(service, environment, "the latest approval has already been used: "
-                      "one approval releases one digest once")
-    return approval
+                     f"{service.name} --env {environment.name} --by <you>")
+    if not any(a.digest == digest for a in unused):
+        raise refuse(service, environment, f"the latest approval is for {unused[0].digest}, "
+                     f"not for {digest}, which is what would be deployed: approve this digest")
+    count = count_approvals(instance, service, environment, digest, now)
+    if not count.complete:
+        raise refuse(service, environment, approval_shortfall(count, environment, digest_label(digest))
+                     + f"; approve with release-graph approve {service.name} --env {environment.name} --by <you>")
+    return count
+
+
+def approver_identity(run_tags, typed: str | None) -> tuple[str, str]:
+    """Who approves, and how we know: the identity the UI's authenticating proxy put in the run's tags when
+    there is one (the person cannot choose it), else what was typed in the run config ('' when nothing)."""
+    authenticated = (run_tags.get(AUTHENTICATED_USER_TAG) or "").strip()
+    if authenticated:
+        return authenticated, M.PROXY_IDENTITY
+    return (typed or "").strip(), M.TYPED_IDENTITY
+
+
+def verify_new_approval(instance, service: Service, environment: Environment, digest: str, identity: str,
+                        now: float | None = None) -> ApprovalCount:
+    """Whether `identity` may approve `digest` here now: an eligible approver, not the commit's author, and not
+    one whose approval of it already counts (a second approval by the same person would add nothing). Returns
+    the count before this approval."""
+    verify_approver(service, environment, identity, *commit_identity(instance, service, digest))
+    count = count_approvals(instance, service, environment, digest, now)
+    if identity_key(identity) in {identity_key(given) for given in count.given_by}:
+        raise refuse(service, environment, f"'{identity}' already approved {digest_label(digest)} and that approval "
+                     f"still counts; {environment.approvals_required} distinct approvers are needed "
+                     f"({count.progress()})")
+    return count
 
 
 def image_reference(fleet: Fleet, service: Service, digest: str) -> str:
@@ -151,26 +292,52 @@ def commit_author(instance, service: Service, digest: str) -> str:
     return built.value(M.AUTHOR, "") if built else ""
 
 
-def is_author(approver: str, author: str) -> bool:
+def commit_author_email(instance, service: Service, digest: str) -> str:
+    """The author's email exactly as git has it for the digest's commit ('' if unknown; images recorded
+    before the image step wrote it separately have only `Name <email>`)."""
+    return commit_identity(instance, service, digest)[1]
+
+
+def commit_identity(instance, service: Service, digest: str) -> tuple[str, str]:
+    """(`Name <email>`, the email) of the digest's commit, read once, as the author rule takes them."""
+    built = history.record_with_digest(instance, image_key(service), digest)
+    return (built.value(M.AUTHOR, ""), built.value(M.AUTHOR_EMAIL, "")) if built else ("", "")
+
+
+def is_author(approver: str, author: str, author_email: str = "") -> bool:
     """Exact identity: the approver is the author's email or the author's full name (case-insensitive).
 
-    Never a substring: 'ann' does not match 'Joanna <joanna@example.com>'.
+    `author_email` is the commit's own email when the image step recorded it; otherwise it is read from the
+    `<...>` of `author`. Never a substring: 'ann' does not match 'Joanna <joanna@example.com>'.
     """
-    if not approver or not author:
+    if not approver or not (author or author_email):
         return False
-    name, _, rest = author.partition("<")
-    identities = {name.strip().casefold(), rest.rstrip(">").strip().casefold(), author.strip().casefold()}
+    name, bracket, rest = author.rpartition("<") if "<" in author else (author, "", "")
+    email = author_email or (rest.rstrip(">") if bracket else "")
+    identities = {identity_key(name), identity_key(email), identity_key(author)}
     identities.discard("")
-    return approver.strip().casefold() in identities
+    return identity_key(approver) in identities
 
 
-def verify_approver(service: Service, environment: Environment, approver: str, author: str) -> None:
-    """The approvers list (when the environment has one) and the author rule."""
-    if environment.approvers and approver not in environment.approvers:
-        raise refuse(service, environment, f"'{approver}' may not approve here "
-                     f"(approvers: {', '.join(environment.approvers)})")
-    if environment.author_cannot_approve and is_author(approver, author):
-        raise refuse(service, environment, f"'{approver}' wrote this commit and may not approve it")
+def approver_refusal(environment: Environment, approver: str, author: str, author_email: str = "") -> str | None:
+    """Why `approver` may not approve here (not an eligible approver, or the commit's author), or None."""
+    if not approver.strip():
+        return "an approval names who gives it: the approver is empty"
+    if not environment.may_approve(approver):
+        teams = f"; teams resolved: {', '.join(environment.eligible_approvers)}" if any(
+            a.startswith("team:") for a in environment.approvers) else ""
+        return f"'{approver}' may not approve here (approvers: {', '.join(environment.approvers)}{teams})"
+    if environment.author_cannot_approve and is_author(approver, author, author_email):
+        return f"'{approver}' wrote this commit ({author or author_email}) and may not approve it"
+    return None
+
+
+def verify_approver(service: Service, environment: Environment, approver: str, author: str,
+                    author_email: str = "") -> None:
+    """The approvers list (when the environment has one, teams resolved) and the author rule."""
+    reason = approver_refusal(environment, approver, author, author_email)
+    if reason:
+        raise refuse(service, environment, reason)
 
 
 def digest_label(digest: str, git_sha: str | None = None) -> str:
@@ -282,11 +449,11 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
         if about_to_deploy(instance, fleet, fleet.services[provider], environment):
             return f"waiting for {provider}/{environment.name} (provider) to deploy its new release first"
     if environment.requires_approval:
-        approval = history.latest(instance, approval_key(service, environment))
-        if approval is None or approval.digest != digest:
-            return f"{WAITING_FOR_APPROVAL} {label} for {environment.name}"
-        if current is not None and current.value(APPROVAL_RUN_ID) == approval.run_id:
-            return None  # the approval was used: this environment runs what it approved
+        if current is not None and current.digest == digest and approval_spent(instance, service, environment):
+            return None  # the approvals were used: this environment runs what they approved
+        count = count_approvals(instance, service, environment, digest)
+        if not count.complete:
+            return approval_shortfall(count, environment, label)
     return None
 
 

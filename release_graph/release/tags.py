@@ -7,6 +7,10 @@ ENV_TAG = "release/env"
 SHA_TAG = "release/git_sha"
 SHORT_SHA_TAG = "release/short_sha"
 APPROVED_BY_TAG = "release/approved_by"
+# Who launched the run from the UI, as the authenticating reverse proxy in front of it said (its identity
+# header): written by release_graph/webserver.py on every run launched through it, any value typed in the
+# launchpad replaced or removed; the approval step takes it over the typed approver (docs/operations.md).
+AUTHENTICATED_USER_TAG = "release/authenticated_user"
 TRIGGER_TAG = "release/trigger"
 TRACE_ID_TAG = "release/trace_id"  # the release's OpenTelemetry trace (release_graph/release/tracing.py)
 FAILURE_TAG = "release/failure"  # "transient": the run gave up because something outside the commit was down

@@ -74,6 +74,13 @@ def story(tmp_path):
         yield Story(defs, instance, fleet)
 
 
+def approve(story: Story, service: str, digest: str, by: str = "rm@shop.example") -> None:
+    """`by` approved `digest` of `service` for prod, as the approval step records it."""
+    story.instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=key(service, "prod_approval"), metadata={"digest": digest, "approver": by},
+        tags={"dagster/data_version": digest}))
+
+
 def release_to_dev(story: Story, service: str, digest: str) -> None:
     story.record(key(service, "image"), digest, IMAGE_CHECKS_PASSED)
     story.record(key(service, "integration"), digest, {"integration_tests": True})
@@ -218,12 +225,12 @@ def test_prod_waits_for_an_approval_and_deploys_once_per_approval(story):
     # A deployment to dev does not move prod
     assert key("inventory", "prod") not in story.tick()
     # Given an approval, prod is requested once
-    story.record(key("inventory", "prod_approval"), "sha256:i1")
+    approve(story, "inventory", "sha256:i1")
     assert key("inventory", "prod") in story.tick()
     story.record(key("inventory", "prod"), "sha256:i1", {"healthy": True})
     assert key("inventory", "prod") not in story.tick()
     # and a second approval deploys again
-    story.record(key("inventory", "prod_approval"), "sha256:i1")
+    approve(story, "inventory", "sha256:i1")
     assert key("inventory", "prod") in story.tick()
 
 
@@ -293,7 +300,7 @@ def test_a_failed_check_of_an_older_digest_does_not_block_a_newer_release(story)
     # when i2 passes dev and is approved, prod deploys i2: the evidence judged is i2's, not i1's
     release_to_dev(story, "inventory", "sha256:i2")
     story.tick()
-    story.record(key("inventory", "prod_approval"), "sha256:i2")
+    approve(story, "inventory", "sha256:i2")
     assert key("inventory", "prod") in story.tick()
 
 
@@ -305,7 +312,7 @@ def test_an_approval_waits_while_the_digest_it_names_has_not_passed_the_previous
     story.record(key("inventory", "integration"), "sha256:i2", {"integration_tests": True})
     story.record(key("inventory", "dev"), "sha256:i2", {"healthy": False})
     story.tick()
-    story.record(key("inventory", "prod_approval"), "sha256:i2")
+    approve(story, "inventory", "sha256:i2")
     # then prod is not requested, on this tick or later ones
     for _ in range(2):
         assert key("inventory", "prod") not in story.tick()
@@ -321,7 +328,7 @@ def test_a_rollback_of_dev_does_not_flow_forward(story):
         asset_key=key("inventory", "dev"), metadata={"digest": "sha256:i1", "rolled_back_from": "sha256:i2"},
         tags={"dagster/data_version": "sha256:i1"}))
     # when prod is approved for what dev runs now, prod is not deployed: a rollback stays where it was made
-    story.record(key("inventory", "prod_approval"), "sha256:i1")
+    approve(story, "inventory", "sha256:i1")
     for _ in range(2):
         assert key("inventory", "prod") not in story.tick()
 

@@ -294,6 +294,8 @@ environments:
     approval: required
     approvers: [alice@example.com, team:release]
     author_cannot_approve: true
+teams:
+  release: [rm@example.com, Alice@example.com]
 """
 
 
@@ -310,6 +312,9 @@ def test_environments_carry_config_secrets_approvers_and_promotion_branches(tmp_
     assert refs["PAYMENTS_API_KEY"].describe() == "aws:shop/staging/payments"
     assert refs["WEBHOOK_TOKEN"].source == "env" and staging.scan_threshold == "CRITICAL"
     assert prod.approvers == ("alice@example.com", "team:release") and prod.author_cannot_approve
+    # the team resolved through `teams:`; Alice is in the list and in the team, and counts once
+    assert prod.eligible_approvers == ("alice@example.com", "rm@example.com")
+    assert prod.approvals_required == 1 and prod.approval_expires_after_hours is None
 
 
 def test_environment_settings_name_the_environment_and_field(tmp_path):
@@ -323,6 +328,111 @@ def test_environment_settings_name_the_environment_and_field(tmp_path):
         "expected {aws: <Secrets Manager secret id>} or {env: <VARIABLE of the orchestrator>}",
         "fleet.yaml:37: environment 'prod', field 'approvers': approver 'alice' is neither an email address "
         "nor team:<name>",
+    ]
+
+
+# --- approvals: who may approve, how many, for how long -------------------------------------------------
+
+APPROVALS = """\
+environments:
+  staging: {target: docker}
+  prod:
+    target: docker
+    approval: required
+    approvers: [team:release-managers, ops@example.com]
+    approvals_required: 2
+    approval_expires_after_hours: 24
+    author_cannot_approve: true
+teams:
+  release-managers: [ann@example.com, bob@example.com]
+"""
+
+
+def test_prod_asks_two_distinct_approvers_from_a_team_within_a_day(tmp_path):
+    fleet = load_fleet(write_fleet(tmp_path, with_environments(APPROVALS)))
+    prod = fleet.environments["prod"]
+    assert dict(fleet.teams) == {"release-managers": ("ann@example.com", "bob@example.com")}
+    assert prod.eligible_approvers == ("ann@example.com", "bob@example.com", "ops@example.com")
+    assert prod.approvals_required == 2 and prod.approval_expires_after_hours == 24
+    # exact identities: the whole email, any case; never a part of one, never the team's name typed by hand
+    assert prod.may_approve("Bob@Example.com") and prod.may_approve("ops@example.com")
+    assert not prod.may_approve("ann") and not prod.may_approve("team:release-managers")
+    assert not prod.may_approve("joanna@example.com")
+    # an environment without approvers lets anyone approve
+    assert fleet.environments["staging"].may_approve("anyone at all")
+
+
+def test_an_approvers_team_the_manifest_does_not_define_is_refused(tmp_path):
+    text = APPROVALS.replace("team:release-managers", "team:release-manager")
+    problems = problems_of(write_fleet(tmp_path, with_environments(text)))
+    assert problems == [
+        "fleet.yaml:31: environment 'prod', field 'approvers': team 'release-manager' is not defined in the "
+        "manifest's teams: section (defined: release-managers)"]
+
+
+def test_a_team_without_a_teams_section_is_refused(tmp_path):
+    text = APPROVALS.split("teams:")[0].replace("approvals_required: 2", "approvals_required: 1")
+    assert problems_of(write_fleet(tmp_path, with_environments(text))) == [
+        "fleet.yaml:31: environment 'prod', field 'approvers': team 'release-managers' is not defined in the "
+        "manifest's teams: section (defined: none)"]
+
+
+def test_bad_teams_name_the_team_and_what_is_wrong(tmp_path):
+    text = APPROVALS.replace("  release-managers: [ann@example.com, bob@example.com]\n", """\
+  release-managers: [ann@example.com, team:ops, bob]
+  empty: []
+  on call: [carl@example.com]
+""")
+    problems = problems_of(write_fleet(tmp_path, with_environments(text)))
+    assert problems == [
+        "fleet.yaml:36: field 'teams.release-managers': member 'team:ops' is not an email address (a team lists "
+        "people, not other teams)",
+        "fleet.yaml:36: field 'teams.release-managers': member 'bob' is not an email address (a team lists people, "
+        "not other teams)",
+        "fleet.yaml:37: field 'teams.empty': expected a list of at least one member email",
+        "fleet.yaml:38: field 'teams.on call': a team name is letters, digits, '.', '_' and '-'",
+        # a team with bad members is not defined, so prod's reference to it is a problem of its own
+        "fleet.yaml:31: environment 'prod', field 'approvers': team 'release-managers' is not defined in the "
+        "manifest's teams: section (defined: none)",
+    ]
+
+
+def test_teams_must_be_a_mapping(tmp_path):
+    text = APPROVALS.replace("approvers: [team:release-managers, ops@example.com]", "approvers: [ops@example.com]")
+    text = text.replace("approvals_required: 2", "approvals_required: 1")
+    text = text.split("teams:")[0] + "teams: [ann@example.com]\n"
+    assert problems_of(write_fleet(tmp_path, with_environments(text))) == [
+        "fleet.yaml:35: field 'teams': expected a mapping of team name to a list of member emails, such as "
+        "{release: [ann@shop.example]}"]
+
+
+@pytest.mark.parametrize(("setting", "problem"), [
+    ("approvals_required: 0", "field 'approvals_required': expected a whole number of at least 1, got 0"),
+    ("approvals_required: two", "field 'approvals_required': expected a whole number of at least 1, got 'two'"),
+    ("approvals_required: 1.5", "field 'approvals_required': expected a whole number of at least 1, got 1.5"),
+    ("approvals_required: 4", "field 'approvals_required': 4 distinct approvals are required but the approvers "
+     "resolve to 3 (ann@example.com, bob@example.com, ops@example.com): the environment could never deploy"),
+    ("approval_expires_after_hours: 0", "field 'approval_expires_after_hours': expected a number of at least 0.01, "
+     "got 0"),
+    ("approval_expires_after_hours: 24h", "field 'approval_expires_after_hours': expected a number of at least "
+     "0.01, got '24h'"),
+])
+def test_bad_approval_policies_name_the_environment_and_field(tmp_path, setting, problem):
+    key = setting.split(":")[0]
+    text = "\n".join(f"    {setting}" if line.strip().startswith(key + ":") else line
+                     for line in APPROVALS.splitlines()) + "\n"
+    (found,) = problems_of(write_fleet(tmp_path, with_environments(text)))
+    assert found.endswith(f"environment 'prod', {problem}")
+
+
+def test_approval_policies_only_apply_where_an_approval_is_required(tmp_path):
+    text = APPROVALS.replace("  staging: {target: docker}",
+                             "  staging: {target: docker, approvals_required: 2, approval_expires_after_hours: 8}")
+    assert problems_of(write_fleet(tmp_path, with_environments(text))) == [
+        "fleet.yaml:27: environment 'staging', field 'approvals_required': approvals_required only applies with "
+        "approval: required",
+        "fleet.yaml:27: environment 'staging', field 'approval_expires_after_hours': approval_expires_after_hours "
+        "only applies with approval: required",
     ]
 
 

@@ -8,13 +8,14 @@ on. A refusal is a ReleaseStepError whose message says what to fix.
 from __future__ import annotations
 
 import textwrap
+import time
 
 import dagster as dg
 import pytest
 
 from release_graph.fleet import load_fleet
 from release_graph.release import metadata as M
-from release_graph.release import promotion
+from release_graph.release import promotion, why
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import approval_key, environment_key, image_key
 
@@ -96,8 +97,9 @@ def deploy(instance, service, environment: str, digest: str, *, healthy: bool = 
     evaluate(instance, key, "healthy", digest, passed=healthy)
 
 
-def approve(instance, service, environment, digest: str, approver: str = "rm@shop.example") -> str:
-    return record_in_run(instance, approval_key(service, environment), **{M.DIGEST: digest, M.APPROVER: approver})
+def approve(instance, service, environment, digest: str, approver: str = "rm@shop.example", **metadata) -> str:
+    return record_in_run(instance, approval_key(service, environment),
+                         **{M.DIGEST: digest, M.APPROVER: approver, **metadata})
 
 
 # --- which digest a stage may take ------------------------------------------------------------------------
@@ -256,7 +258,8 @@ def test_given_the_commit_author_when_she_approves_her_own_change_then_she_is_re
     # the author comes from what orders/image recorded for exactly this digest
     author = promotion.commit_author(instance, orders, BUILT)
     assert author == AUTHOR
-    with pytest.raises(ReleaseStepError, match="'joanna@shop.example' wrote this commit and may not approve it"):
+    with pytest.raises(ReleaseStepError, match=r"'joanna@shop.example' wrote this commit \(Joanna Smith "
+                       r"<joanna@shop.example>\) and may not approve it"):
         promotion.verify_approver(orders, prod, "joanna@shop.example", author)
     # another approver from the list approves her change
     promotion.verify_approver(orders, prod, "rm@shop.example", author)
@@ -350,3 +353,164 @@ def test_an_approval_used_by_the_deployment_that_runs_is_spent_until_a_new_one_i
     approve(instance, orders, prod, BUILT)
     assert not promotion.approval_spent(instance, orders, prod)
     promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+# --- approval policies: who, how many, not the author, for how long --------------------------------------
+
+POLICY = """\
+fleet: shop
+registry: 127.0.0.1:5000/shop
+teams:
+  release-managers: [ann@shop.example, bob@shop.example]
+services:
+  orders:
+    repo: https://git.shop.example/orders.git
+    build: {dockerfile: Dockerfile, test_target: test}
+    port: 8080
+environments:
+  dev: {target: docker}
+  staging: {target: docker}
+  prod:
+    target: docker
+    approval: required
+    approvers: [team:release-managers, joanna@shop.example]
+    approvals_required: 2
+    approval_expires_after_hours: 24
+    author_cannot_approve: true
+"""
+ANN = "ann@shop.example"
+BOB = "bob@shop.example"
+JOANNA = "joanna@shop.example"
+
+
+@pytest.fixture
+def strict(tmp_path):
+    """A fleet whose prod needs two distinct release managers (a team, and Joanna) within a day, never the author."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(POLICY)
+    return load_fleet(path, check_files=False)
+
+
+def given_staging_runs_joannas_commit(instance, fleet) -> tuple:
+    orders = fleet.services["orders"]
+    build(instance, orders, BUILT)  # written by Joanna Smith <joanna@shop.example>
+    deploy(instance, orders, "dev", BUILT)
+    deploy(instance, orders, "staging", BUILT)
+    return orders, fleet.environments["prod"]
+
+
+def test_given_prod_needs_two_approvals_when_two_release_managers_approve_then_prod_deploys_with_both(
+        instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    prod_key = environment_key(orders, prod)
+    assert promotion.waiting_reason(instance, strict, orders, prod_key) == (
+        "waiting for an approval of sha256:bbbbbbbbbbbb (1a2b3c4) for prod (2 distinct approvers needed)")
+    # When Ann approves, prod waits for one more, and says who approved so far
+    promotion.verify_new_approval(instance, orders, prod, BUILT, ANN)
+    approve(instance, orders, prod, BUILT, ANN)
+    assert promotion.waiting_reason(instance, strict, orders, prod_key) == (
+        "waiting for 1 more approval of sha256:bbbbbbbbbbbb (1a2b3c4) (1 of 2: ann@shop.example) for prod")
+    assert promotion.waits_for_approval(promotion.waiting_reason(instance, strict, orders, prod_key))
+    # which is what `release-graph why orders --env prod` prints (and what approval_needed notifications say)
+    status = why.stage_status(instance, strict, orders, "prod")
+    assert (status.state, status.reason) == (why.WAITING, promotion.waiting_reason(instance, strict, orders, prod_key))
+    with pytest.raises(ReleaseStepError, match=r"waiting for 1 more approval of sha256:bbbbbbbbbbbb "
+                       r"\(1 of 2: ann@shop.example\) for prod; approve with release-graph approve orders"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+    # When Bob approves too, prod may deploy, and the deployment names both (and their tickets)
+    promotion.verify_new_approval(instance, orders, prod, BUILT, BOB)
+    bobs = approve(instance, orders, prod, BUILT, BOB, **{M.TICKET: "CHG-9"})
+    assert promotion.waiting_reason(instance, strict, orders, prod_key) is None
+    approvals = promotion.verify_approval(instance, orders, prod, BUILT)
+    assert (approvals.given_by, approvals.tickets, approvals.run_id) == ((ANN, BOB), "CHG-9", bobs)
+    # Once prod ran them, those approvals are spent: one set of approvals releases one digest once
+    deploy(instance, orders, "prod", BUILT, **{M.APPROVAL_RUN_ID: bobs})
+    assert promotion.waiting_reason(instance, strict, orders, prod_key) is None
+    assert promotion.approval_spent(instance, orders, prod)
+    with pytest.raises(ReleaseStepError, match="the latest approval has already been used"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+    # and a new approval by one of them is not enough to deploy it again: two are needed again
+    approve(instance, orders, prod, BUILT, ANN)
+    with pytest.raises(ReleaseStepError, match=r"\(1 of 2: ann@shop.example\)"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+def test_given_prod_needs_two_approvals_when_ann_approves_twice_then_her_second_approval_is_refused(
+        instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    approve(instance, orders, prod, BUILT, ANN)
+    # the same person again, in any case: refused when given, saying how far the count is
+    with pytest.raises(ReleaseStepError, match=r"'Ann@Shop.example' already approved sha256:bbbbbbbbbbbb and that "
+                       r"approval still counts; 2 distinct approvers are needed \(1 of 2: ann@shop.example\)"):
+        promotion.verify_new_approval(instance, orders, prod, BUILT, "Ann@Shop.example")
+    # and an approval by her recorded twice all the same (an older step) still counts once: prod does not deploy
+    approve(instance, orders, prod, BUILT, " ANN@shop.example ")
+    with pytest.raises(ReleaseStepError, match=r"waiting for 1 more approval .*\(1 of 2: ann@shop.example\)"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+def test_given_an_approver_outside_the_list_when_they_approve_then_they_are_refused_naming_who_may(
+        instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    for outsider in ("mallory@shop.example", "ann", "team:release-managers", "ann@shop.example.evil"):
+        with pytest.raises(ReleaseStepError, match=rf"'{outsider}' may not approve here \(approvers: "
+                           r"team:release-managers, joanna@shop.example; teams resolved: ann@shop.example, "
+                           r"bob@shop.example, joanna@shop.example\)"):
+            promotion.verify_new_approval(instance, orders, prod, BUILT, outsider)
+    with pytest.raises(ReleaseStepError, match="an approval names who gives it: the approver is empty"):
+        promotion.verify_new_approval(instance, orders, prod, BUILT, " ")
+    # a team member in another case is the same person
+    promotion.verify_new_approval(instance, orders, prod, BUILT, "BOB@shop.example")
+
+
+def test_given_the_commit_author_is_a_release_manager_when_she_approves_her_change_then_she_is_refused(
+        instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    # Joanna wrote the commit staging runs (the image step recorded her email from the commit)
+    record(instance, image_key(orders), **{M.DIGEST: BUILT, M.GIT_SHA: "1a2b3c4d", M.AUTHOR: AUTHOR,
+                                           M.AUTHOR_EMAIL: "joanna@shop.example"})
+    assert promotion.commit_author_email(instance, orders, BUILT) == JOANNA
+    for herself in (JOANNA, "JOANNA@shop.example"):
+        with pytest.raises(ReleaseStepError, match="wrote this commit .* and may not approve it"):
+            promotion.verify_new_approval(instance, orders, prod, BUILT, herself)
+    # Ann's name is inside Joanna's: no matter, Ann is not the author
+    promotion.verify_new_approval(instance, orders, prod, BUILT, ANN)
+    # An approval of hers recorded all the same (before author_cannot_approve was set) does not count
+    approve(instance, orders, prod, BUILT, JOANNA)
+    approve(instance, orders, prod, BUILT, ANN)
+    with pytest.raises(ReleaseStepError, match=r"\(1 of 2: ann@shop.example\) for prod: the approval by "
+                       r"joanna@shop.example does not count: 'joanna@shop.example' wrote this commit"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
+
+
+def test_the_author_rule_uses_the_commits_own_email_when_the_image_step_recorded_it():
+    # the name's brackets cannot fool it, and only the whole email matches
+    assert promotion.is_author("joanna@x", "Jo <jo> <joanna@x>", "joanna@x")
+    assert promotion.is_author("JOANNA@X", "", "joanna@x")
+    assert not promotion.is_author("ann", "Joanna <joanna@x>", "joanna@x")
+    assert not promotion.is_author("anna@x", "Joanna <joanna@x>", "joanna@x")
+
+
+def test_given_approvals_older_than_a_day_when_prod_deploys_then_they_are_refused_as_expired(instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    approve(instance, orders, prod, BUILT, ANN)
+    approve(instance, orders, prod, BUILT, BOB)
+    # within the day both count
+    assert promotion.verify_approval(instance, orders, prod, BUILT, now=time.time() + 23 * 3600).given_by == (
+        ANN, BOB)
+    # a day and an hour later, neither does: refused, saying when each expired
+    with pytest.raises(ReleaseStepError, match=r"waiting for an approval of sha256:bbbbbbbbbbbb for prod \(2 distinct "
+                       r"approvers needed\): the approval by ann@shop.example expired at 20\d\d-.*Z \(approvals "
+                       r"expire after 24 h here\); the approval by bob@shop.example expired at"):
+        promotion.verify_approval(instance, orders, prod, BUILT, now=time.time() + 25 * 3600)
+    # and an expired approval does not stand in the way of the same person approving again
+    promotion.verify_new_approval(instance, orders, prod, BUILT, ANN, now=time.time() + 25 * 3600)
+
+
+def test_a_materialization_of_the_approval_reported_by_hand_in_the_ui_never_counts(instance, strict):
+    orders, prod = given_staging_runs_joannas_commit(instance, strict)
+    approve(instance, orders, prod, BUILT, ANN)
+    # the UI's "Report materialization" records no metadata: no digest, no approver
+    instance.report_runless_asset_event(dg.AssetMaterialization(approval_key(orders, prod)))
+    with pytest.raises(ReleaseStepError, match=r"\(1 of 2: ann@shop.example\)"):
+        promotion.verify_approval(instance, orders, prod, BUILT)
