@@ -57,7 +57,10 @@ MAX_COPY_OUT_BYTES = 100 * 1024 * 1024
 ABANDON_GRACE_SECONDS = 5
 PUSH_DIGEST_LINE = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 # Words in an engine's push error that mean "the registry did not answer", as opposed to "it refused".
-REGISTRY_DOWN_SIGNS = ("connection refused", "no such host", "i/o timeout", "connection reset", "no route to host")
+# What Docker and Podman say when the registry is down or goes away mid-push (its connection closed under a blob
+# upload: "write tcp ...: use of closed network connection", a bare EOF).
+REGISTRY_DOWN_SIGNS = ("connection refused", "no such host", "i/o timeout", "connection reset", "no route to host",
+                       "use of closed network connection", "broken pipe", "unexpected eof", ": eof")
 # What Docker and Podman say when the registry turned the push's credentials (or their absence) away.
 REGISTRY_AUTH_SIGNS = ("unauthorized", "authentication required", "denied", "401")
 

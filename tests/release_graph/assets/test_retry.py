@@ -16,6 +16,11 @@ from resources.registry import RegistryUnavailable
     ContainerEngineError("container engine at unix:///run/x.sock did not answer: Connection aborted"),
     PushError("push of 127.0.0.1:5999/shop/orders:abc failed: dial tcp: connection refused",
               reference="127.0.0.1:5999/shop/orders:abc", registry="127.0.0.1:5999"),
+    # the registry stopped in the middle of a blob upload (seen in the transient story)
+    PushError('push of 127.0.0.1:5999/shop/orders:abc to registry 127.0.0.1:5999 failed: the engine reported an '
+              'error: writing blob: Patch "http://127.0.0.1:5999/v2/shop/orders/blobs/uploads/1": write tcp '
+              "127.0.0.1:33530->127.0.0.1:5999: use of closed network connection",
+              reference="127.0.0.1:5999/shop/orders:abc", registry="127.0.0.1:5999"),
     # seen on a live demo while another program removed images: nothing about the commit
     BuildError("build of 127.0.0.1:5000/shop/inventory:b19-integration failed: checking if cached image exists "
                "from a previous build: getting top layer info: layer not known", tag="x"),
