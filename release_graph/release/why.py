@@ -131,6 +131,9 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
                                "(killed): terminate the run in the UI, then `release-graph retry` (a rollout it "
                                "left half-way: `release-graph rollout abort`)", run.run_id)
         reason = "a run is deploying it now" if stage != "integration" else "the integration tests are running"
+        if not history.stage_started(instance, run, key):  # a release's run holding its earlier stages too
+            earlier = [k.to_user_string() for k in run.asset_selection if k != key and k.path[0] == service.name]
+            reason = f"its release's run does it after {', '.join(sorted(earlier))}"
         if run.tags.get(RETRY_NUMBER_TAG) and run.tags.get(PARENT_RUN_TAG):  # Dagster's retry of a failed run
             parent = run.tags[PARENT_RUN_TAG]
             reason += f", again after run {parent[:8]}: {_failure_message(instance, parent)}"

@@ -195,3 +195,26 @@ def test_dagsters_retry_of_a_killed_deployment_says_what_it_is_running_again_for
         assert status.state == RUNNING and status.run_id == retry.run_id
         assert status.reason == (f"a run is deploying it now, again after run {killed[:8]}: the run's process was "
                                  "killed by SIGKILL before its steps finished (not the commit's fault)")
+
+
+def test_a_release_run_that_failed_at_its_image_is_no_failure_of_the_stages_it_did_not_reach(fleet):
+    with dg.instance_for_test() as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        record(instance, ["inventory", "dev"], "sha256:i1", healthy=True)
+
+        # Given a new commit's build run, holding its image and its dev deployment, failed building the image
+        @dg.asset(key=["inventory", "image"])
+        def image():
+            raise ReleaseStepError("service 'inventory': the unit tests failed")
+
+        @dg.asset(key=["inventory", "dev"], deps=[image])
+        def dev():
+            raise AssertionError("never reached")
+
+        job = dg.Definitions(assets=[image, dev]).resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags={"release/service": "inventory"},
+                                        asset_selection=[image.key, dev.key])
+        assert not result.success
+        # then dev still runs what it ran and says so: its step never started, the image's did and failed
+        status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
+        assert status.state == UP_TO_DATE, status
