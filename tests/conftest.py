@@ -108,19 +108,14 @@ def docker_client():
     client.close()
 
 
-@pytest.fixture(scope="session")
-def moto_server():
-    """A real `moto_server` (AWS APIs) on a free loopback port; yields its endpoint URL for boto3's endpoint_url.
+@contextmanager
+def moto_server_process(env: dict[str, str] | None = None):
+    """A real `moto_server` on a free loopback port, with `env` added to its environment; yields its URL.
 
-    One per pytest process, so xdist workers never share state. Clients still need credentials: any values do
-    (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the test).
+    Stopped (terminate, then kill) when the block ends, whatever happened in it.
     """
-    import subprocess
     import sys
     import tempfile
-    import time
-    import urllib.request
-    from pathlib import Path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,6 +127,7 @@ def moto_server():
         process = subprocess.Popen(
             [str(executable), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 30
         try:
@@ -154,6 +150,23 @@ def moto_server():
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real `moto_server` (AWS APIs) on a free loopback port; yields its endpoint URL for boto3's endpoint_url.
+
+    One per pytest process, so xdist workers never share state. Clients still need credentials: any values do
+    (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the test).
+    """
+    with moto_server_process() as url:
+        yield url
+
+
+@pytest.fixture
+def start_moto_server():
+    """`moto_server_process(env)`, for a test that needs a server of its own (other settings, fresh state)."""
+    return moto_server_process
 
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"

@@ -58,21 +58,31 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
     """Refuse an image above this environment's `scan_threshold` (after waivers) before anything changes.
 
     The findings are the ones the `vulnerability_scan` check recorded for exactly this digest; no scan of it is
-    a refusal too. Returns the gate's result and the IAM policy the service needs here (least privilege: read
-    only its own secrets; references, never values), for the deployment's metadata.
+    a refusal too. The IAM policy the service needs here (least privilege: read only its own secrets;
+    references, never values) is checked first: one with grants beyond that is refused. Returns the gate's
+    result and the policy, for the deployment's metadata.
     """
     from release_graph.assets import security_checks
     from release_graph.security.findings import parse_threshold
     from release_graph.security.gate import evaluate_gate
-    from release_graph.security.least_privilege import needed_policy
+    from release_graph.security.least_privilege import PolicyRefused, check_policy, needed_policy
     from release_graph.security.waivers import WaiverError
 
     ecr = fleet.security.ecr
     # Without a configured region/account the policy uses IAM's own variables: the caller's account and region.
-    policy = needed_policy(environment.secrets.get(service.name, {}),
-                           region=ecr.region if ecr else "${aws:RequestedRegion}",
-                           account=ecr.registry_id if ecr and ecr.registry_id else "${aws:PrincipalAccount}")
-    metadata = {"iam_policy": dg.MetadataValue.json(policy)}
+    region = ecr.region if ecr else "${aws:RequestedRegion}"
+    account = ecr.registry_id if ecr and ecr.registry_id else "${aws:PrincipalAccount}"
+    policy = needed_policy(environment.secrets.get(service.name, {}), region=region, account=account)
+    # The manifest supplies no policy document of its own: the generated one is the policy, and it is judged by
+    # the same rule as any granted policy (a secret id written as a pattern would make it over-broad).
+    try:
+        check_policy(policy, service.name, environment.name, fleet, region=region, account=account)
+    except PolicyRefused as exc:
+        raise refuse(service, environment, f"least privilege: {exc}") from None
+    metadata = {
+        "iam_policy": dg.MetadataValue.json(policy),
+        "iam_policy_check": "passed: reads only its own secrets in this environment (check_policy)",
+    }
     if environment.scan_threshold is None:
         metadata["security_gate"] = "no scan_threshold in this environment"
     elif fleet.security.scanner == "none":

@@ -11,6 +11,7 @@ grant `<id>-admin-XyZ123`, another secret.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -25,6 +26,16 @@ ROOT_USERS = {"", "0", "root"}
 
 class PolicyDocumentError(ValueError):
     """A granted policy that is not an IAM policy document."""
+
+
+class PolicyRefused(ValueError):
+    """A policy that grants a service more than reading its own secrets in its environment."""
+
+    def __init__(self, service: str, environment: str, excess: list[Excess]):
+        self.service, self.environment, self.excess = service, environment, excess
+        grants = "; ".join(f"statement {e.statement} grants {e.action} on {e.resource} ({e.reason})" for e in excess)
+        super().__init__(f"the IAM policy of service '{service}' in environment '{environment}' grants more than "
+                         f"reading its own secrets there: {grants}")
 
 
 @dataclass(frozen=True)
@@ -146,19 +157,22 @@ def _pattern_within(granted: str, needed: str, *, case_insensitive: bool = False
     return needed.endswith("*") and not any(c in prefix for c in "*?") and granted.startswith(prefix)
 
 
-def check_policy(
+def policy_excess(
     granted: Any,
     needed: Mapping[str, Any],
     *,
     service: str,
     owners_of: Mapping[str, str] | None = None,
+    not_allowed: Mapping[str, str] | None = None,
 ) -> list[Excess]:
     """Every (action, resource) an Allow statement of `granted` grants beyond `needed`.
 
     `granted` is a policy document (dict or JSON text) or a list of them (all policies of a role). Deny
     statements only take away and are skipped; NotAction/NotResource grant everything not listed and are
-    always excess. `owners_of` ({resource pattern: service}) lets the reason name whose secret it is.
+    always excess. `owners_of` ({resource pattern: service}) lets the reason name whose secret it is;
+    `not_allowed` ({resource: reason}) are resources of `needed` that are excess all the same.
     """
+    not_allowed = not_allowed or {}
     documents = granted if isinstance(granted, list) else [granted]
     allowed = [
         (action, resource)
@@ -166,6 +180,7 @@ def check_policy(
         if statement.get("Effect") == "Allow"
         for action in _as_list(statement.get("Action"))
         for resource in _as_list(statement.get("Resource"))
+        if resource not in not_allowed
     ]
     excess: list[Excess] = []
     for document in documents:
@@ -188,8 +203,8 @@ def check_policy(
                         for need_action, need_resource in allowed
                     ):
                         continue
-                    excess.append(Excess(service, label, action, resource, _reason(action, resource, allowed,
-                                                                                   owners_of or {})))
+                    reason = not_allowed.get(resource) or _reason(action, resource, allowed, owners_of or {})
+                    excess.append(Excess(service, label, action, resource, reason))
     return excess
 
 
@@ -222,8 +237,13 @@ def check_service_policy(
     account: str,
     refs: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> list[Excess]:
-    """check_policy for one service of the fleet, naming the other services whose secrets it could read."""
+    """policy_excess for one service of the fleet, naming the other services whose secrets it could read.
+
+    A secret id of the manifest with an IAM wildcard (`*`, `?`, which no Secrets Manager name contains) is a
+    pattern, not one secret: its generated resource is excess too, so the generated policy is checked as well.
+    """
     policies = needed_policies(fleet, refs, region=region, account=account)
+    refs = fleet_secret_refs(fleet) if refs is None else refs
     if environment not in policies:
         raise ValueError(f"no environment '{environment}' in the fleet")
     if service not in policies[environment]:
@@ -235,7 +255,80 @@ def check_service_policy(
         for statement in policy["Statement"]
         for resource in statement["Resource"]
     }
-    return check_policy(granted, policies[environment][service], service=service, owners_of=owners_of)
+    not_allowed = {
+        secret_arn(secret_id, region=region, account=account):
+            f"the manifest's secret id '{secret_id}' is a pattern (IAM wildcards * ?), not one secret"
+        for secret_id in _aws_secret_ids(refs.get(environment, {}).get(service, {}))
+        if any(c in secret_id for c in "*?")
+    }
+    return policy_excess(granted, policies[environment][service], service=service, owners_of=owners_of,
+                         not_allowed=not_allowed)
+
+
+def check_policy(
+    policy: Any,
+    service: str,
+    environment: str,
+    fleet: Any,
+    *,
+    region: str,
+    account: str,
+    refs: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> None:
+    """Refuse (PolicyRefused) a policy that lets `service` do more in `environment` than read its own secrets.
+
+    Every Allow statement is judged: an action other than `secretsmanager:GetSecretValue`, a wildcard action or
+    resource, another service's secret (named), a secret of another environment, a prefix pattern (`<id>-*`),
+    NotAction/NotResource, and a secret id of the manifest that is itself a pattern. The message names the
+    service, the environment and each offending statement. `policy` is one document (dict or JSON) or a list.
+    """
+    excess = check_service_policy(fleet, environment, service, policy, region=region, account=account, refs=refs)
+    if excess:
+        raise PolicyRefused(service, environment, excess)
+
+
+# --- judging a request ---------------------------------------------------------------------------------------
+
+
+def allows(policy: Any, action: str, resource: str) -> bool:
+    """Whether an identity policy (one document or a list) allows `action` on the concrete ARN `resource`.
+
+    IAM's evaluation for one principal without boundaries: an explicit Deny wins, then any Allow, else the
+    implicit deny. Actions match case-insensitively, resources case-sensitively, `*` and `?` as IAM's
+    wildcards; NotAction/NotResource are honoured. Conditions are not evaluated: an Allow with a Condition is
+    taken as granting and a Deny with one as not denying, so a Condition never hides a grant from a check.
+    """
+    documents = policy if isinstance(policy, list) else [policy]
+    allowed = False
+    for document in documents:
+        for statement in _statements(document):
+            if not _applies(statement, action, resource):
+                continue
+            if statement.get("Effect") == "Deny" and "Condition" not in statement:
+                return False
+            allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
+
+
+def _iam_glob(pattern: str, value: str, *, case_insensitive: bool) -> bool:
+    """IAM's matching: `*` any run of characters, `?` one character, everything else literal (no [sets])."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL | (re.IGNORECASE if case_insensitive else 0)) is not None
+
+
+def _applies(statement: Mapping[str, Any], action: str, resource: str) -> bool:
+    def matches(key: str, value: str, *, case_insensitive: bool) -> bool:
+        return any(_iam_glob(p, value, case_insensitive=case_insensitive) for p in _as_list(statement.get(key)))
+
+    if "NotAction" in statement:
+        action_ok = not matches("NotAction", action, case_insensitive=True)
+    else:
+        action_ok = matches("Action", action, case_insensitive=True)
+    if "NotResource" in statement:
+        resource_ok = not matches("NotResource", resource, case_insensitive=False)
+    else:
+        resource_ok = matches("Resource", resource, case_insensitive=False)
+    return action_ok and resource_ok
 
 
 # --- containers ----------------------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ def test_a_policy_granting_exactly_what_is_needed_has_no_excess():
         {"Effect": "Allow", "Action": "secretsmanager:getsecretvalue", "Resource": concrete_arn},
         {"Effect": "Deny", "Action": "*", "Resource": "*"},
     ]}
-    assert lp.check_policy(granted, needed, service="orders") == []
-    assert lp.check_policy(json.dumps(needed), needed, service="orders") == []
+    assert lp.policy_excess(granted, needed, service="orders") == []
+    assert lp.policy_excess(json.dumps(needed), needed, service="orders") == []
 
 
 def test_wildcards_and_another_services_secret_are_excess():
@@ -104,6 +104,60 @@ def test_the_policy_attached_to_a_role_in_iam_is_checked_as_deployed(moto_server
         iam.delete_role(RoleName=role)
 
 
+def test_the_generated_policy_of_every_service_and_environment_passes_check_policy():
+    for environment, services in lp.needed_policies(FLEET, REFS, region=REGION, account=ACCOUNT).items():
+        for service, policy in services.items():
+            lp.check_policy(policy, service, environment, FLEET, region=REGION, account=ACCOUNT, refs=REFS)
+
+
+@pytest.mark.parametrize(("statement", "reason"), [
+    ({"Action": "secretsmanager:*", "Resource": "*"}, "action not needed (wildcard)"),
+    ({"Action": "secretsmanager:GetSecretValue", "Resource": "*"}, "wildcard resource: every secret of the account"),
+    ({"Action": "secretsmanager:GetSecretValue", "Resource": arn("shop/prod/psp-key")},
+     "secret of service 'payments'"),
+    ({"Action": "secretsmanager:GetSecretValue", "Resource": arn("shop/staging/orders-db")},
+     "resource is not one of the service's own secrets"),  # its own secret, but of another environment
+    ({"Action": "secretsmanager:PutSecretValue", "Resource": arn("shop/prod/orders-db")}, "action not needed"),
+    ({"Action": "secretsmanager:GetSecretValue", "NotResource": arn("shop/prod/orders-db")},
+     "NotResource grants everything except what it lists"),
+])
+def test_check_policy_refuses_a_grant_beyond_the_services_own_secrets_naming_service_environment_and_statement(
+        statement, reason):
+    granted = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadOwnSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": arn("shop/prod/orders-db")},
+        {"Sid": "TooMuch", "Effect": "Allow", **statement},
+    ]}
+    with pytest.raises(lp.PolicyRefused) as refused:
+        lp.check_policy(granted, "orders", "prod", FLEET, region=REGION, account=ACCOUNT, refs=REFS)
+    assert [(e.statement, e.reason) for e in refused.value.excess] == [("TooMuch", reason)]
+    message = str(refused.value)
+    assert message.startswith("the IAM policy of service 'orders' in environment 'prod' grants more than reading "
+                              "its own secrets there: statement TooMuch grants ")
+    assert reason in message
+
+
+def test_a_secret_id_written_as_a_pattern_makes_the_generated_policy_over_broad():
+    refs = {"prod": {"orders": {"DB_PASSWORD": {"aws": "shop/prod/*"}}}}
+    policy = lp.needed_policies(FLEET, refs, region=REGION, account=ACCOUNT)["prod"]["orders"]
+    with pytest.raises(lp.PolicyRefused, match=r"statement ReadOwnSecrets grants secretsmanager:GetSecretValue on "
+                       r".*secret:shop/prod/\*-\?{6} \(the manifest's secret id 'shop/prod/\*' is a pattern"):
+        lp.check_policy(policy, "orders", "prod", FLEET, region=REGION, account=ACCOUNT, refs=refs)
+
+
+def test_allows_evaluates_a_request_as_iam_does():
+    concrete = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:shop/prod/orders-db-AbC123"
+    needed = lp.needed_policies(FLEET, REFS, region=REGION, account=ACCOUNT)["prod"]["orders"]
+    assert lp.allows(needed, "secretsmanager:getsecretvalue", concrete)
+    assert not lp.allows(needed, "secretsmanager:GetSecretValue", concrete.replace("orders-db", "psp-key"))
+    assert not lp.allows(needed, "secretsmanager:GetSecretValue", concrete.replace("-AbC123", "-admin-XyZ123"))
+    assert not lp.allows(needed, "secretsmanager:PutSecretValue", concrete)
+    assert not lp.allows([needed, {"Statement": {"Effect": "Deny", "Action": "*", "Resource": "*"}}],
+                         "secretsmanager:GetSecretValue", concrete)
+    # IAM's wildcards are * and ? only: brackets are literal.
+    assert not lp.allows({"Statement": [{"Effect": "Allow", "Action": "s:[ab]", "Resource": "*"}]}, "s:a", "x")
+
+
 def test_bad_references_and_documents_are_named():
     with pytest.raises(ValueError, match="name unknown services: billing"):
         lp.needed_policies(FLEET, {"prod": {"billing": {}}}, region=REGION, account=ACCOUNT)
@@ -112,9 +166,9 @@ def test_bad_references_and_documents_are_named():
     with pytest.raises(ValueError, match="secret reference DB: unknown source 'vault'"):
         lp.needed_policy({"DB": {"vault": "x"}}, region=REGION, account=ACCOUNT)
     with pytest.raises(lp.PolicyDocumentError, match="not JSON"):
-        lp.check_policy("{not json", {"Statement": []}, service="web")
+        lp.policy_excess("{not json", {"Statement": []}, service="web")
     with pytest.raises(lp.PolicyDocumentError, match="no Statement"):
-        lp.check_policy({"Version": "2012-10-17"}, {"Statement": []}, service="web")
+        lp.policy_excess({"Version": "2012-10-17"}, {"Statement": []}, service="web")
 
 
 @pytest.fixture
