@@ -27,12 +27,12 @@ AC = dg.AutomationCondition
 FLEET_GROUP = "fleet"
 
 
-class PromotionGate(dg.AutomationCondition):
-    """True when the promotion rules let this stage take the release its previous stage holds now."""
+class RecordsCondition(dg.AutomationCondition):
+    """A condition that reads the instance's records on every evaluation and keeps no cursor of its own (so its
+    answer survives a restart of the daemon); `rule_name` and `rule_description` are what the UI shows."""
 
-    def __init__(self, fleet: Fleet, service: Service):
-        self._fleet = fleet
-        self._service = service
+    rule_name = ""
+    rule_description = ""
 
     @property
     def requires_cursor(self) -> bool:
@@ -40,12 +40,23 @@ class PromotionGate(dg.AutomationCondition):
 
     @property
     def name(self) -> str:
-        return "promotion_gate"
+        return self.rule_name
 
     @property
     def description(self) -> str:
-        return ("the digest this stage would take passed its previous stage's blocking checks, the previous "
-                "environment's e2e run with that digest, and its approval (release-graph why)")
+        return self.rule_description
+
+
+class PromotionGate(RecordsCondition):
+    """True when the promotion rules let this stage take the release its previous stage holds now."""
+
+    rule_name = "promotion_gate"
+    rule_description = ("the digest this stage would take passed its previous stage's blocking checks, the previous "
+                        "environment's e2e run with that digest, and its approval (release-graph why)")
+
+    def __init__(self, fleet: Fleet, service: Service):
+        self._fleet = fleet
+        self._service = service
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         if context.candidate_subset.is_empty:
@@ -64,25 +75,17 @@ class PromotionGate(dg.AutomationCondition):
         return dg.AutomationResult(context, subset)
 
 
-class ChainGate(dg.AutomationCondition):
+class ChainGate(RecordsCondition):
     """True when the first environment may deploy in the same run as the integration requested in this tick
     (`promotion.chain_waiting_reason`): one run instead of two, one automation tick and one run start-up less
     between a commit and its first environment."""
 
+    rule_name = "chain_gate"
+    rule_description = ("providers already run the release this stage would be deployed beside, and no rollback "
+                        "rule stops it")
+
     def __init__(self, fleet: Fleet, service: Service, environment: Environment):
         self._fleet, self._service, self._environment = fleet, service, environment
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    @property
-    def name(self) -> str:
-        return "chain_gate"
-
-    @property
-    def description(self) -> str:
-        return "providers already run the release this stage would be deployed beside, and no rollback rule stops it"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         if context.candidate_subset.is_empty:
@@ -96,7 +99,7 @@ RUN_FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE
 RUNS_LOOKED_AT = 50
 
 
-class RunFinished(dg.AutomationCondition):
+class RunFinished(RecordsCondition):
     """True when a run finished since this asset was last requested (its last run was created), other than a
     run of this asset alone (or of it and the other fleet reports in `quiet`).
 
@@ -107,20 +110,11 @@ class RunFinished(dg.AutomationCondition):
     other reports that only read the history (fleet/dora), which a deployment requests in the same tick.
     """
 
+    rule_name = "run_finished"
+    rule_description = "another run finished since this asset was last requested"
+
     def __init__(self, quiet: Iterable[dg.AssetKey] = ()):
         self._quiet = frozenset(quiet)
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    @property
-    def name(self) -> str:
-        return "run_finished"
-
-    @property
-    def description(self) -> str:
-        return "another run finished since this asset was last requested"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         upto = context.max_storage_id

@@ -36,25 +36,6 @@ def registry() -> Registry:
     return Registry(timeout_seconds=5)
 
 
-@pytest.fixture
-def local_tags(docker_client):
-    """Local tags a test adds to the engine; removed at teardown."""
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag)
-        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
-            print(f"teardown: could not remove {tag}: {exc}")
-
-
-def tag_busybox(docker_client, registry_addr: str, target_repository: str, tag: str, local_tags: list[str]) -> str:
-    image = docker_client.images.get(f"{registry_addr}/{BASE_BUSYBOX}:latest")
-    image.tag(target_repository, tag)
-    local_tags.append(f"{target_repository}:{tag}")
-    return f"{target_repository}:{tag}"
-
-
 # --- reading the shared registry ------------------------------------------------------------------------
 
 
@@ -94,10 +75,10 @@ def test_given_a_sha_never_built_when_asked_then_the_image_does_not_exist(regist
 
 
 def test_given_a_pushed_release_when_deleted_by_digest_then_its_tag_is_gone(
-    registry, registry_addr, run_id, docker_client, local_tags
+    registry, registry_addr, run_id, docker_client, local_tags, busybox_as
 ):
     repository = f"{registry_addr}/{run_id}/registry-roundtrip"
-    reference = tag_busybox(docker_client, registry_addr, repository, "release-1", local_tags)
+    reference = busybox_as(repository, "release-1")
     digest = ContainerEngine().push(reference)
     try:
         assert registry.tags(repository) == ["release-1"]
@@ -114,11 +95,11 @@ def test_given_a_pushed_release_when_deleted_by_digest_then_its_tag_is_gone(
 
 
 def test_given_a_registry_that_was_stopped_when_asked_then_registry_unavailable_names_it_and_the_image(
-    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
+    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags, busybox_as
 , throwaway_registry):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/stopped"
-    reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
+    reference = busybox_as(repository, "1")
     with throwaway_registry(tmp_path, free_port) as stop:
         ContainerEngine().push(reference)
         assert Registry().image_exists(repository, "1") is True
@@ -148,11 +129,11 @@ def test_given_a_registry_that_accepts_but_never_answers_when_asked_then_it_time
 
 
 def test_given_a_registry_without_deletes_when_deleting_then_the_error_carries_status_and_body(
-    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags
+    tmp_path, free_port, run_id, docker_client, registry_addr, local_tags, busybox_as
 , throwaway_registry):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/no-deletes"
-    reference = tag_busybox(docker_client, registry_addr, repository, "1", local_tags)
+    reference = busybox_as(repository, "1")
     with throwaway_registry(tmp_path, free_port, delete_enabled=False):
         digest = ContainerEngine().push(reference)
 

@@ -83,28 +83,10 @@ def private_registry(tmp_path, free_port, throwaway_registry, monkeypatch, run_i
 
 
 @pytest.fixture
-def local_tags(docker_client):
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag)
-        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
-            print(f"teardown: could not remove {tag}: {exc}")
-
-
-def busybox_for(docker_client, registry_addr: str, repository: str, tag: str, local_tags: list[str]) -> str:
-    image = docker_client.images.get(f"{registry_addr}/{BASE_BUSYBOX}:latest")
-    image.tag(repository, tag)
-    local_tags.append(f"{repository}:{tag}")
-    return f"{repository}:{tag}"
-
-
-@pytest.fixture
-def pushed(private_registry, docker_client, registry_addr, local_tags, run_id):
+def pushed(private_registry, docker_client, registry_addr, local_tags, busybox_as, run_id):
     """The busybox base image pushed to the private registry with the credentials: (repository, digest)."""
     repository = f"{private_registry.host}/{run_id}/orders"
-    reference = busybox_for(docker_client, registry_addr, repository, "a1b2c3d4e5f6", local_tags)
+    reference = busybox_as(repository, "a1b2c3d4e5f6")
     digest = ContainerEngine().push(reference, registry=private_registry.authed())
     return repository, digest
 
@@ -113,13 +95,13 @@ def pushed(private_registry, docker_client, registry_addr, local_tags, run_id):
 
 
 def test_with_the_secret_a_push_resolves_its_digest_lists_tags_and_deletes_and_the_password_is_nowhere(
-    private_registry, docker_client, registry_addr, local_tags, run_id, caplog
+    private_registry, docker_client, registry_addr, local_tags, busybox_as, run_id, caplog
 ):
     caplog.set_level(logging.DEBUG)
     podman_log_before = PODMAN_LOG.stat().st_size if PODMAN_LOG.exists() else 0
     registry = private_registry.authed()
     repository = f"{private_registry.host}/{run_id}/orders"
-    reference = busybox_for(docker_client, registry_addr, repository, "a1b2c3d4e5f6", local_tags)
+    reference = busybox_as(repository, "a1b2c3d4e5f6")
     lines: list[str] = []
     # When the engine pushes with the fleet's credentials
     digest = ContainerEngine().push(reference, on_log=lines.append, registry=registry)
@@ -198,7 +180,7 @@ def test_the_scan_reads_the_image_with_the_credentials(private_registry, pushed,
 
 
 def test_without_credentials_push_digest_and_tags_say_the_registry_wants_some(
-    private_registry, pushed, docker_client, registry_addr, local_tags, run_id
+    private_registry, pushed, docker_client, registry_addr, local_tags, busybox_as, run_id
 ):
     repository, _ = pushed
     anonymous = Registry()
@@ -209,15 +191,14 @@ def test_without_credentials_push_digest_and_tags_say_the_registry_wants_some(
     assert "none are configured for it: name where they are kept in the manifest's registry_auth" in message
     with pytest.raises(RegistryError, match="wants credentials"):
         anonymous.tags(repository)
-    reference = busybox_for(docker_client, registry_addr, f"{private_registry.host}/{run_id}/gateway", "b2",
-                            local_tags)
+    reference = busybox_as(f"{private_registry.host}/{run_id}/gateway", "b2")
     with pytest.raises(PushError, match=rf"push of {reference} to registry {private_registry.host} failed: registry "
                                         rf"{private_registry.host} wants credentials and none are configured"):
         ContainerEngine().push(reference, registry=anonymous)
 
 
 def test_a_wrong_password_is_refused_naming_the_secret_and_user_never_the_password(
-    private_registry, pushed, docker_client, registry_addr, local_tags, run_id, monkeypatch
+    private_registry, pushed, docker_client, registry_addr, local_tags, busybox_as, run_id, monkeypatch
 ):
     repository, _ = pushed
     wrong = f"wrong-{random_secrets.token_hex(8)}"
@@ -230,8 +211,7 @@ def test_a_wrong_password_is_refused_naming_the_secret_and_user_never_the_passwo
         f"registry {private_registry.host} refused the credentials of secret env:RG_TEST_WRONG_PASSWORD "
         f"(user {USERNAME}): 401 Unauthorized to HEAD http://{private_registry.host}/v2/{repository.split('/', 1)[1]}"
     )
-    reference = busybox_for(docker_client, registry_addr, f"{private_registry.host}/{run_id}/gateway", "b2",
-                            local_tags)
+    reference = busybox_as(f"{private_registry.host}/{run_id}/gateway", "b2")
     with pytest.raises(PushError) as pushed_caught:
         ContainerEngine().push(reference, registry=registry)
     assert (f"failed: registry {private_registry.host} refused the credentials of secret env:RG_TEST_WRONG_PASSWORD "

@@ -149,17 +149,6 @@ def token_registry(tmp_path, free_port, throwaway_registry, monkeypatch, run_id)
         service.stop()
 
 
-@pytest.fixture
-def local_tags(docker_client):
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag)
-        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
-            print(f"teardown: could not remove {tag}: {exc}")
-
-
 def test_a_registry_that_wants_a_token_is_answered_with_one_from_its_realm(
     token_registry, docker_client, registry_addr, local_tags, run_id
 ):
