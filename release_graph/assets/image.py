@@ -28,7 +28,7 @@ from release_graph.release.tags import SERVICE_TAG, SHA_TAG
 from release_graph.security import provenance
 from resources import labels as L
 from resources.containers import ContainerEngine
-from resources.git import GitError, GitResource
+from resources.git import GitError, GitResource, redact_url
 from resources.registry import Registry
 from resources.secrets import SecretsError, SecretsResource
 
@@ -134,7 +134,8 @@ def signed_provenance(context, fleet: Fleet, service: Service, git, key: provena
     """The image's signed in-toto/SLSA statement, as the image's metadata (the envelope and the key's id)."""
     started = time.perf_counter()
     statement = provenance.build_statement(
-        repository=service.image_repository(fleet), digest=digest, source_repo=service.repo or service.repo_url,
+        repository=service.image_repository(fleet), digest=digest,
+        source_repo=redact_url(service.repo_url or service.repo or ""),
         sha=sha, dockerfile=dockerfile_path(service), dockerfile_sha256=dockerfile_sha256(git, service, sha),
         build_args={"GIT_SHA": sha, **service.build.args}, target=service.build.target,
         invocation_id=context.run.run_id, started_on=started_on,
