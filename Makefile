@@ -59,6 +59,13 @@ $(DAGSTER_HOME)/demo-notify.env:
 	  echo "SHOP_CDEVENTS_SINK_URL=http://127.0.0.1:$(DEMO_INBOX_PORT)/cdevents"; \
 	  echo "SHOP_NOTIFY_KEY=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"; } > $@
 
+# The key the demo's image provenance is signed with (examples/shop/fleet.yaml, security.provenance): an ed25519
+# PEM, generated once and kept out of the repository like the other demo secrets.
+$(DAGSTER_HOME)/demo-provenance.env: | venv
+	mkdir -p $(DAGSTER_HOME)
+	umask 077 && $(VENV)/bin/python -c 'import shlex; from release_graph.security.provenance import \
+	  generate_key_pem; print("SHOP_PROVENANCE_KEY=" + shlex.quote(generate_key_pem()))' > $@.tmp && mv $@.tmp $@
+
 # The rollout analysis' Prometheus (resources/metrics/prometheus_server.py): on 127.0.0.1:9090 unless that is
 # taken, scraping what the environments serve; idempotent. Its URL goes to $(PROMETHEUS_HOME)/prometheus.env.
 prometheus: venv
@@ -72,9 +79,9 @@ prometheus: venv
 DEMO_SHOPPERS_PORT ?= 18080
 DEMO_INBOX_PORT ?= 18090
 demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env \
-      $(DAGSTER_HOME)/demo-notify.env
+      $(DAGSTER_HOME)/demo-notify.env $(DAGSTER_HOME)/demo-provenance.env
 	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
-	  source $(DAGSTER_HOME)/demo-notify.env && source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
+	  source $(DAGSTER_HOME)/demo-notify.env && source $(DAGSTER_HOME)/demo-provenance.env && source $(PROMETHEUS_HOME)/prometheus.env && set +a && \
 	  { $(VENV)/bin/python -m release_graph.demo shoppers --port $(DEMO_SHOPPERS_PORT) \
 	      >$(DAGSTER_HOME)/shoppers.log 2>&1 & shoppers=$$!; } && \
 	  { $(VENV)/bin/python -m release_graph.demo inbox --port $(DEMO_INBOX_PORT) \

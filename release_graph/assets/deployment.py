@@ -16,6 +16,7 @@ import dagster as dg
 from release_graph.assets import deployment_checks
 from release_graph.assets.automation import stage_condition
 from release_graph.assets.common import asset_attributes, describe, rows_table
+from release_graph.assets.image import fleet_signing_key
 from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.rollout import deliver
 from release_graph.assets.security_checks import check_hardening
@@ -39,6 +40,7 @@ from release_graph.release.promotion import (
     verify_approval,
     verify_provenance,
 )
+from release_graph.security import provenance
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.secrets import SecretsResource
@@ -120,12 +122,35 @@ def verify_security_gate(context, fleet: Fleet, service: Service, environment: E
     return metadata
 
 
+def verify_signed_provenance(context, fleet: Fleet, service: Service, environment: Environment, digest: str,
+                             secrets_resource: SecretsResource) -> dict:
+    """Refuse a digest this fleet did not build, before anything changes. With `security.provenance` that is
+    proven: its recorded statement must be signed by the fleet's key (its public half, derived here from the key
+    in the secret store) and be about exactly this image. Returns what the deployment records about it."""
+    signing_key = fleet_signing_key(fleet, secrets_resource) if not service.is_prebuilt else None
+    if signing_key is None:
+        verify_provenance(context.instance, service, environment, digest)
+        return {}
+    started = time.perf_counter()
+    statement = verify_provenance(context.instance, service, environment, digest, verify_key=signing_key.public,
+                                  repository=service.image_repository(fleet))
+    seconds = time.perf_counter() - started
+    facts = provenance.summary(statement or {})
+    context.log.info(f"{service.name}@{environment.name}: provenance of {digest} verified (key "
+                     f"{signing_key.public.keyid[:16]}, commit {facts['commit'][:12]})")
+    return {
+        "provenance": f"verified: built from {facts['source']} at {facts['commit'][:12]} by {facts['builder']}",
+        M.PROVENANCE_KEY_ID: signing_key.public.keyid,
+        "provenance_verify_ms": dg.MetadataValue.float(round(seconds * 1000, 3)),
+    }
+
+
 @retry_when_transient("the deployment")
 def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service: Service, environment: Environment,
                            deploy_targets: DeployTargets, secrets_resource: SecretsResource) -> dg.MaterializeResult:
     record = choose_digest(context.instance, fleet, service, environment, config.digest)
     digest = record.digest
-    verify_provenance(context.instance, service, environment, digest)
+    provenance_metadata = verify_signed_provenance(context, fleet, service, environment, digest, secrets_resource)
     security_metadata = verify_security_gate(context, fleet, service, environment, digest)
     approval = (verify_approval(context.instance, service, environment, digest)
                 if environment.requires_approval else None)
@@ -160,6 +185,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     )
     metadata = {
         **security_metadata,
+        **provenance_metadata,
         M.DIGEST: digest,
         M.GIT_SHA: git_sha,
         M.SHORT_SHA: git_sha[:12],

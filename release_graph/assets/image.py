@@ -5,12 +5,14 @@ The digest the registry reports becomes the asset's data version, so a rebuild t
 """
 
 
+import io
 import re
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 
@@ -23,10 +25,12 @@ from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key, source_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG
+from release_graph.security import provenance
 from resources import labels as L
 from resources.containers import ContainerEngine
-from resources.git import GitError, GitResource
+from resources.git import GitError, GitResource, redact_url
 from resources.registry import Registry
+from resources.secrets import SecretsError, SecretsResource
 
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Build output lines that mark progress are worth an event in the run; the rest goes to the step's stdout.
@@ -95,8 +99,65 @@ def stream_to_run(context: dg.AssetExecutionContext):
     return on_log
 
 
+def fleet_signing_key(fleet: Fleet, secrets) -> provenance.SigningKey | None:
+    """The fleet's provenance key from the secret store (None: `security.provenance` is not configured). A key
+    that cannot be found or read stops the step; the message names where it is kept, never the key."""
+    settings = fleet.security.provenance
+    if settings is None:
+        return None
+    what = f"the provenance signing key of fleet '{fleet.name}' ({settings.signing_key.describe()})"
+    try:
+        pem = secrets.resolve_value(settings.signing_key, what=what)
+        return provenance.load_signing_key(pem, what=what)
+    except (SecretsError, provenance.ProvenanceError) as exc:
+        raise ReleaseStepError(f"{exc}: field 'security.provenance.signing_key' of the manifest") from None
+
+
+def dockerfile_path(service: Service) -> str:
+    """The Dockerfile's path inside the repository, as the statement names it."""
+    return str(PurePosixPath(service.path, service.build.context, service.build.dockerfile))
+
+
+def dockerfile_sha256(git, service: Service, sha: str) -> str:
+    """sha256 of the Dockerfile exactly as it is in commit `sha` (read from the commit, not a working copy)."""
+    path = PurePosixPath(dockerfile_path(service))
+    tar = git.archive_bytes(service.repo_url, sha, str(path.parent))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        member = archive.extractfile(path.name)
+        if member is None:
+            raise ReleaseStepError(f"service '{service.name}': {path} is not a file at commit {sha[:12]}")
+        return provenance.sha256_hex(member.read())
+
+
+def signed_provenance(context, fleet: Fleet, service: Service, git, key: provenance.SigningKey, *, sha: str,
+                      digest: str, started_on: str) -> dict:
+    """The image's signed in-toto/SLSA statement, as the image's metadata (the envelope and the key's id)."""
+    started = time.perf_counter()
+    statement = provenance.build_statement(
+        repository=service.image_repository(fleet), digest=digest,
+        source_repo=redact_url(service.repo_url or service.repo or ""),
+        sha=sha, dockerfile=dockerfile_path(service), dockerfile_sha256=dockerfile_sha256(git, service, sha),
+        build_args={"GIT_SHA": sha, **service.build.args}, target=service.build.target,
+        invocation_id=context.run.run_id, started_on=started_on,
+        finished_on=datetime.now(UTC).isoformat(timespec="seconds"),
+        builder_version={"dagster": dg.__version__},
+    )
+    envelope = provenance.sign(statement, key)
+    seconds = time.perf_counter() - started
+    context.log.info(f"{service.name}: provenance of {digest} signed by key {key.public.keyid[:16]}")
+    return {
+        M.PROVENANCE: dg.MetadataValue.json(envelope),
+        M.PROVENANCE_KEY_ID: key.public.keyid,
+        "provenance_sign_ms": dg.MetadataValue.float(round(seconds * 1000, 3)),
+    }
+
+
 @retry_when_transient("building the image")
-def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: Service, git, engine, registry):
+def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: Service, git, engine, registry,
+                      secrets=None):
+    # The key is read first: a fleet that signs its images builds nothing it could not sign.
+    signing_key = fleet_signing_key(fleet, secrets)
+    started_on = datetime.now(UTC).isoformat(timespec="seconds")
     sha = resolve_sha(context, service, git)
     repository = service.image_repository(fleet)
     reference = f"{repository}:{sha}"
@@ -156,6 +217,9 @@ def materialize_image(context: dg.AssetExecutionContext, fleet: Fleet, service: 
         "repo": service.repo or "",
         "branch": service.branch,
     }
+    if signing_key is not None:
+        metadata.update(signed_provenance(context, fleet, service, git, signing_key, sha=sha, digest=digest,
+                                          started_on=started_on))
     return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
 
 
@@ -194,8 +258,8 @@ def image_asset(fleet: Fleet, service: Service) -> dg.AssetsDefinition:
     )
     @traced_stage(fleet, service, Stage("image", "image", "build", root=True))
     def image(context: dg.AssetExecutionContext, git: GitResource, engine: ContainerEngine,
-              registry: Registry) -> dg.MaterializeResult:
-        return materialize_image(context, fleet, service, git, engine, registry)
+              registry: Registry, secrets: SecretsResource) -> dg.MaterializeResult:
+        return materialize_image(context, fleet, service, git, engine, registry, secrets)
 
     return image
 

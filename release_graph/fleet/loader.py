@@ -43,6 +43,7 @@ from release_graph.fleet.model import (
     Notifications,
     OsvSettings,
     PrometheusSettings,
+    ProvenanceSettings,
     RegistryAuth,
     ReleaseMetricsSettings,
     Rollout,
@@ -251,7 +252,8 @@ def _parse_e2e(problems: _Problems, document: LineDict, root: Path, check_files:
     return e2e
 
 
-SECURITY_KEYS = {"waivers", "scanner", "ecr", "osv", "compliance_blocking", "sbom"}
+SECURITY_KEYS = {"waivers", "scanner", "ecr", "osv", "compliance_blocking", "sbom", "provenance"}
+PROVENANCE_KEYS = {"signing_key"}
 OSV_KEYS = {"database"}
 ECR_KEYS = {"region", "endpoint_url", "registry_id"}
 AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
@@ -327,8 +329,38 @@ def _parse_security(problems: _Problems, document: LineDict, root: Path, check_f
     if not isinstance(sbom, bool):
         report("sbom", f"expected true or false, got {sbom!r}")
         sbom = True
+    provenance = _parse_provenance(problems, raw) if "provenance" in raw else None
     return Security(waivers=waivers, scanner=scanner, ecr=ecr, osv=osv, compliance_blocking=compliance_blocking,
-                    sbom=sbom, compliance_blocking_at=compliance_blocking_at)
+                    sbom=sbom, provenance=provenance, compliance_blocking_at=compliance_blocking_at)
+
+
+def _parse_provenance(problems: _Problems, security: LineDict) -> ProvenanceSettings | None:
+    """`security.provenance: {signing_key: {env: VARIABLE} | {aws: <secret id>}}`: where the ed25519 key that
+    signs each image's provenance is kept. What is written there is never echoed (it may be the key itself)."""
+    raw = security["provenance"]
+    if not isinstance(raw, LineDict):
+        problems.add(_line(security, "provenance"), _where(field_name="security.provenance"),
+                     "expected {signing_key: {env: <VARIABLE holding an ed25519 PEM private key>}} "
+                     "(or {aws: <Secrets Manager secret id>})")
+        return None
+    for key in raw:
+        if key not in PROVENANCE_KEYS:
+            problems.add(_line(raw, key), _where(field_name=f"security.provenance.{key}"),
+                         f"unknown key (expected one of: {', '.join(sorted(PROVENANCE_KEYS))})")
+    ref = raw.get("signing_key")
+    if not (isinstance(ref, LineDict) and len(ref) == 1 and next(iter(ref)) in ("aws", "env")
+            and _is_str(next(iter(ref.values())))):
+        problems.add(_line(raw, "signing_key") if "signing_key" in raw else _line(security, "provenance"),
+                     _where(field_name="security.provenance.signing_key"),
+                     "the signing key is a secret: name where it is kept, {env: <VARIABLE of the orchestrator>} "
+                     "or {aws: <Secrets Manager secret id>}, never the key itself")
+        return None
+    (source, name), = ref.items()
+    if source == "env" and not ENV_VAR_NAME.match(name):
+        problems.add(_line(raw, "signing_key"), _where(field_name="security.provenance.signing_key"),
+                     "expected an environment variable name (letters, digits, '_')")
+        return None
+    return ProvenanceSettings(signing_key=SecretRef(source=source, name=name))
 
 
 def _parse_osv(problems: _Problems, raw: LineDict, root: Path, check_files: bool) -> OsvSettings | None:

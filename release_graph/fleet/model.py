@@ -324,6 +324,15 @@ class OsvSettings:
 
 
 @dataclass(frozen=True)
+class ProvenanceSettings:
+    """Signed build provenance (`security.provenance`): every image built gets an in-toto/SLSA statement
+    signed with `signing_key` (an ed25519 PEM private key held in the secret store; the manifest names it,
+    never holds it), and every deployment verifies it with the key's public half."""
+
+    signing_key: SecretRef
+
+
+@dataclass(frozen=True)
 class Security:
     """The fleet's security gates (top-level `security:`); the defaults turn off everything that needs setup."""
 
@@ -334,6 +343,7 @@ class Security:
     # None: no compliance check (dockerfile_lint still runs); () : the check runs and blocks nothing.
     compliance_blocking: tuple[str, ...] | None = None
     sbom: bool = True
+    provenance: ProvenanceSettings | None = None  # None: only "built by <service>/image" is checked
     # Where compliance_blocking is written (`fleet.yaml:12`): its rule ids are checked against the installed
     # tools by `release-graph validate` and by the compliance check, not while the manifest loads.
     compliance_blocking_at: str = field(default="", compare=False)

@@ -22,6 +22,10 @@ TRACE_ID = "trace_id"  # on every stage (and check): the release's trace id, 32 
 CHANGED = "changed"  # on a deployment: False when the digest already ran there (not a change of production)
 DEPLOYED_DIGESTS = "deployed_digests"  # the e2e run's tested set: {service: digest}
 ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an older digest: the digest it replaced
+# On an image built with `security.provenance`: the DSSE envelope of its signed in-toto/SLSA statement (JSON;
+# public: a payload and a signature, never the key), and the id of the key that signed it
+PROVENANCE = "provenance"
+PROVENANCE_KEY_ID = "provenance_keyid"
 
 # A progressive rollout (release_graph/assets/rollout.py)
 ROLLOUT_STRATEGY = "rollout_strategy"

@@ -31,6 +31,7 @@ from release_graph.release.keys import (
 )
 from release_graph.release.metadata import APPROVAL_RUN_ID
 from release_graph.release.tags import AUTHENTICATED_USER_TAG
+from release_graph.security import provenance
 
 
 def blocking_check_names(fleet: Fleet, service: Service, key: dg.AssetKey) -> list[str]:
@@ -97,13 +98,36 @@ def choose_digest(instance, fleet: Fleet, service: Service, environment: Environ
     return record
 
 
-def verify_provenance(instance, service: Service, environment: Environment, digest: str) -> None:
-    """Only a digest this fleet's image step produced may be promoted (not one pushed by hand)."""
+def verify_provenance(instance, service: Service, environment: Environment, digest: str, *,
+                      verify_key: provenance.VerifyKey | None = None, repository: str | None = None) -> dict | None:
+    """Only a digest this fleet's image step produced may be promoted (not one pushed by hand).
+
+    With `verify_key` (the fleet's `security.provenance` is configured) that is proven, not assumed: a record of
+    `<service>/image` for the digest must carry a DSSE envelope whose statement is SLSA provenance of exactly
+    `repository@digest`, signed by that key. Returns the verified statement (None without a key)."""
     if service.is_prebuilt:
-        return
-    if history.record_with_digest(instance, image_key(service), digest) is None:
-        raise refuse(service, environment,
-                      f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
+        return None
+    records = [r for r in history.history(instance, image_key(service)) if r.digest == digest]
+    if verify_key is None:
+        if not records:
+            raise refuse(service, environment,
+                          f"digest {digest} was not produced by {image_key(service).to_user_string()}: refused")
+        return None
+    refusal = f"refused: {digest} has no provenance signed by this fleet's key: "
+    if not records:
+        raise refuse(service, environment, refusal + f"{image_key(service).to_user_string()} never recorded it "
+                      "(not built by this fleet)")
+    reasons = []
+    for record in records:  # newest first; one valid statement proves the digest
+        envelope = record.value(M.PROVENANCE)
+        if not envelope:
+            reasons.append(f"the build of {record.git_sha or 'an unknown commit'} recorded no statement")
+            continue
+        try:
+            return provenance.verify(envelope, verify_key, digest=digest, repository=repository)
+        except provenance.ProvenanceError as exc:
+            reasons.append(str(exc))
+    raise refuse(service, environment, refusal + reasons[0])
 
 
 def unused_approvals(instance, service: Service, environment: Environment) -> list[history.StageRecord]:

@@ -27,6 +27,7 @@ import pytest
 from release_graph import demo
 from release_graph.fleet import load_fleet
 from release_graph.release.why import stage_status
+from release_graph.security.provenance import generate_key_pem
 from resources.containers import ContainerEngine
 from resources.registry import Registry, RegistryError
 from resources.targets import DeployTargets, DockerTargetConfig
@@ -80,6 +81,8 @@ class LiveDemo:
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
                     "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
                     "SHOP_NOTIFY_URL": self.inbox.url, "SHOP_NOTIFY_KEY": self.inbox.key.decode(),
+                    # the key the demo's image provenance is signed with, as `make demo` generates it
+                    "SHOP_PROVENANCE_KEY": generate_key_pem(),
                     "SHOP_CDEVENTS_SINK_URL": self.inbox.cdevents_url,
                     # the security tools `make test` installed (semgrep in its own venv)
                     "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),

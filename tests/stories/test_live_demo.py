@@ -18,6 +18,7 @@ the rolled-back canary); and the last prod approval is given from the UI's launc
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -275,11 +276,20 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         assert approved["inventory"] in back[0]["data"]["subject"]["content"]["artifactId"], back[0]
 
         # (and no secret reached the instance's storage: event log, runs, compute logs; neither the payments key
-        # deployed to every environment nor the key the notifications are signed with)
-        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), inbox.key]
+        # deployed to every environment, nor the key the notifications are signed with, nor the provenance key
+        # (its PEM, the PEM's base64, its base64 body))
+        pem = live.env["SHOP_PROVENANCE_KEY"]
+        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), inbox.key, pem.encode(),
+                   base64.b64encode(pem.encode()).rstrip(b"="),
+                   "".join(line for line in pem.splitlines() if "-----" not in line).encode()]
         leaked = [str(path) for path in live.home.rglob("*")
                   if path.is_file() and any(secret in path.read_bytes() for secret in secrets)]
         assert not leaked, leaked
+        # every image was signed, and every prod deployment verified its statement before it went out
+        for service in SERVICES:
+            assert history.latest(instance, image_key(service)).value(M.PROVENANCE), service
+            verified = str(history.latest(instance, environment_key(service, "prod")).value("provenance", ""))
+            assert verified.startswith("verified: built from "), (service, verified)
 
         # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory, and
         # the rolled-back canary), no run held two services' stages, no image was built twice

@@ -494,12 +494,31 @@ security:
 """)
     assert problems_of(write_fleet(tmp_path, text)) == [
         "fleet.yaml:8: field 'security.scan_threshold': unknown key (expected one of: compliance_blocking, ecr, "
-        "osv, sbom, scanner, waivers)",
+        "osv, provenance, sbom, scanner, waivers)",
         f"fleet.yaml:4: field 'security.waivers': waivers file 'missing.yaml' does not exist in {tmp_path}",
         "fleet.yaml:5: field 'security.scanner': expected one of none, ecr, trivy, grype, osv, got 'clair'",
         "fleet.yaml:6: field 'security.ecr': ECR settings only apply with scanner: ecr (scanner is 'none')",
         "fleet.yaml:7: field 'security.sbom': expected true or false, got 'yes please'",
     ]
+
+
+def test_the_provenance_signing_key_is_named_never_written(tmp_path):
+    text = with_security(GOOD, "security:\n  provenance: {signing_key: {env: SHOP_PROVENANCE_KEY}}\n")
+    fleet = load_fleet(write_fleet(tmp_path, text))
+    assert fleet.security.provenance.signing_key.describe() == "env:SHOP_PROVENANCE_KEY"
+    text = with_security(GOOD, """\
+security:
+  provenance:
+    signing_key: "-----BEGIN PRIVATE KEY----- MC4CAQAwBQYDK2VwBCIEI"
+    public_key: key.pub
+""")
+    problems = problems_of(write_fleet(tmp_path, text))
+    assert problems == [
+        "fleet.yaml:6: field 'security.provenance.public_key': unknown key (expected one of: signing_key)",
+        "fleet.yaml:5: field 'security.provenance.signing_key': the signing key is a secret: name where it is "
+        "kept, {env: <VARIABLE of the orchestrator>} or {aws: <Secrets Manager secret id>}, never the key itself",
+    ]
+    assert not any("MC4CAQ" in p for p in problems)
 
 
 def test_ecr_settings_are_checked(tmp_path):
