@@ -1,13 +1,16 @@
 """Push triggers: the Git sensor ticks often, asks every branch once per poll interval, and a pushed branch at once.
 
 Real repositories behind a real git daemon (its log counts every ls-remote and fetch), the real sensor, and
-nudges written into the push spool as the receiver writes them.
+for the push-to-build figure a real HTTP request to the receiver (release_graph/webhooks.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +18,7 @@ import pytest
 import yaml
 
 from release_graph.fleet import Fleet, load_fleet
+from release_graph.webhooks import Receiver
 from resources.git import GitResource
 from resources.push_spool import read_nudges, write_nudge
 from resources.registry import Registry
@@ -155,3 +159,37 @@ def test_a_nudge_for_another_fleets_branch_is_left_in_the_spool(story, spool):
     story.tick()
     assert [n.branch_key for n in read_nudges(spool)[0]] == ["git://elsewhere/other@main"]
     assert story.asked() == {"orders": 1, "payments": 1}
+
+
+def test_push_to_run_request_through_the_receiver_and_the_sensor(story, spool, capsys):
+    """From the moment the webhook POST returns to the tick that returns the run request, the sensor called
+    every 0.5 s (the daemon's own loop is not measured here)."""
+    secret = b"push-trigger-secret"
+    story.tick()
+    head = story.orders.commit("orders: pushed through the webhook", {"app.txt": "2"})
+    body = json.dumps({"ref": "refs/heads/main", "after": head,
+                       "repository": {"clone_url": story.daemon.url("orders") + ".git"}}).encode()
+    signature = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+    with Receiver(lambda: story.fleet, secret, spool=spool) as receiver:
+        request = urllib.request.Request(receiver.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "push", "X-Hub-Signature-256": signature})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        posted = time.monotonic()
+        ticks, result = 0, None
+        while time.monotonic() - posted < POLL:
+            tick_started = time.monotonic()
+            result = story.tick()
+            ticks += 1
+            if result.run_requests:
+                break
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - tick_started)))
+        elapsed = time.monotonic() - posted
+        tick_took = time.monotonic() - tick_started
+
+    assert requested(result) == {"orders": head}
+    assert ticks == 1  # the first tick after the push: no poll interval waited for
+    assert elapsed < 2
+    with capsys.disabled():
+        print(f"\npush-to-run-request: {elapsed:.3f} s after the POST returned ({ticks} tick of {tick_took:.3f} s)")
