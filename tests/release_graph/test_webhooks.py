@@ -10,6 +10,10 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -249,3 +253,41 @@ def test_repository_urls_are_compared_without_scheme_user_host_case_or_dot_git()
     assert normalize_repo_url("git://127.0.0.1:9418/orders") == "127.0.0.1:9418/orders"
     assert normalize_repo_url("https://github.com/acme/orders") != normalize_repo_url("https://github.com/Acme/orders")
     assert normalize_repo_url("/srv/git/orders.git") == "/srv/git/orders"
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def test_the_command_refuses_to_start_without_its_secret(tmp_path, capsys, monkeypatch):
+    from release_graph.cli.main import main
+
+    write_fleet(tmp_path)
+    monkeypatch.delenv("SHOP_WEBHOOK_SECRET", raising=False)
+    assert main(["webhooks", "--port", "0", "--fleet", str(tmp_path / "fleet.yaml"),
+                 "--secret-env", "SHOP_WEBHOOK_SECRET"]) == 2
+    assert "$SHOP_WEBHOOK_SECRET is not set" in capsys.readouterr().out
+
+
+def test_the_command_serves_pushes_into_the_state_folders_spool(tmp_path):
+    write_fleet(tmp_path)
+    state = tmp_path / "state"
+    env = {**os.environ, "RELEASE_GRAPH_STATE": str(state), "SHOP_WEBHOOK_SECRET": SECRET.decode()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "release_graph.cli.main", "webhooks", "--port", "0", "--secret-env",
+         "SHOP_WEBHOOK_SECRET", "--fleet", str(tmp_path / "fleet.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline()
+        assert "for 3 tracked branch(es)" in line, line
+        url = re.search(r"listening on (\S+) ", line).group(1)
+        body = json.dumps(github_push()).encode()
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **github_headers(body)})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        assert nudged(state / "git-pushes") == [("https://github.com/Acme/orders.git@main", SHA)]
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert "the Git sensor looks at it" in stderr
+    assert SECRET.decode() not in stderr
