@@ -34,6 +34,10 @@ def scanner_resource(fleet: Fleet | None):
 
 
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
+# The Git sensor ticks every second (the daemon evaluates sensors at most every 5 s, its own loop) and reads the
+# push spool each tick; it asks every tracked branch once per poll interval (docs/operations.md, "Push triggers").
+GIT_TICK_SECONDS = 1
+GIT_POLL_SECONDS = 10
 
 
 def registry_resource(fleet: Fleet | None):
@@ -127,7 +131,9 @@ def build_definitions(
         release = build_service_release(fleet, service)
         assets += release.assets
         checks += release.checks
-    sensors = [build_git_commit_sensor(fleet), *automation_sensors(fleet), build_drift_sensor(fleet),
+    git_sensor = build_git_commit_sensor(fleet, minimum_interval_seconds=GIT_TICK_SECONDS,
+                                         poll_interval_seconds=GIT_POLL_SECONDS)
+    sensors = [git_sensor, *automation_sensors(fleet), build_drift_sensor(fleet),
                manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet), build_dead_run_sensor()]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))

@@ -15,6 +15,15 @@ so a monorepo commit releases only the services whose folder it touched, and sev
 last tick coalesce into the newest one. On the first tick for a branch (no cursor entry) nothing is
 compared: every service is observed, and built only if `<registry>/<svc>:<sha>` is not in the registry yet.
 
+Push triggers: built with `poll_interval_seconds`, the sensor ticks often (every second in the fleet's
+definitions) but asks every branch only once per poll interval (the last full poll is kept in the cursor
+under `#last_full_poll`). In between, a tick reads the push spool (resources/push_spool.py), where the
+webhook receiver (`release-graph webhooks`) leaves one nudge per accepted push, and asks only the pushed
+branches, at once. A nudge is removed by the next tick, once the cursor that names it (`#handled_pushes`)
+was stored; after a crash it is handled again, which the run key makes harmless. Without a receiver (or
+when it is down), polling finds every commit within the poll interval as before. Keys starting with `#` are
+reserved: the cursor stays the flat JSON object it always was, with branch keys read as before.
+
 A repo that cannot be read (unreachable, deleted, branch gone) or a registry that cannot answer on a first
 tick is a skip reason for that branch only: its cursor entry stays as it was, so the next tick retries,
 and the other branches proceed. Anything else (a broken mirror folder, a bug) fails the tick, and Dagster
@@ -24,9 +33,11 @@ then keeps the previous cursor.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import dagster as dg
@@ -41,6 +52,7 @@ from release_graph.release.tags import (
     release_tags,
 )
 from resources.git import CommitInfo, GitError, GitResource, redact_url
+from resources.push_spool import Nudge, read_nudges, remove_nudges, spool_dir
 from resources.registry import RegistryError
 
 # Dagster reads the data version of an observation from this tag
@@ -48,6 +60,9 @@ from resources.registry import RegistryError
 DATA_VERSION_TAG = "dagster/data_version"
 # Enough to see what a coalesced release contains without turning metadata into a log.
 MAX_LISTED_SKIPPED = 50
+# Reserved cursor keys (a branch key always contains "@" after a URL, never starts with "#").
+LAST_FULL_POLL_KEY = "#last_full_poll"  # when every branch was last asked (seconds since the epoch)
+HANDLED_PUSHES_KEY = "#handled_pushes"  # the spool files this tick handled, removed by the next tick
 
 
 class ImageRegistry(Protocol):
@@ -132,6 +147,9 @@ class GitTick:
     branches: int = 0  # tracked (repo, branch) pairs
     moved: int = 0  # of which the head moved since the cursor (and could be read)
     fleet: str = ""  # the fleet's name: with service and SHA, it names each release's trace
+    polled: int | None = None  # branches asked this tick; None: all of them (a full poll)
+    pushed: int = 0  # of which named by a push (the spool)
+    next_poll_in: float | None = None  # seconds to the next full poll, when this tick was not one
 
     def run_requests(self) -> list[dg.RunRequest]:
         return [r.run_request(self.fleet) for r in self.releases if r.build]
@@ -150,6 +168,11 @@ class GitTick:
             )
         elif self.moved:
             parts.append(f"new commits on {self.moved} branch(es) touch no released service's path")
+        elif self.polled == 0 and not self.problems:
+            parts.append(f"no push received; next poll of {self.branches} tracked branch(es) "
+                         f"in {self.next_poll_in or 0:.0f} s")
+        elif self.polled is not None and not self.problems:
+            parts.append(f"no new commits on {self.polled} pushed branch(es)")
         elif not self.problems:
             parts.append(f"no new commits on {self.branches} tracked branch(es)")
         if self.problems:
@@ -199,19 +222,47 @@ def tracked_branches(fleet: Fleet) -> dict[tuple[str, str], list[Service]]:
     return branches
 
 
-def evaluate_git_tick(fleet: Fleet, git: GitResource, registry: ImageRegistry, cursor: str | None) -> GitTick:
-    """One tick of the sensor, without Dagster's context: the releases, the next cursor and the problems."""
+def evaluate_git_tick(
+    fleet: Fleet, git: GitResource, registry: ImageRegistry, cursor: str | None, *,
+    poll_interval_seconds: float | None = None, spool: Path | None = None, now: float | None = None,
+) -> GitTick:
+    """One tick of the sensor, without Dagster's context: the releases, the next cursor and the problems.
+
+    `poll_interval_seconds` None: every tick asks every branch (and reads no spool). Otherwise every branch is
+    asked once per interval, and in between only the branches the nudges in `spool` name."""
     previous, cursor_problem = parse_cursor(cursor)
+    reserved = {key: previous.pop(key) for key in list(previous) if key.startswith("#")}
     branches = tracked_branches(fleet)
     tick = GitTick(branches=len(branches), fleet=fleet.name)
     if cursor_problem:
         tick.problems.append(cursor_problem)
-    heads = git.remote_heads(list(branches))
+    polled = branches
+    if poll_interval_seconds is not None:
+        now = time.time() if now is None else now
+        # Only this fleet's branches: another fleet of the same installation may share the state folder.
+        tracked = {cursor_key(*pair) for pair in branches}
+        nudges = [n for n in _take_nudges(spool, reserved.get(HANDLED_PUSHES_KEY, "")) if n.branch_key in tracked]
+        if nudges:
+            tick.cursor[HANDLED_PUSHES_KEY] = ",".join(n.name for n in nudges)
+        last_poll = _float_or_none(reserved.get(LAST_FULL_POLL_KEY))
+        if last_poll is None or not 0 <= now - last_poll < poll_interval_seconds:
+            tick.cursor[LAST_FULL_POLL_KEY] = f"{now:.3f}"
+        else:
+            tick.cursor[LAST_FULL_POLL_KEY] = reserved[LAST_FULL_POLL_KEY]
+            pushed = {n.branch_key for n in nudges}
+            polled = {pair: services for pair, services in branches.items() if cursor_key(*pair) in pushed}
+            tick.polled = tick.pushed = len(polled)
+            tick.next_poll_in = last_poll + poll_interval_seconds - now
+    heads = git.remote_heads(list(polled)) if polled else {}
 
     moved: list[tuple[tuple[str, str], str | None, str]] = []
     for (url, branch), services in branches.items():
         key = cursor_key(url, branch)
         old = previous.get(key)
+        if (url, branch) not in polled:  # not asked this tick: as it was
+            if old is not None:
+                tick.cursor[key] = old
+            continue
         head = heads[(url, branch)]
         if head.sha is None:
             tick.problems.append(f"{key} ({_names(services)}): {head.error}")
@@ -248,6 +299,23 @@ def evaluate_git_tick(fleet: Fleet, git: GitResource, registry: ImageRegistry, c
             tick.cursor[outcome.key] = old
     tick.releases.sort(key=lambda r: r.service)
     return tick
+
+
+def _take_nudges(spool: Path | None, handled: str) -> list[Nudge]:
+    """The nudges not handled yet. Those the previous tick handled are removed now: that tick's cursor, which
+    names them, was stored (Dagster passes a tick the cursor the previous one returned)."""
+    folder = spool if spool is not None else spool_dir()
+    remove_nudges(folder, [name for name in handled.split(",") if name])
+    nudges, unreadable = read_nudges(folder)
+    remove_nudges(folder, unreadable)
+    return nudges
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _names(services: Sequence[Service]) -> str:
@@ -327,9 +395,13 @@ def _releases_on_branch(
 
 
 def build_git_commit_sensor(
-    fleet: Fleet, *, minimum_interval_seconds: int = 10, name: str = "git_commits"
+    fleet: Fleet, *, minimum_interval_seconds: int = 10, name: str = "git_commits",
+    poll_interval_seconds: float | None = None, push_spool: Path | None = None,
 ) -> dg.SensorDefinition:
-    """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists)."""
+    """The sensor for one fleet; needs resources `git` (GitResource) and `registry` (image_exists).
+
+    With `poll_interval_seconds`, push triggers are on: each tick reads the push spool (`push_spool`, default
+    `<state>/git-pushes`, resolved at tick time) and asks every branch only once per poll interval."""
     image_keys = [image_key(s) for branch in tracked_branches(fleet).values() for s in branch]
     first = next(iter(fleet.environments.values()), None)
     # what a build run may go on to (stages_in_the_image_run): every service's integration and first environment
@@ -344,13 +416,17 @@ def build_git_commit_sensor(
         # An asset selection (not a job): each request then runs in the fleet's implicit asset job with
         # exactly its image and that image's checks (resolved by Dagster when the tick is evaluated).
         asset_selection=dg.AssetSelection.assets(*image_keys, *then_keys) if image_keys else None,
-        description="Polls every tracked branch with git ls-remote; one image build per new release "
+        description="Polls every tracked branch with git ls-remote"
+        + (f" every {poll_interval_seconds:g} s, and a pushed branch at once (release-graph webhooks)"
+           if poll_interval_seconds is not None else "")
+        + "; one image build per new release "
         "(run key <service>:<sha>), an observation of <service>/source with the SHA as data version.",
     )
     def git_commits(
         context: dg.SensorEvaluationContext, git: GitResource, registry: dg.ResourceParam[ImageRegistry]
     ) -> dg.SensorResult:
-        tick = evaluate_git_tick(fleet, git, registry, context.cursor)
+        tick = evaluate_git_tick(fleet, git, registry, context.cursor,
+                                 poll_interval_seconds=poll_interval_seconds, spool=push_spool)
         releasing = {r.service for r in tick.releases if r.build}
         tick.releases = [replace(r, then=tuple(stages_in_the_image_run(
             context.instance, fleet, fleet.services[r.service], releasing - {r.service}))) if r.build else r

@@ -111,6 +111,15 @@ def cmd_dora(args: argparse.Namespace) -> int:
     return dora(load_fleet(resolve_fleet_path(args.fleet)), days=args.days, as_json=args.json)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    import os
+
+    from release_graph.webhooks import serve
+
+    return serve(resolve_fleet_path(args.fleet), host=args.host, port=args.port, secret_variable=args.secret_env,
+                 environ=os.environ)
+
+
 def cmd_import(argv: list[str]) -> int:
     from release_graph.importer.cli import run
 
@@ -205,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     dora.add_argument("--json", action="store_true")
     _fleet_argument(dora)
     dora.set_defaults(handler=cmd_dora)
+
+    webhooks = commands.add_parser("webhooks", help="receive Git push events (GitHub, GitLab, Gitea; signed) and "
+                                   "make the Git sensor look at the pushed branch at once")
+    webhooks.add_argument("--port", type=int, required=True, help="the port to listen on (0: any free one)")
+    webhooks.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    webhooks.add_argument("--secret-env", default="RELEASE_GRAPH_WEBHOOK_SECRET", metavar="VARIABLE",
+                          help="the environment variable holding the webhook secret (default: "
+                          "RELEASE_GRAPH_WEBHOOK_SECRET)")
+    _fleet_argument(webhooks)
+    webhooks.set_defaults(handler=cmd_webhooks)
 
     commands.add_parser("import", add_help=False,
                         help="write a fleet.yaml from docker-compose files, Kubernetes manifests or an Aspire manifest")

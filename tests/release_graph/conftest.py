@@ -7,6 +7,7 @@ Everything it creates in the registry, the engine and on the host is removed at 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from release_graph.wiring import build_definitions, registry_resource, scanner_r
 from resources.containers import ContainerEngine
 from resources.git import GitResource
 from resources.registry import Registry, RegistryError
+from sensors.git_commits import LAST_FULL_POLL_KEY
 
 SHOP_DIR = Path(__file__).resolve().parents[2] / "examples" / "shop"
 SOURCES_DIR = SHOP_DIR / "services"
@@ -70,6 +72,10 @@ class ReleaseWorld:
         if isinstance(result, dg.SensorResult):
             if result.cursor is not None:
                 self.sensor_cursors[sensor_name] = result.cursor
+                if sensor_name == "git_commits":  # every story tick is a full poll: as if its interval passed
+                    cursor = json.loads(result.cursor)
+                    cursor.pop(LAST_FULL_POLL_KEY, None)
+                    self.sensor_cursors[sensor_name] = json.dumps(cursor, sort_keys=True)
             for event in result.asset_events or []:
                 self.instance.report_runless_asset_event(event)
         return result
