@@ -179,6 +179,17 @@ def runs_holding(instance: dg.DagsterInstance, service_name: str, key: dg.AssetK
     return [r for r in records if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection]
 
 
+RUNS_IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.STARTED]
+
+
+def run_in_progress_holding(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.DagsterRun | None:
+    """A queued or running run that holds `key` (any service's, or a fleet report's), or None."""
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=RUNS_IN_PROGRESS), limit=RUNS_LOOKED_AT)
+    return next((r.dagster_run for r in records
+                 if r.dagster_run.asset_selection and key in r.dagster_run.asset_selection), None)
+
+
 def failed_attempt_since(instance: dg.DagsterInstance, service_name: str, key: dg.AssetKey, since: float | None,
                          trigger_run_id: str | None = None):
     """The newest failed run that held `key` and was created after `since` (a timestamp; None: ever), or None.

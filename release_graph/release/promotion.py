@@ -391,6 +391,19 @@ def e2e_blocker(instance, fleet: Fleet, service: Service, environment: Environme
     return None
 
 
+def e2e_in_progress(instance, fleet: Fleet, environment: Environment) -> str | None:
+    """A deployment waits while its environment's own e2e run is queued or running: its verdict is about what
+    runs there, and a release moving under it (a canary taking half the traffic) would fail it for nothing."""
+    if fleet.e2e is None:
+        return None
+    key = e2e_key(environment)
+    run = history.run_in_progress_holding(instance, key)
+    if run is None:
+        return None
+    return (f"waiting for {key.to_user_string()} to finish (run {run.run_id[:8]}): it tests what runs in "
+            f"{environment.name}")
+
+
 def rolled_back_from(instance, service: Service, environment: Environment, digest: str) -> history.StageRecord | None:
     """The deployment that rolled `digest` back out of `environment`, if one did."""
     return next((r for r in history.history(instance, environment_key(service, environment))
@@ -465,6 +478,9 @@ def waiting_reason(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     blocker = e2e_blocker(instance, fleet, service, environment, digest, label)
     if blocker:
         return blocker
+    testing = e2e_in_progress(instance, fleet, environment)
+    if testing:
+        return testing
     for provider in service.hard_deps:
         if service.deploy_unit and fleet.services[provider].deploy_unit == service.deploy_unit:
             continue  # edges inside a deploy unit do not order deployments
@@ -515,7 +531,7 @@ def chain_waiting_reason(instance, fleet: Fleet, service: Service, environment: 
         return f"waiting for {service.name}/image: nothing has been built yet"
     if rolled_back_from(instance, service, environment, image.digest) is not None:
         return f"{digest_label(image.digest, image.git_sha)} was rolled back out of {environment.name}"
-    return providers_unsettled(instance, fleet, service, environment)
+    return e2e_in_progress(instance, fleet, environment) or providers_unsettled(instance, fleet, service, environment)
 
 
 def providers_unsettled(instance, fleet: Fleet, service: Service, environment: Environment) -> str | None:
@@ -550,7 +566,8 @@ def stages_in_the_image_run(instance, fleet: Fleet, service: Service, releasing:
     stages = [integration_key(service)]
     first = next(iter(fleet.environments.values()))
     if (not first.requires_approval and not first.branch and previous_stage_key(fleet, service, first) == stages[0]
-            and providers_unsettled(instance, fleet, service, first) is None):
+            and providers_unsettled(instance, fleet, service, first) is None
+            and e2e_in_progress(instance, fleet, first) is None):
         stages.append(environment_key(service, first))
     return stages
 

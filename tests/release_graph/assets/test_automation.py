@@ -5,6 +5,7 @@ events here (what a finished step records), so each story isolates the decision 
 from __future__ import annotations
 
 import textwrap
+import uuid
 
 import dagster as dg
 import pytest
@@ -383,7 +384,9 @@ def e2e_story(tmp_path):
     defs = build_definitions(load_fleet(tmp_path / "fleet.yaml"),
                              resources={k: dg.ResourceDefinition.none_resource() for k in RESOURCE_KEYS})
     with dg.instance_for_test() as instance:
-        yield Story(defs, instance)
+        story = Story(defs, instance)
+        story.defs_path = tmp_path / "fleet.yaml"
+        yield story
 
 
 def record_e2e(story: Story, tested: dict[str, str], passed: bool) -> None:
@@ -457,3 +460,24 @@ def test_after_a_build_run_that_went_on_to_dev_automation_starts_neither_stage_a
     # then automation has nothing to start for inventory (only the matrix notices the deployment)
     assert story.tick() == {key("fleet", "environments")}
     assert story.tick() == set()
+
+
+def test_a_deployment_waits_while_its_environments_e2e_run_tests_what_runs_there(e2e_story):
+    story = e2e_story
+    story.tick()
+    story.record(key("inventory", "image"), "sha256:i1", IMAGE_CHECKS_PASSED)
+    story.record(key("inventory", "dev"), "sha256:i1", {"healthy": True})
+    story.tick()
+    # Given staging's own e2e run is under way (testing what staging runs now)
+    testing = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                            asset_selection=frozenset({key("fleet", "staging_e2e")}))
+    story.instance.add_run(testing)
+    # when dev's e2e passes with i1, staging does not move under that run: it waits, and says why
+    record_e2e(story, {"inventory": "sha256:i1"}, passed=True)
+    assert key("inventory", "staging") not in story.tick()
+    fleet = load_fleet(story.defs_path)
+    assert waiting_reason(story.instance, fleet, fleet.services["inventory"], key("inventory", "staging")) == (
+        f"waiting for fleet/staging_e2e to finish (run {testing.run_id[:8]}): it tests what runs in staging")
+    # then once that run is over, staging takes i1
+    story.instance.delete_run(testing.run_id)
+    assert key("inventory", "staging") in story.tick()
