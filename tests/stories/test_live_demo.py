@@ -34,6 +34,7 @@ from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, e2e_key, environment_key, image_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG
 from release_graph.release.why import BLOCKED, FAILED, UP_TO_DATE, WAITING, stage_status
+from resources import labels as L
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 
@@ -61,7 +62,7 @@ def shoppers(live):
     thread.join(timeout=60)
 
 
-def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypatch):
+def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypatch, docker_client):
     monkeypatch.setenv("DAGSTER_HOME", str(live.home))
     live.start()
     fleet = live.fleet
@@ -276,10 +277,17 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
 
         # (and no secret reached the instance's storage: event log, runs, compute logs; neither the payments key
         # deployed to every environment nor the key the notifications are signed with)
-        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), inbox.key]
+        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), live.env["SHOP_PAYMENTS_TEST_KEY"].encode(), inbox.key]
         leaked = [str(path) for path in live.home.rglob("*")
                   if path.is_file() and any(secret in path.read_bytes() for secret in secrets)]
         assert not leaked, leaked
+        # (nor does the engine show the payments keys: no `inspect` of a container of the fleet holds one; payments
+        # reads its key from a file)
+        fleet_containers = docker_client.containers.list(all=True, filters={"label": f"{L.FLEET}={live.fleet_name}"})
+        shown = [c.name for c in fleet_containers
+                 if any(secret in json.dumps(docker_client.api.inspect_container(c.id)).encode()
+                        for secret in secrets[:2])]
+        assert fleet_containers and not shown, shown
 
         # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory, and
         # the rolled-back canary), no run held two services' stages, no image was built twice
