@@ -2,6 +2,8 @@
 
 The dependencies run the digests the first environment runs (or their latest passing images), so the
 test answers "does this change work with what it would meet". Everything is torn down, also on failure.
+Each service started here receives the integration's own declared secrets (`integration.secrets`), never the
+first environment's.
 """
 
 

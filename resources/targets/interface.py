@@ -14,7 +14,8 @@ Rules every implementation keeps:
 - only images pinned by digest are deployed (`pinned_reference`), and a spec is checked (`validate_spec`)
   before anything changes;
 - a failed deployment leaves whatever served before serving (`DeploymentFailed`);
-- secret values never reach labels, logs, results or errors.
+- secret values never reach labels, logs, results or errors, nor (delivered as files, the default) the
+  engine's `inspect`.
 """
 
 import re
