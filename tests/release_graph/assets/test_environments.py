@@ -171,11 +171,13 @@ def test_a_missing_secret_fails_the_deployment_before_anything_stops(shop, monke
     world = shop
     before = world.target().running(world.fleet.name, "dev", "payments")
     monkeypatch.delenv(PAYMENTS_KEY_VARIABLE)
-    build_new_commit(world, "payments")
-    runs = world.automate()
-    # (the integration stage has its own secret and passes; dev is the first to refuse)
+    world.commit("payments")
+    (request,) = world.tick("git_commits").run_requests
+    runs = [(request, world.execute(request)), *world.automate()]
+    # (the integration stage has its own secret and passes; dev, which the build run may go on to, refuses)
     failure = "\n".join(text for _, run in runs for text in world.failures(run).values())
     assert PAYMENTS_KEY_VARIABLE in failure and "service payments in environment dev" in failure, failure
+    assert world.latest(key("payments", "integration")).git_sha == world.latest(key("payments", "image")).git_sha
     after = world.target().running(world.fleet.name, "dev", "payments")
     assert after.container_id == before.container_id and after.running
 
