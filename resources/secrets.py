@@ -1,8 +1,9 @@
 """Secrets for deployments: AWS Secrets Manager (boto3) or the process environment, resolved at deploy time.
 
 The manifest names secrets, never holds them: `environments.<env>.secrets.<service>.<ENV_NAME>` is
-`{aws: <secret id or ARN>}` or `{env: <VARIABLE>}`. `SecretsResource.resolve` turns those references into
-the values a container receives as environment variables.
+`{aws: <secret id or ARN>}` or `{env: <VARIABLE>}` (the integration stage's own: `integration.secrets.<service>`).
+`SecretsResource.resolve` turns those references into the values a container receives (as files by default,
+as environment variables where a service opts in: `resources/targets/docker/secret_files.py`).
 
 Values never leave `resolve`'s return value: no log line, exception message, repr or metadata here carries
 one. A reference that names nothing raises `MissingSecret` (naming the reference, the variable, the service

@@ -179,6 +179,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         calls=tuple(edge.name for edge in service.depends_on),
         entrypoint=service.entrypoint,
         command=service.command,
+        secrets_as=service.secrets_as,
     ), environment, key, immediate=bool(config.rollback_reason))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"

@@ -2,6 +2,8 @@
 
 The dependencies run the digests the first environment runs (or their latest passing images), so the
 test answers "does this change work with what it would meet". Everything is torn down, also on failure.
+Each service started here receives the integration's own declared secrets (`integration.secrets`), never the
+first environment's.
 """
 
 
@@ -83,10 +85,12 @@ def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTa
                 port=member.port,
                 health=member.health,
                 env=first.service_env(member),
+                # The integration's own declared secrets (top-level `integration.secrets`), never an environment's.
                 secrets=secrets.resolve(
-                    first.secrets.get(name, {}), environment=first.name, service=name),
+                    fleet.integration_secrets.get(name, {}), environment="integration", service=name),
                 entrypoint=member.entrypoint,
                 command=member.command,
+                secrets_as=member.secrets_as,
             )
             started.append(f"{name}@{digest[7:19]}")
         context.log.info(f"integration environment up: {', '.join(started)}")

@@ -28,6 +28,8 @@ from release_graph.fleet.model import (
     NOTIFICATION_EVENTS,
     ON_INCONCLUSIVE,
     SCANNERS,
+    SECRET_DELIVERIES,
+    SECRETS_DIR_IN_CONTAINER,
     STRATEGIES,
     Analysis,
     Build,
@@ -128,7 +130,7 @@ def _is_str(value: Any) -> bool:
 
 SERVICE_KEYS = {
     "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
-    "description", "language", "infrastructure", "deploy_unit", "env", "entrypoint", "command",
+    "description", "language", "infrastructure", "deploy_unit", "env", "entrypoint", "command", "secrets_as",
 }
 BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_target", "args"}
 E2E_KEYS = {"context", "dockerfile", "target"}
@@ -149,7 +151,8 @@ HTTP_URL = re.compile(r"^https?://[^\s/]+")
 SCAN_THRESHOLDS = ("CRITICAL", "HIGH", "MEDIUM", "LOW")
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_KEYS = {"fleet", "registry", "registry_auth", "services", "environments", "sast_threshold", "e2e", "security",
-            "notifications", "events", "teams"}
+            "notifications", "events", "teams", "integration"}
+INTEGRATION_KEYS = {"secrets"}
 SAST_THRESHOLDS = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -216,6 +219,7 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
     events = _parse_events(problems, document)
     teams = _parse_teams(problems, document)
     environments = _parse_environments(problems, document, set(raw_services), notifications, teams)
+    integration_secrets = _parse_integration(problems, document, set(raw_services))
     _check_edges(problems, raw_services, services)
 
     if problems.items:
@@ -233,7 +237,38 @@ def load_fleet(path: str | os.PathLike, *, check_files: bool = True, text: str |
         events=events,
         registry_auth=registry_auth,
         teams=MappingProxyType(teams),
+        integration_secrets=MappingProxyType(integration_secrets),
     )
+
+
+def _parse_integration(problems: _Problems, document: LineDict, service_names: set[str]) -> dict:
+    """Top-level `integration: {secrets: {<service>: {<NAME>: {env: <VARIABLE>} or {aws: <id>}}}}`: the secrets
+    each service receives in an integration environment (none unless named here)."""
+    raw = document.get("integration")
+    if raw is None:
+        return {}
+    if not isinstance(raw, LineDict):
+        problems.add(_line(document, "integration"), _where(field_name="integration"),
+                     "expected a mapping such as {secrets: {<service>: {<NAME>: {env: <VARIABLE>}}}}")
+        return {}
+    for key in raw:
+        if key not in INTEGRATION_KEYS:
+            problems.add(_line(raw, key), _where(field_name=f"integration.{key}"),
+                         f"unknown key (expected one of: {', '.join(sorted(INTEGRATION_KEYS))})")
+    secrets_raw = raw.get("secrets") or {}
+    if not isinstance(secrets_raw, dict):
+        problems.add(_line(raw, "secrets"), _where(field_name="integration.secrets"),
+                     "expected a mapping of service name to {<NAME>: {env: <VARIABLE>} or {aws: <secret id>}}")
+        return {}
+    result = {}
+    for service, refs in secrets_raw.items():
+        if service not in service_names:
+            problems.add(_line(secrets_raw, service), _where(field_name=f"integration.secrets.{service}"),
+                         f"'{service}' is not a service of this fleet")
+            continue
+        result[service] = _parse_secret_refs(problems, None, service, secrets_raw, refs,
+                                             prefix="integration.secrets")
+    return result
 
 
 def _parse_e2e(problems: _Problems, document: LineDict, root: Path, check_files: bool) -> E2ETests | None:
@@ -607,6 +642,13 @@ def _parse_service(
                      "expected a DNS label naming the unit")
 
     env = _string_map(problems, raw, "env", where)
+    secrets_as = raw.get("secrets_as", "file")
+    if secrets_as not in SECRET_DELIVERIES:
+        problems.add(_line(raw, "secrets_as"), _where(field_name="secrets_as", **where),
+                     f"expected file (the default: each secret a read-only file under {SECRETS_DIR_IN_CONTAINER}, "
+                     f"its path in <NAME>_FILE) or env (environment variables, shown by the engine's inspect), "
+                     f"got {secrets_as!r}")
+        secrets_as = "file"
     entrypoint = _argument_list(problems, raw, "entrypoint", where)
     command = _argument_list(problems, raw, "command", where)
     edges = _parse_edges(problems, raw, where)
@@ -632,6 +674,7 @@ def _parse_service(
         env=env,
         entrypoint=entrypoint,
         command=command,
+        secrets_as=secrets_as,
     )
 
 
@@ -1329,15 +1372,16 @@ def _parse_analysis(problems: _Problems, env: str, rollout: LineDict, reporter) 
                     cloudwatch=cloudwatch, **values)
 
 
-def _parse_secret_refs(problems: _Problems, env: str, service: str, parent: LineDict, refs: Any):
+def _parse_secret_refs(problems: _Problems, env: str | None, service: str, parent: LineDict, refs: Any,
+                       prefix: str = "secrets"):
     where = {"environment": env}
     if not isinstance(refs, dict):
-        problems.add(_line(parent, service), _where(field_name=f"secrets.{service}", **where),
+        problems.add(_line(parent, service), _where(field_name=f"{prefix}.{service}", **where),
                      "expected a mapping of variable name to {aws: <secret id>} or {env: <VARIABLE>}")
         return MappingProxyType({})
     result = {}
     for variable, ref in refs.items():
-        field_name = f"secrets.{service}.{variable}"
+        field_name = f"{prefix}.{service}.{variable}"
         if not (isinstance(variable, str) and ENV_VAR_NAME.match(variable)):
             problems.add(_line(refs, variable), _where(field_name=field_name, **where),
                          "expected an environment variable name (letters, digits, '_')")

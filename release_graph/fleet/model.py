@@ -14,6 +14,10 @@ from types import MappingProxyType
 
 from release_graph.fleet.references import parse_image_reference
 
+# How a container receives its secrets: "file" (the default: a read-only file /run/secrets/<NAME> on an in-memory
+# mount, the path in <NAME>_FILE; the value is in no `inspect`) or "env" (environment variables, a service's opt-in).
+SECRET_DELIVERIES = ("file", "env")
+SECRETS_DIR_IN_CONTAINER = "/run/secrets"
 GIT_URL = re.compile(r"^(git|file|ssh|https?)://|^[\w.-]+@[\w.-]+:")
 SCANNERS = ("none", "ecr", "trivy", "grype", "osv")
 AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
@@ -63,6 +67,8 @@ class Service:
     # services may run one image with different commands.
     entrypoint: tuple[str, ...] | None = None
     command: tuple[str, ...] | None = None
+    # How its containers receive their secrets (SECRET_DELIVERIES): files unless the service opts in to env.
+    secrets_as: str = "file"
 
     @property
     def group(self) -> str:
@@ -390,6 +396,9 @@ class Fleet:
         return parse_image_reference(self.registry).registry
     # top-level `teams:`: team name -> member emails, what `team:<name>` stands for in an environment's approvers
     teams: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # top-level `integration: {secrets: ...}`: what each service receives in an integration environment (its own
+    # declared secrets, never an environment's); a service not named there receives none
+    integration_secrets: Mapping[str, Mapping[str, SecretRef]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def root(self) -> Path:

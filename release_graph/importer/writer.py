@@ -288,6 +288,13 @@ def _service(out: _Out, service: ImportedService, report: EdgeReport, unit: str 
         out.line("    env:")
         for key, value in data["env"].items():
             out.line(f"      {scalar(key)}: {scalar(value)}")
+    if any(ENV_VAR_NAME.match(variable) for variable in service.secrets):
+        # Its deploy files hand it its secrets as variables, so that is what its code reads.
+        data["secrets_as"] = "env"
+        out.comment(4, "secrets_as env: the deploy files gave this service its secrets as environment variables, "
+                       "which the engine's inspect shows; once it reads each from the file <NAME>_FILE names, "
+                       "remove this line (files are the default)")
+        out.line("    secrets_as: env")
 
     edges = report.of(service.name)
     if edges:

@@ -14,7 +14,8 @@ Rules every implementation keeps:
 - only images pinned by digest are deployed (`pinned_reference`), and a spec is checked (`validate_spec`)
   before anything changes;
 - a failed deployment leaves whatever served before serving (`DeploymentFailed`);
-- secret values never reach labels, logs, results or errors.
+- secret values never reach labels, logs, results or errors, nor (delivered as files, the default) the
+  engine's `inspect`.
 """
 
 import re
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from release_graph.fleet.model import SECRET_DELIVERIES, SECRETS_DIR_IN_CONTAINER
 from release_graph.fleet.references import SHA256_DIGEST
 from resources import labels as L
 from resources.containers import RunResult
@@ -94,11 +96,13 @@ class DeploymentSpec:
     `image` must be `repo@sha256:<64 hex>` (a tag in front of the digest is accepted and ignored).
     `port` is the container port (None: nothing to reach); `health` an HTTP path answered with 2xx when
     healthy (None: "running" is healthy; needs `port` otherwise). `env` is plain config; `secrets` are
-    injected as environment variables at start and never logged, labelled or returned. `publish` is a host
-    port on the target's `publish_address` (None: not published). `labels` are added to the container.
-    `calls` names the services it calls (its declared edges): a target reaches those through its switch, so
-    replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the image's
-    ENTRYPOINT and CMD (None: the image's own).
+    never logged, labelled or returned: with `secrets_as="file"` (the default) each is a read-only file
+    `/run/secrets/<NAME>` on an in-memory mount, its path in the variable `<NAME>_FILE`, so the engine's
+    `inspect` never shows a value; with `secrets_as="env"` (a service's opt-in) they are environment variables.
+    `publish` is a host port on the target's `publish_address` (None: not published). `labels` are added to
+    the container. `calls` names the services it calls (its declared edges): a target reaches those through
+    its switch, so replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the
+    image's ENTRYPOINT and CMD (None: the image's own).
     """
 
     fleet: str
@@ -114,6 +118,23 @@ class DeploymentSpec:
     calls: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None
     command: tuple[str, ...] | None = None
+    secrets_as: str = "file"
+
+
+def secret_file_variables(spec: DeploymentSpec) -> dict[str, str]:
+    """`<NAME>_FILE` -> `/run/secrets/<NAME>` for each secret delivered as a file (none with `secrets_as="env"`):
+    plain configuration, the path is not secret."""
+    if spec.secrets_as != "file":
+        return {}
+    return {f"{name}_FILE": f"{SECRETS_DIR_IN_CONTAINER}/{name}" for name in spec.secrets}
+
+
+def container_environment(spec: DeploymentSpec) -> dict[str, str]:
+    """The environment variables a container of `spec` is created with: its config, and its secrets only when
+    it opted in to receive them as variables (otherwise where their files are)."""
+    if spec.secrets_as == "env":
+        return {**spec.env, **spec.secrets}
+    return {**spec.env, **secret_file_variables(spec)}
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,13 @@ def validate_spec(spec: DeploymentSpec) -> None:
     overlap = sorted(set(spec.env) & set(spec.secrets))
     if overlap:
         raise InvalidDeploymentSpec(f"{where}: {', '.join(overlap)} given both as plain env and as secret")
+    if spec.secrets_as not in SECRET_DELIVERIES:
+        raise InvalidDeploymentSpec(f"{where}: secrets_as must be one of {', '.join(SECRET_DELIVERIES)}, "
+                                    f"not {spec.secrets_as!r}")
+    pointers = sorted(set(spec.env) & set(secret_file_variables(spec)))
+    if pointers:
+        raise InvalidDeploymentSpec(f"{where}: {', '.join(pointers)} is set as plain env, but it is where a secret "
+                                    "delivered as a file is found: remove it, or deliver the secrets as env")
     reserved = sorted(k for k in spec.labels if L.reserved(k))
     if reserved:
         raise InvalidDeploymentSpec(f"{where}: labels {', '.join(reserved)} are reserved for release-graph")
@@ -317,9 +345,10 @@ class EphemeralEnvironment(ABC):
         timeout_seconds: float | None = None,
         entrypoint: Sequence[str] | None = None,
         command: Sequence[str] | None = None,
+        secrets_as: str = "file",
     ) -> StartedService:
         """Start `image` reachable as `service` here and wait until it is healthy (DeploymentFailed if not).
-        `entrypoint` and `command` replace the image's own, as in `DeploymentSpec`."""
+        `entrypoint`, `command` and `secrets_as` (how `secrets` are delivered) as in `DeploymentSpec`."""
 
     @abstractmethod
     def run_to_completion(

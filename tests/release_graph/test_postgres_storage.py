@@ -25,6 +25,11 @@ ENVIRONMENTS = f"""\
     target: docker
     secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {SECRET_VARIABLE}}}}}}}
 """
+TEST_KEY_VARIABLE = "RG_TEST_PAYMENTS_TEST_KEY"
+INTEGRATION = f"""\
+integration:
+  secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {TEST_KEY_VARIABLE}}}}}}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +101,10 @@ def test_a_release_on_postgres_reads_back_and_keeps_secrets_out(postgres, releas
                                                                   monkeypatch):
     secret = "pk-" + os.urandom(12).hex()
     monkeypatch.setenv(SECRET_VARIABLE, secret)
+    monkeypatch.setenv(TEST_KEY_VARIABLE, "test-" + os.urandom(12).hex())
     with instance_on(postgres, "postgres", "release", tmp_path / "home", monkeypatch) as instance:
         # Given a world whose Dagster instance is the Postgres one from deploy/postgres/dagster.yaml
-        world = release_world_factory(["payments"], environments=ENVIRONMENTS, instance=instance)
+        world = release_world_factory(["payments"], environments=ENVIRONMENTS, extra_top=INTEGRATION, instance=instance)
         # When payments is released from its head commit to dev
         on_postgres = release_payments(world)
         image = world.latest(key("payments", "image"))
@@ -123,7 +129,7 @@ def test_a_release_on_postgres_reads_back_and_keeps_secrets_out(postgres, releas
     assert running.digest == image.digest  # it was deployed with that secret
 
     # The same release on the default SQLite instance, for the figure (printed, not asserted: a shared machine)
-    sqlite_world = release_world_factory(["payments"], environments=ENVIRONMENTS)
+    sqlite_world = release_world_factory(["payments"], environments=ENVIRONMENTS, extra_top=INTEGRATION)
     on_sqlite = release_payments(sqlite_world)
     print(f"\nrelease of payments (image, integration, dev): Postgres {on_postgres:.1f} s, SQLite {on_sqlite:.1f} s "
           "(one after the other on a shared machine: a figure, not a benchmark)")

@@ -80,6 +80,7 @@ class LiveDemo:
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "RELEASE_GRAPH_STATE": str(self.state),
                     "RELEASE_GRAPH_FLEET": str(self.fleet_dir / "fleet.yaml"),
                     "SHOP_PAYMENTS_API_KEY": "demo-" + os.urandom(8).hex(),
+                    "SHOP_PAYMENTS_TEST_KEY": "test-" + os.urandom(8).hex(),
                     "SHOP_NOTIFY_URL": self.inbox.url, "SHOP_NOTIFY_KEY": self.inbox.key.decode(),
                     # the key the demo's image provenance is signed with, as `make demo` generates it
                     "SHOP_PROVENANCE_KEY": generate_key_pem(),

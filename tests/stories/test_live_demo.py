@@ -35,6 +35,7 @@ from release_graph.release import metadata as M
 from release_graph.release.keys import approval_key, e2e_key, environment_key, image_key
 from release_graph.release.tags import SERVICE_TAG, SHA_TAG
 from release_graph.release.why import BLOCKED, FAILED, UP_TO_DATE, WAITING, stage_status
+from resources import labels as L
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 
@@ -62,7 +63,7 @@ def shoppers(live):
     thread.join(timeout=60)
 
 
-def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypatch):
+def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypatch, docker_client):
     monkeypatch.setenv("DAGSTER_HOME", str(live.home))
     live.start()
     fleet = live.fleet
@@ -276,15 +277,22 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         assert approved["inventory"] in back[0]["data"]["subject"]["content"]["artifactId"], back[0]
 
         # (and no secret reached the instance's storage: event log, runs, compute logs; neither the payments key
-        # deployed to every environment, nor the key the notifications are signed with, nor the provenance key
-        # (its PEM, the PEM's base64, its base64 body))
+        # deployed to every environment, nor the integration's, nor the key the notifications are signed with, nor
+        # the provenance key (its PEM, the PEM's base64, its base64 body))
         pem = live.env["SHOP_PROVENANCE_KEY"]
-        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), inbox.key, pem.encode(),
-                   base64.b64encode(pem.encode()).rstrip(b"="),
+        secrets = [live.env["SHOP_PAYMENTS_API_KEY"].encode(), live.env["SHOP_PAYMENTS_TEST_KEY"].encode(), inbox.key,
+                   pem.encode(), base64.b64encode(pem.encode()).rstrip(b"="),
                    "".join(line for line in pem.splitlines() if "-----" not in line).encode()]
         leaked = [str(path) for path in live.home.rglob("*")
                   if path.is_file() and any(secret in path.read_bytes() for secret in secrets)]
         assert not leaked, leaked
+        # (nor does the engine show the payments keys: no `inspect` of a container of the fleet holds one; payments
+        # reads its key from a file)
+        fleet_containers = docker_client.containers.list(all=True, filters={"label": f"{L.FLEET}={live.fleet_name}"})
+        shown = [c.name for c in fleet_containers
+                 if any(secret in json.dumps(docker_client.api.inspect_container(c.id)).encode()
+                        for secret in secrets[:2])]
+        assert fleet_containers and not shown, shown
         # every image was signed, and every prod deployment verified its statement before it went out
         for service in SERVICES:
             assert history.latest(instance, image_key(service)).value(M.PROVENANCE), service

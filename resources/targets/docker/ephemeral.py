@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 from resources import labels as L
 from resources.containers import RunResult, network_dns_options
-from resources.targets.docker import inspect
+from resources.targets.docker import inspect, secret_files
 from resources.targets.interface import (
     LOG_TAIL_LINES,
     DeploymentSpec,
     EphemeralEnvironment,
     StartedService,
     check_name,
+    container_environment,
     validate_spec,
 )
 
@@ -58,6 +59,7 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         timeout_seconds: float | None = None,
         entrypoint: Sequence[str] | None = None,
         command: Sequence[str] | None = None,
+        secrets_as: str = "file",
     ) -> StartedService:
         """Start `image` reachable as `service` on this network and wait for it to be healthy.
 
@@ -67,7 +69,7 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         check_name("service", service)
         spec = DeploymentSpec(self.fleet, "ephemeral", service, image, port, health, dict(env or {}),
                               dict(secrets or {}), entrypoint=None if entrypoint is None else tuple(entrypoint),
-                              command=None if command is None else tuple(command))
+                              command=None if command is None else tuple(command), secrets_as=secrets_as)
         validate_spec(spec)
         target = self.target
         where = f"{service} in {self.network}"
@@ -76,20 +78,27 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         labels = self._labels(**{L.SERVICE: service, L.IMAGE: image})
         if port is not None:
             labels[L.PORT] = str(port)
+        folder, mounts = target._secret_mounts(spec, what=f"starting {where}")
+        try:
+            with target._engine(f"starting {where}"):
+                container = client.containers.create(
+                    image,
+                    **container_arguments(spec),
+                    name=f"{self.network}-{service}",
+                    environment=container_environment(spec),
+                    mounts=mounts,
+                    labels=labels,
+                    network=self.network,
+                    # Aliases at creation: reconnecting on an internal network breaks its DNS (module docstring).
+                    networking_config={self.network: client.api.create_endpoint_config(aliases=[service])},
+                    init=True,
+                    detach=True,
+                    **network_dns_options(client, self.network),
+                )
+        except BaseException:
+            secret_files.discard(target.config.secrets_dir, folder)
+            raise
         with target._engine(f"starting {where}"):
-            container = client.containers.create(
-                image,
-                **container_arguments(spec),
-                name=f"{self.network}-{service}",
-                environment={**spec.env, **spec.secrets},
-                labels=labels,
-                network=self.network,
-                # Aliases at creation: reconnecting on an internal network breaks its DNS (module docstring).
-                networking_config={self.network: client.api.create_endpoint_config(aliases=[service])},
-                init=True,
-                detach=True,
-                **network_dns_options(client, self.network),
-            )
             container.start()
         seconds = target._wait_healthy(
             container, self.network, port, health,

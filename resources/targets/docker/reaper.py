@@ -43,7 +43,7 @@ def teardown_environment(target: "DockerTarget", fleet: str, environment: str) -
     removed = []
     for container in containers.values():
         with suppress(NotFound), target._engine(f"removing {container.name}"):
-            container.remove(force=True)
+            target._remove_container(container)
             removed.append(container.name)
     networks = []
     with suppress(NotFound), target._engine(f"removing network {net}"):
@@ -110,7 +110,7 @@ def reap(
             if container is keep or now - inspect.created(container) < min_age_seconds:
                 continue
             with suppress(NotFound), target._engine(f"reap: removing {container.name}"):
-                container.remove(force=True)
+                target._remove_container(container)
                 containers.append(container.name)
 
     if keep_environments is not None and fleet is not None:
@@ -134,6 +134,7 @@ def reap(
             if folder.is_dir() and folder.name.startswith(prefix) and not target._network_exists(folder.name):
                 target._router_at(folder, folder.name).destroy()
                 proxies.append(folder.name)
+    target.sweep_secret_files()
     return ReapReport(tuple(containers), tuple(networks), tuple(proxies))
 
 
@@ -152,7 +153,7 @@ def remove_ephemeral(target: "DockerTarget", net: str) -> tuple[list[str], list[
     removed = []
     for container in members.values():
         with suppress(NotFound), target._engine(f"tearing down {net}: removing {container.name}"):
-            container.remove(force=True)
+            target._remove_container(container)
             removed.append(container.name)
     networks = []
     if network is not None:

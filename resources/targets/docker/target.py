@@ -55,7 +55,7 @@ from pydantic import Field
 from resources import labels as L
 from resources.containers import ContainerEngine, ContainerEngineError, RunResult, network_dns_options
 from resources.registry import is_loopback_host, parse_image_reference
-from resources.targets.docker import bridge, health, inspect, reaper
+from resources.targets.docker import bridge, health, inspect, reaper, secret_files
 from resources.targets.docker.ephemeral import DockerEphemeralEnvironment, container_arguments
 from resources.targets.docker.haproxy import HaproxyRouter, Route
 from resources.targets.interface import (
@@ -72,6 +72,7 @@ from resources.targets.interface import (
     RunningService,
     TargetError,
     check_name,
+    container_environment,
     pinned_reference,
     validate_spec,
 )
@@ -108,6 +109,11 @@ class DockerTargetConfig(dg.Config):
     extra_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels added to every container and network this target creates."
     )
+    secrets_dir: str = Field(
+        default=secret_files.DEFAULT_ROOT,
+        description="Host folder (on a tmpfs) of the secret files mounted into containers as /run/secrets/<NAME>; "
+        "one 0700 folder per container, removed with it.",
+    )
 
 
 def config_fingerprint(spec: DeploymentSpec) -> str:
@@ -120,6 +126,8 @@ def config_fingerprint(spec: DeploymentSpec) -> str:
         "secret_names": sorted(spec.secrets),
         "labels": dict(sorted(spec.labels.items())),
     }
+    if spec.secrets and spec.secrets_as == "file":
+        material["secrets_as"] = "file"  # a container given its secrets as variables is replaced by one with files
     # Only when set, so that containers deployed before these fields existed keep their fingerprint.
     for key in ("entrypoint", "command"):
         if getattr(spec, key) is not None:
@@ -370,7 +378,8 @@ class DockerTarget(DeployTarget):
             base_name,
             image=reference,
             **container_arguments(spec),
-            environment={**spec.env, **spec.secrets},
+            environment=container_environment(spec),
+            secrets_for=spec,
             labels=labels,
             network=net,
             extra_hosts=self._switched_calls(spec, router),
@@ -391,7 +400,7 @@ class DockerTarget(DeployTarget):
             address = self._move_alias(network, container, spec, where=where, image=reference)
         except BaseException:
             with suppress(DockerException, requests.RequestException):
-                container.remove(force=True)
+                self._remove_container(container)
             raise
         log.info("%s: %s healthy after %.2f s", where, container.name, health_seconds)
 
@@ -404,7 +413,8 @@ class DockerTarget(DeployTarget):
                 router.remove_route(spec.service)
         except ProxyError as exc:
             with suppress(DockerException, requests.RequestException):
-                container.remove(force=True)  # stopping it removes its DNS entry: the old container serves alone
+                # stopping it removes its DNS entry: the old container serves alone
+                self._remove_container(container)
             with suppress(ProxyError):
                 if old_route is not None:
                     router.set_route(spec.service, old_route)
@@ -454,8 +464,12 @@ class DockerTarget(DeployTarget):
         if digest not in self._image_digests(current.attrs.get("Image", "")):
             return None  # labels say so, the image does not: someone swapped it
         actual_env = set(current.attrs.get("Config", {}).get("Env") or [])
-        # Compared in memory only: a rotated secret value must redeploy, and the engine holds it anyway.
-        if any(f"{k}={v}" not in actual_env for k, v in {**spec.env, **spec.secrets}.items()):
+        # Compared in memory only: a rotated secret value must redeploy. Secrets given as variables are in the
+        # engine's env; those given as files are read back from this host's secret folder.
+        if any(f"{k}={v}" not in actual_env for k, v in container_environment(spec).items()):
+            return None
+        if spec.secrets and spec.secrets_as == "file" and secret_files.read(
+                self.config.secrets_dir, current.attrs) != dict(spec.secrets):
             return None
         address = inspect.address(current, net)
         if not address:
@@ -494,8 +508,7 @@ class DockerTarget(DeployTarget):
     def _pin_bridge(self, network) -> None:
         """Keep the environment's bridge at one MAC while containers come and go (bridge.py says why). The
         bridge exists once a container runs on the network; only a local engine's bridge is this host's."""
-        host = self.engine.docker_host or os.environ.get("DOCKER_HOST") or "unix://"  # unset: the default socket
-        if host.startswith("unix://"):
+        if self._engine_is_local():
             bridge.pin_address(self._gateway(network))
 
     @staticmethod
@@ -529,24 +542,58 @@ class DockerTarget(DeployTarget):
         entries = container.attrs.get("HostConfig", {}).get("ExtraHosts") or []
         return dict(entry.split(":", 1) for entry in entries if ":" in entry)
 
-    def _create_unique(self, base_name: str, *, what: str, **kwargs):
+    def _create_unique(self, base_name: str, *, what: str, secrets_for: DeploymentSpec | None = None, **kwargs):
+        """Create a container named `base_name` (or that with a suffix when taken). `secrets_for`: the spec whose
+        secrets it receives as files (`_secret_mounts`), when it asks for that."""
         client = self._docker()
         name = base_name
-        for _attempt in range(5):
-            with self._engine(what):
-                try:
-                    client.containers.get(name)
-                    name = f"{base_name}-{_random.token_hex(2)}"
-                    continue
-                except NotFound:
-                    pass
-                try:
-                    return client.containers.create(name=name, **kwargs)
-                except APIError as exc:
-                    if exc.status_code != 409:
-                        raise
-                    name = f"{base_name}-{_random.token_hex(2)}"
-        raise TargetError(f"{what}: no free container name after 5 tries starting from {base_name}")
+        folder, mounts = self._secret_mounts(secrets_for, what=what) if secrets_for is not None else (None, [])
+        if mounts:
+            kwargs["mounts"] = [*kwargs.get("mounts", []), *mounts]
+        try:
+            for _attempt in range(5):
+                with self._engine(what):
+                    try:
+                        client.containers.get(name)
+                        name = f"{base_name}-{_random.token_hex(2)}"
+                        continue
+                    except NotFound:
+                        pass
+                    try:
+                        return client.containers.create(name=name, **kwargs)
+                    except APIError as exc:
+                        if exc.status_code != 409:
+                            raise
+                        name = f"{base_name}-{_random.token_hex(2)}"
+            raise TargetError(f"{what}: no free container name after 5 tries starting from {base_name}")
+        except BaseException:
+            secret_files.discard(self.config.secrets_dir, folder)
+            raise
+
+    def _secret_mounts(self, spec: DeploymentSpec, *, what: str) -> tuple[Path | None, list]:
+        """The folder of `spec`'s secret files on this host and their read-only mounts at /run/secrets/<NAME>
+        (none when it has no secrets or receives them as variables); `secret_files.py` says why."""
+        if not spec.secrets or spec.secrets_as != "file":
+            return None, []
+        if not self._engine_is_local():
+            raise TargetError(f"{what}: secrets are delivered as files mounted from this host, and the engine "
+                              f"({self.engine.docker_host or os.environ.get('DOCKER_HOST')}) is not on it: "
+                              "use a local engine (a unix socket), or give the service `secrets_as: env`")
+        return secret_files.write(self.config.secrets_dir, spec.secrets)
+
+    def _engine_is_local(self) -> bool:
+        host = self.engine.docker_host or os.environ.get("DOCKER_HOST") or "unix://"  # unset: the default socket
+        return host.startswith("unix://")
+
+    def _remove_container(self, container) -> None:
+        """Remove a container (forced) and the folder of its secret files on this host."""
+        secret_files.remove(self.config.secrets_dir, container)
+
+    def sweep_secret_files(self) -> list[Path]:
+        """Remove the secret folders of containers that are gone without us (removed by hand, a killed run)."""
+        with self._engine("listing containers for their secret files"):
+            containers = self._docker().containers.list(all=True, ignore_removed=True)
+        return secret_files.sweep(self.config.secrets_dir, [c.attrs for c in containers])
 
     def _wait_healthy(
         self,
@@ -614,7 +661,7 @@ class DockerTarget(DeployTarget):
             with suppress(NotFound), self._engine(f"removing {container.name}"):
                 if inspect.status(container) == "running":
                     container.stop(timeout=self.config.stop_timeout_seconds)
-                container.remove(force=True)
+                self._remove_container(container)
                 removed.append(container.name)
         return tuple(removed)
 
@@ -655,7 +702,8 @@ class DockerTarget(DeployTarget):
             f"{network.name}-{spec.service}-{digest[7:19]}",
             image=reference,
             **container_arguments(spec),
-            environment={**spec.env, **spec.secrets},
+            environment=container_environment(spec),
+            secrets_for=spec,
             labels={**self._labels(), **spec.labels, L.FLEET: spec.fleet, L.ENVIRONMENT: spec.environment,
                     L.SERVICE: spec.service, L.DIGEST: digest, L.IMAGE: reference,
                     L.CONFIG: config_fingerprint(spec), L.INSTANCE: str(self._state_root()),
@@ -689,7 +737,7 @@ class DockerTarget(DeployTarget):
                                                    candidate_name=container.name))
         except BaseException:
             with suppress(DockerException, requests.RequestException):
-                container.remove(force=True)
+                self._remove_container(container)
             raise
         log.info("%s: candidate %s healthy after %.2f s", where, container.name, health_seconds)
         self.publish_scrape_targets(spec.fleet, spec.environment)

@@ -28,6 +28,12 @@ ENVIRONMENTS = f"""\
     approval: required
     secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {PAYMENTS_KEY_VARIABLE}}}}}}}
 """
+# The integration stage's own key for payments (never an environment's)
+TEST_KEY_VARIABLE = "RG_TEST_PAYMENTS_TEST_KEY"
+INTEGRATION = f"""\
+integration:
+  secrets: {{payments: {{PAYMENTS_API_KEY: {{env: {TEST_KEY_VARIABLE}}}}}}}
+"""
 SERVICES = ["inventory", "payments", "orders"]
 
 
@@ -43,13 +49,14 @@ def materializations(world, asset: dg.AssetKey) -> int:
 def payments_key(monkeypatch) -> str:
     value = "pk-" + os.urandom(12).hex()
     monkeypatch.setenv(PAYMENTS_KEY_VARIABLE, value)
+    monkeypatch.setenv(TEST_KEY_VARIABLE, "test-" + os.urandom(12).hex())
     return value
 
 
 @pytest.fixture
 def shop(release_world_factory, payments_key):
     """inventory, payments and orders released to dev and staging (prod needs an approval)."""
-    world = release_world_factory(SERVICES, environments=ENVIRONMENTS)
+    world = release_world_factory(SERVICES, environments=ENVIRONMENTS, extra_top=INTEGRATION)
     world.automate()  # the automation sensor runs from the start: its first tick only initialises
     for request in world.tick("git_commits").run_requests:
         assert world.execute(request).success
@@ -164,11 +171,13 @@ def test_a_missing_secret_fails_the_deployment_before_anything_stops(shop, monke
     world = shop
     before = world.target().running(world.fleet.name, "dev", "payments")
     monkeypatch.delenv(PAYMENTS_KEY_VARIABLE)
-    build_new_commit(world, "payments")
-    runs = world.automate()
-    # (the integration stage needs the first environment's secrets too, so it is the first to refuse)
+    world.commit("payments")
+    (request,) = world.tick("git_commits").run_requests
+    runs = [(request, world.execute(request)), *world.automate()]
+    # (the integration stage has its own secret and passes; dev, which the build run may go on to, refuses)
     failure = "\n".join(text for _, run in runs for text in world.failures(run).values())
     assert PAYMENTS_KEY_VARIABLE in failure and "service payments in environment dev" in failure, failure
+    assert world.latest(key("payments", "integration")).git_sha == world.latest(key("payments", "image")).git_sha
     after = world.target().running(world.fleet.name, "dev", "payments")
     assert after.container_id == before.container_id and after.running
 

@@ -369,6 +369,9 @@ def test_given_secrets_in_the_environment_when_imported_then_values_are_withheld
         "SESSION_SECRET": "env:API_SESSION_SECRET", "STRIPE_API_KEY": "env:API_STRIPE_API_KEY"}
     assert "REVIEW: secrets, written as references in environments.dev.secrets, never as values: DATABASE_URL " \
            "(credentials in its value) from $API_DATABASE_URL; DB_PASSWORD (its name says secret)" in text
+    # its code reads them as variables, as compose gave them: it keeps env delivery until someone moves it to files
+    assert fleet.services["api"].secrets_as == "env" and fleet.services["db"].secrets_as == "file"
+    assert "secrets_as env: the deploy files gave this service its secrets as environment variables" in text
 
 
 def test_given_profiles_when_imported_then_inactive_services_are_skipped_unless_their_profile_is_given(

@@ -4,8 +4,10 @@ The id is an HMAC of the reference, amount and currency keyed with PAYMENTS_API_
 authorisation returns the same id and only a payments process holding the real key can produce it.
 
 Settings (besides those in shopkit.py):
-  PAYMENTS_API_KEY  secret key (required; the service refuses to start without it)
-  MAX_AMOUNT_CENTS  amounts above this are declined (500000)
+  PAYMENTS_API_KEY_FILE  file holding the secret key (release-graph delivers secrets as files, /run/secrets/<NAME>)
+  PAYMENTS_API_KEY       the secret key itself, when no file is named (required one way or the other; the
+                         service refuses to start without it)
+  MAX_AMOUNT_CENTS       amounts above this are declined (500000)
 """
 
 from __future__ import annotations
@@ -25,11 +27,28 @@ def authorization_id(key: str, reference: str, amount_cents: int, currency: str)
     return "auth-" + hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:24]
 
 
-def build(env: Mapping[str, str]) -> shopkit.Service:
-    service = shopkit.Service("payments", env)
+def read_key(env: Mapping[str, str]) -> str:
+    """The secret key: from the file PAYMENTS_API_KEY_FILE names (a trailing newline dropped), else the variable."""
+    path = env.get("PAYMENTS_API_KEY_FILE", "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                key = file.read().rstrip("\r\n")
+        except OSError as exc:
+            raise shopkit.ConfigError(f"PAYMENTS_API_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+        if not key:
+            raise shopkit.ConfigError(f"PAYMENTS_API_KEY_FILE: {path} is empty")
+        return key
     key = env.get("PAYMENTS_API_KEY", "")
     if not key:
-        raise shopkit.ConfigError("PAYMENTS_API_KEY: required (the secret authorisation ids derive from), not set")
+        raise shopkit.ConfigError("PAYMENTS_API_KEY: required (the secret authorisation ids derive from), not set "
+                                  "(nor PAYMENTS_API_KEY_FILE naming a file that holds it)")
+    return key
+
+
+def build(env: Mapping[str, str]) -> shopkit.Service:
+    service = shopkit.Service("payments", env)
+    key = read_key(env)
     max_amount = shopkit.env_int(env, "MAX_AMOUNT_CENTS", 500_000, 1, 10**12)
 
     @service.route("POST", "/authorizations")

@@ -1,7 +1,8 @@
 """Release stories for the docker deploy target, against the real engine, registry and haproxy.
 
 The images are built here from the base Python image: a small HTTP service whose /healthz answers the status
-in HEALTHZ_STATUS, /version answers VERSION and /secret-hash the sha256 of API_KEY. They are pushed to
+in HEALTHZ_STATUS, /version answers VERSION and /secret-hash the sha256 of API_KEY (read from the file
+API_KEY_FILE names when set). They are pushed to
 127.0.0.1:5000/<run id>/api and deployed by digest; fleets are named after the run id, so every container,
 network and haproxy is this run's own, and each test tears its environments down.
 """
@@ -11,8 +12,10 @@ import hashlib
 import http.client
 import io
 import itertools
+import json
 import os
 import secrets
+import shutil
 import socket
 import tarfile
 import threading
@@ -88,7 +91,12 @@ class Handler(BaseHTTPRequestHandler):
             except OSError as exc:
                 status, body = 502, repr(exc).encode()
         elif self.path == "/secret-hash":
-            status, body = 200, hashlib.sha256(os.environ.get("API_KEY", "").encode()).hexdigest().encode()
+            # As a service reads a secret: from the file API_KEY_FILE names, else from API_KEY itself.
+            if os.environ.get("API_KEY_FILE"):
+                key = open(os.environ["API_KEY_FILE"]).read()
+            else:
+                key = os.environ.get("API_KEY", "")
+            status, body = 200, hashlib.sha256(key.encode()).hexdigest().encode()
         else:
             status, body = 404, b"not found"
         self.send_response(status)
@@ -182,13 +190,16 @@ def _digest(reference: str) -> str:
 
 @pytest.fixture
 def target(tmp_path_factory, run_id) -> DockerTarget:
+    secrets_dir = Path(f"/dev/shm/rg-test-secrets-{run_id}-{secrets.token_hex(3)}")
     targets = DeployTargets(engine=ContainerEngine(), docker=DockerTargetConfig(
         health_timeout_seconds=20,
         drain_seconds=0.5,
         state_dir=str(tmp_path_factory.mktemp("targets")),
         extra_labels={TEST_RUN_LABEL: run_id},
+        secrets_dir=str(secrets_dir),
     ))
-    return targets.for_environment("docker")
+    yield targets.for_environment("docker")
+    shutil.rmtree(secrets_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -510,7 +521,24 @@ def test_given_v1_serves_when_a_tag_or_an_unknown_digest_is_deployed_then_both_a
     assert _fetch_inside(docker_client, run_id, v1.network, "http://api:8080/version") == "v1"
 
 
-def test_given_a_secret_when_v1_deploys_then_the_container_has_it_and_nothing_else_shows_it(
+def _inspect_shows(docker_client, container_ids, value: str) -> list[str]:
+    """The containers whose engine `inspect` (everything `podman inspect` prints) contains `value`."""
+    return [cid for cid in container_ids if value in json.dumps(docker_client.api.inspect_container(cid))]
+
+
+def _filesystem_type(path: Path) -> str:
+    """The type of the file system `path` is on (the longest mount point above it in /proc/mounts)."""
+    mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    return max(((point, kind) for point, kind in mounts if str(path).startswith(point.rstrip("/") + "/")),
+               key=lambda mount: len(mount[0]))[1]
+
+
+def _secret_folders(target) -> list[Path]:
+    root = Path(target.config.secrets_dir)
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def test_given_a_secret_when_v1_deploys_then_the_container_reads_it_from_a_file_and_no_inspect_shows_it(
     target, environment, images, run_id, docker_client, free_port
 ):
     value = f"s3cr3t-{secrets.token_hex(12)}"
@@ -518,18 +546,70 @@ def test_given_a_secret_when_v1_deploys_then_the_container_has_it_and_nothing_el
                  secrets={"API_KEY": value})
     result = target.deploy(spec)
 
+    # the service reads it, from the file its API_KEY_FILE names
     assert _get(free_port, "/secret-hash") == (200, hashlib.sha256(value.encode()).hexdigest())
     container = docker_client.containers.get(result.container_id)
+    assert "API_KEY_FILE=/run/secrets/API_KEY" in container.attrs["Config"]["Env"]
+    assert not any(line.startswith("API_KEY=") for line in container.attrs["Config"]["Env"])
+    # and nothing the engine shows holds the value: inspect (env, cmd, labels, mounts), name, result, state files
+    assert _inspect_shows(docker_client, [result.container_id], value) == []
     for shown in (repr(result), str(asdict(result)), repr(spec), container.name, repr(container.labels)):
         assert value not in shown
     state_files = [p for p in target._state_root().rglob("*") if p.is_file()]
     assert state_files and all(value not in p.read_text(errors="replace") for p in state_files)
+    # on the host: one folder for the container, on a tmpfs, only the orchestrator enters it
+    (folder,) = _secret_folders(target)
+    assert _filesystem_type(folder) == "tmpfs"
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
 
     assert target.deploy(spec).changed is False
     rotated = _spec(run_id, environment, images["v1"], publish=free_port, env={"LOG_LEVEL": "debug"},
                     secrets={"API_KEY": value + "-rotated"})
-    assert target.deploy(rotated).changed is True
+    again = target.deploy(rotated)
+    assert again.changed is True
     assert _get(free_port, "/secret-hash")[1] == hashlib.sha256((value + "-rotated").encode()).hexdigest()
+    # the replaced container took its folder along; the new one has its own
+    assert [p for p in _secret_folders(target)] != [folder] and len(_secret_folders(target)) == 1
+    assert _inspect_shows(docker_client, [again.container_id], "-rotated") == []
+
+    # when the environment goes, so do the files
+    target.teardown_environment(run_id, environment)
+    assert _secret_folders(target) == []
+
+
+def test_given_a_service_that_opts_in_to_env_then_its_secret_is_a_variable_as_before(
+    target, environment, images, run_id, docker_client, free_port
+):
+    value = f"s3cr3t-{secrets.token_hex(12)}"
+    result = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port, secrets={"API_KEY": value},
+                                 secrets_as="env"))
+    assert _get(free_port, "/secret-hash") == (200, hashlib.sha256(value.encode()).hexdigest())
+    # the trade-off it opted in to: the engine's inspect shows it
+    assert _inspect_shows(docker_client, [result.container_id], value) == [result.container_id]
+    assert _secret_folders(target) == []
+    # moving it to files replaces the container
+    moved = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port, secrets={"API_KEY": value}))
+    assert moved.changed and _inspect_shows(docker_client, [moved.container_id], value) == []
+    assert _get(free_port, "/secret-hash") == (200, hashlib.sha256(value.encode()).hexdigest())
+
+
+def test_given_a_rollout_candidate_then_it_reads_its_secret_from_a_file_no_inspect_shows_it_and_abort_removes_it(
+    target, environment, images, run_id, docker_client, free_port
+):
+    value = f"s3cr3t-{secrets.token_hex(12)}"
+    v1 = target.deploy(_spec(run_id, environment, images["v1"], publish=free_port, secrets={"API_KEY": value}))
+    candidate = target.start_candidate(_spec(run_id, environment, images["v2"], publish=free_port,
+                                             secrets={"API_KEY": value}))
+    assert len(_secret_folders(target)) == 2
+    containers = [c.id for c in _service_containers(docker_client, run_id, environment)]
+    assert set(containers) == {v1.container_id, candidate.container_id}
+    assert _inspect_shows(docker_client, containers, value) == []
+    address = docker_client.containers.get(candidate.container_id).attrs["NetworkSettings"]["Networks"][
+        candidate.network]["IPAddress"]
+    assert _fetch_inside(docker_client, run_id, candidate.network, f"http://{address}:{PORT}/secret-hash") == (
+        hashlib.sha256(value.encode()).hexdigest())
+    target.abort_candidate(run_id, environment, SERVICE)
+    assert len(_secret_folders(target)) == 1
 
 
 def test_running_reports_the_real_digest_and_sees_a_container_stopped_or_replaced_by_hand(
@@ -637,6 +717,26 @@ def test_an_ephemeral_environment_is_torn_down_even_when_its_body_raises(target,
 
     assert not docker_client.networks.list(names=[network])
     assert not docker_client.containers.list(all=True, filters={"label": f"{L.EPHEMERAL}={network}"})
+
+
+def test_an_ephemeral_service_reads_its_secret_from_a_file_no_inspect_shows_it_and_the_file_goes_with_it(
+    target, images, run_id, docker_client
+):
+    value = f"s3cr3t-{secrets.token_hex(12)}"
+    with target.ephemeral_environment(run_id, "it-secret") as integration:
+        started = integration.start(SERVICE, images["v1"], port=PORT, health="/healthz", secrets={"API_KEY": value})
+        assert _inspect_shows(docker_client, [started.container_id], value) == []
+        assert len(_secret_folders(target)) == 1
+        run = integration.run_to_completion(
+            BASE_IMAGE,
+            command=["python3", "-c", "import os, urllib.request; os.makedirs('/reports'); "
+                     "open('/reports/hash.txt', 'wb').write("
+                     "urllib.request.urlopen('http://api:8080/secret-hash', timeout=5).read())"],
+            copy_out="/reports",
+            timeout_seconds=60,
+        )
+        assert run.files == {"hash.txt": hashlib.sha256(value.encode()).hexdigest().encode()}, run.logs_tail
+    assert _secret_folders(target) == []
 
 
 def test_an_ephemeral_service_that_never_gets_healthy_fails_with_its_logs_and_is_torn_down(

@@ -2,6 +2,8 @@
 
 import hashlib
 import io
+import os
+import tempfile
 import unittest
 
 import app
@@ -60,6 +62,18 @@ class PaymentsSettingsTest(unittest.TestCase):
         with self.assertRaises(shopkit.ConfigError) as caught:
             app.build({})
         self.assertIn("PAYMENTS_API_KEY", str(caught.exception))
+
+    def test_the_key_is_read_from_the_file_its_variable_names_before_the_variable(self):
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "PAYMENTS_API_KEY")
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(KEY + "\n")
+            self.assertEqual(app.read_key({"PAYMENTS_API_KEY_FILE": path, "PAYMENTS_API_KEY": "other"}), KEY)
+            with self.assertRaises(shopkit.ConfigError) as caught:
+                app.read_key({"PAYMENTS_API_KEY_FILE": os.path.join(folder, "missing")})
+            self.assertIn("PAYMENTS_API_KEY_FILE: cannot read", str(caught.exception))
+            self.assertNotIn(KEY, str(caught.exception))
+        self.assertEqual(app.read_key({"PAYMENTS_API_KEY": KEY}), KEY)
 
     def test_a_bad_limit_names_the_variable(self):
         with self.assertRaises(shopkit.ConfigError) as caught:
