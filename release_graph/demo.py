@@ -355,6 +355,11 @@ def _call(port: int, method: str, path: str, body: dict | None = None, timeout: 
         conn.close()
 
 
+# What the shoppers buy: a product the fleet's end-to-end tests never count, so a test run in prod while they shop
+# sees only its own orders (a cancelled widget order "gave back" one unit too few while a shopper held one).
+SHOPPERS_SKU = "doohickey"
+
+
 def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: float = 30.0,
          on_report: Callable[[Traffic], None] | None = None, traffic: Traffic | None = None) -> Traffic:
     """The demo's users until `stop` is set: about `rate` requests a second through the gateway on 127.0.0.1:port,
@@ -366,10 +371,10 @@ def shop(port: int, stop: threading.Event, *, rate: float = 10.0, report_every: 
     cycle = 0
     while not stop.is_set():
         cycle += 1
-        status, answer = _call(port, "GET", "/api/products/widget")
-        traffic.add(status, "GET /api/products/widget", answer)
+        status, answer = _call(port, "GET", f"/api/products/{SHOPPERS_SKU}")
+        traffic.add(status, f"GET /api/products/{SHOPPERS_SKU}", answer)
         if cycle % 2 == 0:
-            status, order = _call(port, "POST", "/api/orders", {"sku": "widget", "quantity": 1})
+            status, order = _call(port, "POST", "/api/orders", {"sku": SHOPPERS_SKU, "quantity": 1})
             traffic.add(status, "POST /api/orders", order)
             if status == 201 and "order_id" in order:
                 status, answer = _call(port, "DELETE", f"/api/orders/{order['order_id']}")

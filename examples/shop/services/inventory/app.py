@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 import shopkit
 
-# sku -> (units on hand at start, unit price in cents)
-CATALOGUE = {"widget": (1000, 1250), "gadget": (500, 8999), "gizmo": (3, 24900)}
+# sku -> (units on hand at start, unit price in cents). The demo's shoppers buy doohickeys only: the end-to-end tests
+# count widgets, gadgets and gizmos, and another buyer of those in the same environment would change their counts.
+CATALOGUE = {"widget": (1000, 1250), "gadget": (500, 8999), "gizmo": (3, 24900), "doohickey": (100000, 450)}
 
 
 def parse_initial_stock(raw: str) -> dict[str, int]:
