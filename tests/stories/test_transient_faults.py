@@ -168,6 +168,11 @@ def keep_only(fleet_yaml: Path, service: str) -> None:
     owners = sorted({owner for entry in manifest["services"].values() for owner in entry.get("owners", [])})
     manifest["services"] = {service: {**manifest["services"][service], "owners": owners}}
     manifest.pop("e2e", None)
+    integration_secrets = (manifest.get("integration") or {}).get("secrets") or {}
+    if service in integration_secrets:
+        manifest["integration"]["secrets"] = {service: integration_secrets[service]}
+    else:
+        manifest.pop("integration", None)
     for environment in manifest["environments"].values():
         for field in ("publish", "secrets"):
             kept = {k: v for k, v in (environment.get(field) or {}).items() if k == service}
