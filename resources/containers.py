@@ -413,10 +413,11 @@ class ContainerEngine(dg.ConfigurableResource):
                 timeout=self.push_timeout_seconds,
             )
             if response.status_code >= 400:
-                response.close()
+                with response:  # the engine's words are read before the stream closes
+                    refusal = _engine_message(response)
                 raise PushError(
                     f"push of {tag} to registry {ref.registry} was refused by the engine "
-                    f"({response.status_code}): {_engine_message(response)}",
+                    f"({response.status_code}): {refusal}",
                     reference=tag, registry=ref.registry,
                 )
             with response:

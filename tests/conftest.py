@@ -84,6 +84,39 @@ def registry_addr() -> str:
 
 
 @pytest.fixture
+def local_tags(docker_client):
+    """Local tags a test adds to the engine; removed at teardown."""
+    tags: list[str] = []
+    yield tags
+    for tag in tags:
+        try:
+            docker_client.images.remove(tag)
+        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
+            print(f"teardown: could not remove {tag}: {exc}")
+
+
+@pytest.fixture
+def busybox_as(docker_client, registry_addr, local_tags):
+    """busybox_as(repository, tag) -> "repository:tag": an image of the test's own, busybox plus a label naming
+    it, for a push; removed at teardown.
+
+    Never another name on the shared busybox image: Podman rewrites an image's list of names as a whole, so
+    workers tagging and untagging one image at once lose each other's names (podman#17515), and a push then
+    answers 404 for an image tagged a moment before. The label makes the image, and its digest, the test's own.
+    """
+    import io
+
+    def build_as(repository: str, tag: str) -> str:
+        reference = f"{repository}:{tag}"
+        dockerfile = (f"FROM {registry_addr}/base/busybox:latest\n"
+                      f"LABEL {TEST_RUN_LABEL}={RUN_ID} release-graph.test-image={reference}\n")
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=reference, pull=False, rm=True)
+        local_tags.append(reference)
+        return reference
+    return build_as
+
+
+@pytest.fixture
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

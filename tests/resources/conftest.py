@@ -168,26 +168,3 @@ def silent_port():
         server.bind(("127.0.0.1", 0))
         server.listen(64)
         yield server.getsockname()[1]
-
-
-@pytest.fixture
-def local_tags(docker_client):
-    """Local tags a test adds to the engine; removed at teardown."""
-    tags: list[str] = []
-    yield tags
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag)
-        except Exception as exc:  # noqa: BLE001 - teardown reports, never masks the test's own failure
-            print(f"teardown: could not remove {tag}: {exc}")
-
-
-@pytest.fixture
-def busybox_as(docker_client, registry_addr, local_tags):
-    """busybox_as(repository, tag) -> "repository:tag": the local busybox base image under another name, for a
-    push; the tag is removed at teardown."""
-    def tag_as(repository: str, tag: str) -> str:
-        docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, tag)
-        local_tags.append(f"{repository}:{tag}")
-        return f"{repository}:{tag}"
-    return tag_as

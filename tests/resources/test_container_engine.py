@@ -210,13 +210,22 @@ def test_given_an_engine_address_nothing_listens_on_when_used_then_the_error_nam
         ContainerEngine(docker_host=address).local_image_exists("127.0.0.1:5000/base/busybox:latest")
 
 
+def test_given_an_image_the_engine_does_not_have_when_pushed_then_push_error_quotes_the_engines_words(
+    engine, run_id, registry_addr
+):
+    tag = f"{registry_addr}/{run_id}/never-built:1"
+    refused = rf"refused by the engine \(404\): .*{re.escape(tag)}.*(image not known|does not exist)"
+    with pytest.raises(PushError, match=refused):
+        engine.push(tag)
+
+
 def test_given_a_registry_that_is_stopped_after_a_push_when_pushing_again_then_push_error_names_it(
-    engine, docker_client, created, run_id, registry_addr, tmp_path, free_port
-, throwaway_registry):
+    engine, busybox_as, created, run_id, registry_addr, tmp_path, free_port, throwaway_registry
+):
     address = f"127.0.0.1:{free_port}"
     repository = f"{address}/{run_id}/engine-stopped"
     tag = f"{repository}:1"
-    docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, "1")
+    busybox_as(repository, "1")
 
     with throwaway_registry(tmp_path, free_port) as stop:
         digest = engine.push(tag)
@@ -370,10 +379,10 @@ def test_given_an_image_the_engine_does_not_have_when_run_then_a_clear_error(eng
 
 
 def test_given_a_local_tag_when_removed_then_it_is_gone_and_removing_again_says_so(
-    engine, docker_client, created, run_id, registry_addr
+    engine, busybox_as, created, run_id, registry_addr
 ):
     repository = f"{registry_addr}/{run_id}/engine-remove"
-    docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, "1")
+    busybox_as(repository, "1")
 
     assert engine.local_image_exists(f"{repository}:1") is True
     assert engine.remove_image(f"{repository}:1") is True

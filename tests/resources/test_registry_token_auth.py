@@ -150,13 +150,12 @@ def token_registry(tmp_path, free_port, throwaway_registry, monkeypatch, run_id)
 
 
 def test_a_registry_that_wants_a_token_is_answered_with_one_from_its_realm(
-    token_registry, docker_client, registry_addr, local_tags, run_id
+    token_registry, busybox_as, run_id
 ):
     host, service, variable = token_registry
     registry = Registry(auth_registry=host, auth_username=USERNAME, auth_password_secret=f"env:{variable}")
     repository = f"{host}/{run_id}/orders"
-    docker_client.images.get(f"{registry_addr}/base/busybox:latest").tag(repository, "a1b2c3d4e5f6")
-    local_tags.append(f"{repository}:a1b2c3d4e5f6")
+    busybox_as(repository, "a1b2c3d4e5f6")
     # The engine pushes with the credentials (it runs the token flow itself with them)
     digest = ContainerEngine().push(f"{repository}:a1b2c3d4e5f6", registry=registry)
     before = len(service.requests)

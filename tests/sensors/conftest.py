@@ -38,16 +38,13 @@ def instance():
 
 
 @pytest.fixture
-def push_image(docker_client, registry_addr):
+def push_image(docker_client, busybox_as):
     """push_image(repository, tag): a real tiny image (busybox) pushed under that name; deleted afterwards."""
     registry = Registry()
-    base = f"{registry_addr}/base/busybox"
     pushed: list[tuple[str, str]] = []
 
     def push(repository: str, tag: str) -> str:
-        docker_client.images.pull(base, tag="latest")
-        image = docker_client.images.get(f"{base}:latest")
-        image.tag(repository, tag=tag)
+        busybox_as(repository, tag)
         pushed.append((repository, tag))
         for line in docker_client.images.push(repository, tag=tag, stream=True, decode=True):
             if "errorDetail" in line or "error" in line:
@@ -61,4 +58,3 @@ def push_image(docker_client, registry_addr):
         digest = registry.manifest_digest(repository, tag)
         if digest:
             registry.delete(repository, digest)
-        # the local tag goes at the session's end (tests/conftest.py)

@@ -137,7 +137,11 @@ class LiveDemo:
         fleet = self.fleet
         waits = [stage_status(instance, fleet, fleet.services[s], e).line()
                  for s in fleet.services for e in fleet.environments]
-        pytest.fail(f"{what}: not within {timeout:.0f} s. Stages:\n" + "\n".join(waits) + f"\n{self.log_tail()}")
+        runs = [f"{run.run_id[:8]} {run.status.value} {sorted(k.to_user_string() for k in run.asset_selection or ())}"
+                for run in instance.get_runs(limit=15)]
+        # CI shows a failure's last lines: the daemon's log first, then the runs and what each stage waits for
+        pytest.fail(f"{what}: not within {timeout:.0f} s.\n{self.log_tail()}\nNewest runs:\n" + "\n".join(runs)
+                    + "\nStages:\n" + "\n".join(waits))
 
 
 @pytest.fixture

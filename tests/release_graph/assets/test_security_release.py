@@ -63,7 +63,7 @@ def failure_texts(world, runs) -> str:
 
 @pytest.mark.engine
 def test_a_shell_injection_fails_sast_until_a_waiver_accepts_it_and_an_expired_or_broken_waiver_file_errors(
-    release_world_factory, docker_client
+    release_world_factory, docker_client, busybox_as
 ):
     world = release_world_factory(["inventory"], integration=False, extra_services=OWNED,
                                   files={"waivers.yaml": NO_WAIVERS})
@@ -104,7 +104,7 @@ def test_a_shell_injection_fails_sast_until_a_waiver_accepts_it_and_an_expired_o
 
     # A digest pushed to the registry by hand is never promoted
     repository = world.fleet.services["inventory"].image_repository(world.fleet)
-    docker_client.images.get("127.0.0.1:5000/base/busybox:latest").tag(repository, "by-hand")
+    busybox_as(repository, "by-hand")
     for line in docker_client.images.push(repository, "by-hand", stream=True, decode=True):
         assert "error" not in line, line
     by_hand = world.registry.manifest_digest(repository, "by-hand")
