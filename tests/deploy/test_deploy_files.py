@@ -49,6 +49,8 @@ def test_each_instance_configuration_is_accepted_by_dagsters_schema(path, monkey
             assert result.success, (key, result.errors)
             klass.from_config_value(None, result.value)  # constructs without I/O
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_coordinator"]["config"]["dequeue_interval_seconds"] == ROOT_DAGSTER_YAML["run_queue"][
+        "dequeue_interval_seconds"]
     # the project's limits, retries and sensor threads, exactly as the embedded default has them
     for block in ("concurrency", "run_retries", "sensors", "telemetry"):
         assert load(path)[block] == ROOT_DAGSTER_YAML[block], block

@@ -9,6 +9,7 @@ release manager would. A story that needs its own registry or engine (to stop th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from release_graph import demo
 from release_graph.fleet import load_fleet
@@ -33,6 +35,7 @@ from resources.registry import Registry, RegistryError
 from resources.targets import DeployTargets, DockerTargetConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+RELEASE_PREFIX = re.compile(r"^\[service=[^\]]*\] ")  # release_graph/release/tracing.py log_prefix
 
 
 def free_port() -> int:
@@ -119,6 +122,40 @@ class LiveDemo:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
+    def keep_only(self, service: str) -> None:
+        """The copied fleet with one service: no fleet e2e (it needs all four), no settings of the others."""
+        fleet_yaml = self.fleet_dir / "fleet.yaml"
+        manifest = yaml.safe_load(fleet_yaml.read_text())
+        # the fleet's waivers name the owners of every service: the one kept carries them all, so they stay valid
+        owners = sorted({owner for entry in manifest["services"].values() for owner in entry.get("owners", [])})
+        manifest["services"] = {service: {**manifest["services"][service], "owners": owners}}
+        manifest.pop("e2e", None)
+        integration_secrets = (manifest.get("integration") or {}).get("secrets") or {}
+        if service in integration_secrets:
+            manifest["integration"]["secrets"] = {service: integration_secrets[service]}
+        else:
+            manifest.pop("integration", None)
+        for environment in manifest["environments"].values():
+            for field_name in ("publish", "secrets"):
+                kept = {k: v for k, v in (environment.get(field_name) or {}).items() if k == service}
+                environment.pop(field_name, None)
+                if kept:
+                    environment[field_name] = kept
+        fleet_yaml.write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+    @staticmethod
+    def log_messages(instance, run_id: str) -> list[str]:
+        """The run's log lines without the release prefix every stage's line carries ([service=… trace_id=…])."""
+        return [RELEASE_PREFIX.sub("", e.user_message) for e in instance.all_logs(run_id) if e.user_message]
+
+    @staticmethod
+    def builds_in(instance, run_id: str, service: str) -> int:
+        """How many builds of `service`'s image the run's image step finished (the engine says `Successfully
+        built` once per build; the unit-test stage's build is another step)."""
+        step = f"{service}__image"
+        return sum(1 for e in instance.all_logs(run_id) if e.step_key == step
+                   and RELEASE_PREFIX.sub("", e.user_message or "").startswith("Successfully built"))
+
     def log_tail(self, lines: int = 60) -> str:
         path = self.root / "dagster-dev.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -144,6 +181,96 @@ class LiveDemo:
                     + "\nStages:\n" + "\n".join(waits))
 
 
+class Orchestrator(LiveDemo):
+    """The instance as deploy/compose.yaml runs it, without containers: the code server, the webserver and the
+    daemon as separate processes, on Postgres storage (deploy/postgres/dagster.yaml as shipped). `process` is
+    the webserver (what must keep answering); the daemon may be killed and started again on its own."""
+
+    def __init__(self, root: Path, fleet_name: str, settings: LiveSettings | None = None, *, postgres=None):
+        super().__init__(root, fleet_name, settings)
+        self.postgres = postgres
+        self.code_port = free_port()
+        self.code_server: subprocess.Popen | None = None
+        self.daemon: subprocess.Popen | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        database = self.fleet_name.lower()
+        self.postgres.create_database(database)
+        shutil.copy(REPO_ROOT / "deploy" / "postgres" / "dagster.yaml", self.home / "dagster.yaml")
+        self.env.update(self.postgres.env(database))
+        (self.root / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
+            "host": "127.0.0.1", "port": self.code_port, "location_name": "release_graph"}}]}))
+
+    def spawn(self, name: str, *argv: str) -> subprocess.Popen:
+        with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            return subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=self.root,
+                                    env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+
+    def graphql(self, query: str) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ui_port}/graphql",
+                                         data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())["data"]
+
+    def location_loaded(self) -> bool:
+        with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
+            entries = self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                                   "locationOrLoadError { __typename } } } } }")["workspaceOrError"]["locationEntries"]
+            return any(e["loadStatus"] == "LOADED" and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+                       for e in entries)
+        return False
+
+    def start(self) -> None:
+        self.code_server = self.spawn("code-server", "dagster", "code-server", "start", "-h", "127.0.0.1",
+                                      "-p", str(self.code_port), "-m", "release_graph.definitions")
+        self.process = self.spawn("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(self.ui_port),
+                                  "-w", "workspace.yaml")
+        deadline = time.monotonic() + 180
+        while not self.location_loaded():
+            assert self.code_server.poll() is None and self.process.poll() is None, self.log_tail()
+            if time.monotonic() > deadline:
+                pytest.fail(f"the webserver did not show the code location in 180 s:\n{self.log_tail()}")
+            time.sleep(1)
+        self.start_daemon()
+
+    def start_daemon(self) -> None:
+        self.daemon = self.spawn("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def kill_daemon(self) -> None:
+        """SIGKILL to the daemon's process group: no shutdown, no last tick written."""
+        os.killpg(self.daemon.pid, signal.SIGKILL)
+        self.daemon.wait(timeout=30)
+
+    def stop(self) -> None:
+        for process in (self.daemon, self.process, self.code_server):
+            if process and process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        tails = []
+        for name in ("code-server", "webserver", "daemon"):
+            path = self.root / f"{name}.log"
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines // 3:]
+                tails.append(f"--- {name}.log\n" + "\n".join(tail))
+        return "\n".join(tails)
+
+
+@pytest.fixture
+def orchestrator_on_postgres():
+    """The `live_harness` of a story that runs the orchestrator as separate processes on a private PostgreSQL."""
+    from resources import postgres_server
+
+    with postgres_server.temporary("dagster") as server:
+        yield lambda *args, **kwargs: Orchestrator(*args, postgres=server, **kwargs)
+
+
 @pytest.fixture
 def live_settings() -> LiveSettings:
     """The demo as `make demo` runs it (the host's registry and engine); a story overrides this fixture."""
@@ -151,8 +278,14 @@ def live_settings() -> LiveSettings:
 
 
 @pytest.fixture
-def live(tmp_path, run_id, docker_client, live_settings):
-    world = LiveDemo(tmp_path, f"{run_id}{live_settings.name}", live_settings)
+def live_harness():
+    """How the story's instance runs: `dagster dev` (LiveDemo); a story overrides this fixture."""
+    return LiveDemo
+
+
+@pytest.fixture
+def live(tmp_path, run_id, docker_client, live_settings, live_harness):
+    world = live_harness(tmp_path, f"{run_id}{live_settings.name}", live_settings)
     world.prepare()
     try:
         with world.inbox:

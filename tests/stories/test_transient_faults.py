@@ -22,7 +22,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
 from release_graph import demo
 from release_graph.release import history
@@ -33,7 +32,6 @@ from release_graph.release.why import BLOCKED, FAILED, RUNNING, WAITING, process
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-transient")]
 
 SERVICE = "inventory"
-RELEASE_PREFIX = re.compile(r"^\[service=[^\]]*\] ")  # release_graph/release/tracing.py log_prefix
 FIRST_BUILD_SECONDS = 180  # dagster dev starts, the Git sensor's first tick, the run starts
 HEAL_SECONDS = 300  # the steps' own backoff rides out about three minutes of outage
 OUTAGE_SECONDS = 15  # long enough for a failed attempt and its first backoff (10 s)
@@ -161,27 +159,6 @@ def base_images() -> set[str]:
             and "/" in line.split()[1]}
 
 
-def keep_only(fleet_yaml: Path, service: str) -> None:
-    """The copied fleet with one service: no fleet e2e (it needs all four), no settings of the others."""
-    manifest = yaml.safe_load(fleet_yaml.read_text())
-    # the fleet's waivers name the owners of every service: the one service kept carries them all, so they stay valid
-    owners = sorted({owner for entry in manifest["services"].values() for owner in entry.get("owners", [])})
-    manifest["services"] = {service: {**manifest["services"][service], "owners": owners}}
-    manifest.pop("e2e", None)
-    integration_secrets = (manifest.get("integration") or {}).get("secrets") or {}
-    if service in integration_secrets:
-        manifest["integration"]["secrets"] = {service: integration_secrets[service]}
-    else:
-        manifest.pop("integration", None)
-    for environment in manifest["environments"].values():
-        for field in ("publish", "secrets"):
-            kept = {k: v for k, v in (environment.get(field) or {}).items() if k == service}
-            environment.pop(field, None)
-            if kept:
-                environment[field] = kept
-    fleet_yaml.write_text(yaml.safe_dump(manifest, sort_keys=False))
-
-
 def run_process(home: Path, run_id: str) -> int | None:
     """The pid of the process executing a run (with the default run launcher, a child of the code server): while
     it executes, its stdout is the run's compute log, `$DAGSTER_HOME/storage/<run id>/compute_logs/<key>.out`."""
@@ -199,21 +176,8 @@ def run_process(home: Path, run_id: str) -> int | None:
     return None
 
 
-def log_messages(instance, run_id: str) -> list[str]:
-    """The run's log lines without the release prefix every stage's line carries ([service=… trace_id=…])."""
-    return [RELEASE_PREFIX.sub("", entry.user_message) for entry in instance.all_logs(run_id) if entry.user_message]
-
-
-def builds_in(instance, run_id: str) -> int:
-    """How many builds of the image the run's image step finished (the engine says `Successfully built` once
-    per build; the unit-test stage's build is another step)."""
-    step = f"{SERVICE}__image"
-    return sum(1 for e in instance.all_logs(run_id) if e.step_key == step
-               and RELEASE_PREFIX.sub("", e.user_message or "").startswith("Successfully built"))
-
-
 def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_registry, own_engine, monkeypatch):
-    keep_only(live.fleet_dir / "fleet.yaml", SERVICE)
+    live.keep_only(SERVICE)
     monkeypatch.setenv("DAGSTER_HOME", str(live.home))
     # (a)'s commit is new when the daemon starts, so the Git sensor's first tick builds it: no fault-free release
     # comes first, which would make the story a release longer.
@@ -239,7 +203,7 @@ def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_r
             return next((r for r in reversed(runs) if image_key(SERVICE) in (r.asset_selection or ())), None)
 
         def warnings_of(run_id: str, words: str) -> list[str]:
-            return [m for m in log_messages(instance, run_id) if words in m]
+            return [m for m in live.log_messages(instance, run_id) if words in m]
 
         report = {}
 
@@ -248,7 +212,7 @@ def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_r
 
         def build_started() -> bool:  # the build's first progress line (`[1/4] STEP 1/5: FROM ...`)
             run = image_run(sha_a)
-            if run and any(re.match(r"(\[\d+/\d+\] )?STEP 1/", m) for m in log_messages(instance, run.run_id)):
+            if run and any(re.match(r"(\[\d+/\d+\] )?STEP 1/", m) for m in live.log_messages(instance, run.run_id)):
                 building["run"] = run
                 return True
             return False
@@ -270,7 +234,8 @@ def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_r
         # by the same run (no new run, nobody did anything), built once: the attempt after the outage pushed the
         # image that the first attempt had built
         assert history.latest(instance, image_key(SERVICE)).run_id == run_a
-        assert builds_in(instance, run_a) == 1, f"commit a was built {builds_in(instance, run_a)} times in {run_a}"
+        built = live.builds_in(instance, run_a, SERVICE)
+        assert built == 1, f"commit a was built {built} times in {run_a}"
         report["a (registry stopped during the build)"] = (seen_a, time.monotonic() - restarted)
 
         # (b) When the engine's API stops and a commit lands while it is down, and the API comes back later
@@ -335,7 +300,8 @@ def test_transient_faults_heal_without_a_new_commit_or_a_manual_step(live, own_r
         assert {r.git_sha for r in builds} == {sha_a, sha_b, sha_c}
         staged = {r.digest for r in history.history(instance, environment_key(SERVICE, "staging"))}
         assert {r.digest for r in builds} <= staged
-        assert all(builds_in(instance, r.run_id) == 1 for r in builds), [(r.git_sha, r.run_id) for r in builds]
+        assert all(live.builds_in(instance, r.run_id, SERVICE) == 1 for r in builds), [
+            (r.git_sha, r.run_id) for r in builds]
         runs = list(instance.get_runs(limit=200))
         for run in runs:
             if run.status == dg.DagsterRunStatus.FAILURE:
