@@ -81,6 +81,8 @@ prometheus: venv
 # Both stop with the UI; what they see goes to $(DAGSTER_HOME)/shoppers.log and $(DAGSTER_HOME)/inbox.log.
 DEMO_SHOPPERS_PORT ?= 18080
 DEMO_INBOX_PORT ?= 18090
+# The demo's repos are local: the Git sensor asks them at every look of the daemon (release_graph/wiring.py).
+DEMO_GIT_POLL_SECONDS ?= 4
 demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env \
       $(DAGSTER_HOME)/demo-notify.env $(DAGSTER_HOME)/demo-provenance.env
 	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
@@ -90,6 +92,7 @@ demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/d
 	  { $(VENV)/bin/python -m release_graph.demo inbox --port $(DEMO_INBOX_PORT) \
 	      >$(DAGSTER_HOME)/inbox.log 2>&1 & inbox=$$!; } && \
 	  trap 'kill $$shoppers $$inbox 2>/dev/null' EXIT && \
+	  RELEASE_GRAPH_GIT_POLL_SECONDS=$(DEMO_GIT_POLL_SECONDS) \
 	  env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.

@@ -38,6 +38,23 @@ AWS_ENDPOINT_URL_VARIABLE = "RELEASE_GRAPH_AWS_ENDPOINT_URL"
 # push spool each tick; it asks every tracked branch once per poll interval (docs/operations.md, "Push triggers").
 GIT_TICK_SECONDS = 1
 GIT_POLL_SECONDS = 10
+# Polling is the fallback of push triggers; a fleet without webhooks can ask more often. `make demo` (local
+# repos, nothing to spare) polls at every look of the daemon: 4 s, below its 5 s loop.
+GIT_POLL_VARIABLE = "RELEASE_GRAPH_GIT_POLL_SECONDS"
+
+
+def git_poll_seconds() -> float:
+    """How often the Git sensor asks every tracked branch: $RELEASE_GRAPH_GIT_POLL_SECONDS, else 10 s."""
+    value = os.environ.get(GIT_POLL_VARIABLE, "").strip()
+    if not value:
+        return GIT_POLL_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= 3600:
+        raise ValueError(f"{GIT_POLL_VARIABLE}={value!r}: expected a number of seconds from 1 to 3600")
+    return seconds
 
 
 def registry_resource(fleet: Fleet | None):
@@ -132,7 +149,7 @@ def build_definitions(
         assets += release.assets
         checks += release.checks
     git_sensor = build_git_commit_sensor(fleet, minimum_interval_seconds=GIT_TICK_SECONDS,
-                                         poll_interval_seconds=GIT_POLL_SECONDS)
+                                         poll_interval_seconds=git_poll_seconds())
     sensors = [git_sensor, *automation_sensors(fleet), build_drift_sensor(fleet),
                manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet), build_dead_run_sensor()]
     if any(environment.branch for environment in fleet.environments.values()):

@@ -139,7 +139,8 @@ def verify_signed_provenance(context, fleet: Fleet, service: Service, environmen
     context.log.info(f"{service.name}@{environment.name}: provenance of {digest} verified (key "
                      f"{signing_key.public.keyid[:16]}, commit {facts['commit'][:12]})")
     return {
-        "provenance": f"verified: built from {facts['source']} at {facts['commit'][:12]} by {facts['builder']}",
+        M.PROVENANCE_VERIFIED: (f"verified: built from {facts['source']} at {facts['commit'][:12]} "
+                                f"by {facts['builder']}"),
         M.PROVENANCE_KEY_ID: signing_key.public.keyid,
         "provenance_verify_ms": dg.MetadataValue.float(round(seconds * 1000, 3)),
     }

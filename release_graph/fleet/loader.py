@@ -332,28 +332,22 @@ def _parse_security(problems: _Problems, document: LineDict, root: Path, check_f
         report("scanner", f"expected one of {', '.join(SCANNERS)}, got {scanner!r}")
         scanner = "none"
 
-    ecr = None
-    ecr_raw = raw.get("ecr")
-    if ecr_raw is not None and scanner != "ecr":
-        report("ecr", f"ECR settings only apply with scanner: ecr (scanner is {scanner!r})")
-    elif scanner == "ecr":
-        if not isinstance(ecr_raw, LineDict):
-            report("ecr" if "ecr" in raw else "scanner",
-                   "scanner: ecr needs ecr: {region: <AWS region>} (endpoint_url and registry_id are optional)")
-        else:
-            ecr = _parse_ecr(problems, ecr_raw)
+    def scanner_settings(name: str, usage: str):
+        """The block of settings only scanner `name` reads: the block when that scanner is chosen, else None
+        (a block written for another scanner, or that scanner without its block, is reported)."""
+        block = raw.get(name)
+        if block is not None and scanner != name:
+            report(name, f"{name.upper()} settings only apply with scanner: {name} (scanner is {scanner!r})")
+        elif scanner == name and not isinstance(block, LineDict):
+            report(name if name in raw else "scanner", f"scanner: {name} needs {name}: {usage}")
+        elif scanner == name:
+            return block
+        return None
 
-    osv = None
-    osv_raw = raw.get("osv")
-    if osv_raw is not None and scanner != "osv":
-        report("osv", f"OSV settings only apply with scanner: osv (scanner is {scanner!r})")
-    elif scanner == "osv":
-        if not isinstance(osv_raw, LineDict):
-            report("osv" if "osv" in raw else "scanner",
-                   "scanner: osv needs osv: {database: <folder of OSV JSON records, or an OSV all.zip, beside "
-                   "this file>}")
-        else:
-            osv = _parse_osv(problems, osv_raw, root, check_files)
+    ecr_raw = scanner_settings("ecr", "{region: <AWS region>} (endpoint_url and registry_id are optional)")
+    ecr = _parse_ecr(problems, ecr_raw) if ecr_raw is not None else None
+    osv_raw = scanner_settings("osv", "{database: <folder of OSV JSON records, or an OSV all.zip, beside this file>}")
+    osv = _parse_osv(problems, osv_raw, root, check_files) if osv_raw is not None else None
 
     compliance_blocking, compliance_blocking_at = None, ""
     if "compliance_blocking" in raw:

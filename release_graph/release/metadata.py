@@ -26,6 +26,8 @@ ROLLED_BACK_FROM = "rolled_back_from"  # on a deployment pinned by hand to an ol
 # public: a payload and a signature, never the key), and the id of the key that signed it
 PROVENANCE = "provenance"
 PROVENANCE_KEY_ID = "provenance_keyid"
+# On a deployment of a signed image: what the deploy step verified, in words ("verified: built from ...")
+PROVENANCE_VERIFIED = "provenance_verified"
 
 # A progressive rollout (release_graph/assets/rollout.py)
 ROLLOUT_STRATEGY = "rollout_strategy"

@@ -74,6 +74,25 @@ def blocking_checks_passed(instance, fleet: Fleet, service: Service, key: dg.Ass
     return failed
 
 
+# How far back a deploy step looks past releases whose checks are still being evaluated (a burst of commits).
+SETTLING_LOOKED_AT = 10
+
+
+def newest_settled(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -> history.StageRecord | None:
+    """The newest record of `key`, passed over while a run still has it in hand with its blocking checks not yet
+    evaluated: in a burst, an older commit's build run that reaches its deploy step just after a newer commit's
+    integration recorded its digest, and before that run evaluated its checks, deploys its own release (the
+    newer one follows in its own run) instead of failing on checks that are still on their way."""
+    records = history.history(instance, key, limit=SETTLING_LOOKED_AT)
+    for record in records:
+        pending = record.digest and any(history.check_passed_for(instance, dg.AssetCheckKey(key, name), record.digest)
+                                        is None for name in blocking_check_names(fleet, service, key))
+        run = instance.get_run_by_id(record.run_id) if pending and record.run_id else None
+        if run is None or run.is_finished:
+            return record
+    return records[0] if records else None
+
+
 def choose_digest(instance, fleet: Fleet, service: Service, environment: Environment, requested: str | None = None):
     """The digest that passed the previous stage: its latest one, or the one the release manager named."""
     previous_key = previous_stage_key(fleet, service, environment)
@@ -83,7 +102,7 @@ def choose_digest(instance, fleet: Fleet, service: Service, environment: Environ
             raise refuse(service, environment,
                           f"digest {requested} never passed {previous_key.to_user_string()}: refused")
     else:
-        record = history.latest(instance, previous_key)
+        record = newest_settled(instance, fleet, service, previous_key)
         if record is None:
             raise refuse(service, environment, f"nothing has passed {previous_key.to_user_string()} yet")
     if not record.digest:

@@ -179,6 +179,25 @@ DEMO_EDGES = {"inventory": [], "payments": [], "orders": ["inventory", "payments
 
 
 @pytest.fixture
+def assert_nowhere():
+    """assert_nowhere(root, secret, *also): `secret` is in no file under `root`, raw or base64 (with or without its
+    padding), nor any of the other forms `also` names (e.g. a PEM key's body without its armour lines)."""
+    import base64
+
+    def search(root: Path, secret: str, *also: str) -> None:
+        encoded = base64.b64encode(secret.encode())
+        needles = [secret.encode(), encoded, encoded.rstrip(b"="), *(form.encode() for form in also)]
+        searched = 0
+        for path in root.rglob("*"):
+            if path.is_file():
+                searched += 1
+                data = path.read_bytes()
+                assert not any(needle in data for needle in needles), f"a secret is in {path}"
+        assert searched > 0, f"nothing to search under {root}"
+    return search
+
+
+@pytest.fixture
 def engine_builds() -> list[str]:
     """Tags the CountingEngine has built so far in this session (compare lengths before and after)."""
     return ENGINE_BUILDS

@@ -100,3 +100,19 @@ def test_a_tracing_setting_that_cannot_work_stops_the_load_naming_its_variable(m
     monkeypatch.setenv(variable, value)
     with pytest.raises(TracingConfigError, match=f"^{variable}='{value}': {expected}"):
         default_resources()
+
+
+def test_the_git_poll_interval_is_ten_seconds_unless_the_variable_says_otherwise(monkeypatch):
+    from release_graph.wiring import git_poll_seconds
+
+    monkeypatch.delenv("RELEASE_GRAPH_GIT_POLL_SECONDS", raising=False)
+    assert git_poll_seconds() == 10
+    monkeypatch.setenv("RELEASE_GRAPH_GIT_POLL_SECONDS", "4")
+    assert git_poll_seconds() == 4
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "86400"])
+def test_a_git_poll_interval_that_cannot_work_stops_the_load_naming_its_variable(monkeypatch, tmp_path, value):
+    monkeypatch.setenv("RELEASE_GRAPH_GIT_POLL_SECONDS", value)
+    with pytest.raises(ValueError, match=f"^RELEASE_GRAPH_GIT_POLL_SECONDS='{value}': expected a number of seconds"):
+        build_definitions(fleet_with(tmp_path))

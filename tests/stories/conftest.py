@@ -88,6 +88,7 @@ class LiveDemo:
                     # the key the demo's image provenance is signed with, as `make demo` generates it
                     "SHOP_PROVENANCE_KEY": generate_key_pem(),
                     "SHOP_CDEVENTS_SINK_URL": self.inbox.cdevents_url,
+                    "RELEASE_GRAPH_GIT_POLL_SECONDS": "4",  # as `make demo` sets it (DEMO_GIT_POLL_SECONDS)
                     # the security tools `make test` installed (semgrep in its own venv)
                     "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),
                     **self.settings.env}

@@ -296,7 +296,7 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         # every image was signed, and every prod deployment verified its statement before it went out
         for service in SERVICES:
             assert history.latest(instance, image_key(service)).value(M.PROVENANCE), service
-            verified = str(history.latest(instance, environment_key(service, "prod")).value("provenance", ""))
+            verified = str(history.latest(instance, environment_key(service, "prod")).value(M.PROVENANCE_VERIFIED, ""))
             assert verified.startswith("verified: built from "), (service, verified)
 
         # Then: only the broken commits' own runs failed (and the e2e runs in dev that tested broken inventory, and

@@ -12,6 +12,7 @@ import time
 
 import dagster as dg
 import pytest
+from dagster._core.events import StepMaterializationData
 
 from release_graph.fleet import load_fleet
 from release_graph.release import metadata as M
@@ -155,6 +156,35 @@ def test_given_a_failed_check_then_a_passing_rerun_for_the_same_digest_when_dev_
     build(instance, orders, BUILT, sast=False)
     evaluate(instance, image_key(orders), "sast", BUILT, passed=True)  # the newest evaluation counts
     assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == BUILT
+
+
+def record_in_a_running_run(instance, key: dg.AssetKey, **metadata) -> dg.DagsterRun:
+    """`key` recorded this metadata in a run that is still going (its checks not evaluated yet)."""
+    run = instance.create_run_for_job(dg.GraphDefinition(name="building").to_job(), status=dg.DagsterRunStatus.STARTED)
+    instance.report_dagster_event(dg.DagsterEvent(
+        event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value, job_name="building",
+        event_specific_data=StepMaterializationData(dg.AssetMaterialization(key, metadata=metadata))), run.run_id)
+    return run
+
+
+def test_given_a_newer_build_whose_checks_its_run_is_still_evaluating_when_dev_deploys_then_it_takes_the_one_before(
+        instance, fleet, orders):
+    # In a burst of commits: an older build's run reaches its deploy step while a newer build's run has recorded
+    # its digest and not yet its checks
+    build(instance, orders, BUILT)
+    newer_run = record_in_a_running_run(instance, image_key(orders), **{M.DIGEST: NEWER, M.GIT_SHA: "2b3c4d5e"})
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == BUILT
+    # once its checks passed, the newer one is taken
+    evaluate(instance, image_key(orders), "unit_tests", NEWER, passed=True)
+    evaluate(instance, image_key(orders), "sast", NEWER, passed=True)
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == NEWER
+    # and a run that ended without them leaves the newer one refused, as any digest whose checks never ran
+    third = "sha256:" + "d" * 64
+    ended = record_in_a_running_run(instance, image_key(orders), **{M.DIGEST: third, M.GIT_SHA: "3c4d5e6f"})
+    instance.report_run_failed(ended)
+    with pytest.raises(ReleaseStepError, match="blocking checks not passed: unit_tests, sast"):
+        promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"])
+    assert newer_run.run_id != ended.run_id
 
 
 # --- provenance: only what orders/image built is promoted ------------------------------------------------
