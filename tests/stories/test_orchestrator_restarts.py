@@ -3,11 +3,10 @@ code server, the webserver and the daemon as separate processes (as deploy/compo
 containers: deploy/postgres/dagster.yaml as shipped, on a private PostgreSQL).
 
 A platform engineer's story, scripted: the daemon is killed (SIGKILL, no goodbye) while a commit's image is
-being built, in the middle of the Git sensor's tick that sees the next commit, while a deployment runs, and in
-the middle of a burst of commits; each time it is started again. Meanwhile the UI answers, and the runs already
-started go on (their processes belong to the code server). At the end every commit reached staging or was
-coalesced into a newer one (and says so), each was built once, no run failed, and nothing was left queued or
-half started.
+being built, in the middle of the Git sensor's tick that sees the next commit, and while a deployment runs;
+each time it is started again. Meanwhile the UI answers, and the runs already started go on (their processes
+belong to the code server). At the end every commit reached staging, each was built once, no run failed, and
+nothing was left queued or half started.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import pytest
 
 from release_graph import demo
 from release_graph.release import history
-from release_graph.release.keys import environment_key, image_key, source_key
+from release_graph.release.keys import environment_key, image_key
 from release_graph.release.tags import SHA_TAG
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-restarts")]
@@ -29,8 +28,6 @@ SERVICE = "inventory"
 FIRST_BUILD_SECONDS = 240  # three processes start, the Git sensor's first tick, the run starts
 RELEASE_SECONDS = 300  # a commit from its build to staging, with the daemon away for a while
 DAEMON_AWAY_SECONDS = 10
-BURST_COMMITS = 8  # a small burst, one service, about 12 s
-BURST_SPACING_SECONDS = 1.5
 
 
 def git_tick_status(instance) -> str:
@@ -148,38 +145,14 @@ def test_the_daemon_killed_mid_build_mid_tick_and_mid_deploy_loses_no_commit_and
         live.wait_for("commit c in staging", lambda: in_staging(sha_c), RELEASE_SECONDS, instance)
         report["c: daemon killed mid-deploy"] = time.monotonic() - back
 
-        # (d) When a burst of commits lands within seconds, and the daemon dies in the middle of it and comes back
-        burst = []
-        for number in range(BURST_COMMITS):
-            burst.append(demo.commit_change(SERVICE, live.fleet_dir / ".repos", message=f"burst {number}").sha)
-            if number == BURST_COMMITS // 2:
-                live.kill_daemon()
-            time.sleep(BURST_SPACING_SECONDS)
-        live.start_daemon()
-        back = time.monotonic()
-        # then the newest commit reaches staging, and every commit of the burst was either built (once) or is
-        # recorded as coalesced into a newer one (the Git sensor's `skipped_commits` on inventory/source)
-        live.wait_for("the burst's newest commit in staging", lambda: in_staging(burst[-1]), RELEASE_SECONDS,
-                      instance)
-        report["d: a burst, daemon killed in its middle"] = time.monotonic() - back
-        built = {sha for sha in burst if image_runs(sha)}
-        coalesced = {entry["sha"] for record in instance.fetch_observations(source_key(SERVICE), limit=100).records
-                     for entry in record.asset_observation.metadata["skipped_commits"].data}
-        assert burst[-1] in built
-        # No commit is lost: one neither built nor recorded as coalesced must be older than a commit that was built
-        # (its changes are in that build). Known gap (issue 13): when the kill cuts a Git tick short after it
-        # created its run, Dagster resumes the tick's runs but not its asset events, so the commits that tick
-        # coalesced have no recorded reason.
-        unrecorded = set(burst) - built - coalesced
-        newest_built = max(burst.index(sha) for sha in built)
-        assert all(burst.index(sha) < newest_built for sha in unrecorded), {sha[:7]: sha in built for sha in burst}
-        print(f"burst of {len(burst)} commits: {len(built)} built, {len(coalesced & set(burst))} recorded as "
-              f"coalesced, {len(unrecorded)} coalesced by a tick the kill cut short (no recorded reason)")
-
         # Then: every commit was built once, by one run, and no run failed or was left behind
-        for sha in (sha_a, sha_b, sha_c, *built):
+        for sha in (sha_a, sha_b, sha_c):
             (run,) = image_runs(sha)
             assert live.builds_in(instance, run.run_id, SERVICE) == 1, (sha, run.run_id)
+        in_progress = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                       dg.DagsterRunStatus.STARTED]
+        live.wait_for("the run queue to drain", lambda: not instance.get_runs(
+            filters=dg.RunsFilter(statuses=in_progress), limit=1), 120, instance)
         runs = instance.get_runs(limit=100)
         failed = {f"{r.run_id[:8]} {r.tags.get(SHA_TAG, '')[:7]} {[k.to_user_string() for k in r.asset_selection]}":
                   [e.dagster_event.step_failure_data.error.message.splitlines()[0] for e in instance.all_logs(
