@@ -134,9 +134,9 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
         if not history.stage_started(instance, run, key):  # a release's run holding its earlier stages too
             earlier = [k.to_user_string() for k in run.asset_selection if k != key and k.path[0] == service.name]
             reason = f"its release's run does it after {', '.join(sorted(earlier))}"
-        if run.tags.get(RETRY_NUMBER_TAG) and run.tags.get(PARENT_RUN_TAG):  # Dagster's retry of a failed run
-            parent = run.tags[PARENT_RUN_TAG]
-            reason += f", again after run {parent[:8]}: {_failure_message(instance, parent)}"
+        earlier_attempt = _attempt_before(instance, service, key, running[0])
+        if earlier_attempt:
+            reason += f", again after run {earlier_attempt[:8]}: {_failure_message(instance, earlier_attempt)}"
         return StageStatus(name, RUNNING, reason, run.run_id)
     latest = history.latest(instance, key)
     failed = history.failed_attempt_since(instance, service.name, key, latest.timestamp if latest else None)
@@ -153,6 +153,20 @@ def stage_status(instance, fleet: Fleet, service: Service, stage: str) -> StageS
         return StageStatus(name, UP_TO_DATE, f"runs {latest.digest}"
                            + (f" ({latest.git_sha[:7]})" if latest.git_sha else ""))
     return StageStatus(name, WAITING, "will be requested at the next automation tick")
+
+
+def _attempt_before(instance, service: Service, key: dg.AssetKey, record: dg.RunRecord) -> str | None:
+    """The failed run that the running run (`record`) tries the stage again after, or None. Dagster's retry
+    names its parent; a run requested anew (by the automation, or by hand) after a failed attempt since the
+    stage's last deployment is another try too: either way a release manager sees why it is done again."""
+    run = record.dagster_run
+    if run.tags.get(RETRY_NUMBER_TAG) and run.tags.get(PARENT_RUN_TAG):
+        return run.tags[PARENT_RUN_TAG]
+    latest = history.latest(instance, key)
+    failed = history.failed_attempt_since(instance, service.name, key, latest.timestamp if latest else None)
+    if failed is None or failed.create_timestamp > record.create_timestamp:  # a later run's failure: not before
+        return None
+    return failed.dagster_run.run_id
 
 
 def waiting_for(instance, fleet: Fleet, service: Service, stage: str) -> str:

@@ -197,6 +197,31 @@ def test_dagsters_retry_of_a_killed_deployment_says_what_it_is_running_again_for
                                  "killed by SIGKILL before its steps finished (not the commit's fault)")
 
 
+def test_a_deployment_requested_anew_after_a_killed_one_says_what_it_is_running_again_for(fleet):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        killed = run_whose_process_was_killed(instance, "inventory", "dev", max_retries="0")
+        # the automation requests the stage again: a run of its own, not Dagster's retry (no parent tags)
+        again = instance.create_run_for_job(
+            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
+            status=dg.DagsterRunStatus.STARTED, tags={"release/service": "inventory"})
+        status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
+        assert status.state == RUNNING and status.run_id == again.run_id
+        assert status.reason == (f"a run is deploying it now, again after run {killed[:8]}: the run's process was "
+                                 "killed by SIGKILL before its steps finished (not the commit's fault)")
+
+
+def test_a_deployment_after_a_successful_one_is_no_second_try(fleet):
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        record(instance, ["inventory", "image"], "sha256:i1")
+        run_whose_process_was_killed(instance, "inventory", "dev", max_retries="0")
+        record(instance, ["inventory", "dev"], "sha256:i1", healthy=True)  # then a run deployed it
+        instance.create_run_for_job(
+            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
+            status=dg.DagsterRunStatus.STARTED, tags={"release/service": "inventory"})
+        assert stage_status(instance, fleet, fleet.services["inventory"], "dev").reason == "a run is deploying it now"
+
+
 def test_a_release_run_that_failed_at_its_image_is_no_failure_of_the_stages_it_did_not_reach(fleet):
     with dg.instance_for_test() as instance:
         record(instance, ["inventory", "image"], "sha256:i1")
