@@ -181,6 +181,7 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
         entrypoint=service.entrypoint,
         command=service.command,
         secrets_as=service.secrets_as,
+        hardening=service.hardening,
     ), environment, key, immediate=bool(config.rollback_reason))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"

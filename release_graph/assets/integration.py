@@ -91,6 +91,7 @@ def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTa
                 entrypoint=member.entrypoint,
                 command=member.command,
                 secrets_as=member.secrets_as,
+                hardening=member.hardening,
             )
             started.append(f"{name}@{digest[7:19]}")
         context.log.info(f"integration environment up: {', '.join(started)}")

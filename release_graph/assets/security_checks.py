@@ -34,7 +34,7 @@ from release_graph.security import compliance, evidence, sast, sbom
 from release_graph.security.evidence import EvidenceError
 from release_graph.security.findings import SEVERITIES, Finding, count_by_severity, parse_threshold
 from release_graph.security.gate import GateResult, evaluate_gate
-from release_graph.security.least_privilege import container_hardening
+from release_graph.security.least_privilege import review_hardening
 from release_graph.security.waivers import Waiver, WaiverError, fleet_owners, load_waivers
 from resources import labels as L
 from resources.containers import ContainerEngine, ContainerEngineError
@@ -335,8 +335,14 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
         raise ReleaseStepError(f"service '{service.name}', environment '{environment.name}': no container runs, "
                                "so its hardening cannot be inspected")
     inspect = engine.client().api.inspect_container(actual.container_id)
-    findings = container_hardening(inspect)
+    findings, waived = review_hardening(inspect, service.hardening)
     host = inspect.get("HostConfig") or {}
+    rows = [{"status": "reported", **f.as_row()} for f in findings]
+    rows += [{"status": f"waived: {reason}", **f.as_row()} for f, reason in waived]
+    exceptions = "; ".join(f"{f.rule} ({reason})" for f, reason in waived)
+    description = "; ".join(f"{f.rule}: {f.message}" for f in findings) or (
+        f"hardened except where the manifest says why: {exceptions}" if waived
+        else "non-root, read-only, no capabilities, no privilege escalation")
     return dg.AssetCheckResult(
         check_name="hardening",
         passed=not findings,
@@ -348,9 +354,11 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
             "read_only_root_filesystem": bool(host.get("ReadonlyRootfs")),
             "privileged": bool(host.get("Privileged")),
             "added_capabilities": ", ".join(host.get("CapAdd") or []) or "none",
-            "findings": rows_table([{"status": "reported", **f.as_row()} for f in findings], FINDING_COLUMNS),
+            "no_new_privileges": any(str(o).startswith("no-new-privileges") for o in host.get("SecurityOpt") or []),
+            "writable_folders": ", ".join(sorted(host.get("Tmpfs") or {})) or "none",
+            "findings": rows_table(rows, FINDING_COLUMNS),
         },
-        description="; ".join(f"{f.rule}: {f.message}" for f in findings) or "non-root, read-only, unprivileged",
+        description=description,
     )
 
 

@@ -17,7 +17,17 @@ from release_graph.fleet.loader import (
     load_fleet,
     resolve_fleet_path,
 )
-from release_graph.fleet.model import Build, Edge, Environment, Fleet, RegistryAuth, SecretRef, Security, Service
+from release_graph.fleet.model import (
+    Build,
+    Edge,
+    Environment,
+    Fleet,
+    Hardening,
+    RegistryAuth,
+    SecretRef,
+    Security,
+    Service,
+)
 from release_graph.fleet.references import (
     ImageReference,
     is_image_reference,
@@ -37,6 +47,7 @@ __all__ = [
     "SecretRef",
     "Security",
     "Service",
+    "Hardening",
     "build_files_problem",
     "find_hard_cycles",
     "is_image_reference",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +24,7 @@ from release_graph.fleet.model import (
     AWS_ENDPOINT_URL_VARIABLE,
     CHANNEL_TYPES,
     GIT_URL,
+    LINUX_CAPABILITIES,
     METRIC_PROVIDERS,
     NOTIFICATION_EVENTS,
     ON_INCONCLUSIVE,
@@ -41,6 +42,7 @@ from release_graph.fleet.model import (
     Edge,
     Environment,
     Fleet,
+    Hardening,
     NotificationChannel,
     Notifications,
     OsvSettings,
@@ -131,7 +133,10 @@ def _is_str(value: Any) -> bool:
 SERVICE_KEYS = {
     "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
     "description", "language", "infrastructure", "deploy_unit", "env", "entrypoint", "command", "secrets_as",
+    "hardening",
 }
+HARDENING_KEYS = {"tmpfs", "writable_root", "run_as_root", "privilege_escalation", "capabilities"}
+CAPABILITIES_KEYS = {"add", "reason"}
 BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_target", "args"}
 E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
@@ -646,6 +651,7 @@ def _parse_service(
     entrypoint = _argument_list(problems, raw, "entrypoint", where)
     command = _argument_list(problems, raw, "command", where)
     edges = _parse_edges(problems, raw, where)
+    hardening = _parse_hardening(problems, raw, where)
 
     # A service with problems is still returned so edges and cycles can be checked; the problems
     # make load_fleet raise, so it never reaches a graph.
@@ -669,7 +675,63 @@ def _parse_service(
         entrypoint=entrypoint,
         command=command,
         secrets_as=secrets_as,
+        hardening=hardening,
     )
+
+
+def _parse_hardening(problems: _Problems, raw: LineDict, where: dict) -> Hardening:
+    """`hardening:` — the folders a service may write to, and its opt-outs of immutability, each with a reason."""
+    value = raw.get("hardening")
+    if value is None:
+        return Hardening()
+    if not isinstance(value, LineDict):
+        problems.add(_line(raw, "hardening"), _where(field_name="hardening", **where),
+                     "expected a mapping such as {tmpfs: [/var/cache/app]} or {writable_root: <why it must write>}")
+        return Hardening()
+    _check_keys(problems, value, HARDENING_KEYS, service=where["service"])
+    tmpfs = value.get("tmpfs", [])
+    if not isinstance(tmpfs, list) or not all(_is_str(path) and PurePosixPath(path).is_absolute()
+                                              and ".." not in PurePosixPath(path).parts and path != "/"
+                                              for path in tmpfs):
+        problems.add(_line(value, "tmpfs"), _where(field_name="hardening.tmpfs", **where),
+                     f"expected a list of absolute folders inside the container, such as [/var/cache/app], "
+                     f"got {tmpfs!r}")
+        tmpfs = []
+    reasons = {}
+    for key in ("writable_root", "run_as_root", "privilege_escalation"):
+        reason = value.get(key)
+        if reason is not None and not (_is_str(reason) and reason.strip()):
+            problems.add(_line(value, key), _where(field_name=f"hardening.{key}", **where),
+                         f"expected the reason this service needs it (text), got {reason!r}")
+            reason = None
+        reasons[key] = reason
+    capabilities, capabilities_reason = (), None
+    granted = value.get("capabilities")
+    if granted is not None:
+        if not isinstance(granted, LineDict):
+            problems.add(_line(value, "capabilities"), _where(field_name="hardening.capabilities", **where),
+                         "expected {add: [NET_BIND_SERVICE], reason: <why it needs them>}")
+        else:
+            _check_keys(problems, granted, CAPABILITIES_KEYS, service=where["service"])
+            names = granted.get("add", [])
+            if not isinstance(names, list) or not names or not all(_is_str(n) for n in names):
+                problems.add(_line(granted, "add"), _where(field_name="hardening.capabilities.add", **where),
+                             f"expected a list of Linux capabilities such as [NET_BIND_SERVICE], got {names!r}")
+                names = []
+            names = [n.upper().removeprefix("CAP_") for n in names]
+            unknown = sorted(set(names) - LINUX_CAPABILITIES)
+            if unknown:
+                problems.add(_line(granted, "add"), _where(field_name="hardening.capabilities.add", **where),
+                             f"unknown Linux capabilities {unknown} (capabilities(7), e.g. NET_BIND_SERVICE)")
+            capabilities_reason = granted.get("reason")
+            if not (_is_str(capabilities_reason) and capabilities_reason.strip()):
+                problems.add(_line(granted, "reason") or _line(value, "capabilities"),
+                             _where(field_name="hardening.capabilities.reason", **where),
+                             "expected the reason this service needs these capabilities (text)")
+                capabilities_reason = None
+            capabilities = tuple(sorted(set(names) & LINUX_CAPABILITIES))
+    return Hardening(tmpfs=tuple(dict.fromkeys(tmpfs)), capabilities=capabilities,
+                     capabilities_reason=capabilities_reason, **reasons)
 
 
 def _argument_list(problems: _Problems, raw: LineDict, key: str, where: dict) -> tuple[str, ...] | None:

@@ -35,6 +35,42 @@ class Edge:
     evidence: tuple[str, ...] = ()
 
 
+# Linux capabilities a container may be given back after every other one is dropped (capabilities(7), without
+# the CAP_ prefix).
+LINUX_CAPABILITIES = frozenset({
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
+    "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT",
+    "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "WAKE_ALARM",
+})
+SCRATCH_FOLDER = "/tmp"  # every container's writable in-memory folder
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """How a service's containers are locked down. By default immutable: a read-only root filesystem (writable
+    only in SCRATCH_FOLDER and the declared `tmpfs` folders, in memory), every Linux capability dropped and no
+    privilege escalation (setuid binaries gain nothing); the image's user must not be root. Each opt-out carries
+    the reason the manifest gives, shown beside the `hardening` check's finding it waives."""
+
+    tmpfs: tuple[str, ...] = ()  # more writable in-memory folders, absolute paths
+    writable_root: str | None = None  # the reason the root filesystem stays writable
+    run_as_root: str | None = None  # the reason its image may run as root
+    privilege_escalation: str | None = None  # the reason setuid binaries may gain privileges
+    capabilities: tuple[str, ...] = ()  # given back after dropping all (needs capabilities_reason)
+    capabilities_reason: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self == Hardening()
+
+    @property
+    def writable_folders(self) -> tuple[str, ...]:
+        return (SCRATCH_FOLDER, *(path for path in self.tmpfs if path != SCRATCH_FOLDER))
+
+
 @dataclass(frozen=True)
 class Build:
     context: str = "."  # relative to the service's path inside its repo
@@ -69,6 +105,7 @@ class Service:
     command: tuple[str, ...] | None = None
     # How its containers receive their secrets (SECRET_DELIVERIES): files unless the service opts in to env.
     secrets_as: str = "file"
+    hardening: Hardening = Hardening()
 
     @property
     def group(self) -> str:

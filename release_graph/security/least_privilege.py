@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from release_graph.fleet.model import Hardening
 from release_graph.security.findings import Finding, finding
 
 GET_SECRET_VALUE = "secretsmanager:GetSecretValue"
@@ -334,16 +335,21 @@ def _applies(statement: Mapping[str, Any], action: str, resource: str) -> bool:
 # --- containers ----------------------------------------------------------------------------------------------
 
 
-def container_hardening(
-    inspect: Mapping[str, Any],
-    *,
-    allow_root: bool = False,
-    allow_writable_root_filesystem: bool = False,
-) -> list[Finding]:
-    """Findings for a container as `docker inspect` shows it: root user, writable root filesystem, privileges.
+# The capabilities an engine gives a container unless told otherwise (Docker's and Podman's default set).
+ENGINE_DEFAULT_CAPABILITIES = frozenset({
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+})
 
-    The `allow_*` flags are for services the manifest marks as needing it; the finding then is not reported.
-    """
+
+def _capabilities(values: Any) -> set[str]:
+    return {str(c).upper().removeprefix("CAP_") for c in _as_list(values) if c}
+
+
+def container_hardening(inspect: Mapping[str, Any]) -> list[Finding]:
+    """Findings for a container as `docker inspect` shows it: root user, writable root filesystem, privileged,
+    capabilities kept or added, privilege escalation allowed. `review_hardening` then sets aside those the
+    manifest opts the service out of."""
     name = str(inspect.get("Name") or inspect.get("Id", "?")[:12]).lstrip("/")
     config = inspect.get("Config") or {}
     host = inspect.get("HostConfig") or {}
@@ -352,19 +358,56 @@ def container_hardening(
     findings = []
     user = str(config.get("User") or "")
     user_part = user.split(":", 1)[0]
-    if not allow_root and user_part in ROOT_USERS:
+    if user_part in ROOT_USERS:
         shown = f"user {user!r}" if user else "no user (the image default, root)"
         findings.append(finding("release-graph", "RG_CONTAINER_ROOT", "HIGH", location,
                                 f"runs as root: {shown}; image {image}. Set a numeric non-root user (USER 10001)"))
-    if not allow_writable_root_filesystem and not host.get("ReadonlyRootfs"):
+    if not host.get("ReadonlyRootfs"):
         findings.append(finding("release-graph", "RG_CONTAINER_WRITABLE_ROOT_FS", "MEDIUM", location,
                                 "the root filesystem is writable; run read-only with tmpfs for scratch folders"))
     if host.get("Privileged"):
         findings.append(finding("release-graph", "RG_CONTAINER_PRIVILEGED", "CRITICAL", location,
                                 "runs privileged: it has every capability and the host's devices"))
-    added = [c for c in _as_list(host.get("CapAdd")) if c]
+    added, kept = _capability_sets(host)
     if added:
         findings.append(finding("release-graph", "RG_CONTAINER_CAP_ADD", "HIGH", location,
                                 f"adds Linux capabilities: {', '.join(sorted(added))}"))
+    if kept:
+        findings.append(finding("release-graph", "RG_CONTAINER_CAPABILITIES_KEPT", "MEDIUM", location,
+                                f"keeps the engine's default capabilities {', '.join(sorted(kept))}: drop them all "
+                                "(cap_drop ALL) and give back only what it needs"))
+    options = {str(o).replace("=", ":") for o in _as_list(host.get("SecurityOpt"))}
+    if not options & {"no-new-privileges", "no-new-privileges:true"}:
+        findings.append(finding("release-graph", "RG_CONTAINER_PRIVILEGE_ESCALATION", "MEDIUM", location,
+                                "a setuid binary may gain privileges: run with no-new-privileges"))
     return findings
+
+
+def review_hardening(inspect: Mapping[str, Any],
+                     hardening: Hardening) -> tuple[list[Finding], list[tuple[Finding, str]]]:
+    """`container_hardening`'s findings as (reported, waived with the manifest's reason): a finding the service's
+    `hardening:` opts out of, with a reason, is waived; a privileged container never is, and capabilities only
+    those the manifest gives back."""
+    added, kept = _capability_sets(inspect.get("HostConfig") or {})
+    declared = set(hardening.capabilities)
+    reasons = {"RG_CONTAINER_ROOT": hardening.run_as_root,
+               "RG_CONTAINER_WRITABLE_ROOT_FS": hardening.writable_root,
+               "RG_CONTAINER_PRIVILEGE_ESCALATION": hardening.privilege_escalation,
+               "RG_CONTAINER_CAP_ADD": hardening.capabilities_reason if added <= declared else None,
+               "RG_CONTAINER_CAPABILITIES_KEPT": hardening.capabilities_reason if kept <= declared else None}
+    reported, waived = [], []
+    for item in container_hardening(inspect):
+        reason = reasons.get(item.rule)
+        if reason:
+            waived.append((item, reason))
+        else:
+            reported.append(item)
+    return reported, waived
+
+
+def _capability_sets(host: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(added, the engine's defaults kept): Docker shows a drop of all as `ALL`, Podman as the default set."""
+    added = _capabilities(host.get("CapAdd"))
+    dropped = _capabilities(host.get("CapDrop"))
+    return added, (set() if "ALL" in dropped else set(ENGINE_DEFAULT_CAPABILITIES - dropped - added))
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from release_graph.fleet.model import SECRET_DELIVERIES, SECRETS_DIR_IN_CONTAINER
+from release_graph.fleet.model import SECRET_DELIVERIES, SECRETS_DIR_IN_CONTAINER, Hardening
 from release_graph.fleet.references import SHA256_DIGEST
 from resources import labels as L
 from resources.containers import RunResult
@@ -102,7 +102,8 @@ class DeploymentSpec:
     `publish` is a host port on the target's `publish_address` (None: not published). `labels` are added to
     the container. `calls` names the services it calls (its declared edges): a target reaches those through
     its switch, so replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the
-    image's ENTRYPOINT and CMD (None: the image's own).
+    image's ENTRYPOINT and CMD (None: the image's own). `hardening` locks the container down (immutable by
+    default: read-only root, writable in-memory folders only, no capabilities, no privilege escalation).
     """
 
     fleet: str
@@ -119,6 +120,7 @@ class DeploymentSpec:
     entrypoint: tuple[str, ...] | None = None
     command: tuple[str, ...] | None = None
     secrets_as: str = "file"
+    hardening: Hardening = field(default_factory=Hardening)
 
 
 def secret_file_variables(spec: DeploymentSpec) -> dict[str, str]:
@@ -346,9 +348,11 @@ class EphemeralEnvironment(ABC):
         entrypoint: Sequence[str] | None = None,
         command: Sequence[str] | None = None,
         secrets_as: str = "file",
+        hardening: Hardening | None = None,
     ) -> StartedService:
         """Start `image` reachable as `service` here and wait until it is healthy (DeploymentFailed if not).
-        `entrypoint`, `command` and `secrets_as` (how `secrets` are delivered) as in `DeploymentSpec`."""
+        `entrypoint`, `command`, `secrets_as` (how `secrets` are delivered) and `hardening` as in
+        `DeploymentSpec` (None: the engine's defaults, for a test's own helper images)."""
 
     @abstractmethod
     def run_to_completion(

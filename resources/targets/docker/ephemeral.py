@@ -14,9 +14,11 @@ import secrets as _random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from release_graph.fleet.model import Hardening
 from resources import labels as L
 from resources.containers import RunResult, network_dns_options
 from resources.targets.docker import inspect, secret_files
+from resources.targets.docker.hardening import hardened
 from resources.targets.interface import (
     LOG_TAIL_LINES,
     DeploymentSpec,
@@ -60,16 +62,20 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
         entrypoint: Sequence[str] | None = None,
         command: Sequence[str] | None = None,
         secrets_as: str = "file",
+        hardening: Hardening | None = None,
     ) -> StartedService:
         """Start `image` reachable as `service` on this network and wait for it to be healthy.
 
         Any image reference works here (a test may run a locally built image); a missing one is pulled.
-        A service that does not become healthy raises DeploymentFailed with its last log lines.
+        A service that does not become healthy raises DeploymentFailed with its last log lines. `hardening`:
+        locked down as its deployments are (the manifest's); None, for a test's own helper images, leaves the
+        engine's defaults.
         """
         check_name("service", service)
         spec = DeploymentSpec(self.fleet, "ephemeral", service, image, port, health, dict(env or {}),
                               dict(secrets or {}), entrypoint=None if entrypoint is None else tuple(entrypoint),
-                              command=None if command is None else tuple(command), secrets_as=secrets_as)
+                              command=None if command is None else tuple(command), secrets_as=secrets_as,
+                              hardening=hardening or Hardening())
         validate_spec(spec)
         target = self.target
         where = f"{service} in {self.network}"
@@ -93,6 +99,7 @@ class DockerEphemeralEnvironment(EphemeralEnvironment):
                     networking_config={self.network: client.api.create_endpoint_config(aliases=[service])},
                     init=True,
                     detach=True,
+                    **(hardened(hardening) if hardening is not None else {}),
                     **network_dns_options(client, self.network),
                 )
         except BaseException:

@@ -82,10 +82,11 @@ def wait_healthy(
         status = inspect.status(container)
         now = time.monotonic()
         if status in ("exited", "dead", "removing", "stopped"):
+            logs = inspect.logs_tail(container)
             raise DeploymentFailed(
                 f"{where}: new container {container.name} ({image}) exited with code {state.get('ExitCode')} "
-                "before it became healthy; the previous version keeps serving",
-                service=service, environment=environment, image=image, logs_tail=inspect.logs_tail(container),
+                f"before it became healthy{read_only_write(container, logs)}; the previous version keeps serving",
+                service=service, environment=environment, image=image, logs_tail=logs,
             )
         if status == "running":
             running_since = running_since or now
@@ -103,9 +104,22 @@ def wait_healthy(
             else:
                 problem = f"it has no address on network {network}"
         if time.monotonic() >= deadline:
+            logs = inspect.logs_tail(container)
             raise DeploymentFailed(
                 f"{where}: new container {container.name} ({image}) was not healthy within {timeout:g} s: "
-                f"{problem}; the previous version keeps serving",
-                service=service, environment=environment, image=image, logs_tail=inspect.logs_tail(container),
+                f"{problem}{read_only_write(container, logs)}; the previous version keeps serving",
+                service=service, environment=environment, image=image, logs_tail=logs,
             )
         time.sleep(HEALTH_POLL_SECONDS)
+
+
+def read_only_write(container, logs: str) -> str:
+    """What to tell when a container with a read-only root filesystem died writing to it (EROFS in its log):
+    the image writes outside the folders the manifest declares writable."""
+    host = container.attrs.get("HostConfig") or {}
+    if not host.get("ReadonlyRootfs") or "read-only file system" not in logs.lower():
+        return ""
+    writable = ", ".join(sorted(host.get("Tmpfs") or {})) or "none"
+    return (f" (it wrote to its read-only root filesystem: its log says 'Read-only file system'; writable are only "
+            f"{writable}. Declare the folder in the service's `hardening.tmpfs`, or `hardening.writable_root: "
+            f"<why>` in the manifest)")

@@ -7,8 +7,8 @@ reachable there by its name, which is a network alias held by exactly one health
 1. refuses an image that is not pinned by digest (`repo@sha256:...`): what runs must be what was tested;
 2. is a no-op when that digest already serves the service with the same config and secrets and is healthy;
 3. starts the new container next to the old one, on the network but *without* the service name (read-only
-   root filesystem, a tmpfs at /tmp), and waits for its health endpoint (HTTP GET from this host to the
-   container's address; `health.py`);
+   root filesystem with in-memory scratch folders, no capabilities, no privilege escalation: `hardening.py`),
+   and waits for its health endpoint (HTTP GET from this host to the container's address; `health.py`);
 4. only then moves the service name: the new container is reconnected with the alias, the environment's
    switch (`haproxy.py`: the published port, and the address its consumers call it on) moves to it, the old
    container gets `drain_seconds` for requests in flight, then it is stopped and removed. A failed health
@@ -42,7 +42,7 @@ import secrets as _random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import dagster as dg
@@ -58,6 +58,7 @@ from resources.registry import is_loopback_host, parse_image_reference
 from resources.targets.docker import bridge, health, inspect, reaper, secret_files
 from resources.targets.docker.ephemeral import DockerEphemeralEnvironment, container_arguments
 from resources.targets.docker.haproxy import HaproxyRouter, Route
+from resources.targets.docker.hardening import hardened
 from resources.targets.interface import (
     DeploymentFailed,
     DeploymentResult,
@@ -82,9 +83,6 @@ log = logging.getLogger(__name__)
 # After the alias moves, the new address must answer within this long (it is the same process, new interface).
 REATTACH_SECONDS = 10.0
 PULL_TIMEOUT_SECONDS = 600
-# Every service container is hardened as its deployment's `hardening` check asks: the image's files cannot be
-# changed at run time; scratch files go to a tmpfs.
-HARDENED = {"read_only": True, "tmpfs": {"/tmp": ""}}
 
 
 class DockerTargetConfig(dg.Config):
@@ -132,6 +130,8 @@ def config_fingerprint(spec: DeploymentSpec) -> str:
     for key in ("entrypoint", "command"):
         if getattr(spec, key) is not None:
             material[key] = list(getattr(spec, key))
+    if not spec.hardening.is_default:
+        material["hardening"] = asdict(spec.hardening)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -384,7 +384,7 @@ class DockerTarget(DeployTarget):
             network=net,
             extra_hosts=self._switched_calls(spec, router),
             init=True,  # PID 1 forwards SIGTERM and reaps: stop takes effect at once
-            **HARDENED,
+            **hardened(spec.hardening),
             detach=True,
             what=f"deploying {where}",
             **network_dns_options(self._docker(), net),
@@ -713,7 +713,7 @@ class DockerTarget(DeployTarget):
             networking_config={network.name: client.api.create_endpoint_config(aliases=[spec.service])},
             extra_hosts=self._switched_calls(spec, router),
             init=True,
-            **HARDENED,
+            **hardened(spec.hardening),
             detach=True,
             what=f"deploying {where}",
             **network_dns_options(client, network.name),

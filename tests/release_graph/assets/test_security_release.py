@@ -95,11 +95,16 @@ def test_a_shell_injection_fails_sast_until_a_waiver_accepts_it_and_an_expired_o
     assert deployed.digest == first.digest
     assert deployed.value("iam_policy") == {"Version": "2012-10-17", "Statement": []}
     assert deployed.value("security_gate") == "no scan_threshold in this environment"
-    # the docker target runs it hardened: the demo image's USER (not root), a read-only root filesystem
+    # the docker target runs it immutable: the demo image's USER (not root), a read-only root filesystem with
+    # in-memory scratch folders, every capability dropped, no privilege escalation
     hardening = world.check_evaluation(key("inventory", "dev"), "hardening")
     assert hardening.passed is True and hardening.severity == dg.AssetCheckSeverity.WARN
+    assert hardening.description == "non-root, read-only, no capabilities, no privilege escalation"
     assert hardening.metadata["user"].value == "10001"
     assert hardening.metadata["read_only_root_filesystem"].value is True
+    assert hardening.metadata["no_new_privileges"].value is True
+    assert hardening.metadata["added_capabilities"].value == "none"
+    assert "/tmp" in hardening.metadata["writable_folders"].value
     assert table_rows(hardening, "findings") == []
 
     # A digest pushed to the registry by hand is never promoted

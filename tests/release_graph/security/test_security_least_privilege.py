@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import boto3
 import pytest
 
+from release_graph.fleet import Hardening
 from release_graph.security import least_privilege as lp
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
@@ -187,30 +188,55 @@ def run_container(docker_client, registry_addr, run_id):
         container.remove(force=True)
 
 
-def test_a_container_running_as_root_with_a_writable_filesystem_is_reported(run_container, run_id):
+def test_a_container_as_the_engine_starts_it_by_default_is_reported_on_every_lock(run_container, run_id):
     inspect = run_container("root")
     findings = lp.container_hardening(inspect)
     assert [(f.rule, f.severity, f.location) for f in findings] == [
         ("RG_CONTAINER_ROOT", "HIGH", f"container {run_id}-root"),
         ("RG_CONTAINER_WRITABLE_ROOT_FS", "MEDIUM", f"container {run_id}-root"),
+        ("RG_CONTAINER_CAPABILITIES_KEPT", "MEDIUM", f"container {run_id}-root"),
+        ("RG_CONTAINER_PRIVILEGE_ESCALATION", "MEDIUM", f"container {run_id}-root"),
     ]
     assert "no user (the image default, root)" in findings[0].message
-    # A service the manifest allows to write its root filesystem still may not run as root.
-    assert [f.rule for f in lp.container_hardening(inspect, allow_writable_root_filesystem=True)] == [
-        "RG_CONTAINER_ROOT"]
+    assert "CHOWN" in findings[2].message and "SETUID" in findings[2].message
+    # A service the manifest allows to write its root filesystem (with its reason) still may not run as root.
+    reported, waived = lp.review_hardening(inspect, Hardening(writable_root="a vendor image that writes its pid"))
+    assert [f.rule for f in reported] == [
+        "RG_CONTAINER_ROOT", "RG_CONTAINER_CAPABILITIES_KEPT", "RG_CONTAINER_PRIVILEGE_ESCALATION"]
+    assert [(f.rule, reason) for f, reason in waived] == [
+        ("RG_CONTAINER_WRITABLE_ROOT_FS", "a vendor image that writes its pid")]
 
 
-def test_a_non_root_read_only_container_passes(run_container):
-    inspect = run_container("hardened", user="10001", read_only=True)
+def test_a_non_root_read_only_container_without_capabilities_or_escalation_passes(run_container):
+    inspect = run_container("hardened", user="10001", read_only=True, cap_drop=["ALL"],
+                            security_opt=["no-new-privileges"])
     assert lp.container_hardening(inspect) == []
+
+
+def test_a_capability_given_back_is_waived_only_when_the_manifest_gives_it_back_with_a_reason(run_container):
+    inspect = run_container("binds-80", user="10001", read_only=True, cap_drop=["ALL"],
+                            cap_add=["NET_BIND_SERVICE"], security_opt=["no-new-privileges"])
+    assert {f.rule for f in lp.container_hardening(inspect)} & {"RG_CONTAINER_CAP_ADD",
+                                                                "RG_CONTAINER_CAPABILITIES_KEPT"}
+    declared = Hardening(capabilities=("NET_BIND_SERVICE",), capabilities_reason="listens on port 80")
+    reported, waived = lp.review_hardening(inspect, declared)
+    assert reported == [] and {reason for _, reason in waived} == {"listens on port 80"}
+    # another capability than the one declared is still reported
+    reported, _ = lp.review_hardening(inspect, Hardening(capabilities=("CHOWN",), capabilities_reason="x"))
+    assert reported
 
 
 def test_privileges_are_reported_from_the_inspect_document():
     inspect = {"Name": "/orders-1", "Config": {"User": "0:0", "Image": "shop/orders@sha256:ab"},
-               "HostConfig": {"ReadonlyRootfs": True, "Privileged": True, "CapAdd": ["SYS_ADMIN", "NET_ADMIN"]}}
+               "HostConfig": {"ReadonlyRootfs": True, "Privileged": True, "CapAdd": ["SYS_ADMIN", "NET_ADMIN"],
+                              "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges:true"]}}
     assert [(f.rule, f.message) for f in lp.container_hardening(inspect)] == [
         ("RG_CONTAINER_ROOT", "runs as root: user '0:0'; image shop/orders@sha256:ab. Set a numeric non-root user "
                               "(USER 10001)"),
         ("RG_CONTAINER_PRIVILEGED", "runs privileged: it has every capability and the host's devices"),
         ("RG_CONTAINER_CAP_ADD", "adds Linux capabilities: NET_ADMIN, SYS_ADMIN"),
     ]
+    # privileged is never waived, whatever the manifest says
+    reported, _ = lp.review_hardening(inspect, Hardening(run_as_root="legacy", capabilities=("NET_ADMIN", "SYS_ADMIN"),
+                                                         capabilities_reason="a VPN sidecar"))
+    assert [f.rule for f in reported] == ["RG_CONTAINER_PRIVILEGED"]

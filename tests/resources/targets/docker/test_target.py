@@ -29,6 +29,7 @@ import docker
 import pytest
 from docker.errors import NotFound
 
+from release_graph.fleet import Hardening
 from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.targets import (
@@ -108,6 +109,9 @@ class Handler(BaseHTTPRequestHandler):
         print("request:", fmt % args, file=sys.stderr, flush=True)
 
 
+if os.environ.get("WRITE_TO"):  # a service that keeps a file of its own on disk
+    os.makedirs(os.path.dirname(os.environ["WRITE_TO"]), exist_ok=True)
+    open(os.environ["WRITE_TO"], "w").write(str(os.getpid()))
 print("starting version", os.environ.get("VERSION"), flush=True)
 ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 '''
@@ -502,6 +506,28 @@ def test_given_v1_serves_when_an_image_whose_healthz_fails_deploys_then_it_is_re
     assert _fetch_inside(docker_client, run_id, v1.network, "http://api:8080/version") == "v1"
     running = target.running(run_id, environment, SERVICE)
     assert running is not None and running.digest == v1.digest and running.serving
+
+
+def test_given_a_service_that_writes_outside_its_declared_folders_then_it_is_refused_saying_so_until_one_is_declared(
+    target, environment, images, run_id, docker_client
+):
+    writer = {"WRITE_TO": "/var/cache/api/pid"}
+    # Given the default: an immutable container (read-only root, /tmp in memory, no capabilities)
+    with pytest.raises(DeploymentFailed) as failure:
+        target.with_config(health_timeout_seconds=10).deploy(_spec(run_id, environment, images["v1"], env=writer))
+    message = str(failure.value)
+    assert "it wrote to its read-only root filesystem" in message and "writable are only /tmp" in message
+    assert "hardening.tmpfs" in message and "previous version keeps serving" in message
+    assert "Read-only file system" in failure.value.logs_tail
+    # When the manifest declares the folder, it runs, writing there in memory, still read-only elsewhere
+    deployed = target.deploy(_spec(run_id, environment, images["v1"], env=writer,
+                                   hardening=Hardening(tmpfs=("/var/cache/api",))))
+    container = docker_client.containers.get(deployed.container_id)
+    host = container.attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and {"/tmp", "/var/cache/api"} <= set(host["Tmpfs"])
+    assert "no-new-privileges" in host["SecurityOpt"] and host["CapAdd"] in ([], None)
+    assert container.exec_run(["cat", "/var/cache/api/pid"]).exit_code == 0
+    assert container.exec_run(["touch", "/app/x"]).exit_code != 0
 
 
 def test_given_v1_serves_when_a_tag_or_an_unknown_digest_is_deployed_then_both_are_refused_before_anything_changes(
