@@ -32,6 +32,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{path}: fleet '{fleet.name}' is valid: {len(fleet.services)} services ({built} built, "
         f"{len(fleet.services) - built} prebuilt), environments: {', '.join(fleet.environments)}"
     )
+    if args.explain_network:
+        from release_graph.fleet.network import allowed_calls
+
+        # (the docker target does not enforce the rule yet: docs/manifest.md, "Allowed calls")
+        print("calls the manifest allows (its edges and published ports; the NetworkPolicies generated from it "
+              "admit only these):")
+        for call in allowed_calls(fleet):
+            print(f"  {call.line()}")
     return 0
 
 
@@ -133,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a fleet manifest and list every problem")
     validate.add_argument("fleet_positional", nargs="?", metavar="FLEET", help="the manifest (same as --fleet)")
     _fleet_argument(validate)
+    validate.add_argument("--explain-network", action="store_true",
+                          help="also list the calls the network allows: the manifest's edges and published ports")
     validate.set_defaults(handler=cmd_validate)
 
     build = commands.add_parser("build", help="build, test and push one service's image for a commit")

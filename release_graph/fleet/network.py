@@ -1,0 +1,95 @@
+"""Which calls the network allows, from the manifest's edges: a service may be called only by the services that
+declare an edge to it (hard or soft: a soft edge is still a call, only not a deployment order), and by the
+outside world where an environment publishes it. Everything else is refused.
+
+`allowed_calls` is that rule as a list (what `release-graph validate --explain-network` prints);
+`network_policies` is the same rule as one Kubernetes NetworkPolicy per service (networking.k8s.io/v1), selecting
+pods by the labels the kubernetes target gives them (`POD_LABELS`).
+
+Plain Python: no Dagster, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from release_graph.fleet.model import Fleet, Service
+
+OUTSIDE = "(outside)"  # a caller that is not a service: a published port's clients
+SERVICE_LABEL = "app.kubernetes.io/name"
+FLEET_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+@dataclass(frozen=True)
+class AllowedCall:
+    caller: str  # a service of the fleet, or OUTSIDE
+    callee: str
+    port: int | None  # the callee's port (None: it declares none, so nothing can be reached on it)
+    why: str  # the manifest's words that allow it
+
+    def line(self) -> str:
+        port = f":{self.port}" if self.port is not None else " (no port declared)"
+        return f"{self.caller} -> {self.callee}{port}  ({self.why})"
+
+
+def allowed_calls(fleet: Fleet) -> list[AllowedCall]:
+    """Every call the network allows, callee by callee in manifest order, callers sorted."""
+    calls = []
+    for callee in fleet.services.values():
+        for caller in sorted(_callers(fleet, callee)):
+            edge = next(e for e in fleet.services[caller].depends_on if e.name == callee.name)
+            kind = "soft edge" if edge.soft else ("start-up edge" if edge.startup_only else "edge")
+            unit = callee.deploy_unit if callee.deploy_unit and fleet.services[caller].deploy_unit == \
+                callee.deploy_unit else None
+            why = f"{caller} depends_on {callee.name}: {kind}" + (f", deploy unit {unit}" if unit else "")
+            calls.append(AllowedCall(caller, callee.name, callee.port, why))
+        published = _published_in(fleet, callee)
+        if published:
+            calls.append(AllowedCall(OUTSIDE, callee.name, callee.port,
+                                     "published in " + ", ".join(f"{env} on {port}" for env, port in published)))
+    return calls
+
+
+def refused(fleet: Fleet, caller: str, callee: str) -> bool:
+    """Whether the network refuses `caller` calling `callee` (both services of the fleet)."""
+    return caller not in _callers(fleet, fleet.services[callee])
+
+
+def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
+    """One NetworkPolicy per service: ingress to its pods only from its declared callers' pods, on its port, and
+    from anywhere on that port where an environment publishes it; a service nobody calls admits nothing."""
+    policies = []
+    for service in fleet.services.values():
+        sources = [{"podSelector": {"matchLabels": pod_labels(fleet, fleet.services[caller])}}
+                   for caller in sorted(_callers(fleet, service))]
+        rules = []
+        ports = [{"protocol": "TCP", "port": service.port}] if service.port is not None else None
+        if ports and sources:
+            rules.append({"from": sources, "ports": ports})
+        if ports and _published_in(fleet, service):
+            rules.append({"ports": ports})  # no `from`: every source, as a published port is
+        policies.append({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": f"{service.name}-callers", "namespace": namespace,
+                         "labels": {**pod_labels(fleet, service), MANAGED_BY_LABEL: "release-graph"}},
+            "spec": {"podSelector": {"matchLabels": pod_labels(fleet, service)},
+                     "policyTypes": ["Ingress"],
+                     "ingress": rules},
+        })
+    return policies
+
+
+def pod_labels(fleet: Fleet, service: Service) -> dict[str, str]:
+    """The labels that select a service's pods (the kubernetes target puts them on every pod it creates)."""
+    return {SERVICE_LABEL: service.name, FLEET_LABEL: fleet.name}
+
+
+def _callers(fleet: Fleet, callee: Service) -> set[str]:
+    return {s.name for s in fleet.services.values() if any(e.name == callee.name for e in s.depends_on)}
+
+
+def _published_in(fleet: Fleet, service: Service) -> list[tuple[str, int]]:
+    return [(env.name, env.publish[service.name]) for env in fleet.environments.values()
+            if service.name in env.publish]

@@ -1,0 +1,116 @@
+"""The calls a fleet's network allows come from its manifest: a service is called only by the services that declare
+an edge to it, and by the outside world where an environment publishes it. The same rule as Kubernetes
+NetworkPolicies, one per service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from release_graph.fleet import load_fleet
+from release_graph.fleet.network import OUTSIDE, allowed_calls, network_policies, refused
+
+SHOP_FLEET = Path(__file__).resolve().parents[3] / "examples" / "shop" / "fleet.yaml"
+
+# A fleet as `release-graph import` writes one: a cycle of calls kept deployable by a shared deploy unit, a soft
+# (telemetry) edge, a start-up-only edge from compose, an infrastructure service and a worker without a port.
+IMPORTED = """\
+fleet: ledger
+registry: 127.0.0.1:5000/ledger
+services:
+  web:
+    image: 127.0.0.1:5000/ledger/web:1
+    port: 3000
+    depends_on: [api, {name: collector, soft: true}]
+  api:
+    image: 127.0.0.1:5000/ledger/api:1
+    port: 8000
+    deploy_unit: core
+    depends_on: [accounts, db, {name: collector, soft: true}]
+  accounts:
+    image: 127.0.0.1:5000/ledger/accounts:1
+    port: 8001
+    deploy_unit: core
+    depends_on: [api, db]
+  worker:
+    image: 127.0.0.1:5000/ledger/worker:1
+    health: null
+    depends_on: [{name: db, startup_only: true}]
+  db:
+    image: 127.0.0.1:5000/ledger/postgres:16
+    infrastructure: true
+    port: 5432
+    health: null
+  collector:
+    image: 127.0.0.1:5000/ledger/collector:1
+    port: 4318
+    health: null
+environments:
+  prod:
+    publish: {web: 443}
+"""
+
+
+def callers_in(policy: dict) -> list[str]:
+    return [source["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for rule in policy["spec"]["ingress"] for source in rule.get("from", [])]
+
+
+def test_the_demo_shop_allows_the_gateway_to_call_orders_but_never_inventory_directly():
+    fleet = load_fleet(SHOP_FLEET, check_files=False)
+    assert [(c.caller, c.callee, c.port) for c in allowed_calls(fleet)] == [
+        (OUTSIDE, "gateway", 8080), ("gateway", "orders", 8080),
+        ("orders", "inventory", 8080), ("orders", "payments", 8080)]
+    assert allowed_calls(fleet)[0].why == "published in dev on 18081, staging on 18082, prod on 18080"
+    assert refused(fleet, "gateway", "inventory") and not refused(fleet, "orders", "inventory")
+    assert refused(fleet, "inventory", "orders")  # an edge allows its direction only
+
+    policies = {p["metadata"]["name"]: p for p in network_policies(fleet, namespace="shop-prod")}
+    assert sorted(policies) == ["gateway-callers", "inventory-callers", "orders-callers", "payments-callers"]
+    inventory = policies["inventory-callers"]
+    assert inventory["metadata"]["namespace"] == "shop-prod"
+    assert inventory["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "inventory",
+                                                                "app.kubernetes.io/part-of": "shop"}}
+    assert inventory["spec"]["policyTypes"] == ["Ingress"]
+    assert inventory["spec"]["ingress"] == [{
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orders",
+                                                  "app.kubernetes.io/part-of": "shop"}}}],
+        "ports": [{"protocol": "TCP", "port": 8080}]}]
+    # the gateway: nobody inside calls it, the outside reaches it on its port only
+    assert policies["gateway-callers"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+
+
+def test_an_imported_fleet_admits_exactly_its_declared_callers_whatever_kind_of_edge(tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(IMPORTED)
+    fleet = load_fleet(path)
+    policies = {p["metadata"]["name"].removesuffix("-callers"): p for p in network_policies(fleet, "ledger")}
+    assert {name: callers_in(policy) for name, policy in policies.items()} == {
+        "web": [],  # published: the outside only
+        "api": ["accounts", "web"],  # inside the deploy unit too: a cycle of calls is still two edges
+        "accounts": ["api"],
+        "worker": [],  # nobody calls it, and it has no port: it admits nothing
+        "db": ["accounts", "api", "worker"],  # a start-up-only edge may hide a call: admitted
+        "collector": ["api", "web"],  # soft edges order nothing, yet they are calls
+    }
+    assert policies["worker"]["spec"]["ingress"] == []
+    assert policies["web"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 3000}]}]
+    whys = {(c.caller, c.callee): c.why for c in allowed_calls(fleet)}
+    assert whys[("accounts", "api")] == "accounts depends_on api: edge, deploy unit core"
+    assert whys[("web", "collector")] == "web depends_on collector: soft edge"
+    assert whys[("worker", "db")] == "worker depends_on db: start-up edge"
+    assert refused(fleet, "web", "db") and refused(fleet, "worker", "api")
+
+
+def test_validate_explains_the_network_call_by_call(capsys):
+    from release_graph.cli.main import main as cli_main
+
+    assert cli_main(["validate", str(SHOP_FLEET), "--explain-network"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1:] == [
+        "calls the manifest allows (its edges and published ports; the NetworkPolicies generated from it admit "
+        "only these):",
+        "  (outside) -> gateway:8080  (published in dev on 18081, staging on 18082, prod on 18080)",
+        "  gateway -> orders:8080  (gateway depends_on orders: edge)",
+        "  orders -> inventory:8080  (orders depends_on inventory: edge)",
+        "  orders -> payments:8080  (orders depends_on payments: edge)",
+    ]
