@@ -104,6 +104,15 @@ class ReleaseWorld:
                 texts[event.step_key] = "\n".join(parts)
         return texts
 
+    def release_from_head(self) -> None:
+        """Every service from its head commit through the Git tick's builds and the automation's runs, as the
+        sensors would; asserts that no step failed."""
+        self.automate()  # the automation sensor's first tick only initialises
+        for request in self.tick("git_commits").run_requests:
+            assert self.execute(request).success
+        failed = {k: v for _, run in self.automate() for k, v in self.failures(run).items()}
+        assert not failed, failed
+
     def automate(self, max_ticks: int = 12) -> list[tuple[list[dg.AssetKey], object]]:
         """Tick the automation conditions and run what they request, as the automation sensor would
         (one run per tick), until nothing more is requested. Returns (requested keys, run) per tick."""

@@ -720,6 +720,18 @@ def test_reap_removes_orphans_stale_environments_and_expired_ephemeral_networks_
             target.teardown_environment(fleet, environment)
 
 
+def _fetch_into_reports(integration, path: str, file_name: str):
+    """A test run on the ephemeral network that GETs http://api:8080<path> into /reports/<file_name>."""
+    return integration.run_to_completion(
+        BASE_IMAGE,
+        command=["python3", "-c", "import os, urllib.request; os.makedirs('/reports'); "
+                 f"open('/reports/{file_name}', 'wb').write("
+                 f"urllib.request.urlopen('http://api:8080{path}', timeout=5).read())"],
+        copy_out="/reports",
+        timeout_seconds=60,
+    )
+
+
 def test_an_ephemeral_environment_is_torn_down_even_when_its_body_raises(target, images, run_id, docker_client):
     with (
         pytest.raises(RuntimeError, match="integration tests blew up"),
@@ -728,14 +740,7 @@ def test_an_ephemeral_environment_is_torn_down_even_when_its_body_raises(target,
         network = integration.network
         started = integration.start(SERVICE, images["v1"], port=PORT, health="/healthz", env={"X": "1"})
         assert started.url_inside == "http://api:8080" and started.health_seconds < 20
-        run = integration.run_to_completion(
-            BASE_IMAGE,
-            command=["python3", "-c", "import os, urllib.request; os.makedirs('/reports'); "
-                     "open('/reports/version.txt', 'wb').write("
-                     "urllib.request.urlopen('http://api:8080/version', timeout=5).read())"],
-            copy_out="/reports",
-            timeout_seconds=60,
-        )
+        run = _fetch_into_reports(integration, "/version", "version.txt")
         assert run.exit_code == 0, run.logs_tail
         assert run.files == {"version.txt": b"v1"}
         assert docker_client.networks.get(network).attrs.get("Internal") is True
@@ -750,17 +755,14 @@ def test_an_ephemeral_service_reads_its_secret_from_a_file_no_inspect_shows_it_a
 ):
     value = f"s3cr3t-{secrets.token_hex(12)}"
     with target.ephemeral_environment(run_id, "it-secret") as integration:
-        started = integration.start(SERVICE, images["v1"], port=PORT, health="/healthz", secrets={"API_KEY": value})
+        # (locked down as its deployments are: the file is still readable with every capability dropped)
+        started = integration.start(SERVICE, images["v1"], port=PORT, health="/healthz", secrets={"API_KEY": value},
+                                    hardening=Hardening())
+        host = docker_client.api.inspect_container(started.container_id)["HostConfig"]
+        assert host["ReadonlyRootfs"] is True and "no-new-privileges" in host["SecurityOpt"]
         assert _inspect_shows(docker_client, [started.container_id], value) == []
         assert len(_secret_folders(target)) == 1
-        run = integration.run_to_completion(
-            BASE_IMAGE,
-            command=["python3", "-c", "import os, urllib.request; os.makedirs('/reports'); "
-                     "open('/reports/hash.txt', 'wb').write("
-                     "urllib.request.urlopen('http://api:8080/secret-hash', timeout=5).read())"],
-            copy_out="/reports",
-            timeout_seconds=60,
-        )
+        run = _fetch_into_reports(integration, "/secret-hash", "hash.txt")
         assert run.files == {"hash.txt": hashlib.sha256(value.encode()).hexdigest().encode()}, run.logs_tail
     assert _secret_folders(target) == []
 
