@@ -163,6 +163,17 @@ def run_whose_process_was_killed(instance, service: str, environment: str, *, ma
     return run.run_id
 
 
+KILLED = "the run's process was killed by SIGKILL before its steps finished (not the commit's fault)"
+
+
+def dev_deployment_run(instance, tags=None, **options):
+    """A started run deploying inventory to dev, as the automation creates one (with a parent's tags: as Dagster's
+    run-retry daemon does)."""
+    return instance.create_run_for_job(
+        deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
+        status=dg.DagsterRunStatus.STARTED, tags={"release/service": "inventory", **(tags or {})}, **options)
+
+
 def test_a_deployment_whose_process_was_killed_says_so_and_waits_for_dagster_to_run_it_again(fleet):
     with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
         record(instance, ["inventory", "image"], "sha256:i1")
@@ -170,8 +181,7 @@ def test_a_deployment_whose_process_was_killed_says_so_and_waits_for_dagster_to_
         status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
         # not "out of memory", as Dagster guesses for every SIGKILL, and not the commit's fault
         assert status.state == WAITING and status.run_id == run_id
-        assert status.reason == ("waiting for Dagster to run it again: the run's process was killed by SIGKILL "
-                                 "before its steps finished (not the commit's fault)")
+        assert status.reason == f"waiting for Dagster to run it again: {KILLED}"
 
 
 def test_a_killed_deployment_that_is_not_run_again_is_failed_with_the_same_cause(fleet):
@@ -187,14 +197,11 @@ def test_dagsters_retry_of_a_killed_deployment_says_what_it_is_running_again_for
         record(instance, ["inventory", "image"], "sha256:i1")
         killed = run_whose_process_was_killed(instance, "inventory", "dev", max_retries="2")
         # the run Dagster launches again (its tags, as the run-retry daemon sets them)
-        retry = instance.create_run_for_job(
-            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
-            status=dg.DagsterRunStatus.STARTED, parent_run_id=killed, root_run_id=killed,
-            tags={"release/service": "inventory", "dagster/parent_run_id": killed, "dagster/retry_number": "1"})
+        retry = dev_deployment_run(instance, parent_run_id=killed, root_run_id=killed,
+                                   tags={"dagster/parent_run_id": killed, "dagster/retry_number": "1"})
         status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
         assert status.state == RUNNING and status.run_id == retry.run_id
-        assert status.reason == (f"a run is deploying it now, again after run {killed[:8]}: the run's process was "
-                                 "killed by SIGKILL before its steps finished (not the commit's fault)")
+        assert status.reason == f"a run is deploying it now, again after run {killed[:8]}: {KILLED}"
 
 
 def test_a_deployment_requested_anew_after_a_killed_one_says_what_it_is_running_again_for(fleet):
@@ -202,13 +209,10 @@ def test_a_deployment_requested_anew_after_a_killed_one_says_what_it_is_running_
         record(instance, ["inventory", "image"], "sha256:i1")
         killed = run_whose_process_was_killed(instance, "inventory", "dev", max_retries="0")
         # the automation requests the stage again: a run of its own, not Dagster's retry (no parent tags)
-        again = instance.create_run_for_job(
-            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
-            status=dg.DagsterRunStatus.STARTED, tags={"release/service": "inventory"})
+        again = dev_deployment_run(instance)
         status = stage_status(instance, fleet, fleet.services["inventory"], "dev")
         assert status.state == RUNNING and status.run_id == again.run_id
-        assert status.reason == (f"a run is deploying it now, again after run {killed[:8]}: the run's process was "
-                                 "killed by SIGKILL before its steps finished (not the commit's fault)")
+        assert status.reason == f"a run is deploying it now, again after run {killed[:8]}: {KILLED}"
 
 
 def test_a_deployment_after_a_successful_one_is_no_second_try(fleet):
@@ -216,9 +220,7 @@ def test_a_deployment_after_a_successful_one_is_no_second_try(fleet):
         record(instance, ["inventory", "image"], "sha256:i1")
         run_whose_process_was_killed(instance, "inventory", "dev", max_retries="0")
         record(instance, ["inventory", "dev"], "sha256:i1", healthy=True)  # then a run deployed it
-        instance.create_run_for_job(
-            deployment_job("inventory", "dev"), asset_selection={dg.AssetKey(["inventory", "dev"])},
-            status=dg.DagsterRunStatus.STARTED, tags={"release/service": "inventory"})
+        dev_deployment_run(instance)
         assert stage_status(instance, fleet, fleet.services["inventory"], "dev").reason == "a run is deploying it now"
 
 
