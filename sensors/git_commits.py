@@ -47,6 +47,8 @@ from release_graph.release import metadata as M
 from release_graph.release.keys import environment_key, image_key, integration_key, source_key
 from release_graph.release.promotion import stages_in_the_image_run
 from release_graph.release.tags import (
+    COALESCED_COMMITS_TAG,
+    COALESCED_COUNT_TAG,
     MAX_RETRIES_TAG,
     RUN_RETRIES_AFTER_A_CRASH,
     release_tags,
@@ -101,8 +103,16 @@ class NewRelease:
             asset_selection=[image_key(self.service), *self.then],
             # A build whose process died is run again by the instance (never one that failed): the run key
             # would stop this sensor from asking twice, so without it the commit would be lost.
-            tags={**release_tags(self.service, self.sha, fleet=fleet), MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH},
+            tags={**release_tags(self.service, self.sha, fleet=fleet), MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH,
+                  **self.coalesced_tags()},
         )
+
+    def coalesced_tags(self) -> dict[str, str]:
+        """The commits this build folds in, on its run: the record that survives a tick cut short."""
+        if not self.skipped_count:
+            return {}
+        return {COALESCED_COUNT_TAG: str(self.skipped_count),
+                COALESCED_COMMITS_TAG: " ".join(c.sha[:12] for c in self.skipped)}
 
     def observation(self) -> dg.AssetObservation:
         metadata: dict[str, object] = {

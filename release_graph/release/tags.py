@@ -13,6 +13,11 @@ APPROVED_BY_TAG = "release/approved_by"
 AUTHENTICATED_USER_TAG = "release/authenticated_user"
 TRIGGER_TAG = "release/trigger"
 TRACE_ID_TAG = "release/trace_id"  # the release's OpenTelemetry trace (release_graph/release/tracing.py)
+# On a build run that coalesced commits: how many, and their SHAs (12 characters, space-separated, at most the
+# Git sensor's MAX_LISTED_SKIPPED). Written with the run itself, so a Git tick cut short after it created the
+# run (whose `<svc>/source` observation is then lost) still leaves the record of what the build holds.
+COALESCED_COUNT_TAG = "release/coalesced_count"
+COALESCED_COMMITS_TAG = "release/coalesced_commits"
 FAILURE_TAG = "release/failure"  # "transient": the run gave up because something outside the commit was down
 # Whole-run retries by the instance: dagster.yaml sets `retry_on_asset_or_op_failure: false`, so only a run
 # whose process died (killed, out of memory, daemon restarted) is run again; a refused step stays refused.

@@ -222,6 +222,7 @@ def test_given_a_new_commit_on_one_service_then_only_that_service_is_released(
     assert event.metadata["previous_head"].value == old_payments
     assert event.metadata["first_seen"].value is False
     assert event.metadata["skipped_count"].value == 0
+    assert "release/coalesced_count" not in result.run_requests[0].tags  # nothing folded in, nothing said
     assert event.description == f"{new_payments[:12]} payments: retry the card network once"
     assert cursor_of(result) == {
         f"{orders.path}@main": orders_head, f"{git_daemon.url('payments')}@main": new_payments,
@@ -250,6 +251,11 @@ def test_two_commits_between_ticks_make_one_release_of_the_newest_and_record_the
         "sha": older, "author": "Ada Lovelace <ada@example.com>",
         "committed_at": "2024-05-01T12:01:00+00:00", "subject": "orders: add /version",
     }]
+    # the build's run names the commit it folds in too: a record that survives a tick cut short after it
+    # created the run (the observation above is then lost, the run is not)
+    (request,) = result.run_requests
+    assert request.tags["release/coalesced_count"] == "1"
+    assert request.tags["release/coalesced_commits"] == older[:12]
     assert cursor_of(result) == {f"{orders.path}@main": newest}
 
 
