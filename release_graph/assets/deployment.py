@@ -36,6 +36,7 @@ from release_graph.release.keys import (
 from release_graph.release.promotion import (
     choose_digest,
     image_reference,
+    passed_over_while_checked,
     refuse,
     verify_approval,
     verify_provenance,
@@ -151,6 +152,10 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
                            deploy_targets: DeployTargets, secrets_resource: SecretsResource) -> dg.MaterializeResult:
     record = choose_digest(context.instance, fleet, service, environment, config.digest)
     digest = record.digest
+    passed_over = None if config.digest else passed_over_while_checked(context.instance, fleet, service, environment,
+                                                                       digest)
+    if passed_over:
+        context.log.info(passed_over)
     provenance_metadata = verify_signed_provenance(context, fleet, service, environment, digest, secrets_resource)
     security_metadata = verify_security_gate(context, fleet, service, environment, digest)
     approval = (verify_approval(context.instance, service, environment, digest)

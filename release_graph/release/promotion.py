@@ -93,6 +93,17 @@ def newest_settled(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     return records[0] if records else None
 
 
+def passed_over_while_checked(instance, fleet: Fleet, service: Service, environment: Environment,
+                              chosen: str) -> str | None:
+    """What a deploy step says when `newest_settled` made it pass over a newer digest of the previous stage (whose
+    run is still evaluating its blocking checks), else None."""
+    newest = history.latest(instance, previous_stage_key(fleet, service, environment))
+    if newest is None or not newest.digest or newest.digest == chosen:
+        return None
+    return (f"{service.name}@{environment.name}: passing over {newest.digest}, whose run {(newest.run_id or '?')[:8]} "
+            f"is still evaluating its blocking checks (it follows in a run of its own); deploying {chosen}")
+
+
 def choose_digest(instance, fleet: Fleet, service: Service, environment: Environment, requested: str | None = None):
     """The digest that passed the previous stage: its latest one, or the one the release manager named."""
     previous_key = previous_stage_key(fleet, service, environment)

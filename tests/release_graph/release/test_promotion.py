@@ -174,10 +174,15 @@ def test_given_a_newer_build_whose_checks_its_run_is_still_evaluating_when_dev_d
     build(instance, orders, BUILT)
     newer_run = record_in_a_running_run(instance, image_key(orders), **{M.DIGEST: NEWER, M.GIT_SHA: "2b3c4d5e"})
     assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == BUILT
+    # and its run's log says why
+    assert promotion.passed_over_while_checked(instance, fleet, orders, fleet.environments["dev"], BUILT) == (
+        f"orders@dev: passing over {NEWER}, whose run {newer_run.run_id[:8]} is still evaluating its blocking "
+        f"checks (it follows in a run of its own); deploying {BUILT}")
     # once its checks passed, the newer one is taken
     evaluate(instance, image_key(orders), "unit_tests", NEWER, passed=True)
     evaluate(instance, image_key(orders), "sast", NEWER, passed=True)
     assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == NEWER
+    assert promotion.passed_over_while_checked(instance, fleet, orders, fleet.environments["dev"], NEWER) is None
     # and a run that ended without them leaves the newer one refused, as any digest whose checks never ran
     third = "sha256:" + "d" * 64
     ended = record_in_a_running_run(instance, image_key(orders), **{M.DIGEST: third, M.GIT_SHA: "3c4d5e6f"})
