@@ -613,9 +613,30 @@ def _service(reader: _Reader, source_name: str, names: dict[str, str], raw: dict
                 consumer=name, evidence=evidence, kind="command", key=key, startup=False, hosts=calls,
                 display=f"{key} calls " + ", ".join(f"{h.host}:{h.port}" if h.port else h.host for h in calls),
             ))
+    _carry_hardening(service, raw)
     _not_carried(service, raw)
     review_environment(service)
     return service
+
+
+def _carry_hardening(service: ImportedService, raw: dict) -> None:
+    """Compose's `tmpfs` and `cap_add` as the manifest's `hardening:` (containers are immutable by default, so a
+    folder the service writes or a capability it is given must be said there, a capability with its reason)."""
+    prov = raw.get("tmpfs")
+    if prov is not None and prov.value:
+        entries = prov.value if isinstance(prov.value, list) else [prov.value]
+        folders = sorted({str(entry).split(":", 1)[0] for entry in entries} - {"/tmp"})
+        if folders:
+            service.hardening["tmpfs"] = folders
+            service.notes.append(f"hardening.tmpfs: from {prov.label}:{prov.line}")
+    prov = raw.get("cap_add")
+    if prov is not None and prov.value:
+        names = sorted({str(name).upper().removeprefix("CAP_") for name in
+                        (prov.value if isinstance(prov.value, list) else [prov.value])})
+        service.hardening["capabilities"] = {"add": names, "reason": f"{prov.label}:{prov.line} adds them"}
+        service.review.append(f"compose gives it {', '.join(names)} ({prov.label}:{prov.line}): written to "
+                              "hardening.capabilities with the compose file as the reason; remove any it does not "
+                              "need, and say why it needs the rest")
 
 
 def _arguments(prov: Prov, where: str) -> list[str]:
@@ -632,10 +653,10 @@ def _arguments(prov: Prov, where: str) -> list[str]:
 # check reports what runs): without them the service still runs as it did.
 _LEFT_TO_THE_TARGET = {"restart", "deploy", "logging", "labels", "stdin_open", "tty", "init", "mem_limit",
                        "mem_reservation", "cpus", "cpu_shares", "stop_grace_period", "pull_policy", "scale",
-                       "read_only", "cap_drop", "security_opt", "tmpfs"}
+                       "read_only", "cap_drop", "security_opt"}
 # Settings the importer reads.
 _READ = {"image", "build", "ports", "expose", "healthcheck", "depends_on", "links", "environment", "env_file",
-         "profiles", "extends", "container_name", "hostname", "networks", "command", "entrypoint"}
+         "profiles", "extends", "container_name", "hostname", "networks", "command", "entrypoint", "tmpfs", "cap_add"}
 
 
 def _not_carried(service: ImportedService, raw: dict) -> None:

@@ -554,6 +554,20 @@ def _volume_review(service: ImportedService, pod: dict, main: dict, obj: K8sObje
             (k for k in source if k != "name"), "volume")
         if kind != "emptyDir":
             mounts.append(f"{name} ({kind}) at {path}")
+        elif isinstance(path, str) and path.startswith("/") and path != "/tmp":
+            # scratch space: a writable in-memory folder of the immutable container
+            service.hardening.setdefault("tmpfs", [])
+            if path not in service.hardening["tmpfs"]:
+                service.hardening["tmpfs"].append(path)
+    if service.hardening.get("tmpfs"):
+        service.notes.append(f"hardening.tmpfs: the emptyDir mounts of {service.origin}")
+    added = _get(main, "securityContext", "capabilities", "add")
+    names = sorted({str(n).upper().removeprefix("CAP_") for n in _list(added) if n})
+    if names:
+        service.hardening["capabilities"] = {"add": names, "reason": f"{service.origin} adds them"}
+        service.review.append(f"its pod gives it {', '.join(names)} ({service.origin}): written to "
+                              "hardening.capabilities with the deploy file as the reason; remove any it does not "
+                              "need, and say why it needs the rest")
     if mounts:
         service.review.append("mounts not carried by the manifest, so the service may run differently: "
                               + "; ".join(mounts) + ". Bake files into the image, or add what it needs by hand")

@@ -7,7 +7,7 @@ Names here are the manifest names (DNS labels); `source_name` keeps what the dep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 COMPOSE = "compose"
 KUBERNETES = "kubernetes"
@@ -71,6 +71,8 @@ class ImportedService:
     secrets: dict[str, str] = field(default_factory=dict)  # variable -> why it is a secret (never its value)
     entrypoint: list[str] | None = None  # replaces the image's ENTRYPOINT (None: the image's own)
     command: list[str] | None = None  # replaces the image's CMD
+    # The manifest's `hardening:` as the deploy files ask for it: `tmpfs` folders, `capabilities` {add, reason}
+    hardening: dict[str, Any] = field(default_factory=dict)
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments explaining decisions, in reading order
     review: list[str] = field(default_factory=list)  # things a person must look at before releasing

@@ -295,6 +295,15 @@ def _service(out: _Out, service: ImportedService, report: EdgeReport, unit: str 
                        "which the engine's inspect shows; once it reads each from the file <NAME>_FILE names, "
                        "remove this line (files are the default)")
         out.line("    secrets_as: env")
+    if service.hardening:
+        data["hardening"] = service.hardening
+        out.line("    hardening:")
+        if "tmpfs" in service.hardening:
+            out.line(f"      tmpfs: [{', '.join(scalar(path) for path in service.hardening['tmpfs'])}]")
+        if "capabilities" in service.hardening:
+            granted = service.hardening["capabilities"]
+            out.line(f"      capabilities: {{add: [{', '.join(scalar(n) for n in granted['add'])}], "
+                     f"reason: {scalar(granted['reason'])}}}")
 
     edges = report.of(service.name)
     if edges:

@@ -161,6 +161,36 @@ def test_given_a_folder_with_compose_and_override_files_when_imported_then_both_
     assert fleet.services["cache"].infrastructure and fleet.services["cache"].port == 6379
 
 
+def test_the_folders_a_compose_service_writes_and_the_capabilities_it_is_given_become_its_hardening(
+    tmp_path, capsys
+):
+    write(tmp_path / "proj", {"docker-compose.yml": """\
+        services:
+          web:
+            build: web
+            read_only: true
+            tmpfs: [/tmp, "/var/cache/nginx:size=64m", /run]
+            cap_add: [NET_BIND_SERVICE, cap_chown]
+          worker:
+            build: web
+            tmpfs: /var/spool/jobs
+    """})
+    dockerfiles(tmp_path / "proj", "web")
+    out = tmp_path / "fleet.yaml"
+    import_ok(capsys, tmp_path / "proj", "-o", out)
+    fleet = load_fleet(out)
+    web = fleet.services["web"].hardening
+    assert web.tmpfs == ("/run", "/var/cache/nginx")  # /tmp is every container's already
+    assert web.capabilities == ("CHOWN", "NET_BIND_SERVICE")
+    assert web.capabilities_reason == "docker-compose.yml:6 adds them"
+    assert fleet.services["worker"].hardening.tmpfs == ("/var/spool/jobs",)
+    assert fleet.services["worker"].hardening.capabilities == ()
+    text = comments(out.read_text())
+    assert "REVIEW: compose gives it CHOWN, NET_BIND_SERVICE (docker-compose.yml:6): written to " \
+           "hardening.capabilities with the compose file as the reason" in text
+    assert "hardening.tmpfs: from docker-compose.yml:5" in text
+
+
 @pytest.mark.parametrize(
     ("variables", "template", "expected"),
     [

@@ -487,10 +487,13 @@ def test_a_kubernetes_containers_command_and_args_are_its_entrypoint_and_command
                   volumeMounts:
                     - {name: settings, mountPath: /etc/shop}
                     - {name: scratch, mountPath: /tmp}
+                    - {name: cache, mountPath: /var/cache/shop}
                     - {name: data, mountPath: /var/lib/shop}
+                  securityContext: {capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}}
               volumes:
                 - {name: settings, configMap: {name: shop-settings}}
                 - {name: scratch, emptyDir: {}}
+                - {name: cache, emptyDir: {medium: Memory}}
           volumeClaimTemplates:
             - metadata: {name: data}
     """})
@@ -502,6 +505,11 @@ def test_a_kubernetes_containers_command_and_args_are_its_entrypoint_and_command
            "target does not" in notes
     assert "REVIEW: mounts not carried by the manifest, so the service may run differently: settings (configMap) " \
            "at /etc/shop; data (persistentVolumeClaim template) at /var/lib/shop" in notes
+    # its scratch folders and its capability: the immutable container's writable folders, and a reason to keep
+    assert worker.hardening.tmpfs == ("/var/cache/shop",)
+    assert worker.hardening.capabilities == ("NET_BIND_SERVICE",)
+    assert worker.hardening.capabilities_reason.endswith("adds them")
+    assert "REVIEW: its pod gives it NET_BIND_SERVICE" in notes
 
 
 # --- 14. a repository root: files that are not deploy files are skipped and listed ----------------------------
