@@ -24,7 +24,7 @@ def describe(service: Service, what: str) -> str:
 
 def edges_metadata(fleet: Fleet, service: Service) -> dict:
     """The service's edges as a release manager reads them; hard ones order deployments (later stages)."""
-    consumers = sorted(s.name for s in fleet.services.values() if service.name in s.hard_deps)
+    consumers = fleet.callers_of(service.name, hard_only=True)
     rows = [
         {
             "service": edge.name,

@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -444,6 +445,25 @@ class Fleet:
     @property
     def built_services(self) -> tuple[Service, ...]:
         return tuple(s for s in self.services.values() if not s.is_prebuilt)
+
+    @cached_property
+    def _edges_in(self) -> Mapping[str, tuple[tuple[str, Edge], ...]]:
+        """callee -> (caller, its edge) for every edge of the fleet, built once: asking it per service stays linear
+        in the fleet's size (a scan of every service per service was quadratic)."""
+        edges: dict[str, list[tuple[str, Edge]]] = {}
+        for caller in self.services.values():
+            for edge in caller.depends_on:
+                edges.setdefault(edge.name, []).append((caller.name, edge))
+        return MappingProxyType({name: tuple(sorted(found, key=lambda pair: pair[0]))
+                                 for name, found in edges.items()})
+
+    def callers_of(self, name: str, *, hard_only: bool = False) -> tuple[str, ...]:
+        """The services that declare an edge to `name` (only hard edges: those whose deployments wait for it),
+        sorted."""
+        return tuple(caller for caller, edge in self._edges_in.get(name, ()) if not (hard_only and edge.soft))
+
+    def edge(self, caller: str, callee: str) -> Edge | None:
+        return next((edge for who, edge in self._edges_in.get(callee, ()) if who == caller), None)
 
     @property
     def production(self) -> Environment:

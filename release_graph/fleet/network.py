@@ -37,8 +37,8 @@ def allowed_calls(fleet: Fleet) -> list[AllowedCall]:
     """Every call the network allows, callee by callee in manifest order, callers sorted."""
     calls = []
     for callee in fleet.services.values():
-        for caller in sorted(_callers(fleet, callee)):
-            edge = next(e for e in fleet.services[caller].depends_on if e.name == callee.name)
+        for caller in fleet.callers_of(callee.name):
+            edge = fleet.edge(caller, callee.name)
             kind = "soft edge" if edge.soft else ("start-up edge" if edge.startup_only else "edge")
             unit = callee.deploy_unit if callee.deploy_unit and fleet.services[caller].deploy_unit == \
                 callee.deploy_unit else None
@@ -53,7 +53,7 @@ def allowed_calls(fleet: Fleet) -> list[AllowedCall]:
 
 def refused(fleet: Fleet, caller: str, callee: str) -> bool:
     """Whether the network refuses `caller` calling `callee` (both services of the fleet)."""
-    return caller not in _callers(fleet, fleet.services[callee])
+    return caller not in fleet.callers_of(callee)
 
 
 def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
@@ -62,7 +62,7 @@ def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
     policies = []
     for service in fleet.services.values():
         sources = [{"podSelector": {"matchLabels": pod_labels(fleet, fleet.services[caller])}}
-                   for caller in sorted(_callers(fleet, service))]
+                   for caller in fleet.callers_of(service.name)]
         rules = []
         ports = [{"protocol": "TCP", "port": service.port}] if service.port is not None else None
         if ports and sources:
@@ -84,10 +84,6 @@ def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
 def pod_labels(fleet: Fleet, service: Service) -> dict[str, str]:
     """The labels that select a service's pods (the kubernetes target puts them on every pod it creates)."""
     return {SERVICE_LABEL: service.name, FLEET_LABEL: fleet.name}
-
-
-def _callers(fleet: Fleet, callee: Service) -> set[str]:
-    return {s.name for s in fleet.services.values() if any(e.name == callee.name for e in s.depends_on)}
 
 
 def _published_in(fleet: Fleet, service: Service) -> list[tuple[str, int]]:
