@@ -354,7 +354,8 @@ def check_hardening(context, fleet: Fleet, service: Service, environment: Enviro
             "read_only_root_filesystem": bool(host.get("ReadonlyRootfs")),
             "privileged": bool(host.get("Privileged")),
             "added_capabilities": ", ".join(host.get("CapAdd") or []) or "none",
-            "no_new_privileges": any(str(o).startswith("no-new-privileges") for o in host.get("SecurityOpt") or []),
+            "no_new_privileges": not any(f.rule == "RG_CONTAINER_PRIVILEGE_ESCALATION"
+                                         for f in [*findings, *(f for f, _ in waived)]),
             "writable_folders": ", ".join(sorted(host.get("Tmpfs") or {})) or "none",
             "findings": rows_table(rows, FINDING_COLUMNS),
         },

@@ -55,6 +55,7 @@ from release_graph.fleet.model import (
     SecretRef,
     Security,
     Service,
+    capability_name,
 )
 from release_graph.fleet.references import ECR_HOST, is_image_reference, is_image_repository
 from release_graph.fleet.yaml_lines import LineDict, empty_line_dict, load_single
@@ -718,7 +719,7 @@ def _parse_hardening(problems: _Problems, raw: LineDict, where: dict) -> Hardeni
                 problems.add(_line(granted, "add"), _where(field_name="hardening.capabilities.add", **where),
                              f"expected a list of Linux capabilities such as [NET_BIND_SERVICE], got {names!r}")
                 names = []
-            names = [n.upper().removeprefix("CAP_") for n in names]
+            names = [capability_name(n) for n in names]
             unknown = sorted(set(names) - LINUX_CAPABILITIES)
             if unknown:
                 problems.add(_line(granted, "add"), _where(field_name="hardening.capabilities.add", **where),

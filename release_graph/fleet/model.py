@@ -49,6 +49,11 @@ LINUX_CAPABILITIES = frozenset({
 SCRATCH_FOLDER = "/tmp"  # every container's writable in-memory folder
 
 
+def capability_name(text: object) -> str:
+    """A capability as capabilities(7) names it without its prefix: `cap_net_raw` -> `NET_RAW`."""
+    return str(text).upper().removeprefix("CAP_")
+
+
 @dataclass(frozen=True)
 class Hardening:
     """How a service's containers are locked down. By default immutable: a read-only root filesystem (writable

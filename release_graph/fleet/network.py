@@ -1,10 +1,11 @@
-"""Which calls the network allows, from the manifest's edges: a service may be called only by the services that
-declare an edge to it (hard or soft: a soft edge is still a call, only not a deployment order), and by the
-outside world where an environment publishes it. Everything else is refused.
+"""Which calls the network should allow, from the manifest's edges: a service may be called only by the services
+that declare an edge to it (hard or soft: a soft edge is still a call, only not a deployment order), and by the
+outside world where an environment publishes it; nothing else.
 
 `allowed_calls` is that rule as a list (what `release-graph validate --explain-network` prints);
 `network_policies` is the same rule as one Kubernetes NetworkPolicy per service (networking.k8s.io/v1), selecting
-pods by the labels the kubernetes target gives them (`POD_LABELS`).
+pods by `pod_labels`. Nothing enforces the rule yet: the docker target runs an environment on one network, and
+there is no kubernetes target to apply the policies (docs/manifest.md, "Allowed calls").
 
 Plain Python: no Dagster, no I/O.
 """
@@ -82,7 +83,7 @@ def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
 
 
 def pod_labels(fleet: Fleet, service: Service) -> dict[str, str]:
-    """The labels that select a service's pods (the kubernetes target puts them on every pod it creates)."""
+    """The labels that select a service's pods (the ones a kubernetes target must put on every pod it creates)."""
     return {SERVICE_LABEL: service.name, FLEET_LABEL: fleet.name}
 
 

@@ -631,12 +631,8 @@ def _carry_hardening(service: ImportedService, raw: dict) -> None:
             service.notes.append(f"hardening.tmpfs: from {prov.label}:{prov.line}")
     prov = raw.get("cap_add")
     if prov is not None and prov.value:
-        names = sorted({str(name).upper().removeprefix("CAP_") for name in
-                        (prov.value if isinstance(prov.value, list) else [prov.value])})
-        service.hardening["capabilities"] = {"add": names, "reason": f"{prov.label}:{prov.line} adds them"}
-        service.review.append(f"compose gives it {', '.join(names)} ({prov.label}:{prov.line}): written to "
-                              "hardening.capabilities with the compose file as the reason; remove any it does not "
-                              "need, and say why it needs the rest")
+        service.give_capabilities(prov.value if isinstance(prov.value, list) else [prov.value],
+                                  f"{prov.label}:{prov.line}", "compose", "the compose file")
 
 
 def _arguments(prov: Prov, where: str) -> list[str]:

@@ -475,6 +475,8 @@ def _service(obj: K8sObject, name: str, selecting: list[K8sObject],
         _command_references(service, container, values, f"{obj.label}: {obj.name}: {prefix}command", init=True)
     _main_command(service, main, obj.label)
     _volume_review(service, pod, main, obj)
+    service.give_capabilities(_list(_get(main, "securityContext", "capabilities", "add")), service.origin, "its pod",
+                              "the deploy file")
     review_environment(service)
     return service
 
@@ -540,8 +542,8 @@ def _main_command(service: ImportedService, main: dict, label: str) -> None:
 
 
 def _volume_review(service: ImportedService, pod: dict, main: dict, obj: K8sObject) -> None:
-    """Mounts of configuration, secrets and storage are not carried: a REVIEW note names them (scratch space,
-    `emptyDir`, needs nothing)."""
+    """Mounts of configuration, secrets and storage are not carried: a REVIEW note names them. Scratch space
+    (`emptyDir`) becomes `hardening.tmpfs`: the immutable container's writable in-memory folders."""
     sources = {str(v.get("name")): v for v in _list(pod.get("volumes")) if isinstance(v, dict)}
     claims = {str(_get(t, "metadata", "name")) for t in _list(_get(obj.doc, "spec", "volumeClaimTemplates"))}
     mounts = []
@@ -561,13 +563,6 @@ def _volume_review(service: ImportedService, pod: dict, main: dict, obj: K8sObje
                 service.hardening["tmpfs"].append(path)
     if service.hardening.get("tmpfs"):
         service.notes.append(f"hardening.tmpfs: the emptyDir mounts of {service.origin}")
-    added = _get(main, "securityContext", "capabilities", "add")
-    names = sorted({str(n).upper().removeprefix("CAP_") for n in _list(added) if n})
-    if names:
-        service.hardening["capabilities"] = {"add": names, "reason": f"{service.origin} adds them"}
-        service.review.append(f"its pod gives it {', '.join(names)} ({service.origin}): written to "
-                              "hardening.capabilities with the deploy file as the reason; remove any it does not "
-                              "need, and say why it needs the rest")
     if mounts:
         service.review.append("mounts not carried by the manifest, so the service may run differently: "
                               + "; ".join(mounts) + ". Bake files into the image, or add what it needs by hand")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from release_graph.fleet.model import capability_name
+
 COMPOSE = "compose"
 KUBERNETES = "kubernetes"
 ASPIRE = "aspire"
@@ -76,6 +78,16 @@ class ImportedService:
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments explaining decisions, in reading order
     review: list[str] = field(default_factory=list)  # things a person must look at before releasing
+
+    def give_capabilities(self, names: list, where: str, giver: str, source: str) -> None:
+        """Capabilities the deploy files give it (`giver`, in `source` at `where`), as `hardening.capabilities`
+        with that as the reason, and a REVIEW note: containers drop every capability by default."""
+        wanted = sorted({capability_name(name) for name in names if name})
+        if not wanted:
+            return
+        self.hardening["capabilities"] = {"add": wanted, "reason": f"{where} adds them"}
+        self.review.append(f"{giver} gives it {', '.join(wanted)} ({where}): written to hardening.capabilities with "
+                           f"{source} as the reason; remove any it does not need, and say why it needs the rest")
     namespace: str | None = None
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from release_graph.fleet.model import Hardening
+from release_graph.fleet.model import Hardening, capability_name
 from release_graph.security.findings import Finding, finding
 
 GET_SECRET_VALUE = "secretsmanager:GetSecretValue"
@@ -343,7 +343,7 @@ ENGINE_DEFAULT_CAPABILITIES = frozenset({
 
 
 def _capabilities(values: Any) -> set[str]:
-    return {str(c).upper().removeprefix("CAP_") for c in _as_list(values) if c}
+    return {capability_name(c) for c in _as_list(values) if c}
 
 
 def container_hardening(inspect: Mapping[str, Any]) -> list[Finding]:
