@@ -384,19 +384,34 @@ class ReleaseManagerUI:
                                              for (s, e), row in shown.items()))
                 time.sleep(5)
 
+    def open_launchpad(self, key: dg.AssetKey, attempts: int = 3):
+        """The asset's launchpad dialog. Shift-click on Materialize opens it (the same as its menu's "Open
+        launchpad"); the button spins while the UI asks the code server for the asset's config schema, seconds
+        on a loaded machine. Under CI's load a click was once lost (the asset page stayed as it was, no dialog,
+        for a minute): the page is opened again and clicked again, and what it showed is printed."""
+        from playwright.sync_api import expect
+
+        launchpad = self.page.get_by_role("dialog")
+        for attempt in range(1, attempts + 1):
+            self.open_asset(key)
+            self.page.get_by_role("button", name=MATERIALIZE).first.click(modifiers=["Shift"])
+            try:
+                expect(launchpad.get_by_text("Launchpad")).to_be_visible(timeout=self.TIMEOUT_MS // 2)
+                return launchpad
+            except AssertionError:
+                alerts = self.page.get_by_role("alert").all_inner_texts()
+                print(f"UI: no launchpad for {key.to_user_string()} after click {attempt}; alerts: {alerts}")
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable: the last attempt raises")
+
     def approve(self, approval: dg.AssetKey, *, approver: str, ticket: str) -> str:
         """Materialize an approval from its asset's launchpad with the run config a person types; returns the
         run id once the run page says it succeeded."""
         from playwright.sync_api import expect
 
         with self.step(f"approve-{approval.to_python_identifier()}"):
-            self.open_asset(approval)
-            # shift-click on Materialize opens the launchpad (the same as its menu's "Open launchpad")
-            self.page.get_by_role("button", name=MATERIALIZE).first.click(modifiers=["Shift"])
-            launchpad = self.page.get_by_role("dialog")
-            # the button spins while the UI asks the code server for the asset's config schema: seconds on a
-            # loaded machine (the story shares it with the rest of the suite)
-            expect(launchpad.get_by_text("Launchpad")).to_be_visible()
+            launchpad = self.open_launchpad(approval)
             launchpad.locator(".CodeMirror").click()  # the run config editor (CodeMirror's own class name)
             self.page.keyboard.press("Control+A")
             # one line of YAML: the editor indents typed newlines on its own
