@@ -6,7 +6,7 @@ runs N times; the tables give the median and the range. Everything the run creat
 (`rgb<8 hex>`: fleet name, registry path, containers, networks, temporary folders) and is removed at the
 end, also when a case fails.
 
-    python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~3-5 minutes)
+    python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~35 minutes, (f) 30)
     python -m benchmarks.run --quick         # one run per case, printed only (a smoke test of this script)
     python -m benchmarks.run --only a,e      # some sections, printed only
     python -m benchmarks.run --only e --update   # re-measure some sections in docs/benchmarks.md, keep the rest
@@ -14,7 +14,8 @@ end, also when a case fails.
 
 Sections: (a) manifest validation and graph build, (b) Git sensor ticks, (c) image build and push,
 (d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets (and any
-given with --fleet): how long, and what it finds.
+given with --fleet): how long, and what it finds, (f) the orchestrator's memory and sensor ticks over 30 minutes
+with 200 services, side by side with plain Dagster (`--memory-minutes` to change how long).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+
+from benchmarks import orchestrator_memory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = PROJECT_ROOT / "docs" / "benchmarks.md"
@@ -182,6 +185,7 @@ class Bench:
     environments: list[str] = field(default_factory=list)  # created by section (d), torn down at the end
     _resources: dict | None = None
     more_fleets: dict[str, Path] = field(default_factory=dict)  # --fleet LABEL=PATH: more imports for (e)
+    memory_minutes: float = 30.0  # how long (f) runs both orchestrators
 
     @property
     def registry(self) -> str:
@@ -262,10 +266,11 @@ def write_demo_copy(bench: Bench) -> Path:
     return path
 
 
-def write_generated_fleet(bench: Bench, size: int) -> tuple[Path, int]:
+def write_generated_fleet(bench: Bench, size: int, folder: str | None = None) -> tuple[Path, int]:
     """A fleet of `size` built services, each in its own local folder with a Dockerfile, 1-3 hard edges each
-    to lower-numbered services (acyclic), three environments (prod approval-gated) and the demo's e2e tests."""
-    root = bench.work / f"generated-{size}"
+    to lower-numbered services (acyclic), three environments (prod approval-gated) and the demo's e2e tests;
+    under the work folder's `folder` (default `generated-<size>`)."""
+    root = bench.work / (folder or f"generated-{size}")
     services, edges = {}, 0
     for index in range(size):
         name = f"svc-{index:03d}"
@@ -852,6 +857,13 @@ def cleanup(bench: Bench, *, engine_used: bool = True) -> list[str]:
     return problems
 
 
+# --- (f) the orchestrator over time ------------------------------------------------------------------------------
+
+
+def bench_orchestrator_memory(bench: Bench, section: Section) -> None:
+    orchestrator_memory.measure(bench, section, 2 if bench.quick else bench.memory_minutes)
+
+
 # --- the report ------------------------------------------------------------------------------------------------------
 
 
@@ -941,17 +953,22 @@ SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
      "The importer on public microservice demos' deploy files: infer services, infrastructure and edges, "
      "write and validate a fleet.yaml.",
      bench_import),
+    ("f", f"The orchestrator over time: {orchestrator_memory.SERVICES} services against plain Dagster",
+     orchestrator_memory.INTRO,
+     bench_orchestrator_memory),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per case (a smoke test); prints only")
-    parser.add_argument("--only", help="comma-separated sections to run (a-e); prints only. (d) needs (c)")
+    parser.add_argument("--only", help="comma-separated sections to run (a-f); prints only. (d) needs (c)")
     parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
                                                     f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
     parser.add_argument("--update", action="store_true",
                         help="with --only: put the sections run into the existing report, keep the others")
+    parser.add_argument("--memory-minutes", type=float, default=30.0,
+                        help="how long (f) runs release-graph and plain Dagster side by side (default 30)")
     parser.add_argument("--fleet", action="append", default=[], metavar="LABEL=PATH",
                         help="one more fleet for (e): a folder or file to import (repeatable)")
     args = parser.parse_args(argv)
@@ -961,12 +978,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not Path(path).exists():
             parser.error(f"--fleet {item!r}: expected LABEL=PATH of a file or folder that exists")
         more_fleets[label] = Path(path).resolve()
-    selected = set((args.only or "abcde").replace(" ", "").split(","))
+    selected = set((args.only or "abcdef").replace(" ", "").split(","))
     if len(selected) == 1 and len(next(iter(selected))) > 1:
         selected = set(next(iter(selected)))
     unknown = selected - {key for key, *_ in SECTIONS}
     if unknown:
-        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: a, b, c, d, e)")
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: a, b, c, d, e, f)")
     full = not args.quick and not args.only
     if args.update and (full or args.quick):
         parser.error("--update needs --only (the sections to replace) and a full run of them (no --quick)")
@@ -979,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))  # short: haproxy's admin socket path lives under it
     bench = Bench(prefix=prefix, work=work, quick=args.quick,
                   registry_host=os.environ.get("RG_REGISTRY", "127.0.0.1:5000"), fleet_name=f"{prefix}-shop",
-                  more_fleets=more_fleets)
+                  more_fleets=more_fleets, memory_minutes=args.memory_minutes)
     started, load = time.perf_counter(), os.getloadavg()
     log(f"prefix {prefix}, work folder {work}")
     facts = machine_facts()
