@@ -3,18 +3,18 @@
 Two `dagster dev` instances run side by side for the same minutes on the same machine:
 
 - ours: release-graph's code location on a generated fleet of 200 services (the shape of section (a)), each in
-  its own local git repository, with the production poll interval (30 s): every tick the Git sensor runs
-  `git ls-remote` on 200 repositories, the automation sensors evaluate every stage's condition, the run
-  watchers look for dead runs and drifted environments;
+  its own local git repository, with the default intervals: every 10 s the Git sensor runs `git ls-remote` on
+  200 repositories, every service's automation sensor evaluates its stages' conditions, the run watchers look
+  for dead runs and drifted environments;
 - the baseline: plain Dagster with the same asset keys, dependencies and checks (one `@asset` with an eager
   condition per key, one `@asset_check` per check, as in section (a)) and Dagster's own automation sensor.
 
 The fleet is idle on purpose, so that only the orchestrator is measured: every service's image for its head
 commit is put in the registry first (a tiny image manifest), so the Git sensor's first tick records the heads
 and requests no build. Every 10 s the resident memory (RSS) of each process of both process trees is read from
-/proc. Growth is taken after a warm-up (the first sixth of the run, at least two sensor intervals), each point
-the median of three samples. The sensors' ticks (how many, how long each took) are read from the instances
-afterwards: that is the automation hot path at 200 services.
+/proc. Growth is taken after a warm-up (the first sixth of the run, at least a minute), each point the median
+of three samples; CPU is the processes' user + system time over the same span. The sensors' ticks (how many,
+how long each took) are read from the instances afterwards: that is the automation hot path at 200 services.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ SAMPLE_SECONDS = 10
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVICE_AUTOMATION_PREFIX = "release_automation_svc_"  # the generated services are svc-000 ... svc-199
 INTRO = (
-    f"Two `dagster dev` instances side by side for the same minutes on the same machine: release-graph on a "
+    "Two `dagster dev` instances side by side for the same minutes on the same machine: release-graph on a "
     f"generated fleet of {SERVICES} services (the shape of (a)), each in its own local git repository, with the "
-    "production poll interval (30 s); and plain Dagster with the same asset keys, dependencies and checks (one "
-    "`@asset` with an eager condition per key, one `@asset_check` per check) and Dagster's automation sensor over "
-    "all of them. The fleet is idle on purpose, so that only the orchestrators are measured: each service's image "
-    "for its head commit is put in the registry first (a tiny manifest), so the Git sensor records the heads and "
-    f"requests no build. Every {SAMPLE_SECONDS} s the resident memory (RSS) of every process of both trees is read "
-    "from /proc; each point in the table is the median of the three nearest samples. Afterwards the sensors' "
-    "ticks (how many, how long each took) are read from each instance: the automation hot path at this size."
+    "default Git poll interval (10 s) and automation interval (4 s); and plain Dagster with the same asset keys, "
+    "dependencies and checks (one `@asset` with an eager condition per key, one `@asset_check` per check) and "
+    "Dagster's automation sensor over all of them. The fleet is idle on purpose, so that only the orchestrators "
+    "are measured: each service's image for its head commit is put in the registry first (a tiny manifest), so "
+    f"the Git sensor records the heads and requests no build. Every {SAMPLE_SECONDS} s the resident memory (RSS) "
+    "of every process of both trees is read from /proc; each point in the table is the median of the three "
+    "nearest samples. Afterwards the sensors' ticks (how many, how long each took) are read from each instance: "
+    "the automation hot path at this size."
 )
 # The processes of a `dagster dev` tree, by what their command line runs.
 ROLES = (("daemon", "dagster._daemon"), ("webserver", "dagster_webserver"), ("code server", "code-server start"),

@@ -43,17 +43,35 @@ GIT_POLL_SECONDS = 10
 GIT_POLL_VARIABLE = "RELEASE_GRAPH_GIT_POLL_SECONDS"
 
 
+# How often each service's automation sensor evaluates its stages (release_graph/assets/automation.py says why
+# 4 s by default). A large fleet on few cores may trade a few seconds per stage for CPU (docs/benchmarks.md (f)).
+AUTOMATION_VARIABLE = "RELEASE_GRAPH_AUTOMATION_SECONDS"
+
+
 def git_poll_seconds() -> float:
     """How often the Git sensor asks every tracked branch: $RELEASE_GRAPH_GIT_POLL_SECONDS, else 10 s."""
-    value = os.environ.get(GIT_POLL_VARIABLE, "").strip()
+    return _seconds_from(GIT_POLL_VARIABLE, GIT_POLL_SECONDS)
+
+
+def automation_seconds() -> int:
+    """The automation sensors' interval: $RELEASE_GRAPH_AUTOMATION_SECONDS, else 4 s (whole seconds: Dagster's
+    sensor intervals are)."""
+    from release_graph.assets.automation import AUTOMATION_INTERVAL_SECONDS
+
+    return int(_seconds_from(AUTOMATION_VARIABLE, AUTOMATION_INTERVAL_SECONDS, whole=True))
+
+
+def _seconds_from(variable: str, default: float, *, whole: bool = False) -> float:
+    value = os.environ.get(variable, "").strip()
     if not value:
-        return GIT_POLL_SECONDS
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not 1 <= seconds <= 3600:
-        raise ValueError(f"{GIT_POLL_VARIABLE}={value!r}: expected a number of seconds from 1 to 3600")
+    if not 1 <= seconds <= 3600 or (whole and not seconds.is_integer()):
+        raise ValueError(f"{variable}={value!r}: expected a {'whole ' if whole else ''}number of seconds from 1 to "
+                         "3600")
     return seconds
 
 
@@ -150,7 +168,7 @@ def build_definitions(
         checks += release.checks
     git_sensor = build_git_commit_sensor(fleet, minimum_interval_seconds=GIT_TICK_SECONDS,
                                          poll_interval_seconds=git_poll_seconds())
-    sensors = [git_sensor, *automation_sensors(fleet), build_drift_sensor(fleet),
+    sensors = [git_sensor, *automation_sensors(fleet, automation_seconds()), build_drift_sensor(fleet),
                manifest_sensor(fleet, manifest_problem), build_transient_retry_sensor(fleet), build_dead_run_sensor()]
     if any(environment.branch for environment in fleet.environments.values()):
         sensors.append(build_branch_promotion_sensor(fleet))

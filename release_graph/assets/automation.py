@@ -223,10 +223,11 @@ def e2e_condition(deployments: Iterable[dg.AssetKey], *, label: str) -> dg.Autom
 AUTOMATION_INTERVAL_SECONDS = 4
 
 
-def automation_sensors(fleet: Fleet) -> list[dg.AutomationConditionSensorDefinition]:
+def automation_sensors(fleet: Fleet, interval_seconds: int = AUTOMATION_INTERVAL_SECONDS,
+                       ) -> list[dg.AutomationConditionSensorDefinition]:
     """One automation sensor per service and one for the fleet group, running by default (Dagster's default
     sensor starts stopped), evaluated in the code server because the promotion gate is Python."""
-    common = {"default_status": dg.DefaultSensorStatus.RUNNING, "minimum_interval_seconds": AUTOMATION_INTERVAL_SECONDS,
+    common = {"default_status": dg.DefaultSensorStatus.RUNNING, "minimum_interval_seconds": interval_seconds,
               "use_user_code_server": True}
     tags = {TRIGGER_TAG: "automation", MAX_RETRIES_TAG: RUN_RETRIES_AFTER_A_CRASH}
     sensors = [

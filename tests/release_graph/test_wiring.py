@@ -111,8 +111,27 @@ def test_the_git_poll_interval_is_ten_seconds_unless_the_variable_says_otherwise
     assert git_poll_seconds() == 4
 
 
+@pytest.mark.parametrize("variable", ["RELEASE_GRAPH_GIT_POLL_SECONDS", "RELEASE_GRAPH_AUTOMATION_SECONDS"])
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "86400"])
-def test_a_git_poll_interval_that_cannot_work_stops_the_load_naming_its_variable(monkeypatch, tmp_path, value):
-    monkeypatch.setenv("RELEASE_GRAPH_GIT_POLL_SECONDS", value)
-    with pytest.raises(ValueError, match=f"^RELEASE_GRAPH_GIT_POLL_SECONDS='{value}': expected a number of seconds"):
+def test_an_interval_that_cannot_work_stops_the_load_naming_its_variable(monkeypatch, tmp_path, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=f"^{variable}='{value}': expected a (whole )?number of seconds"):
         build_definitions(fleet_with(tmp_path))
+
+
+def test_the_automation_interval_is_whole_seconds_as_dagster_counts_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("RELEASE_GRAPH_AUTOMATION_SECONDS", "2.5")
+    with pytest.raises(ValueError, match="^RELEASE_GRAPH_AUTOMATION_SECONDS='2.5': expected a whole number of "):
+        build_definitions(fleet_with(tmp_path))
+
+
+def test_every_automation_sensor_ticks_every_four_seconds_unless_the_variable_says_otherwise(monkeypatch, tmp_path):
+    def intervals() -> set[float]:
+        sensors = build_definitions(fleet_with(tmp_path)).sensors
+        return {s.minimum_interval_seconds for s in sensors if s.name.startswith("release_automation_")}
+
+    monkeypatch.delenv("RELEASE_GRAPH_AUTOMATION_SECONDS", raising=False)
+    assert intervals() == {4}
+    # a large fleet on few cores: every service's stages looked at twice a minute
+    monkeypatch.setenv("RELEASE_GRAPH_AUTOMATION_SECONDS", "30")
+    assert intervals() == {30}
