@@ -83,6 +83,10 @@ DEMO_SHOPPERS_PORT ?= 18080
 DEMO_INBOX_PORT ?= 18090
 # The demo's repos are local: the Git sensor asks them at every look of the daemon (release_graph/wiring.py).
 DEMO_GIT_POLL_SECONDS ?= 4
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core); the daemon's and the code
+# server's sensor threads then grew them for ever: +31 % and +19 % over 25 idle minutes at 200 services, flat
+# with two arenas (docs/benchmarks.md (f), docs/operations.md). deploy/Dockerfile sets the same.
+ORCHESTRATOR_MALLOC_ARENAS ?= 2
 demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env \
       $(DAGSTER_HOME)/demo-notify.env $(DAGSTER_HOME)/demo-provenance.env
 	$(WITH_HOST_ENV) set -a && source $(DAGSTER_HOME)/demo-secrets.env && \
@@ -92,7 +96,7 @@ demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/d
 	  { $(VENV)/bin/python -m release_graph.demo inbox --port $(DEMO_INBOX_PORT) \
 	      >$(DAGSTER_HOME)/inbox.log 2>&1 & inbox=$$!; } && \
 	  trap 'kill $$shoppers $$inbox 2>/dev/null' EXIT && \
-	  RELEASE_GRAPH_GIT_POLL_SECONDS=$(DEMO_GIT_POLL_SECONDS) \
+	  RELEASE_GRAPH_GIT_POLL_SECONDS=$(DEMO_GIT_POLL_SECONDS) MALLOC_ARENA_MAX=$(ORCHESTRATOR_MALLOC_ARENAS) \
 	  env --default-signal=INT,TERM $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 # Every test, against the real engine, registry and git.

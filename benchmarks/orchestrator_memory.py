@@ -40,7 +40,7 @@ SERVICE_AUTOMATION_PREFIX = "release_automation_svc_"  # the generated services 
 INTRO = (
     "Two `dagster dev` instances side by side for the same minutes on the same machine: release-graph on a "
     f"generated fleet of {SERVICES} services (the shape of (a)), each in its own local git repository, with the "
-    "default Git poll interval (10 s) and automation interval (4 s); and plain Dagster with the same asset keys, "
+    "default Git poll interval (10 s); and plain Dagster with the same asset keys, "
     "dependencies and checks (one `@asset` with an eager condition per key, one `@asset_check` per check) and "
     "Dagster's automation sensor over all of them. The fleet is idle on purpose, so that only the orchestrators "
     "are measured: each service's image for its head commit is put in the registry first (a tiny manifest), so "
@@ -263,6 +263,9 @@ def measure(bench, section, minutes: float) -> None:
                "RELEASE_GRAPH_BENCH_SHAPE": str(shape_file),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         env.pop("RELEASE_GRAPH_GIT_POLL_SECONDS", None)  # the production interval, not the demo's
+        # as `make demo` and deploy/Dockerfile start the orchestrator; for both, so that the ratio compares the
+        # orchestrators, not the allocators (MALLOC_ARENA_MAX=8 or more in the environment to see glibc's default)
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         instances.append(Instance(label, home, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-m", module],
                                   env, port))
     try:
@@ -322,6 +325,13 @@ def report(section, instances: list[Instance], minutes: float) -> None:
     for role in ("daemon", "all"):
         ratio = median_around(ours.samples, last, role) / median_around(bare.samples, last, role)
         section.notes.append(f"{role}: release-graph / plain Dagster at the end: {ratio:.2f}x")
+    from release_graph.wiring import AUTOMATION_VARIABLE, automation_seconds
+
+    where = "set" if os.environ.get(AUTOMATION_VARIABLE) else "unset: the default"
+    section.notes.append(f"release-graph's automation sensors ticked at most every {automation_seconds()} s "
+                         f"(${AUTOMATION_VARIABLE} {where}); glibc's malloc arenas: "
+                         f"{os.environ.get('MALLOC_ARENA_MAX') or '2'} (MALLOC_ARENA_MAX, for both instances, as "
+                         "`make demo` and deploy/Dockerfile set it for the orchestrator).")
     section.notes.append(f"{len(ours.samples)} samples per instance over {minutes:g} min, every {SAMPLE_SECONDS} s; "
                          f"warm-up: the first {warm_up:.0f} s. Runs started during the measurement: "
                          f"release-graph {runs_started(ours.home)}, plain Dagster {runs_started(bare.home)} "

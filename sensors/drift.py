@@ -30,6 +30,9 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
     def environment_drift(context: dg.SensorEvaluationContext, deploy_targets: DeployTargets):
         previous = json.loads(context.cursor) if context.cursor else {}
         answers, events, drifted = {}, [], []
+        recorded = history.latest_of(context.instance, [environment_key(service, environment)
+                                                        for environment in fleet.environments.values()
+                                                        for service in fleet.services.values()])
         for environment in fleet.environments.values():
             try:
                 target = deploy_targets.for_environment(environment.target)
@@ -38,7 +41,7 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
             running = target.running_services(fleet.name, environment.name)
             for service in fleet.services.values():
                 key = environment_key(service, environment)
-                record = history.latest(context.instance, key)
+                record = recorded.get(key)
                 if record is None or not record.digest:
                     continue
                 passed, metadata = in_sync_evaluation(fleet, service, environment, record.digest,

@@ -6,6 +6,7 @@ the last approval approve" is a read of materializations, never state kept on th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,6 +63,20 @@ def _record(key: dg.AssetKey, event_record) -> StageRecord:
 def latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> StageRecord | None:
     result = instance.fetch_materializations(key, limit=1)
     return _record(key, result.records[0]) if result.records else None
+
+
+def latest_of(instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey]) -> dict[dg.AssetKey, StageRecord]:
+    """`latest` of each of `keys` that has a materialization, from one read of the asset index: `latest` per key
+    is a query each, 600 of them per drift tick on a fleet of 200 services in three environments."""
+    keys = list(keys)
+    if not keys:
+        return {}  # (no keys would read every asset's record)
+    found = {}
+    for asset in instance.get_asset_records(keys):
+        entry = asset.asset_entry
+        if entry.last_materialization_record is not None:
+            found[entry.asset_key] = _record(entry.asset_key, entry.last_materialization_record)
+    return found
 
 
 def history(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = HISTORY_LIMIT) -> list[StageRecord]:

@@ -89,6 +89,7 @@ class LiveDemo:
                     "SHOP_PROVENANCE_KEY": generate_key_pem(),
                     "SHOP_CDEVENTS_SINK_URL": self.inbox.cdevents_url,
                     "RELEASE_GRAPH_GIT_POLL_SECONDS": "4",  # as `make demo` sets it (DEMO_GIT_POLL_SECONDS)
+                    "MALLOC_ARENA_MAX": "2",  # as `make demo` sets it (ORCHESTRATOR_MALLOC_ARENAS)
                     # the security tools `make test` installed (semgrep in its own venv)
                     "RELEASE_GRAPH_TOOLS": os.environ.get("RELEASE_GRAPH_TOOLS") or str(REPO_ROOT / ".tools"),
                     **self.settings.env}
