@@ -83,9 +83,9 @@ DEMO_SHOPPERS_PORT ?= 18080
 DEMO_INBOX_PORT ?= 18090
 # The demo's repos are local: the Git sensor asks them at every look of the daemon (release_graph/wiring.py).
 DEMO_GIT_POLL_SECONDS ?= 4
-# glibc gives each thread that allocates its own malloc arena (up to 8 per core); the daemon's and the code
-# server's sensor threads then grew them for ever: +31 % and +19 % over 25 idle minutes at 200 services, flat
-# with two arenas (docs/benchmarks.md (f), docs/operations.md). deploy/Dockerfile sets the same.
+# glibc gives each thread that allocates its own malloc arena (up to 8 per core). Idle at 200 services for 30
+# minutes the daemon ended at 462 MiB with glibc's default and at 322 MiB with two arenas; it still grows with two,
+# for a reason not found yet (docs/operations.md, "The orchestrator's cost at 200 services"). deploy/Dockerfile too.
 ORCHESTRATOR_MALLOC_ARENAS ?= 2
 demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/demo-secrets.env \
       $(DAGSTER_HOME)/demo-notify.env $(DAGSTER_HOME)/demo-provenance.env
