@@ -522,9 +522,33 @@ class GitResource(dg.ConfigurableResource):
             target = Path(tmp) / "tree.tar"
             self._archive_to(url, sha, subpath, target)
             with tarfile.open(target) as archive:
-                # git's own archive of a tree; the "tar" filter still refuses absolute or escaping paths.
-                archive.extractall(dest, filter="tar")
+                extract_tree(archive, dest)
         return dest
+
+
+def extract_tree(archive: tarfile.TarFile, dest: Path) -> None:
+    """Extract git's own archive of a tree into `dest`: nothing is written outside it, and a link (symbolic or
+    hard) that points outside it or to an absolute path is refused (a repository's tree is untrusted input).
+
+    Python 3.11.4+ has extraction filters (PEP 706): the "data" filter does that. Debian bookworm's Python
+    3.11.2, the user-code image's (deploy/Dockerfile), has none, so the same refusals are made here first."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+
+    def inside(path: str, relative_to: Path) -> bool:
+        return not Path(path).is_absolute() and (relative_to / path).resolve().is_relative_to(root)
+
+    for member in archive.getmembers():
+        safe = inside(member.name, root)
+        if safe and member.issym():  # a symbolic link's target is relative to its own folder
+            safe = inside(member.linkname, (root / member.name).parent)
+        if safe and member.islnk():  # a hard link's target is a member's name
+            safe = inside(member.linkname, root)
+        if not safe:
+            raise GitError(f"refusing to extract {member.name!r}: it points outside {dest}", url=str(dest))
+    archive.extractall(dest)  # noqa: S202 - every member was checked above
 
 
 def _where(url: str, branch: str | None) -> str:

@@ -4,6 +4,8 @@
 # Idempotent: a venv whose marker file names the pinned version is left alone.
 #
 # Usage: scripts/install_tools.sh [semgrep] [checkov]      (no argument: both)
+#        scripts/install_tools.sh --specs                 (print the pinned requirements)
+# RG_TOOLS_INSTALLER=pip: install with the venvs' own pip instead of uv (the user-code image does).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,18 +25,31 @@ install_tool() {  # $1 = tool name (also the executable), $2 = requirement spec
     log "$name: $spec already installed in $venv"
     return 0
   fi
-  command -v uv >/dev/null || python3 -m pip install -q uv
-  test -x "$venv/bin/python" || uv venv -q --python "$PYTHON_VERSION" "$venv"
-  log "$name: installing $spec into $venv"
   local started=$SECONDS
-  # Compiled bytecode halves the tools' start-up (checkov: ~5 s -> ~2 s) when PYTHONDONTWRITEBYTECODE is set.
-  UV_COMPILE_BYTECODE=1 uv pip install -q --python "$venv/bin/python" "$spec"
+  if [ "${RG_TOOLS_INSTALLER:-uv}" = pip ]; then
+    # The user-code image (deploy/Dockerfile): the image's own python3 and pip, which read PIP_NO_INDEX and
+    # PIP_FIND_LINKS from the build (scripts/build_user_code_image.py builds it from a wheelhouse). pip
+    # compiles bytecode itself.
+    test -x "$venv/bin/python" || python3 -m venv "$venv"
+    log "$name: installing $spec into $venv with pip"
+    "$venv/bin/pip" install -q --no-cache-dir "$spec"
+  else
+    command -v uv >/dev/null || python3 -m pip install -q uv
+    test -x "$venv/bin/python" || uv venv -q --python "$PYTHON_VERSION" "$venv"
+    log "$name: installing $spec into $venv"
+    # Compiled bytecode halves the tools' start-up (checkov: ~5 s -> ~2 s) when PYTHONDONTWRITEBYTECODE is set.
+    UV_COMPILE_BYTECODE=1 uv pip install -q --python "$venv/bin/python" "$spec"
+  fi
   rm -f "$venv"/.installed-*
   touch "$marker"
   log "$name: installed in $((SECONDS - started)) s"
 }
 
 tools=("$@")
+if [ "${tools[0]:-}" = --specs ]; then  # the pinned requirements, one per line (the image's wheelhouse needs them)
+  printf '%s\n' "$SEMGREP_SPEC" "$CHECKOV_SPEC"
+  exit 0
+fi
 [ ${#tools[@]} -eq 0 ] && tools=(semgrep checkov)
 mkdir -p "$TOOLS"
 for tool in "${tools[@]}"; do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -304,3 +305,67 @@ def test_export_refuses_a_folder_with_files_and_names_a_missing_subpath(git, new
         git.export(url, sha, tmp_path / "nothing", subpath="services/payments")
     assert str(raised.value).startswith(f"git archive {url}: ")
     assert "services/payments" in str(raised.value)
+
+
+def tar_of(*members: tuple[str, str | None, str]) -> tarfile.TarFile:
+    """An in-memory tar: (name, link target or None, kind) with kind file, symlink or hardlink."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, link, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = 2
+                archive.addfile(info, io.BytesIO(b"ok"))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = link
+                archive.addfile(info)
+    buffer.seek(0)
+    return tarfile.open(fileobj=buffer)
+
+
+def escaping_tree(kind: str, outside: Path) -> list[tuple[str, str | None, str]]:
+    """A tree whose member `kind` would reach `outside` (a folder beside the extraction's destination)."""
+    return {
+        "absolute path": [(f"{outside}/evil", None, "file")],
+        "parent path": [("src/../../outside/evil", None, "file")],
+        "absolute symlink": [("etc", str(outside), "symlink"), ("etc/evil", None, "file")],
+        "escaping symlink": [("src/up", "../../outside", "symlink"), ("src/up/evil", None, "file")],
+        "escaping hard link": [("passwd", "../outside/secret", "hardlink")],
+    }[kind]
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["python with extraction filters", "python 3.11.2"])
+@pytest.mark.parametrize("kind", ["absolute path", "parent path", "absolute symlink", "escaping symlink",
+                                  "escaping hard link"])
+def test_a_tree_archive_never_writes_outside_its_folder_with_or_without_extraction_filters(
+        kind, filters, tmp_path, monkeypatch):
+    from resources.git import extract_tree
+
+    if not filters:  # the user-code image's Debian Python has no tarfile filters (PEP 706 came in 3.11.4)
+        monkeypatch.delattr(tarfile, "data_filter")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    tree = tar_of(*escaping_tree(kind, outside))
+    if kind == "absolute path":  # stripped to a path inside the folder (with filters) or refused (without)
+        with contextlib.suppress(GitError):
+            extract_tree(tree, dest)
+    else:
+        with pytest.raises((GitError, tarfile.FilterError)):
+            extract_tree(tree, dest)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    assert not any(p.is_symlink() or p.name == "passwd" for p in dest.rglob("*"))
+
+
+def test_without_extraction_filters_a_tree_with_inner_links_is_extracted(tmp_path, monkeypatch):
+    from resources.git import extract_tree
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    extract_tree(tar_of(("src/app.py", None, "file"), ("src/link.py", "app.py", "symlink"),
+                        ("copy.py", "src/app.py", "hardlink")), dest)
+    assert (dest / "src" / "link.py").read_text() == "ok" and (dest / "copy.py").read_text() == "ok"

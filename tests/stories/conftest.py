@@ -158,6 +158,23 @@ class LiveDemo:
         return sum(1 for e in instance.all_logs(run_id) if e.step_key == step
                    and RELEASE_PREFIX.sub("", e.user_message or "").startswith("Successfully built"))
 
+    @staticmethod
+    def failure_reasons(instance, run_id: str) -> list[str]:
+        """Why a run failed, as its event log says: each failed step's error, and the run's own failure or
+        engine message (a run worker that died says so only there)."""
+        kinds = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT}
+        reasons = []
+        for entry in instance.all_logs(run_id, of_type=kinds):
+            event = entry.dagster_event
+            if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+                error = event.step_failure_data.error
+                while error.cause is not None:  # the step's own exception is the innermost one
+                    error = error.cause
+                reasons.append(f"{event.step_key}: {error.message.strip()[-800:]}")
+            elif event.event_type == dg.DagsterEventType.RUN_FAILURE or "fail" in (entry.user_message or "").lower():
+                reasons.append((entry.user_message or event.message or "").strip()[-600:])
+        return reasons
+
     def log_tail(self, lines: int = 60) -> str:
         path = self.root / "dagster-dev.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -176,8 +193,11 @@ class LiveDemo:
         fleet = self.fleet
         waits = [stage_status(instance, fleet, fleet.services[s], e).line()
                  for s in fleet.services for e in fleet.environments]
+        newest = instance.get_runs(limit=15)
         runs = [f"{run.run_id[:8]} {run.status.value} {sorted(k.to_user_string() for k in run.asset_selection or ())}"
-                for run in instance.get_runs(limit=15)]
+                for run in newest]
+        runs += [f"  {run.run_id[:8]}: {why}" for run in newest if run.status == dg.DagsterRunStatus.FAILURE
+                 for why in self.failure_reasons(instance, run.run_id)]
         # CI shows a failure's last lines: the daemon's log first, then the runs and what each stage waits for
         pytest.fail(f"{what}: not within {timeout:.0f} s.\n{self.log_tail()}\nNewest runs:\n" + "\n".join(runs)
                     + "\nStages:\n" + "\n".join(waits))
