@@ -220,6 +220,7 @@ class ContainerEngine(dg.ConfigurableResource):
         labels: Mapping[str, str] | None = None,
         buildargs: Mapping[str, str] | None = None,
         on_log: Callable[[str], None] | None = None,
+        shares_layers: bool = True,
     ) -> BuiltImage:
         """Build `context_dir` into `tag` (see `_build_once`), one build at a time per engine on this host.
 
@@ -227,14 +228,17 @@ class ContainerEngine(dg.ConfigurableResource):
         "image not known" / "layer not known" while another build commits or removes the same layer. Builds
         therefore take a host-wide lock per engine, and such a cache race, should one still happen (another
         program removing images meanwhile), is retried up to `CACHE_RACE_RETRIES` times after a short pause.
+        `shares_layers=False`: an image whose layers no service build shares (the user-code image, minutes to
+        build) goes without the lock, so the fleet's builds do not wait for it.
         """
         arguments = dict(dockerfile=dockerfile, tag=tag, target=target, labels=labels, buildargs=buildargs,
                          on_log=on_log)
         lock_path = Path(tempfile.gettempdir()) / (
             "release-graph-build-" + hashlib.sha1(self._engine_address().encode()).hexdigest()[:12] + ".lock"
         )
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(lock_path if shares_layers else os.devnull, "a") as lock:
+            if shares_layers:
+                fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 retries = 0
                 while True:
@@ -250,7 +254,8 @@ class ContainerEngine(dg.ConfigurableResource):
                             on_log(f"engine build cache race ({exc}); building again (retry {retries})")
                         time.sleep(retries)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                if shares_layers:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _build_once(
         self,

@@ -128,7 +128,7 @@ def build(tag: str, *, base_image: str = DEFAULT_BASE_IMAGE, wheelhouse: Path = 
         started = time.monotonic()
         try:
             built = engine.build(context, dockerfile=DOCKERFILE, tag=tag,
-                                 buildargs={"BASE_IMAGE": base_image, "PIP_NO_INDEX": "1"})
+                                 buildargs={"BASE_IMAGE": base_image, "PIP_NO_INDEX": "1"}, shares_layers=False)
         except ContainerEngineError as exc:
             raise ImageBuildError(str(exc)) from exc
     seconds = time.monotonic() - started

@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ SESSION_ID = os.environ.setdefault(SESSION_ENV, f"rgt{uuid.uuid4().hex[:6]}")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 RUN_ID = f"{SESSION_ID}{WORKER.removeprefix('gw') or 'm'}"
 TEST_RUN_LABEL = "release-graph.test-run"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # The stories on the real daemon take 5 to 11 minutes each. They go first, so each starts at once on a worker of
@@ -114,6 +116,26 @@ def busybox_as(docker_client, registry_addr, local_tags):
         local_tags.append(reference)
         return reference
     return build_as
+
+
+@pytest.fixture(scope="session")
+def user_code_image(run_id):
+    """The user-code image, built as docs/operations.md says (`scripts/build_user_code_image.py`, about 3 min
+    without build cache), once per pytest process: the tests that use it share an xdist group
+    ("user-code-image"). Its containers go with it; the image goes at the session's end with this run's tags."""
+    import docker
+
+    tag = f"127.0.0.1:5000/{run_id}/user-code:test"
+    started = time.monotonic()
+    built = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_user_code_image.py"), "--tag", tag],
+                           capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stderr[-4000:] + built.stdout[-2000:]
+    print(f"\nuser-code image built in {time.monotonic() - started:.0f} s:\n{built.stdout}")
+    yield tag
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"ancestor": tag}):
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
 
 
 @pytest.fixture

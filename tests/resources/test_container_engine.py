@@ -192,6 +192,36 @@ def test_given_a_build_context_without_the_dockerfile_when_built_then_build_erro
         engine.build(tmp_path / "ctx", dockerfile="docker/Dockerfile.prod", tag=f"{registry_addr}/{run_id}/x:1")
 
 
+def test_given_the_host_build_lock_held_when_an_image_sharing_no_layers_is_built_then_it_does_not_wait(
+    engine, created, run_id, registry_addr, tmp_path
+):
+    import fcntl
+    import hashlib
+    import tempfile
+
+    base = f"FROM {registry_addr}/base/busybox:latest\n"
+    context = write_dockerfile(tmp_path / "ctx", f"{base}RUN echo {run_id} locked\n")
+    own_context = write_dockerfile(tmp_path / "own", f"{base}RUN echo {run_id} shares nothing\n")
+    lock_path = Path(tempfile.gettempdir()) / (
+        "release-graph-build-" + hashlib.sha1(engine._engine_address().encode()).hexdigest()[:12] + ".lock")
+    outcome: dict = {}
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a long build of the fleet would hold it
+        try:
+            # Given a build that waits for the lock and one that shares no layers
+            waiting = threading.Thread(target=lambda: outcome.setdefault("locked", engine.build(
+                context, tag=f"{registry_addr}/{run_id}/engine-locked:1", labels=labels_for(run_id))), daemon=True)
+            waiting.start()
+            # When the one that shares no layers is built, then it finishes while the lock is still held
+            built = engine.build(own_context, tag=f"{registry_addr}/{run_id}/engine-unlocked:1",
+                                 labels=labels_for(run_id), shares_layers=False)
+            assert built.image_id and "locked" not in outcome
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    waiting.join(timeout=120)
+    assert outcome["locked"].image_id  # and the other one went on once the lock was free
+
+
 def test_given_a_test_target_the_dockerfile_lacks_when_built_then_build_error_names_the_target(
     engine, created, run_id, registry_addr, tmp_path
 ):

@@ -14,9 +14,6 @@ the daemon's environment, never in a file or in Dagster's storage.
 from __future__ import annotations
 
 import base64
-import contextlib
-import subprocess
-import sys
 import time
 
 import dagster as dg
@@ -36,30 +33,12 @@ from resources.targets import DeployTargets, DockerTargetConfig
 
 from .conftest import REPO_ROOT, Orchestrator
 
-pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-containers")]
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("user-code-image")]
 
 SERVICE = "inventory"
-IMAGE_BUILD_SECONDS = 1500  # wheels downloaded once per lock, then an image of ~1.8 GB without build cache
 RELEASE_SECONDS = 420  # three processes start, then a build, integration, dev and staging, each run a container
 # The variables the demo's fleet reads while releasing inventory (provenance signing key, notifications, CDEvents)
 FLEET_SECRETS = ("SHOP_PROVENANCE_KEY", "SHOP_NOTIFY_URL", "SHOP_NOTIFY_KEY", "SHOP_CDEVENTS_SINK_URL")
-
-
-@pytest.fixture(scope="module")
-def user_code_image(run_id):
-    """The user-code image, built as the docs say (`scripts/build_user_code_image.py`); removed afterwards."""
-    tag = f"127.0.0.1:5000/{run_id}/user-code:story"
-    started = time.monotonic()
-    built = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_user_code_image.py"), "--tag", tag],
-                           capture_output=True, text=True, timeout=IMAGE_BUILD_SECONDS)
-    assert built.returncode == 0, built.stderr[-4000:] + built.stdout[-2000:]
-    print(f"\nuser-code image built in {time.monotonic() - started:.0f} s:\n{built.stdout}")
-    yield tag
-    client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"ancestor": tag}):
-        container.remove(force=True)
-    with contextlib.suppress(docker.errors.APIError):
-        client.images.remove(tag, force=True)
 
 
 class ContainerRunsOrchestrator(Orchestrator):
