@@ -15,6 +15,12 @@ and requests no build. Every 10 s the resident memory (RSS) of each process of b
 /proc. Growth is taken after a warm-up (the first sixth of the run, at least a minute), each point the median
 of three samples; CPU is the processes' user + system time over the same span. The sensors' ticks (how many,
 how long each took) are read from the instances afterwards: that is the automation hot path at 200 services.
+
+With a heap-trace folder (`--heap-trace-dir`, benchmarks/heap_trace), every Python process of release-graph's tree
+runs under `tracemalloc` from a given minute of its life (25 frames deep: too slow for the start-up, see
+benchmarks/heap_trace/sitecustomize.py) and dumps snapshots at given minutes; afterwards each process's latest
+snapshot is compared with its earliest, to see which allocations grow. Tracing costs memory and CPU: that run's
+figures for release-graph are not comparable with plain Dagster's, nor with a run without it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICES = 200
+HEAP_TRACE = Path(__file__).resolve().parent / "heap_trace"  # first on PYTHONPATH: its sitecustomize traces
+HEAP_TRACE_GRACE_SECONDS = 180  # how long to wait after the run for the snapshots of the last minute
 SAMPLE_SECONDS = 10
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVICE_AUTOMATION_PREFIX = "release_automation_svc_"  # the generated services are svc-000 ... svc-199
@@ -237,15 +245,33 @@ def mib(value: float) -> str:
     return f"{value / 1024 / 1024:.0f} MiB"
 
 
-def measure(bench, section, minutes: float) -> None:
-    """Run both instances for `minutes`, sampling memory; fill `section` (rows: tick durations; tables: memory)."""
+def heap_trace_marks(minutes: float, marks: tuple[float, ...] = ()) -> tuple[float, ...]:
+    """The minutes at which each traced process dumps a snapshot: `marks`, else the end of the warm-up of
+    `report` and the end of the run. A process counts from its own start, which is before the measurement's (the
+    instances must answer first), so a mark up to `minutes` is reached before the run ends."""
+    return tuple(sorted(set(marks))) or (round(max(1.0, minutes / 6), 1), minutes)
+
+
+def heap_trace_start(marks: tuple[float, ...], start: float | None = None) -> float:
+    """The minute of each process's life at which tracing starts: `start`, else halfway to the first mark (the
+    processes are up by then; tracing their start-up would take minutes)."""
+    return start if start is not None else round(min(marks) / 2, 2)
+
+
+def measure(bench, section, minutes: float, services: int = SERVICES, heap_trace_dir: Path | None = None,
+            heap_trace_minutes: tuple[float, ...] = (), heap_trace_from: float | None = None) -> None:
+    """Run both instances for `minutes`, sampling memory; fill `section` (rows: tick durations; tables: memory).
+    `services`: the size of the generated fleet (fewer for a smoke test). `heap_trace_dir`: trace release-graph's
+    processes (not plain Dagster's) with `tracemalloc` from `heap_trace_start(marks, heap_trace_from)`, snapshots
+    at `heap_trace_marks(minutes, heap_trace_minutes)`, and report what grew, printed and in `heap_trace_dir`/
+    report.txt ($RELEASE_GRAPH_HEAP_TRACE_FRAMES in the environment: another depth than 25 frames)."""
     from benchmarks.run import PROJECT_ROOT, free_port, write_generated_fleet
 
-    path, _ = write_generated_fleet(bench, SERVICES, folder="memory-fleet")
+    path, _ = write_generated_fleet(bench, services, folder="memory-fleet")
     root = path.parent
     images = []
     for folder in sorted((root / "repos").iterdir()):
-        images.append((f"{bench.registry_host}/{bench.prefix}-gen{SERVICES}/{folder.name}", git_init(folder)))
+        images.append((f"{bench.registry_host}/{bench.prefix}-gen{services}/{folder.name}", git_init(folder)))
         put_tiny_image(*images[-1])
     shape_file = root / "shape.json"
     shape_file.write_text(json.dumps(graph_shape(path)))
@@ -266,6 +292,13 @@ def measure(bench, section, minutes: float) -> None:
         # as `make demo` and deploy/Dockerfile start the orchestrator; for both, so that the ratio compares the
         # orchestrators, not the allocators (MALLOC_ARENA_MAX=8 or more in the environment to see glibc's default)
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        if heap_trace_dir is not None and label == "release-graph":
+            heap_trace_dir.mkdir(parents=True, exist_ok=True)
+            env["RELEASE_GRAPH_HEAP_TRACE_DIR"] = str(heap_trace_dir.resolve())
+            marks = heap_trace_marks(minutes, heap_trace_minutes)
+            env["RELEASE_GRAPH_HEAP_TRACE_MINUTES"] = ",".join(f"{m:g}" for m in marks)
+            env["RELEASE_GRAPH_HEAP_TRACE_START"] = f"{heap_trace_start(marks, heap_trace_from):g}"
+            env["PYTHONPATH"] = os.pathsep.join([str(HEAP_TRACE), env["PYTHONPATH"]])
         instances.append(Instance(label, home, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-m", module],
                                   env, port))
     try:
@@ -281,12 +314,51 @@ def measure(bench, section, minutes: float) -> None:
                     raise RuntimeError(f"{instance.label}: `dagster dev` exited with {instance.process.returncode}")
                 instance.sample(time.monotonic() - started)
             time.sleep(SAMPLE_SECONDS)
+        if heap_trace_dir is not None:
+            late = await_heap_snapshots(heap_trace_dir, max(heap_trace_marks(minutes, heap_trace_minutes)))
+            if late:
+                section.notes.append(f"heap trace: no snapshot at the last minute from {', '.join(late)} within "
+                                     f"{HEAP_TRACE_GRACE_SECONDS} s after the run")
     finally:
         for instance in instances:
             instance.stop()
         remove_tiny_images(images, section)
+        if heap_trace_dir is not None:  # beside the snapshots: the work folder goes at the end of the run
+            with contextlib.suppress(OSError):
+                shutil.copy(instances[0].home / "dagster-dev.log", heap_trace_dir / "dagster-dev.log")
 
     report(section, instances, minutes)
+    if services != SERVICES:
+        section.notes.append(f"This run: a fleet of {services} services, not {SERVICES}.")
+    if heap_trace_dir is not None:
+        from benchmarks.heap_trace import compare
+
+        sys.stderr.write(compare.write_report(heap_trace_dir))
+        section.notes.append(f"release-graph ran under tracemalloc ({heap_trace_dir}, report.txt there): its memory "
+                             "and CPU figures include the tracer's cost and are not comparable with plain Dagster's.")
+
+
+def await_heap_snapshots(directory: Path, last: float) -> list[str]:
+    """Wait until every traced process still alive has written its snapshot of minute `last` (a large heap
+    takes a while to dump, and stopping `dagster dev` ends the dump), at most HEAP_TRACE_GRACE_SECONDS; a process
+    that started too late to reach that minute by then (a run worker) is not waited for. Returns those missing."""
+    deadline = time.time() + HEAP_TRACE_GRACE_SECONDS
+    while True:
+        missing = set()
+        for sidecar in directory.glob("*.json"):  # written after each snapshot, with the process's start
+            role = sidecar.stem.rsplit("-", 2)[0]
+            try:
+                facts = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                continue
+            done = (directory / f"{role}-{facts['pid']}-{last:g}.json").exists()
+            alive = Path(f"/proc/{facts['pid']}").exists()
+            due = facts["started"] + last * 60 <= deadline
+            if not done and alive and due:
+                missing.add(f"{role} (pid {facts['pid']})")
+        if not missing or time.time() > deadline:
+            return sorted(missing)
+        time.sleep(5)
 
 
 def remove_tiny_images(images: list[tuple[str, str]], section) -> None:

@@ -11,11 +11,14 @@ end, also when a case fails.
     python -m benchmarks.run --only a,e      # some sections, printed only
     python -m benchmarks.run --only e --update   # re-measure some sections in docs/benchmarks.md, keep the rest
     python -m benchmarks.run --only e --fleet eshop=../eShop/src   # more fleets to import in (e)
+    python -m benchmarks.run --only f --memory-minutes 15 --heap-trace-dir /tmp/heap --heap-trace-minutes 5,15
+                                             # (f) with release-graph's Python heap traced: what grows
 
 Sections: (a) manifest validation and graph build, (b) Git sensor ticks, (c) image build and push,
 (d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets (and any
 given with --fleet): how long, and what it finds, (f) the orchestrator's memory and sensor ticks over 30 minutes
-with 200 services, side by side with plain Dagster (`--memory-minutes` to change how long).
+with 200 services, side by side with plain Dagster (`--memory-minutes` to change how long, `--memory-services`
+how many services, `--heap-trace-dir` to trace release-graph's Python heap: benchmarks/heap_trace).
 """
 
 from __future__ import annotations
@@ -186,6 +189,10 @@ class Bench:
     _resources: dict | None = None
     more_fleets: dict[str, Path] = field(default_factory=dict)  # --fleet LABEL=PATH: more imports for (e)
     memory_minutes: float = 30.0  # how long (f) runs both orchestrators
+    memory_services: int = orchestrator_memory.SERVICES  # the size of (f)'s generated fleet
+    heap_trace_dir: Path | None = None  # --heap-trace-dir: (f) traces release-graph's Python heap into it
+    heap_trace_minutes: tuple[float, ...] = ()  # the minutes of its snapshots (default: warm-up and end)
+    heap_trace_start: float | None = None  # the minute tracing starts (default: halfway to the first snapshot)
 
     @property
     def registry(self) -> str:
@@ -861,7 +868,9 @@ def cleanup(bench: Bench, *, engine_used: bool = True) -> list[str]:
 
 
 def bench_orchestrator_memory(bench: Bench, section: Section) -> None:
-    orchestrator_memory.measure(bench, section, 2 if bench.quick else bench.memory_minutes)
+    orchestrator_memory.measure(bench, section, 2 if bench.quick else bench.memory_minutes,
+                                services=bench.memory_services, heap_trace_dir=bench.heap_trace_dir,
+                                heap_trace_minutes=bench.heap_trace_minutes, heap_trace_from=bench.heap_trace_start)
 
 
 # --- the report ------------------------------------------------------------------------------------------------------
@@ -969,6 +978,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --only: put the sections run into the existing report, keep the others")
     parser.add_argument("--memory-minutes", type=float, default=30.0,
                         help="how long (f) runs release-graph and plain Dagster side by side (default 30)")
+    parser.add_argument("--memory-services", type=int, default=orchestrator_memory.SERVICES,
+                        help=f"how many services (f)'s generated fleet has (default {orchestrator_memory.SERVICES})")
+    parser.add_argument("--heap-trace-dir", type=Path, metavar="DIR",
+                        help="(f): run release-graph's processes under tracemalloc, dump heap snapshots into DIR "
+                             "and report what grew (DIR/report.txt); its memory figures then include the tracer")
+    parser.add_argument("--heap-trace-minutes", default="", metavar="M,M,...",
+                        help="with --heap-trace-dir: the minutes of each process's life to snapshot (default: the "
+                             "end of the warm-up and the end of the run)")
+    parser.add_argument("--heap-trace-start", type=float, metavar="MINUTE",
+                        help="with --heap-trace-dir: the minute of each process's life tracing starts (default: "
+                             "halfway to the first snapshot; 0 traces the start-up too, which takes minutes)")
     parser.add_argument("--fleet", action="append", default=[], metavar="LABEL=PATH",
                         help="one more fleet for (e): a folder or file to import (repeatable)")
     args = parser.parse_args(argv)
@@ -988,6 +1008,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.update and (full or args.quick):
         parser.error("--update needs --only (the sections to replace) and a full run of them (no --quick)")
     output = args.output or (DEFAULT_OUTPUT if full or args.update else None)
+    heap_trace_minutes: tuple[float, ...] = ()
+    if args.heap_trace_dir:
+        if "f" not in selected or output == DEFAULT_OUTPUT:
+            parser.error("--heap-trace-dir: with --only f (and no --update): the tracer's cost distorts (f)'s figures, "
+                         f"they do not belong in {DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)}")
+        if any(args.heap_trace_dir.glob("*.snap")):
+            parser.error(f"--heap-trace-dir {args.heap_trace_dir}: holds snapshots already (give an empty folder)")
+        try:
+            heap_trace_minutes = tuple(float(m) for m in args.heap_trace_minutes.split(",") if m.strip())
+        except ValueError:
+            parser.error(f"--heap-trace-minutes {args.heap_trace_minutes!r}: expected minutes like 5,15")
+        args.heap_trace_dir = args.heap_trace_dir.resolve()
     if not os.environ.get("DOCKER_HOST") and selected & {"c", "d"}:
         log("DOCKER_HOST is not set: run through `make bench` (it sources /var/lib/release-graph/env)")
         return 2
@@ -996,7 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))  # short: haproxy's admin socket path lives under it
     bench = Bench(prefix=prefix, work=work, quick=args.quick,
                   registry_host=os.environ.get("RG_REGISTRY", "127.0.0.1:5000"), fleet_name=f"{prefix}-shop",
-                  more_fleets=more_fleets, memory_minutes=args.memory_minutes)
+                  more_fleets=more_fleets, memory_minutes=args.memory_minutes, memory_services=args.memory_services,
+                  heap_trace_dir=args.heap_trace_dir, heap_trace_minutes=heap_trace_minutes,
+                  heap_trace_start=args.heap_trace_start)
     started, load = time.perf_counter(), os.getloadavg()
     log(f"prefix {prefix}, work folder {work}")
     facts = machine_facts()
