@@ -99,6 +99,12 @@ def test_the_dockerfile_installs_the_lock_with_hashes_and_copies_files_that_exis
     assert cmd[:3] == ["dagster", "code-server", "start"] and "release_graph.definitions" in cmd
 
 
+def compose_default(value: str) -> str:
+    """What compose makes of `${NAME:-default}` when NAME is not set; any other value as it is."""
+    match = re.fullmatch(r"\$\{[A-Z0-9_]+:-([^}]*)\}", value)
+    return match.group(1) if match else value
+
+
 def test_the_compose_stack_has_the_four_services_wired_to_each_other():
     compose = load(DEPLOY / "compose.yaml")
     services = compose["services"]
@@ -117,17 +123,22 @@ def test_the_compose_stack_has_the_four_services_wired_to_each_other():
         assert "/opt/dagster/workspace.yaml" in service["command"]
         # what the instance configuration reads from the environment is set for the webserver and the daemon
         assert set(docker_instance["run_launcher"]["config"]["env_vars"]) <= set(service["environment"])
-        assert service["environment"]["DAGSTER_DOCKER_NETWORK"] in {n["name"] for n in compose["networks"].values()}
+        assert compose_default(service["environment"]["DAGSTER_DOCKER_NETWORK"]) in {
+            compose_default(n["name"]) for n in compose["networks"].values()}
     # every relative bind mount names a file that exists (paths are relative to deploy/)
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (DEPLOY / source).exists(), volume
-    # the run containers mount the state volume by the name compose gives it
-    state_volume = next(v for v in docker_instance["run_launcher"]["config"]["container_kwargs"]["volumes"]
-                        if "/var/lib/release-graph/state" in v).split(":")[0]
-    assert compose["volumes"]["release-graph-state"]["name"] == state_volume
+    # the run containers mount the state and the compute-log volumes by the names compose gives them by default
+    run_mounts = {v.split(":")[1]: v.split(":")[0]
+                  for v in docker_instance["run_launcher"]["config"]["container_kwargs"]["volumes"]}
+    assert compose_default(compose["volumes"]["release-graph-state"]["name"]) == run_mounts[
+        "/var/lib/release-graph/state"]
+    assert compose_default(compose["volumes"]["dagster-storage"]["name"]) == run_mounts["/opt/dagster/home/storage"]
+    for name in ("webserver", "daemon"):
+        assert "dagster-storage:/opt/dagster/home/storage" in services[name]["volumes"]
     # DAGSTER_CURRENT_IMAGE makes the code location name the image its runs use
     assert "DAGSTER_CURRENT_IMAGE" in services["user-code"]["environment"]
 
