@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -258,6 +259,17 @@ def heap_trace_start(marks: tuple[float, ...], start: float | None = None) -> fl
     return start if start is not None else round(min(marks) / 2, 2)
 
 
+GRPC_FAILURE = re.compile(r"^\S*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) .*Sensor daemon caught an error for sensor")
+
+
+def code_server_call_failures(log: Path) -> list[str]:
+    """When a sensor's call into the code server failed (the log's timestamps): after each, the daemon reloads the
+    code location, which fetches the whole repository snapshot again (tens of MiB of objects at 200 services)."""
+    if not log.exists():
+        return []
+    return [m.group(1) for m in map(GRPC_FAILURE.match, log.read_text(errors="replace").splitlines()) if m]
+
+
 def measure(bench, section, minutes: float, services: int = SERVICES, heap_trace_dir: Path | None = None,
             heap_trace_minutes: tuple[float, ...] = (), heap_trace_from: float | None = None) -> None:
     """Run both instances for `minutes`, sampling memory; fill `section` (rows: tick durations; tables: memory).
@@ -328,6 +340,13 @@ def measure(bench, section, minutes: float, services: int = SERVICES, heap_trace
                 shutil.copy(instances[0].home / "dagster-dev.log", heap_trace_dir / "dagster-dev.log")
 
     report(section, instances, minutes)
+    for instance in instances:
+        failures = code_server_call_failures(instance.home / "dagster-dev.log")
+        section.notes.append(f"{instance.label}: {len(failures)} sensor ticks failed calling the code server"
+                             + (f" (first {failures[0]}, last {failures[-1]} UTC)" if failures else ""))
+        if heap_trace_dir is not None:  # what the report's RSS steps can be read against
+            (heap_trace_dir / f"samples-{instance.label.replace(' ', '-')}.json").write_text(json.dumps(
+                {"rss_by_role": instance.samples, "code_server_call_failures": failures}))
     if services != SERVICES:
         section.notes.append(f"This run: a fleet of {services} services, not {SERVICES}.")
     if heap_trace_dir is not None:
@@ -381,7 +400,7 @@ def report(section, instances: list[Instance], minutes: float) -> None:
     last = instances[0].samples[-1][0]
     header = ("| instance | process | RSS at 1 min | RSS after warm-up | RSS at the end | peak | growth after "
               "warm-up | CPU after warm-up |\n|---|---|---:|---:|---:|---:|---:|---:|")
-    lines, growth = [header], {}
+    lines = [header]
     for instance in instances:
         roles = sorted({role for _, rss in instance.samples for role in rss}, key=lambda r: (r == "all", r))
         for role in roles:
@@ -389,9 +408,10 @@ def report(section, instances: list[Instance], minutes: float) -> None:
             warm = median_around(instance.samples, warm_up, role)
             final = median_around(instance.samples, last, role)
             peak = max(rss.get(role, 0) for _, rss in instance.samples)
-            growth[(instance.label, role)] = (final - warm) / warm * 100 if warm else 0.0
+            # a role with no process after the warm-up (run workers of an idle fleet) has no growth to speak of
+            grew = f"{(final - warm) / warm * 100:+.1f} %" if warm else "n/a"
             lines.append(f"| {instance.label} | {role} | {mib(first)} | {mib(warm)} | {mib(final)} | {mib(peak)} | "
-                         f"{growth[(instance.label, role)]:+.1f} % | {cpu_share(instance, role, warm_up)} |")
+                         f"{grew} | {cpu_share(instance, role, warm_up)} |")
     section.tables.append("\n".join(lines))
     ours, bare = instances
     for role in ("daemon", "all"):

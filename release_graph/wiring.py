@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from release_graph.assets.automation import automation_sensors
+from release_graph.assets.automation import AUTOMATION_INTERVAL_SECONDS, automation_sensors
 from release_graph.assets.fleet import build_fleet_assets
 from release_graph.assets.service import build_service_release
 from release_graph.fleet import Fleet, ManifestError, load_fleet, resolve_fleet_path
@@ -56,8 +56,6 @@ def git_poll_seconds() -> float:
 def automation_seconds() -> int:
     """The automation sensors' interval: $RELEASE_GRAPH_AUTOMATION_SECONDS, else 4 s (whole seconds: Dagster's
     sensor intervals are)."""
-    from release_graph.assets.automation import AUTOMATION_INTERVAL_SECONDS
-
     return int(_seconds_from(AUTOMATION_VARIABLE, AUTOMATION_INTERVAL_SECONDS, whole=True))
 
 
