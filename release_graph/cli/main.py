@@ -32,6 +32,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{path}: fleet '{fleet.name}' is valid: {len(fleet.services)} services ({built} built, "
         f"{len(fleet.services) - built} prebuilt), environments: {', '.join(fleet.environments)}"
     )
+    for environment in fleet.environments.values():
+        if environment.kubernetes is None:
+            continue
+        from resources.targets.kubernetes.objects import KubernetesObjectError, validate_environment
+
+        try:
+            count = validate_environment(fleet, environment)
+        except KubernetesObjectError as exc:
+            raise ManifestError([f"{path.name}: {exc}"]) from None
+        print(f"environment '{environment.name}': the {count} Kubernetes objects a release sends are valid for "
+              f"Kubernetes {environment.kubernetes.version} (strict schema validation)")
     if args.explain_network:
         from release_graph.fleet.network import allowed_calls
 

@@ -43,6 +43,7 @@ from release_graph.fleet.model import (
     Environment,
     Fleet,
     Hardening,
+    KubernetesCluster,
     NotificationChannel,
     Notifications,
     OsvSettings,
@@ -50,6 +51,7 @@ from release_graph.fleet.model import (
     ProvenanceSettings,
     RegistryAuth,
     ReleaseMetricsSettings,
+    Resources,
     Rollout,
     RolloutStep,
     SecretRef,
@@ -134,8 +136,15 @@ def _is_str(value: Any) -> bool:
 SERVICE_KEYS = {
     "repo", "branch", "path", "build", "image", "port", "health", "depends_on", "owners",
     "description", "language", "infrastructure", "deploy_unit", "env", "entrypoint", "command", "secrets_as",
-    "hardening",
+    "hardening", "resources",
 }
+RESOURCES_KEYS = {"requests", "limits"}
+RESOURCE_KEYS = {"cpu", "memory"}
+# Kubernetes quantities: CPU in cores ("0.5") or millicores ("250m"); memory in bytes with a suffix ("256Mi", "1G")
+RESOURCE_QUANTITY = {"cpu": re.compile(r"^(\d+(\.\d+)?|\d+m)$"),
+                     "memory": re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")}
+KUBERNETES_KEYS = {"namespace", "context", "version"}
+KUBERNETES_VERSION = re.compile(r"^1\.(\d+)$")
 HARDENING_KEYS = {"tmpfs", "writable_root", "run_as_root", "privilege_escalation", "capabilities"}
 CAPABILITIES_KEYS = {"add", "reason"}
 BUILD_KEYS = {"context", "dockerfile", "target", "test_target", "integration_target", "args"}
@@ -143,7 +152,7 @@ E2E_KEYS = {"context", "dockerfile", "target"}
 EDGE_KEYS = {"name", "soft", "startup_only", "evidence"}
 ENVIRONMENT_KEYS = {
     "target", "approval", "approvers", "author_cannot_approve", "approvals_required", "approval_expires_after_hours",
-    "branch", "publish", "config", "secrets", "scan_threshold", "rollout", "notifications",
+    "branch", "publish", "config", "secrets", "scan_threshold", "rollout", "notifications", "kubernetes",
 }
 ROLLOUT_KEYS = {"strategy", "steps", "bake_seconds", "hold_seconds", "analysis"}
 STEP_KEYS = {"weight", "pause_seconds", "manual"}
@@ -653,6 +662,7 @@ def _parse_service(
     command = _argument_list(problems, raw, "command", where)
     edges = _parse_edges(problems, raw, where)
     hardening = _parse_hardening(problems, raw, where)
+    resources = _parse_resources(problems, raw, where)
 
     # A service with problems is still returned so edges and cycles can be checked; the problems
     # make load_fleet raise, so it never reaches a graph.
@@ -677,7 +687,95 @@ def _parse_service(
         command=command,
         secrets_as=secrets_as,
         hardening=hardening,
+        resources=resources,
     )
+
+
+def _parse_resources(problems: _Problems, raw: LineDict, where: dict) -> Resources:
+    """`resources: {requests: {cpu, memory}, limits: {cpu, memory}}`, each a Kubernetes quantity; a request above
+    its limit is refused (the cluster would refuse the Deployment)."""
+    value = raw.get("resources")
+    if value is None:
+        return Resources()
+    if not isinstance(value, LineDict):
+        problems.add(_line(raw, "resources"), _where(field_name="resources", **where),
+                     "expected a mapping such as {requests: {cpu: 100m, memory: 128Mi}, limits: {memory: 256Mi}}")
+        return Resources()
+    _check_keys(problems, value, RESOURCES_KEYS, service=where["service"])
+    found: dict[str, str] = {}
+    for kind in RESOURCES_KEYS & set(value):
+        amounts = value[kind]
+        if not isinstance(amounts, LineDict):
+            problems.add(_line(value, kind), _where(field_name=f"resources.{kind}", **where),
+                         "expected a mapping of cpu and/or memory to a quantity")
+            continue
+        _check_keys(problems, amounts, RESOURCE_KEYS, service=where["service"])
+        for resource in RESOURCE_KEYS & set(amounts):
+            amount = str(amounts[resource]) if isinstance(amounts[resource], (int, float, str)) else None
+            if isinstance(amounts[resource], bool) or not amount or not RESOURCE_QUANTITY[resource].match(amount):
+                example = "250m or 0.5 (cores)" if resource == "cpu" else "256Mi or 1Gi"
+                problems.add(_line(amounts, resource), _where(field_name=f"resources.{kind}.{resource}", **where),
+                             f"expected a quantity such as {example}, got {amounts[resource]!r}")
+                continue
+            found[f"{resource}_{kind.removesuffix('s')}"] = amount
+    for resource in RESOURCE_KEYS:
+        request, limit = found.get(f"{resource}_request"), found.get(f"{resource}_limit")
+        if request and limit and _quantity(request) > _quantity(limit):
+            problems.add(_line(value, "requests"), _where(field_name=f"resources.requests.{resource}", **where),
+                         f"the request {request} is above the limit {limit}")
+    return Resources(**found)
+
+
+def _quantity(amount: str) -> float:
+    """A Kubernetes quantity as a number (cores, or bytes), to compare a request with its limit."""
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(units, key=len, reverse=True):
+        if amount.endswith(suffix):
+            return float(amount[: -len(suffix)]) * units[suffix]
+    return float(amount)
+
+
+def _parse_kubernetes(problems: _Problems, name: str, raw: LineDict, target: str) -> KubernetesCluster | None:
+    """`kubernetes: {namespace, version, context}`: required with `target: kubernetes`, refused otherwise."""
+    value = raw.get("kubernetes")
+
+    def report(key: str, message: str) -> None:
+        problems.add(_line(value if key != "kubernetes" else raw, key),
+                     _where(environment=name, field_name="kubernetes" + (f".{key}" if key != "kubernetes" else "")),
+                     message)
+
+    if target != "kubernetes":
+        if value is not None:
+            report("kubernetes", f"only applies with target: kubernetes (this environment's target is {target})")
+        return None
+    if not isinstance(value, LineDict):
+        report("kubernetes", "target: kubernetes needs {namespace: <namespace>, version: <the cluster's version, "
+                             "e.g. '1.30'>} and optionally context: <kube context>")
+        return None
+    reported = len(problems.items)
+    _check_keys(problems, value, KUBERNETES_KEYS, environment=name)
+    namespace, version, context = value.get("namespace"), value.get("version"), value.get("context")
+    if not (isinstance(namespace, str) and DNS_LABEL.match(namespace)):
+        report("namespace", f"expected a Kubernetes namespace (a DNS label), got {namespace!r}")
+    supported = _kubernetes_versions()
+    if not (isinstance(version, str) and KUBERNETES_VERSION.match(version)):
+        report("version", f"expected the cluster's version as a quoted string such as '1.30', got {version!r}")
+    elif version not in supported:
+        report("version", f"no schemas for Kubernetes {version} (objects are validated against them before any "
+                          f"API call); known: {supported[0]} to {supported[-1]}")
+    if context is not None and not _is_str(context):
+        report("context", f"expected the name of a kube context, got {context!r}")
+    if len(problems.items) > reported:
+        return None
+    return KubernetesCluster(namespace=namespace, version=version, context=context)
+
+
+def _kubernetes_versions() -> list[str]:
+    """The cluster versions whose schemas kubernetes-validate holds, as 1.N."""
+    from kubernetes_validate.utils import all_versions
+
+    versions = {".".join(v.split(".")[:2]) for v in all_versions()}
+    return sorted(versions, key=lambda v: int(v.split(".")[1]))
 
 
 def _parse_hardening(problems: _Problems, raw: LineDict, where: dict) -> Hardening:
@@ -988,6 +1086,7 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
         scan_threshold=scan_threshold,
         rollout=_parse_rollout(problems, name, raw),
         notifications=_parse_notifications(problems, raw, name, fleet_notifications),
+        kubernetes=_parse_kubernetes(problems, name, raw, target),
     )
 
 

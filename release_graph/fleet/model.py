@@ -78,6 +78,32 @@ class Hardening:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What a service's containers ask for and may use (Kubernetes `resources`): CPU as cores or millicores
+    ("250m"), memory as bytes with a binary or decimal suffix ("256Mi"); None: not set."""
+
+    cpu_request: str | None = None
+    memory_request: str | None = None
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+    def as_kubernetes(self) -> dict[str, dict[str, str]]:
+        requests = {k: v for k, v in (("cpu", self.cpu_request), ("memory", self.memory_request)) if v}
+        limits = {k: v for k, v in (("cpu", self.cpu_limit), ("memory", self.memory_limit)) if v}
+        return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+@dataclass(frozen=True)
+class KubernetesCluster:
+    """Where an environment with `target: kubernetes` runs: the kube context (None: the current one), the
+    namespace, and the cluster's version, which the generated objects are validated against."""
+
+    namespace: str
+    version: str
+    context: str | None = None
+
+
+@dataclass(frozen=True)
 class Build:
     context: str = "."  # relative to the service's path inside its repo
     dockerfile: str = "Dockerfile"  # relative to the context
@@ -112,6 +138,7 @@ class Service:
     # How its containers receive their secrets (SECRET_DELIVERIES): files unless the service opts in to env.
     secrets_as: str = "file"
     hardening: Hardening = Hardening()
+    resources: Resources = Resources()
 
     @property
     def group(self) -> str:
@@ -322,6 +349,7 @@ class Environment:
     rollout: Rollout = field(default_factory=Rollout)
     # The fleet's notifications with this environment's overrides applied (None: nothing is sent about it)
     notifications: Notifications | None = None
+    kubernetes: KubernetesCluster | None = None  # set exactly when target is kubernetes
 
     @property
     def requires_approval(self) -> bool:

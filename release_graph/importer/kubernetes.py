@@ -254,6 +254,8 @@ def read_kubernetes(files: list[Path], root: Path) -> ImportedFleet:
         fleet.skipped.append(f"{kind} ({len(entries)}): {', '.join(sorted(entries))}")
     fleet.kustomizations.extend(_kustomization_reports(reader))
     used = sorted({o.namespace for o in workloads})
+    if len(used) == 1:
+        fleet.namespace = used[0]
     if used != ["default"] and len(used) == 1:
         fleet.suggested_name = used[0]
     return fleet

@@ -116,3 +116,4 @@ class ImportedFleet:
     skipped: list[str] = field(default_factory=list)  # objects or services that are not fleet services
     kustomizations: list[str] = field(default_factory=list)
     suggested_name: str | None = None  # compose `name:` or the one namespace all objects share
+    namespace: str | None = None  # Kubernetes input: the one namespace all workloads share, if there is one

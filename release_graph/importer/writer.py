@@ -25,6 +25,9 @@ from release_graph.importer.environment import ENV_VAR_NAME, orchestrator_variab
 from release_graph.importer.model import COMPOSE, KUBERNETES, ImportedFleet, ImportedService
 
 WIDTH = 110
+# The cluster version written for imported Kubernetes fleets: one whose schemas kubernetes-validate holds; the
+# fleet's owner sets the real one (the comment above it says so)
+KUBERNETES_VERSION_WRITTEN = "1.33"
 _PLAIN = re.compile(r"^[A-Za-z0-9_./+][A-Za-z0-9_./:@+=-]*$")
 
 
@@ -113,6 +116,13 @@ def render(fleet: ImportedFleet, report: EdgeReport, cycles: CycleReport, *, fle
     out.line("  dev:")
     out.line(f"    target: {target}")
     data["environments"] = {"dev": {"target": target}}
+    if target == "kubernetes":
+        cluster = {"namespace": fleet.namespace or "default", "version": KUBERNETES_VERSION_WRITTEN}
+        data["environments"]["dev"]["kubernetes"] = cluster
+        out.comment(4, "The cluster: the namespace the deploy files use"
+                       + ("" if fleet.namespace else " (they use several: one is needed here)")
+                       + ", and the cluster's version, which every generated object is validated against: set yours.")
+        out.line(f"    kubernetes: {{namespace: {scalar(cluster['namespace'])}, version: '{cluster['version']}'}}")
     secrets = _secret_references(fleet)
     if secrets:
         data["environments"]["dev"]["secrets"] = secrets

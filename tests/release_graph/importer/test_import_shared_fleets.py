@@ -94,6 +94,13 @@ def test_online_boutique_every_service_is_imported_and_redis_cart_is_infrastruct
     assert fleet.services["frontend"].health == "/_healthz"
     assert [e.target for e in fleet.environments.values()] == ["kubernetes"]
     assert "services: 12 (11 application, 1 infrastructure)" in printed
+    # the environment names the manifests' namespace and a cluster version, and every object a release would send
+    # there (11 services' and the NetworkPolicies) is valid for that version
+    from resources.targets.kubernetes.objects import validate_environment
+
+    (dev,) = fleet.environments.values()
+    assert dev.kubernetes.namespace == "default"
+    assert validate_environment(fleet, dev) > 11 * 3
 
 
 def test_online_boutique_all_sixteen_edges_with_their_env_evidence_and_nothing_invented(boutique):

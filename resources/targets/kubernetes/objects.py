@@ -1,0 +1,196 @@
+"""The Kubernetes objects one deployment sends, generated from a `DeploymentSpec` (the same spec the docker target
+deploys), and their strict validation against the schemas of the cluster version the environment declares.
+
+Plain Python with no I/O: the kubernetes target (not built yet, issue 12) applies these objects; `release-graph
+validate` generates and validates them for every service of every kubernetes environment, so a manifest value
+that would make an invalid object is refused before any API call.
+
+Per service: a ConfigMap (plain configuration, and where the secret files are), a Secret (only with secrets;
+values only here, never in labels, annotations or the other objects), a Deployment (the image by digest, probes
+from the health path, requests and limits, the immutable-container settings of `hardening`) and, with a port,
+a Service. Every object carries the pod labels the NetworkPolicies select on (release_graph.fleet.network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from release_graph.fleet.model import SECRETS_DIR_IN_CONTAINER, Environment, Fleet, KubernetesCluster, Resources
+from release_graph.fleet.network import FLEET_LABEL, MANAGED_BY_LABEL, SERVICE_LABEL
+from resources.targets.interface import DeploymentSpec, container_environment
+
+ENVIRONMENT_LABEL = "release-graph.io/environment"
+DIGEST_LABEL = "release-graph.io/digest"  # a label value: `sha256-` and the first 12 hex digits (63 characters)
+DIGEST_ANNOTATION = "release-graph.io/digest"  # the whole digest
+CONFIG_HASH_ANNOTATION = "release-graph.io/config-hash"  # a new configuration rolls the pods
+SECRET_VOLUME = "secrets"
+PROBE_PERIOD_SECONDS = 5
+
+
+class KubernetesObjectError(ValueError):
+    """A generated object is not valid for the cluster's version: the message names the service, the
+    environment, the object and the field."""
+
+
+def pod_labels(spec: DeploymentSpec) -> dict[str, str]:
+    """What selects a service's pods: the same labels release_graph.fleet.network's NetworkPolicies select."""
+    return {SERVICE_LABEL: spec.service, FLEET_LABEL: spec.fleet}
+
+
+def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, resources: Resources | None = None,
+                       replicas: int = 1) -> list[dict]:
+    """The objects that make `spec` run in `cluster.namespace`, in the order they are applied."""
+    resources = resources or Resources()
+    digest = spec.image.rsplit("@", 1)[1]
+    labels = {**pod_labels(spec), ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: "release-graph"}
+    metadata = {"namespace": cluster.namespace, "labels": labels}
+    config_name, secret_name = f"{spec.service}-config", f"{spec.service}-secrets"
+    config = container_environment(spec) if spec.secrets_as == "file" else dict(spec.env)
+    objects: list[dict] = [{
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {**metadata, "name": config_name},
+        "data": dict(sorted(config.items())),
+    }]
+    if spec.secrets:
+        objects.append({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {**metadata, "name": secret_name},
+            "stringData": dict(spec.secrets),
+        })
+    objects.append(_deployment(spec, metadata, config_name, secret_name, digest, resources, replicas))
+    if spec.port is not None:
+        objects.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {**metadata, "name": spec.service},
+            "spec": {"selector": pod_labels(spec),
+                     "ports": [{"name": "http", "protocol": "TCP", "port": spec.port, "targetPort": spec.port}]},
+        })
+    return objects
+
+
+def _deployment(spec: DeploymentSpec, metadata: dict, config_name: str, secret_name: str, digest: str,
+                resources: Resources, replicas: int) -> dict:
+    hardening = spec.hardening
+    container: dict = {
+        "name": spec.service,
+        "image": spec.image,
+        "envFrom": [{"configMapRef": {"name": config_name}}],
+        "securityContext": {
+            "readOnlyRootFilesystem": hardening.writable_root is None,
+            "allowPrivilegeEscalation": hardening.privilege_escalation is not None,
+            "capabilities": {"drop": ["ALL"], **({"add": list(hardening.capabilities)}
+                                                 if hardening.capabilities else {})},
+            **({} if hardening.run_as_root else {"runAsNonRoot": True}),
+        },
+        "volumeMounts": [{"name": _volume_name(folder), "mountPath": folder}
+                         for folder in hardening.writable_folders],
+    }
+    volumes: list[dict] = [{"name": _volume_name(folder), "emptyDir": {"medium": "Memory"}}
+                           for folder in hardening.writable_folders]
+    if spec.secrets and spec.secrets_as == "file":
+        container["volumeMounts"].append({"name": SECRET_VOLUME, "mountPath": SECRETS_DIR_IN_CONTAINER,
+                                          "readOnly": True})
+        volumes.append({"name": SECRET_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o400}})
+    elif spec.secrets:
+        container["envFrom"].append({"secretRef": {"name": secret_name}})
+    if spec.entrypoint is not None:
+        container["command"] = list(spec.entrypoint)
+    if spec.command is not None:
+        container["args"] = list(spec.command)
+    if spec.port is not None:
+        container["ports"] = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
+        if spec.health:
+            probe = {"httpGet": {"path": spec.health, "port": spec.port}, "periodSeconds": PROBE_PERIOD_SECONDS}
+            container["readinessProbe"] = probe
+            container["livenessProbe"] = {**probe, "failureThreshold": 6}
+    if resources.as_kubernetes():
+        container["resources"] = resources.as_kubernetes()
+    template_labels = {**pod_labels(spec), ENVIRONMENT_LABEL: spec.environment,
+                       DIGEST_LABEL: digest.replace(":", "-")[:19]}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {**metadata, "name": spec.service, "annotations": {DIGEST_ANNOTATION: digest}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": pod_labels(spec)},
+            "template": {
+                "metadata": {"labels": template_labels,
+                             "annotations": {DIGEST_ANNOTATION: digest,
+                                             CONFIG_HASH_ANNOTATION: _config_hash(spec)}},
+                "spec": {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False},
+            },
+        },
+    }
+
+
+def _volume_name(folder: str) -> str:
+    """An emptyDir's name for a writable folder: a DNS label made from its path."""
+    readable = "".join(c if c.isalnum() else "-" for c in folder.strip("/").lower())[:40].strip("-") or "root"
+    return f"w-{readable}-{hashlib.sha256(folder.encode()).hexdigest()[:6]}"
+
+
+def _config_hash(spec: DeploymentSpec) -> str:
+    """Changes with the plain configuration and the secrets' names, never with a secret's value (a digest of a
+    secret is still derived from it): rotating a secret's value rolls no pods by itself."""
+    shown = {"env": dict(spec.env), "secret_names": sorted(spec.secrets), "secrets_as": spec.secrets_as}
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate_objects(objects: Iterable[dict], cluster: KubernetesCluster, *, service: str, environment: str) -> None:
+    """Strict validation (unknown fields refused) against the schemas of `cluster.version`; raises
+    KubernetesObjectError naming the first invalid object and field. Values are never quoted: a Secret's are
+    secret."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
+
+    for obj in objects:
+        what = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        try:
+            kubernetes_validate.validate(obj, cluster.version, strict=True)
+        except ValidationError as exc:
+            field = ".".join(str(part) for part in exc.path) or "(the object)"
+            reason = exc.message if obj.get("kind") != "Secret" else exc.validator
+            raise KubernetesObjectError(
+                f"service '{service}', environment '{environment}': {what} is not a valid object for Kubernetes "
+                f"{cluster.version}: field {field}: {reason}") from None
+        except SchemaNotFoundError as exc:
+            raise KubernetesObjectError(
+                f"service '{service}', environment '{environment}': no schema for {what} "
+                f"({obj.get('apiVersion')}) in Kubernetes {cluster.version}: {exc}") from None
+
+
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # `release-graph validate` has no built image: the shape is the same
+PLACEHOLDER_SECRET = "(resolved at deploy time)"  # ...and no secret value: it is never read to validate
+
+
+def environment_objects(fleet: Fleet, environment: Environment) -> list[tuple[str, list[dict]]]:
+    """(service, its objects) for every deployable service of a kubernetes `environment`, with a placeholder digest
+    and placeholder secret values, then ("network", the environment's NetworkPolicies)."""
+    from release_graph.fleet.network import network_policies
+
+    cluster = environment.kubernetes
+    generated = []
+    for service in fleet.services.values():
+        if service.infrastructure:
+            continue
+        spec = DeploymentSpec(
+            fleet=fleet.name, environment=environment.name, service=service.name,
+            image=f"{service.image_repository(fleet)}@{PLACEHOLDER_DIGEST}", port=service.port,
+            health=service.health, env=environment.service_env(service),
+            secrets={name: PLACEHOLDER_SECRET for name in environment.secrets.get(service.name, {})},
+            entrypoint=service.entrypoint, command=service.command, secrets_as=service.secrets_as,
+            hardening=service.hardening)
+        generated.append((service.name, deployment_objects(spec, cluster, service.resources)))
+    generated.append(("network", network_policies(fleet, cluster.namespace)))
+    return generated
+
+
+def validate_environment(fleet: Fleet, environment: Environment) -> int:
+    """Every object a deployment to the kubernetes `environment` would send, validated; how many there are."""
+    count = 0
+    for service, objects in environment_objects(fleet, environment):
+        validate_objects(objects, environment.kubernetes, service=service, environment=environment.name)
+        count += len(objects)
+    return count
