@@ -16,6 +16,7 @@ Exit status 0 with the image's id and size on stdout; 1 with the reason (the ste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -50,15 +51,38 @@ def build_requirements() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
 
 
-def base_python_version(engine, base_image: str) -> str:
+def base_python_version(engine, base_image: str, timeout: float = 120) -> str:
     """The Python version of the base image (e.g. Debian bookworm's 3.11.2): the wheels must suit it, not the
-    host's Python (a tool's dependency may require a newer patch release than the image has)."""
+    host's Python (a tool's dependency may require a newer patch release than the image has).
+
+    Not `containers.run`: it waits for the container with no deadline, and Podman's wait never answers for a
+    container removed meanwhile (a busy engine's clean-up), which left the build hanging."""
+    container = None
     try:
-        output = engine.client().containers.run(
-            base_image, ["python3", "-c", "import platform; print(platform.python_version())"], remove=True)
+        container = engine.client().containers.create(
+            base_image, ["python3", "-c", "import platform; print(platform.python_version())"])
+        container.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                break
+            if time.monotonic() > deadline:
+                raise ImageBuildError(f"python3 in the base image {base_image} did not answer within {timeout:g} s")
+            time.sleep(0.2)
+        version = container.logs(stdout=True, stderr=False).decode().strip()
+        if not version:
+            raise ImageBuildError(f"python3 in the base image {base_image} printed no version: "
+                                  f"{container.logs(stdout=False, stderr=True).decode()[-500:]}")
+        return version
+    except ImageBuildError:
+        raise
     except Exception as exc:  # the engine unreachable, the image missing, no python3 in it: each stops the build
         raise ImageBuildError(f"cannot run python3 in the base image {base_image}: {exc}") from exc
-    return output.decode().strip()
+    finally:
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
 
 
 def wheelhouse_for(folder: Path, python_version: str, log=print) -> Path:

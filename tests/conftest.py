@@ -119,23 +119,31 @@ def busybox_as(docker_client, registry_addr, local_tags):
 
 
 @pytest.fixture(scope="session")
-def user_code_image(run_id):
+def user_code_image():
     """The user-code image, built as docs/operations.md says (`scripts/build_user_code_image.py`, about 3 min
-    without build cache), once per pytest process: the tests that use it share an xdist group
-    ("user-code-image"). Its containers go with it; the image goes at the session's end with this run's tags."""
+    without build cache), once per test session: every xdist worker that needs it takes one lock, and the first
+    builds it. It goes at the session's end with this session's other tags; whoever starts containers of it
+    removes them."""
+    import fcntl
+    import tempfile
+
     import docker
 
-    tag = f"127.0.0.1:5000/{run_id}/user-code:test"
-    started = time.monotonic()
-    built = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_user_code_image.py"), "--tag", tag],
-                           capture_output=True, text=True, timeout=1800)
-    assert built.returncode == 0, built.stderr[-4000:] + built.stdout[-2000:]
-    print(f"\nuser-code image built in {time.monotonic() - started:.0f} s:\n{built.stdout}")
-    yield tag
-    client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"ancestor": tag}):
-        with contextlib.suppress(docker.errors.APIError):
-            container.remove(force=True)
+    tag = f"127.0.0.1:5000/{SESSION_ID}/user-code:test"
+    with open(Path(tempfile.gettempdir()) / f"{SESSION_ID}-user-code-image.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker.from_env().images.get(tag)
+                return tag  # another worker of this session built it
+            started = time.monotonic()
+            built = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_user_code_image.py"),
+                                    "--tag", tag], capture_output=True, text=True, timeout=1800)
+            assert built.returncode == 0, built.stderr[-4000:] + built.stdout[-2000:]
+            print(f"\nuser-code image built in {time.monotonic() - started:.0f} s:\n{built.stdout}")
+            return tag
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

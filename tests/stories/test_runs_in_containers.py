@@ -14,6 +14,7 @@ the daemon's environment, never in a file or in Dagster's storage.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 
 import dagster as dg
@@ -84,6 +85,12 @@ def live_harness(user_code_image):
     with postgres_server.temporary("dagster") as server:
         yield lambda *args, **kwargs: ContainerRunsOrchestrator(*args, postgres=server, image=user_code_image,
                                                                 **kwargs)
+    # the run containers the daemon launched (DockerRunLauncher leaves them, exited); the image stays for others
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"ancestor": user_code_image,
+                                                                "label": "dagster/run_id"}):
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
 
 
 def test_a_commit_reaches_staging_with_every_run_in_its_own_container(live, user_code_image, monkeypatch):
