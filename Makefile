@@ -14,7 +14,7 @@ WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
 # writes its scrape targets.
 PROMETHEUS_HOME := $(or $(RELEASE_GRAPH_STATE),$(DAGSTER_HOME))/prometheus
 
-.PHONY: setup host venv tools demo-repos prometheus demo test soak lint snapshot bench clean
+.PHONY: setup host venv tools demo-repos prometheus demo test test-containers soak lint snapshot bench clean
 
 setup: host venv tools
 
@@ -103,7 +103,13 @@ demo: setup demo-repos prometheus $(DAGSTER_HOME)/dagster.yaml $(DAGSTER_HOME)/d
 test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 3 --dist loadgroup --no-loadscope-reorder --durations=25
+	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 3 --dist loadgroup --no-loadscope-reorder --durations=25 \
+	  -m "not user_code_image"
+
+# The orchestrator from its own image: every run in a container (DockerRunLauncher) and the compose stack
+# (docs/operations.md, "Run launchers"). Builds the 1.8 GB user-code image first (3-6 min on 2 cores).
+test-containers: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
+	$(WITH_HOST_ENV) $(VENV)/bin/pytest -s -m user_code_image --durations=5
 
 # The live story on the real daemon, longer: five rounds of consumer and provider commits before the breaks.
 soak: setup demo-repos $(DAGSTER_HOME)/dagster.yaml

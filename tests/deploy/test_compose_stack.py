@@ -28,7 +28,7 @@ import yaml
 
 from release_graph import demo
 
-pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("user-code-image")]
+pytestmark = [pytest.mark.engine, pytest.mark.user_code_image, pytest.mark.xdist_group("user-code-image")]
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SECONDS = 240  # Postgres initialises, the code server loads the fleet, the daemon's first heartbeat

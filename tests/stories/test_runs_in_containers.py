@@ -34,7 +34,7 @@ from resources.targets import DeployTargets, DockerTargetConfig
 
 from .conftest import REPO_ROOT, Orchestrator
 
-pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("user-code-image")]
+pytestmark = [pytest.mark.engine, pytest.mark.user_code_image, pytest.mark.xdist_group("user-code-image")]
 
 SERVICE = "inventory"
 RELEASE_SECONDS = 420  # three processes start, then a build, integration, dev and staging, each run a container
