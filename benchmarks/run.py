@@ -6,7 +6,7 @@ runs N times; the tables give the median and the range. Everything the run creat
 (`rgb<8 hex>`: fleet name, registry path, containers, networks, temporary folders) and is removed at the
 end, also when a case fails.
 
-    python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~35 minutes, (f) 30)
+    python -m benchmarks.run                 # everything, overwrites docs/benchmarks.md (~60 minutes: (f) 30, (g) 20)
     python -m benchmarks.run --quick         # one run per case, printed only (a smoke test of this script)
     python -m benchmarks.run --only a,e      # some sections, printed only
     python -m benchmarks.run --only e --update   # re-measure some sections in docs/benchmarks.md, keep the rest
@@ -18,7 +18,9 @@ Sections: (a) manifest validation and graph build, (b) Git sensor ticks, (c) ima
 (d) deployments to a docker environment, (e) `release-graph import` of the shared third-party fleets (and any
 given with --fleet): how long, and what it finds, (f) the orchestrator's memory and sensor ticks over 30 minutes
 with 200 services, side by side with plain Dagster (`--memory-minutes` to change how long, `--memory-services`
-how many services, `--heap-trace-dir` to trace release-graph's Python heap: benchmarks/heap_trace).
+how many services, `--heap-trace-dir` to trace release-graph's Python heap: benchmarks/heap_trace), (g) a burst
+of 200 commits over 20 services within a minute, the daemon restarted in its middle (the story
+tests/stories/test_bursts.py, run by pytest; `--quick`: 20 commits over 4 services).
 """
 
 from __future__ import annotations
@@ -462,10 +464,34 @@ def bench_sensor(bench: Bench, section: Section) -> None:
 # --- (c) image build and push --------------------------------------------------------------------------------
 
 
+def engine_build_of_a_fresh_commit(bench: Bench):
+    """A new commit of BUILT_SERVICE in the demo copy, exported, built and pushed with the engine alone (no
+    orchestrator, no checks): (sha, digest, the built image, (export, build, push) seconds)."""
+    from release_graph.assets.image import export_build_context, image_labels
+    from release_graph.demo import commit_change
+    from release_graph.fleet import load_fleet
+
+    fleet = load_fleet(bench.fleet_path)
+    service = fleet.services[BUILT_SERVICE]
+    resources = bench.resources()
+    git, engine = resources["git"], resources["engine"]
+    repository = service.image_repository(fleet)
+    sha = commit_change(BUILT_SERVICE, bench.repos).sha
+    git.ensure_commit(service.repo_url, sha)
+    with tempfile.TemporaryDirectory(prefix=f"{bench.prefix}-ctx-", dir=bench.work) as tmp:
+        export_s, context_dir = timed(export_build_context, git, service, sha, Path(tmp))
+        build_s, built = timed(
+            engine.build, context_dir, dockerfile=service.build.dockerfile, tag=f"{repository}:{sha}",
+            target=service.build.target, labels=image_labels(fleet, service, sha),
+            buildargs={"GIT_SHA": sha, **service.build.args},
+        )
+    push_s, digest = timed(engine.push, f"{repository}:{sha}")
+    return sha, digest, built, (export_s, build_s, push_s)
+
+
 def bench_image(bench: Bench, section: Section) -> None:
     import dagster as dg
 
-    from release_graph.assets.image import export_build_context, image_labels
     from release_graph.demo import commit_change
     from release_graph.fleet import load_fleet
     from release_graph.release.tags import SERVICE_TAG, SHA_TAG, SHORT_SHA_TAG
@@ -474,22 +500,13 @@ def bench_image(bench: Bench, section: Section) -> None:
     fleet = load_fleet(bench.fleet_path)
     service = fleet.services[BUILT_SERVICE]
     resources = bench.resources()
-    git, engine = resources["git"], resources["engine"]
+    engine = resources["engine"]
     repository = service.image_repository(fleet)
 
     # The engine alone: export the commit's tree, build it, push it. A fresh commit each time (a changed
     # VERSION file): the base image layers stay cached, as they would on a build host.
     for _ in range(bench.n(3)):
-        sha = commit_change(BUILT_SERVICE, bench.repos).sha
-        git.ensure_commit(service.repo_url, sha)
-        with tempfile.TemporaryDirectory(prefix=f"{bench.prefix}-ctx-", dir=bench.work) as tmp:
-            export_s, context_dir = timed(export_build_context, git, service, sha, Path(tmp))
-            build_s, built = timed(
-                engine.build, context_dir, dockerfile=service.build.dockerfile, tag=f"{repository}:{sha}",
-                target=service.build.target, labels=image_labels(fleet, service, sha),
-                buildargs={"GIT_SHA": sha, **service.build.args},
-            )
-        push_s, digest = timed(engine.push, f"{repository}:{sha}")
+        sha, digest, built, (export_s, build_s, push_s) = engine_build_of_a_fresh_commit(bench)
         bench.digests.append((sha, digest))
         size = f"image {built.size_bytes / 1e6:.0f} MB"
         section.row("engine: export the commit's tree (git archive)").samples.append(export_s)
@@ -938,6 +955,71 @@ def update_report(existing: str, report: str, measured: str) -> str:
     return (head + "".join(old_sections[key] for key in sorted(old_sections))).rstrip() + "\n"
 
 
+# --- (g) a burst of commits ----------------------------------------------------------------------------------------
+
+BURST_STORY = "tests/stories/test_bursts.py"
+BURST_INTRO = (
+    "The story `tests/stories/test_bursts.py` (pytest, marker `burst`), on the orchestrator as the production "
+    "setups run it: code server, webserver and daemon as separate processes on a private PostgreSQL. A fleet of 20 "
+    "copies of the demo's inventory, each in its own git repository, with the demo's security checks (unit tests, "
+    "SAST, compliance, SBOM, signed provenance), dev and staging ungated, prod gated; the Git sensor polls every 4 s "
+    "as in the demo, builds run four at a time (dagster.yaml). 200 commits land over a minute, round after round over "
+    "every service, and the daemon is killed 24 s into the burst and started again 10 s later. The story passes "
+    "only if every service ends at its newest commit in dev and staging, no commit was built twice, every commit "
+    "not built is named by the build that coalesced it, no run failed and the run queue drained. The baseline is "
+    "the same commits' builds without the orchestrator: one engine build of one inventory copy (section (c)'s "
+    "build, base layers cached) times the number of commits."
+)
+
+
+def bench_burst(bench: Bench, section: Section) -> None:
+    report = bench.work / "burst.json"
+    services, commits = (4, 20) if bench.quick else (20, 200)
+    env = {**os.environ, "RELEASE_GRAPH_BURST_REPORT": str(report),
+           "RELEASE_GRAPH_BURST_SERVICES": str(services), "RELEASE_GRAPH_BURST_COMMITS": str(commits)}
+    # The baseline: the same kind of build, with the engine alone, before the story loads the machine
+    baseline = []
+    for _ in range(bench.n(3)):
+        _sha, _digest, _built, phases = engine_build_of_a_fresh_commit(bench)
+        baseline.append(sum(phases))
+    section.row("baseline: one commit exported, built and pushed with the engine alone").samples.extend(baseline)
+    log(f"(g) {BURST_STORY}: {commits} commits over {services} services (about 20 minutes)")
+    seconds, story = timed(subprocess.run, [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                                            "-m", "burst", BURST_STORY], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, text=True)
+    if story.returncode != 0 or not report.exists():
+        raise RuntimeError(f"{BURST_STORY} failed (exit {story.returncode}):\n{story.stdout[-6000:]}\n"
+                           f"{story.stderr[-2000:]}")
+    figures = json.loads(report.read_text())
+    shape = f"{figures['commits']} commits, {figures['services']} services"
+    section.row("the story, start to end (orchestrator start, burst, settle, checks)", shape).samples.append(seconds)
+    section.row("the burst itself (commits landing, daemon killed and restarted)").samples.append(
+        figures["burst_seconds"])
+    section.row("last commit → every service's newest commit in dev and staging").samples.append(
+        figures["settled_after_last_commit_seconds"])
+    section.row("last commit → run queue drained").samples.append(figures["queue_drained_after_last_commit_seconds"])
+    section.tables.append("\n".join([
+        "| what happened to the burst's commits | count |", "|---|---:|",
+        f"| commits | {figures['commits']} |",
+        f"| built (engine builds) | {figures['engine_builds']} |",
+        f"| coalesced into a newer commit's build (named on its run) | {figures['coalesced']} |",
+        f"| of which: builds cancelled while queued, superseded by a newer commit | "
+        f"{figures['superseded_while_queued']} |",
+        f"| build runs | {figures['build_runs']} |",
+        f"| deployment runs | {figures['deploy_runs']} |",
+        f"| runs in all (none failed) | {figures['runs']} |",
+    ]))
+    build_seconds = statistics.median(baseline)
+    section.notes.append(
+        f"Baseline, measured in the same run: building every commit without the orchestrator would be "
+        f"{figures['commits']} engine builds; at the median export + build + push of a fresh inventory commit "
+        f"with the engine alone ({build_seconds:.1f} s over {len(baseline)} builds, base layers cached) that is "
+        f"{figures['commits'] * build_seconds / 60:.0f} minutes of builds alone, before any check or deployment. "
+        f"The orchestrator built {figures['engine_builds']} images "
+        f"({figures['engine_builds'] / figures['commits']:.2f}× the commits) and had every service at its newest "
+        f"commit in staging {figures['settled_after_last_commit_seconds'] / 60:.1f} minutes after the last commit.")
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
     ("a", "Manifest validation and graph build",
      "`load_fleet` (validation of the whole manifest, with the file checks of local repositories), "
@@ -965,13 +1047,16 @@ SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
     ("f", f"The orchestrator over time: {orchestrator_memory.SERVICES} services against plain Dagster",
      orchestrator_memory.INTRO,
      bench_orchestrator_memory),
+    ("g", "A burst: 200 commits over 20 services in a minute, the daemon restarted in the middle",
+     BURST_INTRO,
+     bench_burst),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per case (a smoke test); prints only")
-    parser.add_argument("--only", help="comma-separated sections to run (a-f); prints only. (d) needs (c)")
+    parser.add_argument("--only", help="comma-separated sections to run (a-g); prints only. (d) needs (c)")
     parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
                                                     f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
     parser.add_argument("--update", action="store_true",
@@ -1003,7 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
         selected = set(next(iter(selected)))
     unknown = selected - {key for key, *_ in SECTIONS}
     if unknown:
-        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: a, b, c, d, e, f)")
+        known = ", ".join(key for key, *_ in SECTIONS)
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (sections: {known})")
     full = not args.quick and not args.only
     if args.update and (full or args.quick):
         parser.error("--update needs --only (the sections to replace) and a full run of them (no --quick)")
@@ -1020,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--heap-trace-minutes {args.heap_trace_minutes!r}: expected minutes like 5,15")
         args.heap_trace_dir = args.heap_trace_dir.resolve()
-    if not os.environ.get("DOCKER_HOST") and selected & {"c", "d"}:
+    if not os.environ.get("DOCKER_HOST") and selected & {"c", "d", "g"}:
         log("DOCKER_HOST is not set: run through `make bench` (it sources /var/lib/release-graph/env)")
         return 2
 
@@ -1053,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"({key}) FAILED:\n{section.error}")
             log(f"({key}) done in {time.perf_counter() - section_started:.1f} s")
     finally:
-        problems = cleanup(bench, engine_used=bool(selected & {"c", "d"}))
+        problems = cleanup(bench, engine_used=bool(selected & {"c", "d", "g"}))
         for problem in problems:
             log(f"clean-up: {problem}")
     runs_note = ("This was a `--quick` run: one sample per case." if args.quick else

@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.tag, base_image=args.base_image, wheelhouse=args.wheelhouse, push=args.push)
     except ImageBuildError as exc:
-        print(f"build_user_code_image: {exc}", file=sys.stderr)
+        reason = str(exc)
+        print(f"build_user_code_image: {reason}", file=sys.stderr)
+        if "\n" in reason.strip():  # a build log's tail follows the reason: say it again as the last line
+            print(f"build_user_code_image: failed: {reason.strip().splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
 

@@ -12,8 +12,12 @@ fetched into its cached mirror. For each service on a moved branch the tick then
 
 The release SHA of a service is the newest commit that changed its `path` (the head itself for `path: .`),
 so a monorepo commit releases only the services whose folder it touched, and several commits since the
-last tick coalesce into the newest one. On the first tick for a branch (no cursor entry) nothing is
-compared: every service is observed, and built only if `<registry>/<svc>:<sha>` is not in the registry yet.
+last tick coalesce into the newest one. A build still queued for an older commit of the service when a newer
+one arrives coalesces too: the sensor cancels it, names the newer commit on it, and the newer build lists its
+commits (`supersede_queued_builds`); in a burst the queue then holds at most one build per service.
+
+On the first tick for a branch (no cursor entry) nothing is compared: every service is observed, and built only
+if `<registry>/<svc>:<sha>` is not in the registry yet.
 
 Push triggers: built with `poll_interval_seconds`, the sensor ticks often (every second in the fleet's
 definitions) but asks every branch only once per poll interval (the last full poll is kept in the cursor
@@ -51,6 +55,9 @@ from release_graph.release.tags import (
     COALESCED_COUNT_TAG,
     MAX_RETRIES_TAG,
     RUN_RETRIES_AFTER_A_CRASH,
+    SERVICE_TAG,
+    SHA_TAG,
+    SUPERSEDED_BY_TAG,
     release_tags,
 )
 from resources.git import CommitInfo, GitError, GitResource, redact_url
@@ -60,6 +67,8 @@ from resources.registry import RegistryError
 # Dagster reads the data version of an observation from this tag
 # (dagster._core.definitions.data_version.DATA_VERSION_TAG, not exported by the public API).
 DATA_VERSION_TAG = "dagster/data_version"
+# The daemon writes the requesting sensor's name on every run it creates (dagster._core.storage.tags).
+SENSOR_NAME_TAG = "dagster/sensor_name"
 # Enough to see what a coalesced release contains without turning metadata into a log.
 MAX_LISTED_SKIPPED = 50
 # Reserved cursor keys (a branch key always contains "@" after a URL, never starts with "#").
@@ -92,6 +101,10 @@ class NewRelease:
     force_pushed: bool = False
     build: bool = True  # False when the first tick found the image already in the registry
     then: tuple[dg.AssetKey, ...] = ()  # the stages its build run goes on to after the image
+    # queued builds of older commits this one took over (supersede_queued_builds): their 12-character SHAs and
+    # those of the commits they had coalesced, and how many commits that is in all
+    superseded: tuple[str, ...] = ()
+    superseded_count: int = 0
 
     @property
     def sha(self) -> str:
@@ -109,10 +122,11 @@ class NewRelease:
 
     def coalesced_tags(self) -> dict[str, str]:
         """The commits this build folds in, on its run: the record that survives a tick cut short."""
-        if not self.skipped_count:
+        if not self.skipped_count + self.superseded_count:
             return {}
-        return {COALESCED_COUNT_TAG: str(self.skipped_count),
-                COALESCED_COMMITS_TAG: " ".join(c.sha[:12] for c in self.skipped)}
+        listed = [c.sha[:12] for c in self.skipped] + list(self.superseded)
+        return {COALESCED_COUNT_TAG: str(self.skipped_count + self.superseded_count),
+                COALESCED_COMMITS_TAG: " ".join(listed[:MAX_LISTED_SKIPPED])}
 
     def observation(self) -> dg.AssetObservation:
         metadata: dict[str, object] = {
@@ -130,6 +144,7 @@ class NewRelease:
                 {"sha": c.sha, "author": c.author, "committed_at": c.committed_at, "subject": c.subject}
                 for c in self.skipped
             ]),
+            "superseded_queued_builds": dg.MetadataValue.json(list(self.superseded)),
             "force_pushed": self.force_pushed,
             "first_seen": self.previous_head is None,
             "build_requested": self.build,
@@ -404,6 +419,31 @@ def _releases_on_branch(
     ], problems
 
 
+def supersede_queued_builds(instance: dg.DagsterInstance, release: NewRelease, sensor_name: str) -> NewRelease:
+    """`release`, having taken over the builds of its service that this sensor requested for older commits and
+    that are still queued: each is cancelled with the reason on its run (the cancel message, and the tag
+    `release/superseded_by`), and its commits fold into `release`'s coalesced ones. Building them would only
+    produce images that are no longer their branch's newest, at the front of the queue. A build that started
+    is left alone: it finishes, and the deploy steps take the newest digest that passed."""
+    if not release.build:
+        return release
+    superseded, count = list(release.superseded), release.superseded_count
+    queued = instance.get_runs(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.QUEUED], tags={SERVICE_TAG: release.service, SENSOR_NAME_TAG: sensor_name}))
+    for run in sorted(queued, key=lambda r: r.run_id):
+        sha = run.tags.get(SHA_TAG, "")
+        current = instance.get_run_by_id(run.run_id) if sha and sha != release.sha else None
+        if current is None or current.status != dg.DagsterRunStatus.QUEUED:
+            continue  # the queue took it meanwhile (Dagster's dequeuer skips a run that is no longer queued)
+        instance.report_run_canceled(current, message=(
+            f"{release.service}: build of {sha[:12]} superseded while queued by {release.sha[:12]}, a newer commit "
+            f"of {release.branch}; that build holds this commit"))
+        instance.add_run_tags(run.run_id, {SUPERSEDED_BY_TAG: release.sha})
+        superseded += [sha[:12], *run.tags.get(COALESCED_COMMITS_TAG, "").split()]
+        count += 1 + int(run.tags.get(COALESCED_COUNT_TAG) or 0)
+    return replace(release, superseded=tuple(superseded), superseded_count=count)
+
+
 def build_git_commit_sensor(
     fleet: Fleet, *, minimum_interval_seconds: int = 10, name: str = "git_commits",
     poll_interval_seconds: float | None = None, push_spool: Path | None = None,
@@ -437,6 +477,7 @@ def build_git_commit_sensor(
     ) -> dg.SensorResult:
         tick = evaluate_git_tick(fleet, git, registry, context.cursor,
                                  poll_interval_seconds=poll_interval_seconds, spool=push_spool)
+        tick.releases = [supersede_queued_builds(context.instance, r, name) for r in tick.releases]
         releasing = {r.service for r in tick.releases if r.build}
         tick.releases = [replace(r, then=tuple(stages_in_the_image_run(
             context.instance, fleet, fleet.services[r.service], releasing - {r.service}))) if r.build else r

@@ -139,7 +139,10 @@ def user_code_image():
             started = time.monotonic()
             built = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "build_user_code_image.py"),
                                     "--tag", tag], capture_output=True, text=True, timeout=1800)
-            assert built.returncode == 0, built.stderr[-4000:] + built.stdout[-2000:]
+            # the reason is the first and the last line of stderr, the build log's tail between them
+            assert built.returncode == 0, (built.stderr if len(built.stderr) < 5000 else
+                                           built.stderr[:1500] + "\n[...]\n" + built.stderr[-3500:]
+                                           ) + built.stdout[-2000:]
             print(f"\nuser-code image built in {time.monotonic() - started:.0f} s:\n{built.stdout}")
             return tag
         finally:

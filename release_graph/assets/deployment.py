@@ -42,10 +42,9 @@ from release_graph.release.promotion import (
     verify_provenance,
 )
 from release_graph.security import provenance
-from resources import labels as L
 from resources.containers import ContainerEngine
 from resources.secrets import SecretsResource
-from resources.targets import DeploymentSpec, DeployTarget, DeployTargets, TargetNotConfigured
+from resources.targets import DeployTarget, DeployTargets, TargetNotConfigured, deployment_spec
 
 
 class DeployConfig(dg.Config):
@@ -169,24 +168,8 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
     target = target_for(deploy_targets, service, environment)
     started = time.monotonic()
     key = environment_key(service, environment)
-    result, rollout_metadata = deliver(context, target, DeploymentSpec(
-        fleet=fleet.name,
-        environment=environment.name,
-        service=service.name,
-        image=image_reference(fleet, service, digest),
-        port=service.port,
-        health=service.health,
-        # The commit rides along as GIT_SHA (for /version); the build arg alone is not reliable on every engine.
-        env={**environment.service_env(service), **({"GIT_SHA": git_sha} if git_sha else {})},
-        secrets=secrets,
-        publish=environment.publish.get(service.name),
-        labels={L.GIT_SHA: git_sha},
-        # Every service it calls (hard and soft edges) is reached through the environment's switch.
-        calls=tuple(edge.name for edge in service.depends_on),
-        entrypoint=service.entrypoint,
-        command=service.command,
-        secrets_as=service.secrets_as,
-        hardening=service.hardening,
+    result, rollout_metadata = deliver(context, target, deployment_spec(
+        fleet, service, environment, image=image_reference(fleet, service, digest), git_sha=git_sha, secrets=secrets,
     ), environment, key, immediate=bool(config.rollback_reason))
     context.log.info(
         f"{service.name}@{environment.name}: {'deployed' if result.changed else 'already running'} {digest}"

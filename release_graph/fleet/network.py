@@ -62,7 +62,7 @@ def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
     from anywhere on that port where an environment publishes it; a service nobody calls admits nothing."""
     policies = []
     for service in fleet.services.values():
-        sources = [{"podSelector": {"matchLabels": pod_labels(fleet, fleet.services[caller])}}
+        sources = [{"podSelector": {"matchLabels": pod_labels(fleet.name, caller)}}
                    for caller in fleet.callers_of(service.name)]
         rules = []
         ports = [{"protocol": "TCP", "port": service.port}] if service.port is not None else None
@@ -74,17 +74,17 @@ def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": {"name": f"{service.name}-callers", "namespace": namespace,
-                         "labels": {**pod_labels(fleet, service), MANAGED_BY_LABEL: "release-graph"}},
-            "spec": {"podSelector": {"matchLabels": pod_labels(fleet, service)},
+                         "labels": {**pod_labels(fleet.name, service.name), MANAGED_BY_LABEL: "release-graph"}},
+            "spec": {"podSelector": {"matchLabels": pod_labels(fleet.name, service.name)},
                      "policyTypes": ["Ingress"],
                      "ingress": rules},
         })
     return policies
 
 
-def pod_labels(fleet: Fleet, service: Service) -> dict[str, str]:
+def pod_labels(fleet_name: str, service_name: str) -> dict[str, str]:
     """The labels that select a service's pods (the ones a kubernetes target must put on every pod it creates)."""
-    return {SERVICE_LABEL: service.name, FLEET_LABEL: fleet.name}
+    return {SERVICE_LABEL: service_name, FLEET_LABEL: fleet_name}
 
 
 def _published_in(fleet: Fleet, service: Service) -> list[tuple[str, int]]:

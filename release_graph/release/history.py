@@ -14,7 +14,7 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from release_graph.release import metadata as M
-from release_graph.release.tags import SERVICE_TAG
+from release_graph.release.tags import COALESCED_COMMITS_TAG, SERVICE_TAG, SHA_TAG
 
 HISTORY_LIMIT = 500
 RUNS_LOOKED_AT = 25  # a service's latest runs with a given status; older ones no longer decide anything
@@ -240,3 +240,24 @@ def record_with_sha(instance: dg.DagsterInstance, key: dg.AssetKey, sha: str, li
                     ) -> StageRecord | None:
     """The newest materialization of `key` that recorded commit `sha`, among its latest `limit`."""
     return next((r for r in history(instance, key, limit=limit) if r.git_sha == sha), None)
+
+
+BUILD_RUNS_LOOKED_AT = 1000  # a service's build runs read to say what became of one commit (a burst's worth)
+
+
+def commit_outcome(instance: dg.DagsterInstance, service_name: str, image: dg.AssetKey, sha: str) -> str | None:
+    """What became of commit `sha` of a service, as its build runs record it: "built in run <id>" when a build run
+    of that commit succeeded, "coalesced into <sha> (run <id>)" when a successful build run lists it among the
+    commits it folds in (a newer commit of the same branch, seen in the same tick, or whose build took over the
+    commit's queued one); None while neither is true (on its way, failed, or lost)."""
+    builds = [r for r in instance.get_runs(filters=dg.RunsFilter(tags={SERVICE_TAG: service_name},
+                                                                 statuses=[dg.DagsterRunStatus.SUCCESS]),
+                                           limit=BUILD_RUNS_LOOKED_AT)
+              if image in (r.asset_selection or ())]
+    for run in builds:
+        if run.tags.get(SHA_TAG) == sha:
+            return f"built in run {run.run_id[:8]}"
+    for run in builds:
+        if sha[:12] in run.tags.get(COALESCED_COMMITS_TAG, "").split():
+            return f"coalesced into {run.tags.get(SHA_TAG, '?')[:12]} (run {run.run_id[:8]})"
+    return None

@@ -28,6 +28,7 @@ from release_graph.release.keys import (
     integration_key,
     previous_environment,
     previous_stage_key,
+    source_key,
 )
 from release_graph.release.metadata import APPROVAL_RUN_ID
 from release_graph.release.tags import AUTHENTICATED_USER_TAG
@@ -76,6 +77,8 @@ def blocking_checks_passed(instance, fleet: Fleet, service: Service, key: dg.Ass
 
 # How far back a deploy step looks past releases whose checks are still being evaluated (a burst of commits).
 SETTLING_LOOKED_AT = 10
+# How many of a service's newest source observations order a burst's builds (in_commit_order).
+SOURCE_OBSERVATIONS_LOOKED_AT = 50
 
 
 def newest_settled(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -> history.StageRecord | None:
@@ -83,7 +86,7 @@ def newest_settled(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     evaluated: in a burst, an older commit's build run that reaches its deploy step just after a newer commit's
     integration recorded its digest, and before that run evaluated its checks, deploys its own release (the
     newer one follows in its own run) instead of failing on checks that are still on their way."""
-    records = history.history(instance, key, limit=SETTLING_LOOKED_AT)
+    records = in_commit_order(instance, service, key, history.history(instance, key, limit=SETTLING_LOOKED_AT))
     for record in records:
         pending = record.digest and any(history.check_passed_for(instance, dg.AssetCheckKey(key, name), record.digest)
                                         is None for name in blocking_check_names(fleet, service, key))
@@ -93,11 +96,34 @@ def newest_settled(instance, fleet: Fleet, service: Service, key: dg.AssetKey) -
     return records[0] if records else None
 
 
+# The build stages whose records can land out of commit order: two build runs of one service side by side.
+BUILD_STAGES = ("image", "integration")
+
+
+def in_commit_order(instance, service: Service, key: dg.AssetKey,
+                    records: list[history.StageRecord]) -> list[history.StageRecord]:
+    """`records` of a build stage (newest first), re-ordered newest commit first. In a burst two build runs of a
+    service can run side by side, and the older commit's may finish last: taken in the order they were
+    recorded, its deploy would put the older commit back over the newer one. A commit's place is the latest
+    observation of `<service>/source` naming it (the Git sensor observes a branch's releases in order, and a
+    branch moved back to an older commit observes it again); a record of a commit never observed keeps its
+    place after the observed ones. An environment's records stay as they are: one deployment runs there at a
+    time, so its latest record is what runs."""
+    if service.is_prebuilt or key.path[-1] not in BUILD_STAGES or len(records) < 2:
+        return records
+    place: dict[str, int] = {}
+    for observed in history.observations(instance, source_key(service), limit=SOURCE_OBSERVATIONS_LOOKED_AT):
+        place.setdefault(observed.metadata.get("sha") or "", observed.storage_id)
+    return sorted(records, key=lambda r: (place.get(r.git_sha or "", -1), r.storage_id), reverse=True)
+
+
 def passed_over_while_checked(instance, fleet: Fleet, service: Service, environment: Environment,
                               chosen: str) -> str | None:
     """What a deploy step says when `newest_settled` made it pass over a newer digest of the previous stage (whose
     run is still evaluating its blocking checks), else None."""
-    newest = history.latest(instance, previous_stage_key(fleet, service, environment))
+    key = previous_stage_key(fleet, service, environment)
+    records = in_commit_order(instance, service, key, history.history(instance, key, limit=SETTLING_LOOKED_AT))
+    newest = records[0] if records else None
     if newest is None or not newest.digest or newest.digest == chosen:
         return None
     return (f"{service.name}@{environment.name}: passing over {newest.digest}, whose run {(newest.run_id or '?')[:8]} "

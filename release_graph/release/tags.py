@@ -18,6 +18,9 @@ TRACE_ID_TAG = "release/trace_id"  # the release's OpenTelemetry trace (release_
 # run (whose `<svc>/source` observation is then lost) still leaves the record of what the build holds.
 COALESCED_COUNT_TAG = "release/coalesced_count"
 COALESCED_COMMITS_TAG = "release/coalesced_commits"
+# On a build run the Git sensor cancelled while it was still queued: the newer commit of the same branch whose
+# build took it over (its run lists this one's commits under COALESCED_COMMITS_TAG).
+SUPERSEDED_BY_TAG = "release/superseded_by"
 FAILURE_TAG = "release/failure"  # "transient": the run gave up because something outside the commit was down
 # Whole-run retries by the instance: dagster.yaml sets `retry_on_asset_or_op_failure: false`, so only a run
 # whose process died (killed, out of memory, daemon restarted) is run again; a refused step stays refused.

@@ -25,6 +25,7 @@ from resources.targets.interface import (
     StartedService,
     TargetError,
     TargetNotConfigured,
+    deployment_spec,
     pinned_reference,
     validate_spec,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "StartedService",
     "TargetError",
     "TargetNotConfigured",
+    "deployment_spec",
     "pinned_reference",
     "validate_spec",
 ]

@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from release_graph.fleet.model import SECRET_DELIVERIES, SECRETS_DIR_IN_CONTAINER, Hardening
+from release_graph.fleet.model import (
+    SECRET_DELIVERIES,
+    SECRETS_DIR_IN_CONTAINER,
+    Environment,
+    Fleet,
+    Hardening,
+    Service,
+)
 from release_graph.fleet.references import SHA256_DIGEST
 from resources import labels as L
 from resources.containers import RunResult
@@ -121,6 +128,32 @@ class DeploymentSpec:
     command: tuple[str, ...] | None = None
     secrets_as: str = "file"
     hardening: Hardening = field(default_factory=Hardening)
+
+
+def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *, image: str, git_sha: str = "",
+                    secrets: Mapping[str, str] | None = None) -> DeploymentSpec:
+    """The one place a service's deployment to an environment is derived from the manifest: what the deploy step
+    hands any target, and what `release-graph validate` renders for a kubernetes environment. `image` is
+    `repo@sha256:...`; `git_sha` rides along as the variable GIT_SHA (for /version: the build argument alone is
+    not reliable on every engine) and as a label; `secrets` are the resolved values."""
+    return DeploymentSpec(
+        fleet=fleet.name,
+        environment=environment.name,
+        service=service.name,
+        image=image,
+        port=service.port,
+        health=service.health,
+        env={**environment.service_env(service), **({"GIT_SHA": git_sha} if git_sha else {})},
+        secrets=dict(secrets or {}),
+        publish=environment.publish.get(service.name),
+        labels={L.GIT_SHA: git_sha},
+        # Every service it calls (hard and soft edges) is reached through the environment's switch.
+        calls=tuple(edge.name for edge in service.depends_on),
+        entrypoint=service.entrypoint,
+        command=service.command,
+        secrets_as=service.secrets_as,
+        hardening=service.hardening,
+    )
 
 
 def secret_file_variables(spec: DeploymentSpec) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -482,3 +483,85 @@ def test_a_build_run_goes_on_to_the_services_integration_and_first_environment_w
     assert run.run_key == f"orders:{head}"
     assert run.asset_selection == [dg.AssetKey(["orders", "image"]), dg.AssetKey(["orders", "integration"]),
                                    dg.AssetKey(["orders", "dev"])]
+
+
+def queue_build(instance, request: dg.RunRequest, *, status=dg.DagsterRunStatus.QUEUED,
+                sensor: str = "git_commits") -> str:
+    """The run the daemon creates for a build request (with the requesting sensor's name), left in `status`."""
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    # a queued run names the job it will launch (Dagster refuses one without); here the demo's code location
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("release_graph"), "__repository__"),
+                             "__ASSET_JOB")
+    run = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin,
+                        tags={**request.tags, "dagster/sensor_name": sensor} if sensor else dict(request.tags),
+                        asset_selection=frozenset(request.asset_selection))
+    instance.add_run(run)
+    return run.run_id
+
+
+def test_in_a_burst_a_build_still_queued_is_cancelled_and_its_commits_fold_into_the_newer_build(
+    tmp_path, new_repo, git, registry, fleet_registry, instance
+):
+    # Given a service whose build of commit a waits in the run queue (the fleet builds four at a time)
+    orders = new_repo("orders")
+    orders.commit("first", {"Dockerfile": DOCKERFILE})
+    payments = new_repo("payments")
+    payments.commit("first", {"Dockerfile": DOCKERFILE})
+    fleet = write_fleet(tmp_path, fleet_registry, {"orders": built("repos/orders"),
+                                                   "payments": built("repos/payments")})
+    first = tick(fleet, git, registry, instance, cursor=None)
+    sha_a = orders.commit("orders: a", {"a.py": "A = 1\n"})
+    older = orders.commit("orders: folded into b", {"b0.py": "B = 0\n"})
+    sha_b = orders.commit("orders: b", {"b.py": "B = 1\n"})
+    at_b = tick(fleet, git, registry, instance, cursor=first.cursor)
+    (request_b,) = at_b.run_requests
+    assert request_b.tags["release/coalesced_commits"] == older[:12] + " " + sha_a[:12]  # newest first
+    run_b = queue_build(instance, request_b)
+    # and payments' build, queued too, and an orders build somebody launched by hand, queued
+    payments_sha = payments.commit("payments: c", {"c.py": "C = 1\n"})
+    at_c = tick(fleet, git, registry, instance, cursor=at_b.cursor)
+    run_payments = queue_build(instance, at_c.run_requests[0])
+    by_hand = queue_build(instance, request_b, sensor="")
+
+    # When commit d of orders arrives before b's build started
+    sha_d = orders.commit("orders: d", {"d.py": "D = 1\n"})
+    at_d = tick(fleet, git, registry, instance, cursor=at_c.cursor)
+
+    # Then b's build is cancelled, saying why on the run, and d's build holds b and what b held
+    cancelled = instance.get_run_by_id(run_b)
+    assert cancelled.status == dg.DagsterRunStatus.CANCELED
+    assert cancelled.tags["release/superseded_by"] == sha_d
+    (event,) = instance.all_logs(run_b, of_type=dg.DagsterEventType.RUN_CANCELED)
+    assert f"build of {sha_b[:12]} superseded while queued by {sha_d[:12]}" in event.message
+    (request_d,) = at_d.run_requests
+    assert requested(at_d) == {"orders": sha_d}
+    assert request_d.tags["release/coalesced_count"] == "3"
+    assert request_d.tags["release/coalesced_commits"].split() == [sha_b[:12], older[:12], sha_a[:12]]
+    assert observed(at_d)["orders"].metadata["superseded_queued_builds"].value == [sha_b[:12], older[:12],
+                                                                                 sha_a[:12]]
+    # and another service's queued build, and one launched by hand, are left as they were
+    assert instance.get_run_by_id(run_payments).status == dg.DagsterRunStatus.QUEUED
+    assert instance.get_run_by_id(run_payments).tags["release/git_sha"] == payments_sha
+    assert instance.get_run_by_id(by_hand).status == dg.DagsterRunStatus.QUEUED
+
+
+def test_a_build_that_already_started_is_left_to_finish_when_a_newer_commit_arrives(
+    tmp_path, new_repo, git, registry, fleet_registry, instance
+):
+    orders = new_repo("orders")
+    orders.commit("first", {"Dockerfile": DOCKERFILE})
+    fleet = write_fleet(tmp_path, fleet_registry, {"orders": built("repos/orders")})
+    first = tick(fleet, git, registry, instance, cursor=None)
+    orders.commit("orders: a", {"a.py": "A = 1\n"})
+    at_a = tick(fleet, git, registry, instance, cursor=first.cursor)
+    started = queue_build(instance, at_a.run_requests[0], status=dg.DagsterRunStatus.STARTED)
+
+    sha_b = orders.commit("orders: b", {"b.py": "B = 1\n"})
+    at_b = tick(fleet, git, registry, instance, cursor=at_a.cursor)
+
+    assert instance.get_run_by_id(started).status == dg.DagsterRunStatus.STARTED
+    assert "release/superseded_by" not in instance.get_run_by_id(started).tags
+    (request_b,) = at_b.run_requests
+    assert requested(at_b) == {"orders": sha_b}
+    assert "release/coalesced_count" not in request_b.tags

@@ -18,8 +18,8 @@ import json
 from collections.abc import Iterable
 
 from release_graph.fleet.model import SECRETS_DIR_IN_CONTAINER, Environment, Fleet, KubernetesCluster, Resources
-from release_graph.fleet.network import FLEET_LABEL, MANAGED_BY_LABEL, SERVICE_LABEL
-from resources.targets.interface import DeploymentSpec, container_environment
+from release_graph.fleet.network import MANAGED_BY_LABEL, pod_labels
+from resources.targets.interface import DeploymentSpec, container_environment, deployment_spec
 
 ENVIRONMENT_LABEL = "release-graph.io/environment"
 DIGEST_LABEL = "release-graph.io/digest"  # a label value: `sha256-` and the first 12 hex digits (63 characters)
@@ -34,17 +34,13 @@ class KubernetesObjectError(ValueError):
     environment, the object and the field."""
 
 
-def pod_labels(spec: DeploymentSpec) -> dict[str, str]:
-    """What selects a service's pods: the same labels release_graph.fleet.network's NetworkPolicies select."""
-    return {SERVICE_LABEL: spec.service, FLEET_LABEL: spec.fleet}
-
-
 def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, resources: Resources | None = None,
                        replicas: int = 1) -> list[dict]:
     """The objects that make `spec` run in `cluster.namespace`, in the order they are applied."""
     resources = resources or Resources()
     digest = spec.image.rsplit("@", 1)[1]
-    labels = {**pod_labels(spec), ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: "release-graph"}
+    selector = pod_labels(spec.fleet, spec.service)
+    labels = {**selector, ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: "release-graph"}
     metadata = {"namespace": cluster.namespace, "labels": labels}
     config_name, secret_name = f"{spec.service}-config", f"{spec.service}-secrets"
     config = container_environment(spec) if spec.secrets_as == "file" else dict(spec.env)
@@ -64,7 +60,7 @@ def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, resourc
         objects.append({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {**metadata, "name": spec.service},
-            "spec": {"selector": pod_labels(spec),
+            "spec": {"selector": pod_labels(spec.fleet, spec.service),
                      "ports": [{"name": "http", "protocol": "TCP", "port": spec.port, "targetPort": spec.port}]},
         })
     return objects
@@ -105,16 +101,17 @@ def _deployment(spec: DeploymentSpec, metadata: dict, config_name: str, secret_n
             probe = {"httpGet": {"path": spec.health, "port": spec.port}, "periodSeconds": PROBE_PERIOD_SECONDS}
             container["readinessProbe"] = probe
             container["livenessProbe"] = {**probe, "failureThreshold": 6}
-    if resources.as_kubernetes():
-        container["resources"] = resources.as_kubernetes()
-    template_labels = {**pod_labels(spec), ENVIRONMENT_LABEL: spec.environment,
+    requests_and_limits = resources.as_kubernetes()
+    if requests_and_limits:
+        container["resources"] = requests_and_limits
+    template_labels = {**pod_labels(spec.fleet, spec.service), ENVIRONMENT_LABEL: spec.environment,
                        DIGEST_LABEL: digest.replace(":", "-")[:19]}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {**metadata, "name": spec.service, "annotations": {DIGEST_ANNOTATION: digest}},
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": pod_labels(spec)},
+            "selector": {"matchLabels": pod_labels(spec.fleet, spec.service)},
             "template": {
                 "metadata": {"labels": template_labels,
                              "annotations": {DIGEST_ANNOTATION: digest,
@@ -163,6 +160,7 @@ def validate_objects(objects: Iterable[dict], cluster: KubernetesCluster, *, ser
 
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # `release-graph validate` has no built image: the shape is the same
 PLACEHOLDER_SECRET = "(resolved at deploy time)"  # ...and no secret value: it is never read to validate
+PLACEHOLDER_GIT_SHA = "0" * 40  # ...nor a commit
 
 
 def environment_objects(fleet: Fleet, environment: Environment) -> list[tuple[str, list[dict]]]:
@@ -175,13 +173,10 @@ def environment_objects(fleet: Fleet, environment: Environment) -> list[tuple[st
     for service in fleet.services.values():
         if service.infrastructure:
             continue
-        spec = DeploymentSpec(
-            fleet=fleet.name, environment=environment.name, service=service.name,
-            image=f"{service.image_repository(fleet)}@{PLACEHOLDER_DIGEST}", port=service.port,
-            health=service.health, env=environment.service_env(service),
-            secrets={name: PLACEHOLDER_SECRET for name in environment.secrets.get(service.name, {})},
-            entrypoint=service.entrypoint, command=service.command, secrets_as=service.secrets_as,
-            hardening=service.hardening)
+        spec = deployment_spec(
+            fleet, service, environment, image=f"{service.image_repository(fleet)}@{PLACEHOLDER_DIGEST}",
+            git_sha=PLACEHOLDER_GIT_SHA,
+            secrets={name: PLACEHOLDER_SECRET for name in environment.secrets.get(service.name, {})})
         generated.append((service.name, deployment_objects(spec, cluster, service.resources)))
     generated.append(("network", network_policies(fleet, cluster.namespace)))
     return generated

@@ -18,7 +18,7 @@ from release_graph.fleet import load_fleet
 from release_graph.release import metadata as M
 from release_graph.release import promotion, why
 from release_graph.release.errors import ReleaseStepError
-from release_graph.release.keys import approval_key, environment_key, image_key
+from release_graph.release.keys import approval_key, environment_key, image_key, source_key
 
 BUILT = "sha256:" + "b" * 64  # built by orders/image, tests and scans passed
 NEWER = "sha256:" + "c" * 64  # built by orders/image later, never deployed anywhere
@@ -190,6 +190,30 @@ def test_given_a_newer_build_whose_checks_its_run_is_still_evaluating_when_dev_d
     with pytest.raises(ReleaseStepError, match="blocking checks not passed: unit_tests, sast"):
         promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"])
     assert newer_run.run_id != ended.run_id
+
+
+def observe_commit(instance, service, sha: str) -> None:
+    """The Git sensor observed `sha` as the release of the service's branch."""
+    instance.report_runless_asset_event(dg.AssetObservation(source_key(service), metadata={"sha": sha}))
+
+
+def test_given_an_older_commits_build_that_finished_after_a_newer_ones_when_dev_deploys_then_the_newer_goes(
+        instance, fleet, orders):
+    # In a burst, the builds of commits 1a2b and 2b3c run side by side, and 1a2b's finishes last
+    observe_commit(instance, orders, "1a2b3c4d")
+    observe_commit(instance, orders, "2b3c4d5e")
+    build(instance, orders, NEWER, sha="2b3c4d5e")
+    build(instance, orders, BUILT, sha="1a2b3c4d")
+    # when the older build's run reaches its deploy step, it deploys the newer commit, not its own
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == NEWER
+    assert promotion.passed_over_while_checked(instance, fleet, orders, fleet.environments["dev"], NEWER) is None
+    # and a branch moved back to the older commit (observed again) releases the older one
+    observe_commit(instance, orders, "1a2b3c4d")
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["dev"]).digest == BUILT
+    # while dev's own records stay in the order they were deployed: staging takes what dev runs now
+    deploy(instance, orders, "dev", NEWER)
+    deploy(instance, orders, "dev", BUILT)
+    assert promotion.choose_digest(instance, fleet, orders, fleet.environments["staging"]).digest == BUILT
 
 
 # --- provenance: only what orders/image built is promoted ------------------------------------------------
