@@ -41,6 +41,7 @@ from release_graph.release.promotion import (
     verify_approval,
     verify_provenance,
 )
+from release_graph.release.tags import SHA_TAG
 from release_graph.security import provenance
 from resources.containers import ContainerEngine
 from resources.secrets import SecretsResource
@@ -155,6 +156,11 @@ def materialize_deployment(context, config: DeployConfig, fleet: Fleet, service:
                                                                        digest)
     if passed_over:
         context.log.info(passed_over)
+    launched_for = context.run.tags.get(SHA_TAG)
+    if not (config.digest or passed_over) and launched_for and record.git_sha and launched_for != record.git_sha:
+        context.log.info(f"{service.name}@{environment.name}: this run was launched for {launched_for[:12]}; a newer "
+                         f"commit, {record.git_sha[:12]}, passed {record.key.to_user_string()} meanwhile and is "
+                         "deployed instead (a burst: the newest commit wins)")
     provenance_metadata = verify_signed_provenance(context, fleet, service, environment, digest, secrets_resource)
     security_metadata = verify_security_gate(context, fleet, service, environment, digest)
     approval = (verify_approval(context.instance, service, environment, digest)

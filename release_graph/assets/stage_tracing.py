@@ -35,7 +35,7 @@ from release_graph.release import metadata as M
 from release_graph.release import tracing as T
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key
-from release_graph.release.tags import release_tags
+from release_graph.release.tags import SHA_TAG, SHORT_SHA_TAG, TRACE_ID_TAG, release_tags
 from resources.tracing import ReleaseTracer, SpanRecord
 
 TRACER_RESOURCE = "release_tracer"  # the resource key (release_graph/wiring.py), injected as a step parameter
@@ -88,9 +88,16 @@ def record_part(name: str, started_ns: int, ended_ns: int, attributes: dict | No
 def tag_release(context, fleet: Fleet, service: Service, sha: str | None, environment: str | None = None,
                 **more_tags: str) -> None:
     """Tag the run with the release this step works on (service, environment, commit and its trace id: automation
-    cannot tag its runs at launch) and tell the running step, whose log fields and span then carry it."""
-    context.instance.add_run_tags(context.run.run_id,
-                                  {**release_tags(service.name, sha, environment, fleet=fleet.name), **more_tags})
+    cannot tag its runs at launch) and tell the running step, whose log fields and span then carry it.
+
+    A run launched for a commit keeps that commit's tags: in a burst, an older commit's build run that goes on to
+    its dev deployment deploys the newer commit that passed (promotion.in_commit_order), and its tags must still
+    say which commit it built (what `history.commit_outcome` and the Runs page's filter read)."""
+    tags = release_tags(service.name, sha, environment, fleet=fleet.name)
+    launched_for = context.run.tags.get(SHA_TAG)
+    if launched_for and sha and launched_for != sha:
+        tags = {k: v for k, v in tags.items() if k not in (SHA_TAG, SHORT_SHA_TAG, TRACE_ID_TAG)}
+    context.instance.add_run_tags(context.run.run_id, {**tags, **more_tags})
     step = _running_step.get()
     if step is not None and sha:
         step.sha = sha

@@ -15,6 +15,7 @@ from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import load_fleet
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key
+from release_graph.release.tags import SHA_TAG, release_tags
 from release_graph.release.tracing import ReleaseTrace
 from release_graph.wiring import tracer_resource
 
@@ -113,3 +114,28 @@ def test_a_stage_that_refuses_records_its_span_as_the_release_failure_and_still_
     assert (span["name"], span["trace_id"]) == ("deploy dev", ReleaseTrace(fleet.name, "orders", SHA).trace_id_hex)
     assert span["status"] == "ERROR" and "refused" in span["status_description"]
     assert span["attributes"]["cicd.pipeline.task.run.result"] == "failure"
+
+
+def test_a_build_run_that_deploys_a_newer_commit_keeps_the_tags_of_the_commit_it_was_launched_for(tmp_path):
+    # In a burst, commit OLDER's build run reaches its dev deployment after SHA's build passed: it deploys SHA
+    (tmp_path / "repos" / "orders").mkdir(parents=True)
+    (tmp_path / "repos" / "orders" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "fleet.yaml").write_text(FLEET)
+    fleet = load_fleet(tmp_path / "fleet.yaml")
+    orders = fleet.services["orders"]
+    older = "0" * 40
+
+    @dg.asset(key=dg.AssetKey(["orders", "dev"]))
+    def dev(context: dg.AssetExecutionContext) -> None:
+        tag_release(context, fleet, orders, SHA, "dev")
+
+    with dg.instance_for_test() as instance:
+        launched = dg.materialize([dev], instance=instance,
+                                  tags=release_tags("orders", older, fleet=fleet.name))
+        tags = instance.get_run_by_id(launched.run_id).tags
+        # the run still says which commit it built, and now the environment it deployed to too
+        assert (tags[SHA_TAG], tags["release/env"]) == (older, "dev")
+        assert tags["release/trace_id"] == ReleaseTrace(fleet.name, "orders", older).trace_id_hex
+        # while a deployment run that automation launched untagged takes the commit it deploys
+        untagged = dg.materialize([dev], instance=instance)
+        assert instance.get_run_by_id(untagged.run_id).tags[SHA_TAG] == SHA
