@@ -154,7 +154,7 @@ class LiveDemo:
     def builds_in(instance, run_id: str, service: str) -> int:
         """How many builds of `service`'s image the run's image step finished (the engine says `Successfully
         built` once per build; the unit-test stage's build is another step)."""
-        step = f"{service}__image"
+        step = dg.AssetKey([service, "image"]).to_python_identifier()  # stock-00 -> stock_00__image
         return sum(1 for e in instance.all_logs(run_id) if e.step_key == step
                    and RELEASE_PREFIX.sub("", e.user_message or "").startswith("Successfully built"))
 

@@ -4,7 +4,8 @@ killed in the middle and started again, on the orchestrator as the production se
 webserver and daemon as separate processes, Postgres storage).
 
 The fleet: 20 copies of the demo's inventory, each in its own git repository, with the demo's security checks,
-dev and staging ungated and prod gated. Every service's head image is put in the registry first (a tiny
+dev and staging ungated and prod gated, and no integration stage (inventory's integration tests call it by
+its own name). Every service's head image is put in the registry first (a tiny
 manifest), so the Git sensor's first tick records the heads and builds nothing: the burst is the only work.
 
 At the end every service runs its newest commit in dev and staging, no commit was built twice, every commit not
@@ -58,8 +59,12 @@ def stock_fleet(live, count: int) -> list[str]:
     for name in names:
         shutil.copytree(services_dir / "inventory", services_dir / name)
     demo.sync_repos(services_dir, live.fleet_dir / ".repos")
-    manifest["services"] = {name: {**template, "repo": f".repos/{name}", "description": f"inventory copy {name}"}
-                            for name in names}
+    # the fleet's waivers name the owners of every demo service: each copy carries them all, so they stay valid
+    owners = sorted({owner for entry in manifest["services"].values() for owner in entry.get("owners", [])})
+    # no integration stage: inventory's integration tests call it by its own name (http://inventory:8080)
+    build = {key: value for key, value in template["build"].items() if key != "integration_target"}
+    manifest["services"] = {name: {**template, "repo": f".repos/{name}", "owners": owners, "build": build,
+                                   "description": f"inventory copy {name}"} for name in names}
     for key in ("e2e", "integration"):
         manifest.pop(key, None)
     for environment in manifest["environments"].values():
