@@ -14,11 +14,13 @@ Left as kmock has them, so the target is shown to cope: label and field selector
 implemented; a PATCH of a missing object is 404 whatever its content type (server-side apply does not create);
 a dict body is merged recursively whatever the Content-Type (null deletes, lists are replaced).
 
-`FakeController` stands for the Deployment and ReplicaSet controllers and the kubelet. After every write to a
-Deployment it settles each Deployment whose generation it has not observed: a digest it was not told to fail
-becomes available at once (one pod of the new revision, running and ready, replacing the previous pods); one told
-to fail gets a pod of the new revision that crash-loops, cannot pull its image or never becomes ready, with the
-Warning events a kubelet writes, while the previous pods keep running.
+`FakeController` stands for the Deployment and ReplicaSet controllers and the kubelet. After every request it
+settles each Deployment whose generation it has not observed: a digest it was not told otherwise of becomes
+available at once (a pod of the new revision, running and ready, replaces the previous pods; a revision that still
+has a ready pod, as after a rollback, keeps it); a `slow` digest only after some seconds (the rollout shows one
+updated replica, not yet available, meanwhile); one told to `fail` gets a pod of the new revision that crash-loops,
+cannot pull its image or never becomes ready, with the Warning event a kubelet writes, while the previous pods
+keep running.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import copy
 import datetime
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +65,7 @@ class RecordedRequest:
 
     method: str  # GET, POST, PATCH, PUT, DELETE
     path: str
+    params: dict[str, str]  # the query
     resource: str | None  # e.g. apps/v1/deployments
     name: str | None
     subresource: str | None
@@ -77,22 +81,29 @@ class RecordedRequest:
 class FakeController:
     """What the cluster does with a Deployment once it is written (see the module docstring)."""
 
-    failing: dict[str, str] = field(default_factory=dict)  # image digest -> one of FAILURES
+    failing: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # digest -> (FAILURES key, message)
+    slow: dict[str, float] = field(default_factory=dict)  # image digest -> seconds until available
+    _pending: dict = field(default_factory=dict)  # (namespace, name, generation) -> when it becomes available
     _pods: Any = field(default_factory=itertools.count)
 
-    def fail(self, digest: str, how: str = "crash-loop") -> None:
+    def fail(self, digest: str, how: str = "crash-loop", message: str | None = None) -> None:
+        """Make every revision running `digest` fail as `how` says; `message` replaces the kubelet's wording of
+        the container's state (a crashed process's last words, say)."""
         if how not in FAILURES:
             raise ValueError(f"a fake failure is one of {', '.join(FAILURES)}, not {how!r}")
-        self.failing[digest] = how
+        self.failing[digest] = (how, message)
 
     def reconcile(self, store) -> None:
-        """Settle every Deployment whose current generation was not observed yet (runs on the emulator's loop)."""
+        """Settle every Deployment whose current generation was not observed yet, or whose slow rollout is due
+        (runs on the emulator's loop)."""
         for (resource, namespace, name), obj in list(store.items()):
             if resource != DEPLOYMENTS or obj.deleted:
                 continue
             deployment = obj.raw
             generation = (deployment.get("metadata") or {}).get("generation") or 0
-            if (deployment.get("status") or {}).get("observedGeneration") == generation:
+            pending = self._pending.get((namespace, name, generation))
+            if (deployment.get("status") or {}).get("observedGeneration") == generation and (
+                    pending is None or time.monotonic() < pending):
                 continue
             self._settle(store, namespace, name, deployment, generation)
 
@@ -108,12 +119,24 @@ class FakeController:
                     and not pod.deleted and all(((pod.raw.get("metadata") or {}).get("labels") or {}).get(k) == v
                                                 for k, v in selector.items())]
         pod_name = f"{name}-{generation}-{next(self._pods):05x}"
-        how = self.failing.get(digest)
+        how, message_override = self.failing.get(digest, (None, None))
         now = _now()
+        key = (namespace, name, generation)
+        if how is None and digest in self.slow and key not in self._pending:
+            self._pending[key] = time.monotonic() + self.slow[digest]
+            store[DEPLOYMENTS, namespace, name].patch({"status": {
+                "observedGeneration": generation, "replicas": len(previous) + 1, "updatedReplicas": 1,
+                "readyReplicas": len(previous), "availableReplicas": len(previous), "unavailableReplicas": 1}})
+            return
         if how is None:
-            for key in previous:  # the new ReplicaSet took over: the previous pods are gone
-                store[key].delete()
-            self._add_pod(store, namespace, pod_name, template, image, ready=True, now=now)
+            self._pending.pop(key, None)
+            revision = _revision(template)
+            kept = [pod for pod in previous if _revision(store[pod].raw) == revision and _ready(store[pod].raw)]
+            for pod in previous:  # the new ReplicaSet took over: the other revisions' pods are gone
+                if pod not in kept:
+                    store[pod].delete()
+            if not kept:
+                self._add_pod(store, namespace, pod_name, template, image, ready=True, now=now)
             status = {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
                       "readyReplicas": replicas, "availableReplicas": replicas, "unavailableReplicas": None,
                       "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
@@ -123,8 +146,11 @@ class FakeController:
         else:
             state, last_state, restarts, (reason, message) = FAILURES[how]
             values = {"container": container.get("name", name), "pod": pod_name, "image": image, "now": now}
+            state = _format(state, values)
+            if message_override is not None and "waiting" in state:
+                state["waiting"]["message"] = message_override
             self._add_pod(store, namespace, pod_name, template, image, ready=False, now=now,
-                          state=_format(state, values), last_state=last_state, restarts=restarts)
+                          state=state, last_state=last_state, restarts=restarts)
             event_name = f"{pod_name}.{uuid.uuid4().hex[:8]}"
             store[EVENTS, namespace, event_name] = {
                 "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason,
@@ -156,6 +182,17 @@ class FakeController:
         }
 
 
+def _revision(obj: dict) -> tuple:
+    """What tells a revision's pods apart (its template's digest label and configuration hash), as the target does."""
+    metadata = obj.get("metadata") or {}
+    return ((metadata.get("labels") or {}).get("release-graph.io/digest"),
+            (metadata.get("annotations") or {}).get("release-graph.io/config-hash"))
+
+
+def _ready(pod: dict) -> bool:
+    return all(status.get("ready") for status in (pod.get("status") or {}).get("containerStatuses") or [{}])
+
+
 def _format(value: Any, values: dict) -> Any:
     if isinstance(value, dict):
         return {k: _format(v, values) for k, v in value.items()}
@@ -174,8 +211,7 @@ class _StampingEmulator(kmock.KubernetesEmulator):
         try:
             return await super()._handle(request)
         finally:
-            if (self.controller is not None and request.resource == DEPLOYMENTS
-                    and request.action in (kmock.action.CREATE, kmock.action.UPDATE)):
+            if self.controller is not None:
                 self.controller.reconcile(self.objects)
 
     def _stamp(self, request) -> None:
@@ -265,7 +301,7 @@ class KubernetesApiEmulator:
         """Every request answered so far, oldest first."""
         def snapshot():
             return [RecordedRequest(
-                method=request.method.value, path=request.url.path,
+                method=request.method.value, path=request.url.path, params=dict(request.params),
                 resource=(f"{request.resource.group}/{request.resource.version}/{request.resource.plural}"
                           .lstrip("/") if request.resource is not None else None),
                 name=request.name, subresource=request.subresource,
@@ -277,7 +313,7 @@ class KubernetesApiEmulator:
     def object(self, resource: str, namespace: str, name: str) -> dict | None:
         """A copy of a stored object (None: missing or deleted), e.g. ("apps/v1/deployments", ns, name)."""
         def read():
-            key = (resource, namespace, name)
+            key = (kmock.resource(resource), namespace, name)
             if key not in self.handler.objects or self.handler.objects[key].deleted:
                 return None
             return copy.deepcopy(self.handler.objects[key].raw)

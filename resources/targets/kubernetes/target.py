@@ -288,8 +288,8 @@ class KubernetesTarget(DeployTarget):
             return kubernetes.config.new_client_from_config(config_file=self.config.kubeconfig,
                                                             context=self.cluster.context)
         except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
-            raise TargetError(f"namespace {self.namespace}: cannot load {self.describe_cluster()}: {exc} "
-                              "(docs/operations.md, \"Kubernetes target\")") from None
+            raise TargetError(f"cannot load {self.describe_cluster()}: {exc} (docs/operations.md, "
+                              "\"Kubernetes target\")") from None
 
     def _api(self, group: str):
         import kubernetes
@@ -305,7 +305,10 @@ class KubernetesTarget(DeployTarget):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        call = getattr(self._api(group), method)
+        try:
+            call = getattr(self._api(group), method)
+        except TargetError as exc:  # the kubeconfig could not be loaded
+            raise TargetError(f"{what}: {exc}") from None
         try:
             response = call(*args, _preload_content=False, _request_timeout=self.config.request_timeout_seconds,
                             **kwargs)
