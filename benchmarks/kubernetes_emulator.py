@@ -11,8 +11,9 @@ Added to kmock (0.8), as a real API server does and as far as the target relies 
 - `metadata.generation` (1 on create, +1 when a write changes `spec`), `namespace`, `uid`, `resourceVersion` and
   `creationTimestamp` are stamped; a write to `/status` changes only `status`.
 Left as kmock has them, so the target is shown to cope: label and field selectors are ignored; PUT is not
-implemented; a PATCH of a missing object is 404 whatever its content type (server-side apply does not create);
-a dict body is merged recursively whatever the Content-Type (null deletes, lists are replaced).
+implemented; a PATCH of a missing object is 404 whatever its content type (server-side apply does not create,
+unless `apply_creates=True` asks for a real API server's behaviour); a dict body is merged recursively whatever the
+Content-Type (null deletes, lists are replaced).
 
 `FakeController` stands for the Deployment and ReplicaSet controllers and the kubelet. After every request it
 settles each Deployment whose generation it has not observed: a digest it was not told otherwise of becomes
@@ -204,15 +205,29 @@ class _StampingEmulator(kmock.KubernetesEmulator):
 
     _versions = itertools.count(1)
     controller: FakeController | None = None
+    apply_creates = False
 
     async def _handle(self, request):
         if request.resource is not None and isinstance(request.data, dict):
+            if self.apply_creates:
+                self._create_on_apply(request)
             self._stamp(request)
         try:
             return await super()._handle(request)
         finally:
             if self.controller is not None:
                 self.controller.reconcile(self.objects)
+
+    def _create_on_apply(self, request) -> None:
+        """A real API server's server-side apply of a missing object creates it: an empty one is made for the
+        apply to merge into (its generation then becomes 1)."""
+        key = (request.resource, request.namespace, request.name)
+        content_type = request.headers.get("Content-Type", "")
+        if (request.action == kmock.action.UPDATE and request.subresource is None
+                and content_type.startswith("application/apply-patch")
+                and (key not in self.objects or self.objects[key].deleted)):
+            self.objects[key] = {"metadata": {"name": request.name, "namespace": request.namespace, "generation": 0,
+                                              "uid": str(uuid.uuid4()), "creationTimestamp": _now()}}
 
     def _stamp(self, request) -> None:
         data = request.data
@@ -243,8 +258,9 @@ class _StampingEmulator(kmock.KubernetesEmulator):
 class KubernetesApiEmulator:
     """The emulator on its own event loop and thread; `url` is what a client's `Configuration(host=...)` takes."""
 
-    def __init__(self, controller: FakeController | None = None):
+    def __init__(self, controller: FakeController | None = None, *, apply_creates: bool = False):
         self.controller = controller if controller is not None else FakeController()
+        self.apply_creates = apply_creates
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="kmock", daemon=True)
         self.handler: _StampingEmulator | None = None
@@ -259,6 +275,7 @@ class KubernetesApiEmulator:
         async def enter() -> None:
             self.handler = _StampingEmulator()
             self.handler.controller = self.controller
+            self.handler.apply_creates = self.apply_creates
             # LIST answers 404 for a kind the emulator was never told of: it knows the built-in ones, as a cluster
             self.handler.resources.load_bundled()
             self.server = kmock.Server(self.handler)  # 127.0.0.1, a free port

@@ -8,11 +8,11 @@ A deployment:
    version (`validate_objects`, strict);
 2. reads each object (ConfigMap, Secret, Deployment, Service) and refuses to touch one that exists but is not
    release-graph's for this fleet and environment;
-3. sends only what differs: a missing object is created (POST); one that already carries every field we own
-   (labels, annotations, spec/data, and the fingerprint of what we last applied) gets nothing; any other is
-   server-side applied (PATCH `application/apply-patch+yaml`, field manager `release-graph`, forced). The same
-   digest deployed twice sends no write the second time. Creating first and applying after is also what a real
-   API server needs of a client that reads first, and what an emulator whose apply cannot create needs;
+3. sends only what differs: a missing object is created, one that already carries every field we own (labels,
+   annotations, spec/data, and the fingerprint of what we last applied) gets nothing, any other is server-side
+   applied (PATCH `application/apply-patch+yaml`, field manager `release-graph`, forced). The same digest
+   deployed twice sends no write the second time. A real API server creates by apply too (so release-graph's
+   apply owns every field); a server whose apply cannot create (the emulator the tests use) gets a POST;
 4. waits for the rollout like `kubectl rollout status`: the controller observed the new generation, every
    replica is updated, no old one is left, the updated ones are available. A pod of the new revision waiting in
    `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull` or `CreateContainerConfigError`, a
@@ -257,6 +257,7 @@ class KubernetesTarget(DeployTarget):
         self.config = config if config is not None else KubernetesTargetConfig()
         self._api_client = None
         self._lock = threading.Lock()
+        self._apply_creates: bool | None = None  # whether this API server's apply creates (None: not seen yet)
 
     # --- plumbing ---------------------------------------------------------------------------------------
 
@@ -445,12 +446,27 @@ class KubernetesTarget(DeployTarget):
         kind, name = desired["kind"], desired["metadata"]["name"]
         what = f"{where}: {self._object_name(desired)}"
         if live is None:
-            return self._object_call(f"{what}: creating", "create", kind, self.namespace, desired), "created"
+            return self._create(f"{what}: creating", desired), "created"
         if carries(live, desired):
             return live, "unchanged"
         answer = self._object_call(f"{what}: applying", "patch", kind, name, self.namespace, desired,
                                    field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
         return answer, "applied"
+
+    def _create(self, what: str, desired: dict) -> dict:
+        """Create by server-side apply, so that every field is owned by release-graph's apply and a field it stops
+        sending later is removed (fields created by a plain POST stay owned by that request, and survive). An API
+        server whose apply does not create a missing object (404: the emulator) gets a POST instead, from then on."""
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        if self._apply_creates is not False:
+            answer = self._object_call(what, "patch", kind, name, self.namespace, desired, missing_ok=True,
+                                       field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+            if answer is not None:
+                self._apply_creates = True
+                return answer
+        answer = self._object_call(what, "create", kind, self.namespace, desired, field_manager=FIELD_MANAGER)
+        self._apply_creates = False
+        return answer
 
     # --- the rollout ------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import time
 import kubernetes
 import pytest
 
+from benchmarks.kubernetes_emulator import KubernetesApiEmulator
 from release_graph.assets.deployment import target_for
 from release_graph.fleet.model import Environment, KubernetesCluster, Resources, Service
 from release_graph.release.errors import ReleaseStepError
@@ -70,11 +71,12 @@ def test_a_first_deployment_creates_the_configmap_secret_deployment_and_service_
     result = target.deploy(spec())
 
     sent = kubernetes_api.requests()
-    # every object is read first (none exists), then created in order, then the rollout is read once: done
+    # every object is read first (none exists), then created in order, then the rollout is read once: done. A
+    # create is a server-side apply; this API server's apply does not create (404), so the target POSTs instead
     assert [(r.method, r.resource) for r in sent] == [
         ("GET", "v1/configmaps"), ("GET", "v1/secrets"), ("GET", DEPLOYMENTS), ("GET", "v1/services"),
-        ("POST", "v1/configmaps"), ("POST", "v1/secrets"), ("POST", DEPLOYMENTS), ("POST", "v1/services"),
-        ("GET", DEPLOYMENTS)]
+        ("PATCH", "v1/configmaps"), ("POST", "v1/configmaps"), ("POST", "v1/secrets"), ("POST", DEPLOYMENTS),
+        ("POST", "v1/services"), ("GET", DEPLOYMENTS)]
     assert result.changed and result.digest == FIRST and result.image == f"{REPOSITORY}@{FIRST}"
     assert result.container_name == "payments" and result.container_id == f"deployment/{NAMESPACE}/payments"
     assert result.network == NAMESPACE and result.url_inside == f"http://payments.{NAMESPACE}.svc:8080"
@@ -98,6 +100,22 @@ def test_a_first_deployment_creates_the_configmap_secret_deployment_and_service_
     serving = target.running("shop", "prod", "payments", probe=True)
     assert serving.digest == FIRST and serving.digest_matches and serving.running and serving.serving
     assert serving.healthy is True
+
+
+def test_on_an_api_server_whose_apply_creates_a_first_deployment_is_four_applies_and_no_post(cluster):
+    # a real API server's behaviour: every field then belongs to release-graph's apply, so one it stops sending
+    # later is removed (a POST's fields would stay owned by that request)
+    with KubernetesApiEmulator(apply_creates=True) as real_like:
+        target = KubernetesTarget(cluster, KubernetesTargetConfig(api_host=real_like.url, poll_seconds=0.02))
+
+        assert target.deploy(spec()).changed
+
+        sent = real_like.requests()
+        assert [(r.method, r.resource) for r in sent if r.writes] == [
+            ("PATCH", "v1/configmaps"), ("PATCH", "v1/secrets"), ("PATCH", DEPLOYMENTS), ("PATCH", "v1/services")]
+        assert all(r.content_type == "application/apply-patch+yaml" for r in sent if r.writes)
+        assert len(sent) == 9 and target.running("shop", "prod", "payments").digest == FIRST
+        assert not target.deploy(spec()).changed and not [r for r in real_like.requests()[9:] if r.writes]
 
 
 def test_the_same_digest_deployed_again_sends_no_write_and_reports_nothing_changed(target, kubernetes_api):
