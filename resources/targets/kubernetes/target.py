@@ -401,7 +401,10 @@ class KubernetesTarget(DeployTarget):
         deployment = current["Deployment"]
         name = deployment["metadata"]["name"]
         generation = (deployment.get("metadata") or {}).get("generation")
-        problem, diagnosis, final = self._wait_for_rollout(spec, name, generation, deployment)
+        try:
+            problem, diagnosis, final = self._wait_for_rollout(spec, name, generation, deployment)
+        except TargetError as exc:  # the API stopped answering: what was sent is taken back all the same
+            problem, diagnosis, final = f"the rollout could not be followed: {exc}", "", deployment
         if problem is not None:
             if not sent:
                 raise DeploymentFailed(
@@ -414,13 +417,16 @@ class KubernetesTarget(DeployTarget):
                        f"{restored}{diagnosis}", spec.secrets),
                 service=spec.service, environment=spec.environment, image=reference)
         seconds = time.monotonic() - started
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         log.info("%s: %s %s in %.2f s", where, digest, "rolled out" if sent else "already served", seconds)
         return DeploymentResult(
             container_name=name,
             container_id=f"deployment/{self.namespace}/{name}",
             digest=digest,
             image=reference,
-            started_at=_available_since(final) or datetime.now(UTC).isoformat(timespec="seconds"),
+            # a rolling update keeps the Deployment's Available condition True throughout (its time is the first
+            # rollout's): a new revision is dated by the end of its own rollout
+            started_at=now if sent else (_available_since(final) or now),
             url_inside=f"http://{spec.service}.{self.namespace}.svc:{spec.port}" if spec.port else None,
             published_url=None,
             changed=bool(sent),
@@ -485,7 +491,10 @@ class KubernetesTarget(DeployTarget):
             progress = rollout_progress(current, generation)
             if progress.done:
                 return None, "", current
-            pods = self._revision_pods(where, spec, template)
+            try:
+                pods, unreadable = self._revision_pods(where, spec, template), None
+            except TargetError as exc:  # e.g. not allowed to list pods: the status alone decides
+                pods, unreadable = [], str(exc)
             failing = [line for pod in pods for line in _pod_problems(pod, failing_only=True)]
             why = None
             if failing:
@@ -495,7 +504,7 @@ class KubernetesTarget(DeployTarget):
             elif time.monotonic() >= deadline:
                 why = f"not available after {self.config.rollout_timeout_seconds:g} s: {progress.summary}"
             if why is not None:
-                return why, self._diagnosis(where, name, pods), current
+                return why, self._diagnosis(where, name, pods, unreadable), current
             time.sleep(self.config.poll_seconds)
 
     def _revision_pods(self, where: str, spec: DeploymentSpec, template: Mapping) -> list[dict]:
@@ -512,15 +521,21 @@ class KubernetesTarget(DeployTarget):
                 if _labelled(pod, {**selector, DIGEST_LABEL: labels.get(DIGEST_LABEL, "")})
                 and ((pod.get("metadata") or {}).get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) == config_hash]
 
-    def _diagnosis(self, where: str, name: str, pods: Sequence[Mapping]) -> str:
+    def _diagnosis(self, where: str, name: str, pods: Sequence[Mapping], pods_unreadable: str | None) -> str:
         """The pods' reasons and messages and the recent Warning events about them and the Deployment (and its
-        ReplicaSets, `<name>-<hash>`), for the error a release manager reads."""
+        ReplicaSets, `<name>-<hash>`), for the error a release manager reads. Best effort: what cannot be read
+        is said, and never stops the rollback."""
         lines = [line for pod in pods for line in _pod_problems(pod)]
-        if not pods:
+        if pods_unreadable:
+            lines.append(f"the pods could not be read: {pods_unreadable}")
+        elif not pods:
             lines.append("no pod of the new revision exists")
         pod_names = {(pod.get("metadata") or {}).get("name") for pod in pods}
-        found = self._request(f"{where}: listing the events of namespace {self.namespace}", "core",
-                              "list_namespaced_event", self.namespace) or {}
+        try:
+            found = self._request(f"{where}: listing the events of namespace {self.namespace}", "core",
+                                  "list_namespaced_event", self.namespace) or {}
+        except TargetError as exc:
+            return "".join(f"\n  - {line}" for line in [*lines, f"the events could not be read: {exc}"])
         warnings = []
         for event in found.get("items") or []:
             involved = event.get("involvedObject") or {}

@@ -10,6 +10,7 @@ import base64
 import logging
 import time
 
+import kmock
 import kubernetes
 import pytest
 
@@ -202,6 +203,31 @@ def test_a_crash_looping_or_unpullable_revision_is_rolled_back_at_once_without_w
     assert f"{FIRST} serves again" in message
     serving = target.running("shop", "prod", "payments")
     assert serving.digest == FIRST and serving.digest_matches and serving.serving
+
+
+def test_a_revision_is_rolled_back_even_when_its_pods_and_events_may_not_be_read(target, kubernetes_api, controller):
+    target.deploy(spec())
+    controller.fail(SECOND, "crash-loop")
+
+    def forbid():  # an identity allowed to deploy but not to list pods or events
+        for kind in ("v1/pods", "v1/events"):
+            kubernetes_api.handler[kmock.action.LIST, kmock.resource(kind)] << 403 << {
+                "kind": "Status", "code": 403, "reason": "Forbidden", "message": f"{kind} is forbidden"}
+
+    kubernetes_api.call(forbid)
+    impatient = KubernetesTarget(target.cluster, target.config.model_copy(update={"rollout_timeout_seconds": 0.3}))
+
+    with pytest.raises(DeploymentFailed) as failed:
+        impatient.deploy(spec(SECOND))
+
+    message = str(failed.value)
+    assert "not available after 0.3 s: old replicas pending termination: 1" in message  # the status alone
+    assert f"{FIRST} serves again" in message
+    assert "the pods could not be read: service 'payments', environment 'prod': listing the pods of Deployment " \
+           f"{NAMESPACE}/payments: the Kubernetes API at {kubernetes_api.url} answered 403 Forbidden: v1/pods is " \
+           "forbidden" in message
+    assert "the events could not be read:" in message
+    assert target.running("shop", "prod", "payments").digest == FIRST
 
 
 def test_a_first_deployment_that_fails_removes_what_it_created(target, kubernetes_api, controller):
