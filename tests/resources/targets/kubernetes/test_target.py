@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from pathlib import Path
 
 import kmock
 import kubernetes
@@ -16,7 +17,8 @@ import pytest
 
 from benchmarks.kubernetes_emulator import KubernetesApiEmulator
 from release_graph.assets.deployment import target_for
-from release_graph.fleet.model import Environment, KubernetesCluster, Resources, Service
+from release_graph.assets.deployment_checks import check_healthy, check_in_sync
+from release_graph.fleet.model import Environment, Fleet, KubernetesCluster, Resources, Service
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.matrix import drift_reason
 from resources.containers import ContainerEngine
@@ -310,8 +312,16 @@ def test_a_secret_value_travels_only_in_the_secret_request_body_never_in_logs_re
 # --- what runs ---------------------------------------------------------------------------------------------
 
 
-def test_an_image_changed_by_hand_shows_as_drift_and_deploying_the_recorded_digest_repairs_it(target, kubernetes_api):
+def test_an_image_changed_by_hand_shows_as_drift_and_deploying_the_recorded_digest_repairs_it(
+        target, kubernetes_api, cluster):
+    # the deploy step's evidence, as it records it for this deployment
+    fleet = Fleet(name="shop", registry="127.0.0.1:5000/shop", services={}, environments={},
+                  source_file=Path("fleet.yaml"))
+    service, prod = Service(name="payments", port=8080), Environment(name="prod", target="kubernetes",
+                                                                    kubernetes=cluster)
     target.deploy(spec())
+    assert check_healthy(None, fleet, service, prod, target, FIRST).passed
+    assert check_in_sync(None, fleet, service, prod, target, FIRST).passed
     apps = hand_client(kubernetes_api)
     deployment = apps.read_namespaced_deployment("payments", NAMESPACE)
     container = deployment.spec.template.spec.containers[0]
@@ -323,12 +333,15 @@ def test_an_image_changed_by_hand_shows_as_drift_and_deploying_the_recorded_dige
 
     assert actual.digest == FIRST  # what release-graph recorded on the Deployment...
     assert actual.image_digests == (BY_HAND,) and not actual.digest_matches  # ...is not what its pods run
-    assert drift_reason(FIRST, actual) == (f"recorded {FIRST} but container payments runs another image "
-                                           f"({BY_HAND})")
+    drift = f"recorded {FIRST} but container payments runs another image ({BY_HAND})"
+    assert drift_reason(FIRST, actual) == drift
+    in_sync = check_in_sync(None, fleet, service, prod, target, FIRST)
+    assert not in_sync.passed and in_sync.description == drift
     assert target.running_services("shop", "prod")["payments"].image_digests == (BY_HAND,)
 
     repaired = target.deploy(spec())
     assert repaired.changed and target.running("shop", "prod", "payments").digest_matches
+    assert check_in_sync(None, fleet, service, prod, target, FIRST).passed
 
 
 def test_running_probe_and_describe_report_what_the_api_says_for_this_fleet_and_environment_only(
