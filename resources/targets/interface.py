@@ -1,4 +1,4 @@
-"""The deploy-target interface: what every target (docker today, kubernetes later) does, and the values it
+"""The deploy-target interface: what every target (docker, kubernetes) does, and the values it
 speaks in.
 
 A target makes a digest serve a service in an environment (`deploy`), says what actually runs there
