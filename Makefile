@@ -104,7 +104,7 @@ test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -n 3 --dist loadgroup --no-loadscope-reorder --durations=25 \
-	  -m "not user_code_image and not burst"
+	  -m "not user_code_image and not burst and not kubernetes_cluster"
 
 # The orchestrator from its own image: every run in a container (DockerRunLauncher) and the compose stack
 # (docs/operations.md, "Run launchers"). Builds the 1.8 GB user-code image first (3-6 min on 2 cores).

@@ -101,6 +101,9 @@ def registry_resource(fleet: Fleet | None):
                     aws_endpoint_url=aws_endpoint_url)
 
 
+KUBECONFIG_VARIABLE = "RELEASE_GRAPH_KUBECONFIG"
+KUBERNETES_API_VARIABLE = "RELEASE_GRAPH_KUBERNETES_API"
+KUBERNETES_ROLLOUT_TIMEOUT_VARIABLE = "RELEASE_GRAPH_KUBERNETES_ROLLOUT_TIMEOUT"
 OTLP_ENDPOINT_VARIABLE = "RELEASE_GRAPH_OTLP_ENDPOINT"
 TRACE_FILE_VARIABLE = "RELEASE_GRAPH_TRACE_FILE"
 
@@ -116,6 +119,26 @@ def tracer_resource():
                            otlp_endpoint_source=OTLP_ENDPOINT_VARIABLE, trace_file_source=TRACE_FILE_VARIABLE)
     tracer.check()
     return tracer
+
+
+def kubernetes_target_config():
+    """The kubernetes target's configuration from the environment (docs/operations.md, "Kubernetes target"): a
+    kubeconfig file (`$RELEASE_GRAPH_KUBECONFIG`; each environment's `kubernetes.context` picks its context) or an
+    API URL reached without credentials (`$RELEASE_GRAPH_KUBERNETES_API`: `kubectl proxy`, an emulator). Neither:
+    None, and kubernetes environments are refused naming these variables."""
+    from resources.targets import KubernetesTargetConfig
+
+    kubeconfig = os.environ.get(KUBECONFIG_VARIABLE) or None
+    api_host = os.environ.get(KUBERNETES_API_VARIABLE) or None
+    if kubeconfig is None and api_host is None:
+        return None
+    timeout = os.environ.get(KUBERNETES_ROLLOUT_TIMEOUT_VARIABLE)
+    try:
+        extra = {"rollout_timeout_seconds": float(timeout)} if timeout else {}
+    except ValueError:
+        raise ValueError(f"${KUBERNETES_ROLLOUT_TIMEOUT_VARIABLE} must be a number of seconds, "
+                         f"not {timeout!r}") from None
+    return KubernetesTargetConfig(api_host=api_host, kubeconfig=kubeconfig, **extra)
 
 
 def default_resources(fleet: Fleet | None = None) -> dict:
@@ -137,7 +160,8 @@ def default_resources(fleet: Fleet | None = None) -> dict:
         # The docker target runs its containers on the same engine; haproxy state for published ports must be
         # the same folder for the UI, the daemon and every run.
         "deploy_targets": DeployTargets(
-            engine=engine, docker=DockerTargetConfig(state_dir=str(state_dir() / "targets"))
+            engine=engine, docker=DockerTargetConfig(state_dir=str(state_dir() / "targets")),
+            kubernetes=kubernetes_target_config(),
         ),
         "secrets": SecretsResource(aws_endpoint_url=os.environ.get(AWS_ENDPOINT_URL_VARIABLE) or None),
         # Channels are the manifest's (the sensor passes them); their secrets are read when a message is sent.

@@ -35,7 +35,7 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
                                                         for service in fleet.services.values()])
         for environment in fleet.environments.values():
             try:
-                target = deploy_targets.for_environment(environment.target)
+                target = deploy_targets.target_of(environment)
             except TargetNotConfigured:
                 continue  # nothing can run there, so nothing has drifted
             running = target.running_services(fleet.name, environment.name)

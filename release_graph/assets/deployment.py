@@ -226,7 +226,7 @@ def rollback_metadata(instance, fleet: Fleet, service: Service, environment: Env
 def target_for(deploy_targets: DeployTargets, service: Service, environment: Environment) -> DeployTarget:
     """The target of the environment's `target:`; a refusal (nothing changed) when this instance has none."""
     try:
-        return deploy_targets.for_environment(environment.target)
+        return deploy_targets.for_environment(environment.target, environment.kubernetes)
     except TargetNotConfigured as exc:
         raise refuse(service, environment, str(exc)) from None
 

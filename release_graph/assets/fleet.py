@@ -58,7 +58,7 @@ def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
     )
     def e2e(context: dg.AssetExecutionContext, engine: ContainerEngine, deploy_targets: DeployTargets):
         yield from run_e2e(context, fleet, environment, engine=engine,
-                           target=deploy_targets.for_environment(environment.target))
+                           target=deploy_targets.target_of(environment))
 
     return e2e
 

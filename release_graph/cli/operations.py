@@ -171,10 +171,9 @@ def environments(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
     reports = []
     for environment in fleet.environments.values():
         try:
-            reports.append(targets.for_environment(environment.target).describe_environment(fleet.name,
-                                                                                            environment.name))
+            reports.append(targets.target_of(environment).describe_environment(fleet.name, environment.name))
         except TargetNotConfigured as exc:
-            print(f"{environment.name}: {exc}", file=out)
+            print(str(exc), file=out)
     if as_json:
         print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2), file=out)
         return EXIT_OK
@@ -204,11 +203,11 @@ def teardown(fleet: Fleet, environment_names: list[str], *, out=None) -> int:
     for name in environment_names:
         environment = _environment(fleet, name)
         try:
-            target = targets.for_environment(environment.target)
+            target = targets.target_of(environment)
             present = {c.service for c in target.describe_environment(fleet.name, name).containers}
             report = target.teardown_environment(fleet.name, name)
         except TargetNotConfigured as exc:
-            print(f"{name}: {exc}", file=out)
+            print(str(exc), file=out)
             continue
         print(f"{fleet.name}/{name}: removed {len(report.containers)} containers, "
               f"{len(report.networks)} networks, {len(report.proxies)} proxies", file=out)
@@ -253,7 +252,7 @@ def rollout(fleet: Fleet, action: str, service_name: str, environment_name: str,
     environment = _environment(fleet, environment_name)
     key = environment_key(service, environment)
     where = f"{service.name}/{environment.name}"
-    target = default_resources(fleet)["deploy_targets"].for_environment(environment.target)
+    target = default_resources(fleet)["deploy_targets"].target_of(environment)
     route = target.traffic(fleet.name, environment.name, service.name)
     instance = _instance()
     runs = history.runs_holding(instance, service.name, key, IN_PROGRESS)

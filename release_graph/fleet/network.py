@@ -5,7 +5,7 @@ outside world where an environment publishes it; nothing else.
 `allowed_calls` is that rule as a list (what `release-graph validate --explain-network` prints);
 `network_policies` is the same rule as one Kubernetes NetworkPolicy per service (networking.k8s.io/v1), selecting
 pods by `pod_labels`. Nothing enforces the rule yet: the docker target runs an environment on one network, and
-there is no kubernetes target to apply the policies (docs/manifest.md, "Allowed calls").
+the kubernetes target does not apply the policies yet (docs/manifest.md, "Allowed calls").
 
 Plain Python: no Dagster, no I/O.
 """

@@ -59,13 +59,13 @@ def read_matrix(instance: dg.DagsterInstance, fleet: Fleet) -> list[MatrixCell]:
 
 
 def with_drift(cells: list[MatrixCell], fleet: Fleet, targets) -> list[MatrixCell]:
-    """Compare each recorded deployment with what its environment's target (`targets.for_environment`, the
+    """Compare each recorded deployment with what its environment's target (`targets.target_of`, the
     `deploy_targets` resource) actually runs; environments whose target is not configured are left as recorded."""
     from resources.targets import TargetNotConfigured
 
     for environment in fleet.environments.values():
         try:
-            target = targets.for_environment(environment.target)
+            target = targets.target_of(environment)
         except TargetNotConfigured:
             continue
         running = target.running_services(fleet.name, environment.name)

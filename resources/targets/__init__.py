@@ -1,7 +1,8 @@
 """Deploy targets: where an environment's services run, and how a new version replaces the old one.
 
 `interface.py` is what every target does and the values it speaks in; `registry.py` is the `deploy_targets`
-resource that picks the implementation for an environment's `target:`; `docker/` is the docker target.
+resource that picks the implementation for an environment's `target:`; `docker/` is the docker target,
+`kubernetes/` the kubernetes target.
 """
 
 from resources.targets.docker.ephemeral import DockerEphemeralEnvironment
@@ -29,6 +30,7 @@ from resources.targets.interface import (
     pinned_reference,
     validate_spec,
 )
+from resources.targets.kubernetes.target import KubernetesTarget, KubernetesTargetConfig
 from resources.targets.registry import DeployTargets
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "ImageNotPinned",
     "ImageUnavailable",
     "InvalidDeploymentSpec",
+    "KubernetesTarget",
+    "KubernetesTargetConfig",
     "PortUnavailable",
     "ProxyError",
     "ReapReport",

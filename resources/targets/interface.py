@@ -1,4 +1,4 @@
-"""The deploy-target interface: what every target (docker today, kubernetes later) does, and the values it
+"""The deploy-target interface: what every target (docker, kubernetes) does, and the values it
 speaks in.
 
 A target makes a digest serve a service in an environment (`deploy`), says what actually runs there
@@ -30,6 +30,7 @@ from release_graph.fleet.model import (
     Environment,
     Fleet,
     Hardening,
+    Resources,
     Service,
 )
 from release_graph.fleet.references import SHA256_DIGEST
@@ -111,6 +112,8 @@ class DeploymentSpec:
     its switch, so replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the
     image's ENTRYPOINT and CMD (None: the image's own). `hardening` locks the container down (immutable by
     default: read-only root, writable in-memory folders only, no capabilities, no privilege escalation).
+    `resources` are the requests and limits of its containers (the kubernetes target sends them; the docker target
+    does not apply them).
     """
 
     fleet: str
@@ -128,6 +131,7 @@ class DeploymentSpec:
     command: tuple[str, ...] | None = None
     secrets_as: str = "file"
     hardening: Hardening = field(default_factory=Hardening)
+    resources: Resources = field(default_factory=Resources)
 
 
 def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *, image: str, git_sha: str = "",
@@ -153,6 +157,7 @@ def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *,
         command=service.command,
         secrets_as=service.secrets_as,
         hardening=service.hardening,
+        resources=service.resources,
     )
 
 

@@ -1,9 +1,9 @@
 """The Kubernetes objects one deployment sends, generated from a `DeploymentSpec` (the same spec the docker target
 deploys), and their strict validation against the schemas of the cluster version the environment declares.
 
-Plain Python with no I/O: the kubernetes target (not built yet, issue 12) applies these objects; `release-graph
-validate` generates and validates them for every service of every kubernetes environment, so a manifest value
-that would make an invalid object is refused before any API call.
+Plain Python with no I/O: the kubernetes target (`target.py`) generates, validates and applies these objects;
+`release-graph validate` generates and validates them for every service of every kubernetes environment, so a
+manifest value that would make an invalid object is refused before any API call.
 
 Per service: a ConfigMap (plain configuration, and where the secret files are), a Secret (only with secrets;
 values only here, never in labels, annotations or the other objects), a Deployment (the image by digest, probes
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from release_graph.fleet.model import SECRETS_DIR_IN_CONTAINER, Environment, Fleet, KubernetesCluster, Resources
 from release_graph.fleet.network import MANAGED_BY_LABEL, pod_labels
-from resources.targets.interface import DeploymentSpec, container_environment, deployment_spec
+from resources.targets.interface import DeploymentSpec, InvalidDeploymentSpec, container_environment, deployment_spec
 
 ENVIRONMENT_LABEL = "release-graph.io/environment"
 DIGEST_LABEL = "release-graph.io/digest"  # a label value: `sha256-` and the first 12 hex digits (63 characters)
@@ -29,15 +29,14 @@ SECRET_VOLUME = "secrets"
 PROBE_PERIOD_SECONDS = 5
 
 
-class KubernetesObjectError(ValueError):
+class KubernetesObjectError(InvalidDeploymentSpec):
     """A generated object is not valid for the cluster's version: the message names the service, the
-    environment, the object and the field."""
+    environment, the object and the field. A refusal before anything changed, like any invalid spec."""
 
 
-def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, resources: Resources | None = None,
-                       replicas: int = 1) -> list[dict]:
-    """The objects that make `spec` run in `cluster.namespace`, in the order they are applied."""
-    resources = resources or Resources()
+def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, replicas: int = 1) -> list[dict]:
+    """The objects that make `spec` run in `cluster.namespace`, in the order they are applied; requests and
+    limits are the spec's `resources` (the manifest's, through `deployment_spec`)."""
     digest = spec.image.rsplit("@", 1)[1]
     selector = pod_labels(spec.fleet, spec.service)
     labels = {**selector, ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: "release-graph"}
@@ -55,7 +54,7 @@ def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, resourc
             "metadata": {**metadata, "name": secret_name},
             "stringData": dict(spec.secrets),
         })
-    objects.append(_deployment(spec, metadata, config_name, secret_name, digest, resources, replicas))
+    objects.append(_deployment(spec, metadata, config_name, secret_name, digest, spec.resources, replicas))
     if spec.port is not None:
         objects.append({
             "apiVersion": "v1", "kind": "Service",
@@ -156,6 +155,28 @@ def validate_objects(objects: Iterable[dict], cluster: KubernetesCluster, *, ser
             raise KubernetesObjectError(
                 f"service '{service}', environment '{environment}': no schema for {what} "
                 f"({obj.get('apiVersion')}) in Kubernetes {cluster.version}: {exc}") from None
+        _check_quantities(obj, what, cluster, service=service, environment=environment)
+
+
+def _check_quantities(obj: dict, what: str, cluster: KubernetesCluster, *, service: str, environment: str) -> None:
+    """The schemas type a quantity as any string; the API server refuses one it cannot parse ("lots", "1 Gi"), so
+    it is checked here, before any request, with the client's own parser."""
+    from kubernetes.utils import parse_quantity
+
+    if obj.get("kind") != "Deployment":
+        return
+    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    for index, container in enumerate(containers):
+        for bound in ("requests", "limits"):
+            for resource, amount in ((container.get("resources") or {}).get(bound) or {}).items():
+                try:
+                    parse_quantity(amount)
+                except (ValueError, TypeError, ArithmeticError):
+                    raise KubernetesObjectError(
+                        f"service '{service}', environment '{environment}': {what} is not a valid object for "
+                        f"Kubernetes {cluster.version}: field spec.template.spec.containers.{index}.resources."
+                        f"{bound}.{resource}: {amount!r} is not a quantity (e.g. 250m or 0.5 cores, 256Mi)"
+                    ) from None
 
 
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # `release-graph validate` has no built image: the shape is the same
@@ -177,7 +198,7 @@ def environment_objects(fleet: Fleet, environment: Environment) -> list[tuple[st
             fleet, service, environment, image=f"{service.image_repository(fleet)}@{PLACEHOLDER_DIGEST}",
             git_sha=PLACEHOLDER_GIT_SHA,
             secrets={name: PLACEHOLDER_SECRET for name in environment.secrets.get(service.name, {})})
-        generated.append((service.name, deployment_objects(spec, cluster, service.resources)))
+        generated.append((service.name, deployment_objects(spec, cluster)))
     generated.append(("network", network_policies(fleet, cluster.namespace)))
     return generated
 

@@ -45,7 +45,7 @@ def by_kind(objects: list[dict]) -> dict[str, dict]:
 @pytest.mark.parametrize("version", ["1.27", "1.33", "1.37"])
 def test_a_deployment_sends_a_configmap_a_secret_a_deployment_and_a_service_valid_for_the_cluster(version):
     cluster = KubernetesCluster(namespace="shop-prod", version=version)
-    objects = deployment_objects(spec(), cluster, Resources(cpu_request="250m", memory_limit="256Mi"))
+    objects = deployment_objects(spec(resources=Resources(cpu_request="250m", memory_limit="256Mi")), cluster)
     assert [obj["kind"] for obj in objects] == ["ConfigMap", "Secret", "Deployment", "Service"]
     validate_objects(objects, cluster, service="payments", environment="prod")  # strict: unknown fields refused
     deployment = by_kind(objects)["Deployment"]
@@ -129,6 +129,11 @@ def test_an_invalid_object_is_refused_naming_service_object_and_field_and_never_
     by_kind(objects)["Service"]["spec"]["clusterIPs"] = "10.0.0.1"  # a list in the schema
     with pytest.raises(KubernetesObjectError, match="field spec.clusterIPs"):
         validate_objects(objects, CLUSTER, service="payments", environment="prod")
+    # the schemas take any string as a quantity; the API server would refuse this one, so validation does
+    objects = deployment_objects(spec(resources=Resources(cpu_request="lots")), CLUSTER)
+    with pytest.raises(KubernetesObjectError, match=r"Deployment/payments .* field spec.template.spec.containers.0."
+                                                    r"resources.requests.cpu: 'lots' is not a quantity"):
+        validate_objects(objects, CLUSTER, service="payments", environment="prod")
 
 
 def shop_with_kubernetes_prod(tmp_path: Path) -> Path:
@@ -151,6 +156,9 @@ def test_the_demo_with_a_kubernetes_prod_validates_every_object_a_release_would_
     assert set(generated) == {"gateway", "orders", "inventory", "payments", "network"}
     assert [p["metadata"]["name"] for p in generated["network"]] == [
         f"{name}-callers" for name in fleet.services]
+    (orders,) = [obj for obj in generated["orders"] if obj["kind"] == "Deployment"]
+    assert orders["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "100m", "memory": "64Mi"}}  # the manifest's, through deployment_spec
     secrets = [obj for obj in generated["payments"] if obj["kind"] == "Secret"]
     assert secrets and list(secrets[0]["stringData"].values()) == ["(resolved at deploy time)"]
     done = subprocess.run([sys.executable, "-m", "release_graph.cli.main", "validate", "--fleet", str(path)],

@@ -1,0 +1,344 @@
+"""An emulated Kubernetes API for the kubernetes target's tests (tests/resources/targets/kubernetes) and
+`python -m benchmarks.kubernetes_deploy`: kmock's `KubernetesEmulator` served over HTTP on 127.0.0.1, with a fake
+controller. No real API server runs on the hosts release-graph is developed on (docs/operations.md, "Kubernetes
+target", says what this emulation does not show).
+
+kmock is asyncio only and the target's client blocks, so the emulator runs on a private event loop in a daemon
+thread (a synchronous test using kmock's own fixture hangs). Everything that reads or changes its store goes
+through `call`, onto that loop.
+
+Added to kmock (0.8), as a real API server does and as far as the target relies on it:
+- `metadata.generation` (1 on create, +1 when a write changes `spec`), `namespace`, `uid`, `resourceVersion` and
+  `creationTimestamp` are stamped; a write to `/status` changes only `status`.
+Left as kmock has them, so the target is shown to cope: label and field selectors are ignored; PUT is not
+implemented; a PATCH of a missing object is 404 whatever its content type (server-side apply does not create,
+unless `apply_creates=True` asks for a real API server's behaviour); a dict body is merged recursively whatever the
+Content-Type (null deletes, lists are replaced).
+
+`FakeController` stands for the Deployment and ReplicaSet controllers and the kubelet. After every request it
+settles each Deployment whose generation it has not observed: a digest it was not told otherwise of becomes
+available at once (a pod of the new revision, running and ready, replaces the previous pods; a revision that still
+has a ready pod, as after a rollback, keeps it); a `slow` digest only after some seconds (the rollout shows one
+updated replica, not yet available, meanwhile); one told to `fail` gets a pod of the new revision that crash-loops,
+cannot pull its image or never becomes ready, with the Warning event a kubelet writes, while the previous pods
+keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kmock
+
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+PODS = "v1/pods"
+EVENTS = "v1/events"
+# How a digest told to fail fails: the pod's container state and the event the kubelet writes about it.
+FAILURES = {
+    "crash-loop": ({"waiting": {"reason": "CrashLoopBackOff",
+                                "message": "back-off 40s restarting failed container={container} pod={pod}"}},
+                   {"terminated": {"exitCode": 1, "reason": "Error"}}, 4,
+                   ("BackOff", "Back-off restarting failed container {container} in pod {pod}")),
+    "image-pull": ({"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "{image}"'}},
+                   {}, 0,
+                   ("Failed", 'Failed to pull image "{image}": manifest unknown')),
+    "never-ready": ({"running": {"startedAt": "{now}"}}, {}, 0,
+                    ("Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503")),
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the emulator answered, as the test and the benchmark count them."""
+
+    method: str  # GET, POST, PATCH, PUT, DELETE
+    path: str
+    params: dict[str, str]  # the query
+    resource: str | None  # e.g. apps/v1/deployments
+    name: str | None
+    subresource: str | None
+    content_type: str
+    body: str
+
+    @property
+    def writes(self) -> bool:
+        return self.method in ("POST", "PATCH", "PUT", "DELETE")
+
+
+@dataclass
+class FakeController:
+    """What the cluster does with a Deployment once it is written (see the module docstring)."""
+
+    failing: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # digest -> (FAILURES key, message)
+    slow: dict[str, float] = field(default_factory=dict)  # image digest -> seconds until available
+    _pending: dict = field(default_factory=dict)  # (namespace, name, generation) -> when it becomes available
+    _pods: Any = field(default_factory=itertools.count)
+
+    def fail(self, digest: str, how: str = "crash-loop", message: str | None = None) -> None:
+        """Make every revision running `digest` fail as `how` says; `message` replaces the kubelet's wording of
+        the container's state (a crashed process's last words, say)."""
+        if how not in FAILURES:
+            raise ValueError(f"a fake failure is one of {', '.join(FAILURES)}, not {how!r}")
+        self.failing[digest] = (how, message)
+
+    def reconcile(self, store) -> None:
+        """Settle every Deployment whose current generation was not observed yet, or whose slow rollout is due
+        (runs on the emulator's loop)."""
+        for (resource, namespace, name), obj in list(store.items()):
+            if resource != DEPLOYMENTS or obj.deleted:
+                continue
+            deployment = obj.raw
+            generation = (deployment.get("metadata") or {}).get("generation") or 0
+            pending = self._pending.get((namespace, name, generation))
+            if (deployment.get("status") or {}).get("observedGeneration") == generation and (
+                    pending is None or time.monotonic() < pending):
+                continue
+            self._settle(store, namespace, name, deployment, generation)
+
+    def _settle(self, store, namespace: str, name: str, deployment: dict, generation: int) -> None:
+        spec = deployment.get("spec") or {}
+        replicas = spec.get("replicas", 1)
+        template = spec.get("template") or {}
+        (container, *_) = template.get("spec", {}).get("containers") or [{}]
+        image = container.get("image", "")
+        digest = image.rsplit("@", 1)[-1]
+        selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        previous = [key for key, pod in store.items() if key[0] == kmock.resource(PODS) and key[1] == namespace
+                    and not pod.deleted and all(((pod.raw.get("metadata") or {}).get("labels") or {}).get(k) == v
+                                                for k, v in selector.items())]
+        pod_name = f"{name}-{generation}-{next(self._pods):05x}"
+        how, message_override = self.failing.get(digest, (None, None))
+        now = _now()
+        key = (namespace, name, generation)
+        if how is None and digest in self.slow and key not in self._pending:
+            self._pending[key] = time.monotonic() + self.slow[digest]
+            store[DEPLOYMENTS, namespace, name].patch({"status": {
+                "observedGeneration": generation, "replicas": len(previous) + 1, "updatedReplicas": 1,
+                "readyReplicas": len(previous), "availableReplicas": len(previous), "unavailableReplicas": 1}})
+            return
+        if how is None:
+            self._pending.pop(key, None)
+            revision = _revision(template)
+            kept = [pod for pod in previous if _revision(store[pod].raw) == revision and _ready(store[pod].raw)]
+            for pod in previous:  # the new ReplicaSet took over: the other revisions' pods are gone
+                if pod not in kept:
+                    store[pod].delete()
+            if not kept:
+                self._add_pod(store, namespace, pod_name, template, image, ready=True, now=now)
+            status = {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                      "readyReplicas": replicas, "availableReplicas": replicas, "unavailableReplicas": None,
+                      "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                                      "lastTransitionTime": now, "lastUpdateTime": now},
+                                     {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                                      "lastTransitionTime": now, "lastUpdateTime": now}]}
+        else:
+            state, last_state, restarts, (reason, message) = FAILURES[how]
+            values = {"container": container.get("name", name), "pod": pod_name, "image": image, "now": now}
+            state = _format(state, values)
+            if message_override is not None and "waiting" in state:
+                state["waiting"]["message"] = message_override
+            self._add_pod(store, namespace, pod_name, template, image, ready=False, now=now,
+                          state=state, last_state=last_state, restarts=restarts)
+            event_name = f"{pod_name}.{uuid.uuid4().hex[:8]}"
+            store[EVENTS, namespace, event_name] = {
+                "apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason,
+                "message": message.format(**values), "count": max(restarts, 1),
+                "metadata": {"name": event_name, "namespace": namespace},
+                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": namespace},
+                "firstTimestamp": now, "lastTimestamp": now}
+            serving = len(previous)  # the previous pods keep running: a rolling update waits for the new ones
+            status = {"observedGeneration": generation, "replicas": serving + 1, "updatedReplicas": 1,
+                      "readyReplicas": serving, "availableReplicas": serving, "unavailableReplicas": 1}
+        store[DEPLOYMENTS, namespace, name].patch({"status": status})
+
+    @staticmethod
+    def _add_pod(store, namespace: str, pod_name: str, template: dict, image: str, *, ready: bool, now: str,
+                 state: dict | None = None, last_state: dict | None = None, restarts: int = 0) -> None:
+        metadata = copy.deepcopy(template.get("metadata") or {})
+        pod_spec = copy.deepcopy(template.get("spec") or {})
+        containers = pod_spec.get("containers") or [{}]
+        store[PODS, namespace, pod_name] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {**metadata, "name": pod_name, "namespace": namespace, "creationTimestamp": now},
+            "spec": pod_spec,
+            "status": {"phase": "Running", "startTime": now,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                       "containerStatuses": [{
+                           "name": containers[0].get("name"), "image": image, "ready": ready,
+                           "restartCount": restarts, "state": state or {"running": {"startedAt": now}},
+                           "lastState": last_state or {}}]},
+        }
+
+
+def _revision(obj: dict) -> tuple:
+    """What tells a revision's pods apart (its template's digest label and configuration hash), as the target does."""
+    metadata = obj.get("metadata") or {}
+    return ((metadata.get("labels") or {}).get("release-graph.io/digest"),
+            (metadata.get("annotations") or {}).get("release-graph.io/config-hash"))
+
+
+def _ready(pod: dict) -> bool:
+    return all(status.get("ready") for status in (pod.get("status") or {}).get("containerStatuses") or [{}])
+
+
+def _format(value: Any, values: dict) -> Any:
+    if isinstance(value, dict):
+        return {k: _format(v, values) for k, v in value.items()}
+    return value.format(**values) if isinstance(value, str) else value
+
+
+class _StampingEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with the server-owned metadata stamped and the fake controller run after each write."""
+
+    _versions = itertools.count(1)
+    controller: FakeController | None = None
+    apply_creates = False
+
+    async def _handle(self, request):
+        if request.resource is not None and isinstance(request.data, dict):
+            if self.apply_creates:
+                self._create_on_apply(request)
+            self._stamp(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if self.controller is not None:
+                self.controller.reconcile(self.objects)
+
+    def _create_on_apply(self, request) -> None:
+        """A real API server's server-side apply of a missing object creates it: an empty one is made for the
+        apply to merge into (its generation then becomes 1)."""
+        key = (request.resource, request.namespace, request.name)
+        content_type = request.headers.get("Content-Type", "")
+        if (request.action == kmock.action.UPDATE and request.subresource is None
+                and content_type.startswith("application/apply-patch")
+                and (key not in self.objects or self.objects[key].deleted)):
+            self.objects[key] = {"metadata": {"name": request.name, "namespace": request.namespace, "generation": 0,
+                                              "uid": str(uuid.uuid4()), "creationTimestamp": _now()}}
+
+    def _stamp(self, request) -> None:
+        data = request.data
+        if request.action == kmock.action.CREATE:
+            metadata = data.setdefault("metadata", {})
+            if request.namespace:
+                metadata.setdefault("namespace", request.namespace)
+            metadata.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
+                            creationTimestamp=_now())
+        elif request.action == kmock.action.UPDATE:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                return  # kmock answers 404
+            before = self.objects[key].raw
+            if request.subresource == "status":
+                for name in [name for name in data if name != "status"]:
+                    del data[name]
+            after = kmock.Object(copy.deepcopy(before))
+            after.patch({k: v for k, v in data.items() if k != "metadata"})
+            metadata = data.setdefault("metadata", {})
+            for owned in ("uid", "namespace", "creationTimestamp", "generation"):
+                metadata.pop(owned, None)
+            metadata["resourceVersion"] = str(next(self._versions))
+            if request.subresource is None and after.raw.get("spec") != before.get("spec"):
+                metadata["generation"] = ((before.get("metadata") or {}).get("generation") or 0) + 1
+
+
+class KubernetesApiEmulator:
+    """The emulator on its own event loop and thread; `url` is what a client's `Configuration(host=...)` takes."""
+
+    def __init__(self, controller: FakeController | None = None, *, apply_creates: bool = False):
+        self.controller = controller if controller is not None else FakeController()
+        self.apply_creates = apply_creates
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kmock", daemon=True)
+        self.handler: _StampingEmulator | None = None
+        self.server: kmock.Server | None = None
+
+    def _run(self, coroutine, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self) -> KubernetesApiEmulator:
+        self.thread.start()
+
+        async def enter() -> None:
+            self.handler = _StampingEmulator()
+            self.handler.controller = self.controller
+            self.handler.apply_creates = self.apply_creates
+            # LIST answers 404 for a kind the emulator was never told of: it knows the built-in ones, as a cluster
+            self.handler.resources.load_bundled()
+            self.server = kmock.Server(self.handler)  # 127.0.0.1, a free port
+            await self.handler.__aenter__()
+            await self.server.__aenter__()
+
+        self._run(enter())
+        return self
+
+    def stop(self) -> None:
+        async def leave() -> None:
+            await self.server.__aexit__(None, None, None)
+            await self.handler.__aexit__(None, None, None)
+
+        try:
+            self._run(leave())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+    def __enter__(self) -> KubernetesApiEmulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url).rstrip("/")
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """`function()` run on the emulator's loop: the only safe way to read or change its store."""
+        async def run():
+            return function()
+
+        return self._run(run())
+
+    def requests(self) -> list[RecordedRequest]:
+        """Every request answered so far, oldest first."""
+        def snapshot():
+            return [RecordedRequest(
+                method=request.method.value, path=request.url.path, params=dict(request.params),
+                resource=(f"{request.resource.group}/{request.resource.version}/{request.resource.plural}"
+                          .lstrip("/") if request.resource is not None else None),
+                name=request.name, subresource=request.subresource,
+                content_type=request.headers.get("Content-Type", ""), body=request.text)
+                for request in self.handler]
+
+        return self.call(snapshot)
+
+    def object(self, resource: str, namespace: str, name: str) -> dict | None:
+        """A copy of a stored object (None: missing or deleted), e.g. ("apps/v1/deployments", ns, name)."""
+        def read():
+            key = (kmock.resource(resource), namespace, name)
+            if key not in self.handler.objects or self.handler.objects[key].deleted:
+                return None
+            return copy.deepcopy(self.handler.objects[key].raw)
+
+        return self.call(read)
+
+    def objects(self, resource: str, namespace: str) -> list[dict]:
+        """Copies of the stored objects of one kind in a namespace."""
+        wanted = kmock.resource(resource)
+        return self.call(lambda: [copy.deepcopy(obj.raw) for (kind, ns, _), obj in self.handler.objects.items()
+                                  if kind == wanted and ns == namespace and not obj.deleted])
