@@ -11,7 +11,7 @@ again (a no-op), and a new digest. For each it measures the whole `deploy()`, th
 the client's API calls (HTTP to the emulator and the emulator's own work, which shares this process's interpreter),
 the strict schema validation of the objects, and counts the requests the emulator answered, by verb. The first
 deployment of the process also reads the schema files and makes the first connection: it is reported on its own
-(cold). Prints a markdown table; it writes no file (docs/benchmarks.md is `make bench`'s).
+(cold). Prints a markdown table; `make bench` runs it as section (h) and writes its figures into docs/benchmarks.md.
 """
 
 from __future__ import annotations
