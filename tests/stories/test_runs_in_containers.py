@@ -117,6 +117,9 @@ def test_a_commit_reaches_staging_with_every_run_in_its_own_container(live, user
         # When the sensors release it: the build, integration, dev and staging, each a run the daemon launches
         live.wait_for("the commit in staging, every run in a container", in_staging, RELEASE_SECONDS, instance)
         reached = time.monotonic() - started
+        # (staging's record is written before its run's checks: the run ends a few seconds later)
+        live.wait_for("every run of the commit to end", lambda: all(r.is_finished for r in instance.get_runs(
+            filters=dg.RunsFilter(tags={SHA_TAG: sha}), limit=50)), 120, instance)
 
         # Then every run of the commit ran in a container of the user-code image, which exited cleanly
         runs = instance.get_runs(filters=dg.RunsFilter(tags={SHA_TAG: sha}), limit=50)
