@@ -20,7 +20,6 @@ from release_graph.assets.image_checks import junit_metadata, read_test_report, 
 from release_graph.assets.retry import retry_when_transient
 from release_graph.assets.stage_tracing import Stage, tag_release, traced_stage
 from release_graph.fleet import Fleet, Service
-from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import image_key, integration_key
@@ -28,6 +27,7 @@ from release_graph.release.promotion import (
     blocking_checks_passed,
     image_reference,
     integration_partner,
+    newest_settled,
     transitive_hard_deps,
 )
 from resources import labels as L
@@ -53,7 +53,9 @@ def dependency_digest(context, fleet: Fleet, name: str) -> str:
 def run_integration(context, fleet: Fleet, service: Service, *, target: DeployTarget, engine: ContainerEngine,
                     git: GitResource, secrets: SecretsResource):
     instance = context.instance
-    image = history.latest(instance, image_key(service))
+    # The newest commit's image whose checks are in: an image a build run is still checking is passed over (it
+    # follows in that run), as the deploy steps do (promotion.newest_settled)
+    image = newest_settled(instance, fleet, service, image_key(service))
     if image is None or not image.digest:
         raise ReleaseStepError(f"service '{service.name}': no image to test yet")
     failed = blocking_checks_passed(instance, fleet, service, image_key(service), image.digest)
