@@ -14,7 +14,7 @@ WITH_HOST_ENV := set -a && source $(HOST_ENV) && set +a &&
 # writes its scrape targets.
 PROMETHEUS_HOME := $(or $(RELEASE_GRAPH_STATE),$(DAGSTER_HOME))/prometheus
 
-.PHONY: setup host venv tools demo-repos prometheus demo test test-containers soak lint snapshot bench clean
+.PHONY: setup host venv tools demo-repos prometheus demo test test-containers soak burst lint snapshot bench clean
 
 setup: host venv tools
 
@@ -110,6 +110,12 @@ test: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 # (docs/operations.md, "Run launchers"). Builds the 1.8 GB user-code image first (3-6 min on 2 cores).
 test-containers: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
 	$(WITH_HOST_ENV) $(VENV)/bin/pytest -s -m user_code_image --durations=5
+
+# A burst of commits with the daemon killed in its middle (tests/stories/test_bursts.py): 20 commits over 4 services
+# here (4-5 min); `make bench` runs 200 over 20.
+burst: setup demo-repos $(DAGSTER_HOME)/dagster.yaml
+	$(WITH_HOST_ENV) RELEASE_GRAPH_BURST_SERVICES=$${RELEASE_GRAPH_BURST_SERVICES:-4} \
+	  RELEASE_GRAPH_BURST_COMMITS=$${RELEASE_GRAPH_BURST_COMMITS:-20} $(VENV)/bin/pytest -s -m burst
 
 # The live story on the real daemon, longer: five rounds of consumer and provider commits before the breaks.
 soak: setup demo-repos $(DAGSTER_HOME)/dagster.yaml

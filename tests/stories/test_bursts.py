@@ -1,5 +1,5 @@
-"""The full-size burst, run by `make bench` (section (g)), not by `make test` (its small burst is phase (d) of
-tests/stories/test_orchestrator_restarts.py): 200 commits over 20 services within a minute, with the daemon
+"""Bursts of commits, not in `make test` (a burst takes minutes even small): `make burst` runs 20 commits over 4
+services, `make bench` (section (g)) the full size: 200 commits over 20 services within a minute, with the daemon
 killed in the middle and started again, on the orchestrator as the production setups run it (code server,
 webserver and daemon as separate processes, Postgres storage).
 

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("live-demo")]
 SERVICES = ("inventory", "payments", "orders", "gateway")
 FIRST_RELEASE_SECONDS = 600  # four builds with their checks, integration, dev, e2e, staging
 NEXT_STAGE_SECONDS = 300
+BREAKS_SECONDS = 480  # four broken commits' builds and checks at once, then integration runs that must fail
 # `make soak` runs the story with rounds of provider and consumer commits first (RELEASE_GRAPH_SOAK_ROUNDS); the
 # story itself commits to the provider alone (its repair, and the newer commit at the end) and to all four.
 SOAK_ROUNDS = int(os.environ.get("RELEASE_GRAPH_SOAK_ROUNDS", "0"))
@@ -140,7 +141,7 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
             and why("orders", "integration").state == BLOCKED
             and why("payments", "dev").state == BLOCKED
             and why("gateway", "integration").state == FAILED
-            and e2e_failed_with_broken_inventory()), NEXT_STAGE_SECONDS, instance)
+            and e2e_failed_with_broken_inventory()), BREAKS_SECONDS, instance)
         print(f"four broken commits stopped at their stages: {stopped:.0f} s")
         # then each says why, in words, and no other service moved or broke
         assert "unit_tests did not pass" in why("orders", "integration").reason
