@@ -14,6 +14,11 @@ test passes, production's canary analysis rolls it back), and `--repair` undoes 
 a signed webhook (`$SHOP_NOTIFY_URL`), checks each signature with the key in `$SHOP_NOTIFY_KEY`, takes the
 deployment events (CDEvents, `$SHOP_CDEVENTS_SINK_URL`) on `/cdevents`, and prints one line per message.
 
+`trespass <caller> <callee> --env E` shows the network rule: from inside the caller's running container it calls
+the callee by name and straight at the environment's switch, as code that ignores the manifest would; a call
+with no edge in the manifest is refused both ways, the switch names caller and callee, and `release-graph
+environments` and the `network_policy` checks show the refusal.
+
 `shoppers --port P` is the demo's users: a steady stream of product lookups and orders (each order cancelled
 again) through the gateway published on 127.0.0.1:P, so a rollout's analysis has traffic to judge.
 
@@ -469,6 +474,38 @@ def _shown(path: Path) -> str:
 REPOS_HELP = "where the repositories live (default: <demo dir>/.repos)"
 
 
+def trespass_from(manifest: Path, caller: str, callee: str, environment: str, path: str, *, out=None) -> int:
+    """`trespass`: what a call from `caller`'s container to `callee` gives, by name and through the switch, and
+    whether the manifest allows it. 0: the network did what the manifest says; 1: it did not; 2: bad input."""
+    from release_graph.fleet import ManifestError, load_fleet
+    from release_graph.fleet.network import refused
+    from release_graph.wiring import default_resources
+    from resources.targets import TargetError
+
+    out = out or sys.stdout
+    try:
+        fleet = load_fleet(manifest)
+        for name in (caller, callee):
+            if name not in fleet.services:
+                raise DemoError(f"{manifest}: no service '{name}' (services: {', '.join(fleet.services)})")
+        if environment not in fleet.environments:
+            raise DemoError(f"{manifest}: no environment '{environment}' (environments: "
+                            f"{', '.join(fleet.environments)})")
+        target = default_resources(fleet)["deploy_targets"].target_of(fleet.environments[environment])
+        answers = target.call_from(fleet.name, environment, caller, callee, path, port=fleet.services[callee].port)
+    except (ManifestError, DemoError, TargetError) as exc:
+        print(f"demo: error: trespass: {exc}", file=sys.stderr)
+        return 2
+    allowed = not refused(fleet, caller, callee)
+    print(f"{caller} -> {callee} in {environment}: the manifest {'declares' if allowed else 'has no'} edge "
+          f"{caller} -> {callee}", file=out)
+    for way, answer in answers.items():
+        print(f"  {way}: {answer}", file=out)
+    went_through = [way for way, answer in answers.items() if answer.split()[0].isdigit()
+                    and not answer.startswith("403 network_policy")]
+    return 0 if (bool(went_through) == allowed) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m release_graph.demo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -489,7 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     inbox = commands.add_parser("inbox", help="receive the demo's release notifications until interrupted")
     inbox.add_argument("--port", type=int, required=True, help="where the manifest's webhook sends (demo: 18090)")
     inbox.add_argument("--key-env", default="SHOP_NOTIFY_KEY", help="the variable holding the signing key")
-    for command in (repos, commit):
+    trespass = commands.add_parser("trespass", help="call one service from another's container, as code that "
+                                   "ignores the manifest's edges would (the network refuses it)")
+    trespass.add_argument("caller")
+    trespass.add_argument("callee")
+    trespass.add_argument("--env", default="dev", help="the environment (default: dev)")
+    trespass.add_argument("--path", default="/healthz", help="what to GET (default: /healthz)")
+    trespass.add_argument("--fleet", type=Path, help="the manifest (default: <demo dir>/fleet.yaml)")
+    for command in (repos, commit, trespass):
         command.add_argument("--demo-dir", type=Path, help=f"the demo fleet's folder (default: ${DEMO_DIR_ENV}, "
                              f"then ./{DEFAULT_DEMO_DIR})")
     args = parser.parse_args(argv)
@@ -514,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop.set()
         return 0
     demo_dir = args.demo_dir or Path(os.environ.get(DEMO_DIR_ENV) or DEFAULT_DEMO_DIR)
+    if args.command == "trespass":
+        return trespass_from(args.fleet or demo_dir / "fleet.yaml", args.caller, args.callee, args.env, args.path)
     repos_dir = args.repos_dir or demo_dir / ".repos"
     try:
         if args.command == "repos":

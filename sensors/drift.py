@@ -2,8 +2,10 @@
 
 Each tick asks the deploy target of every environment what runs there and records an `in_sync` evaluation
 on `<svc>/<env>` whenever the answer changes (a container stopped or replaced by hand fails it; a
-redeploy that restores the recorded digest passes it again). The cursor holds the last answer per
-deployment, so an unchanged fleet writes nothing to the event log.
+redeploy that restores the recorded digest passes it again). It also asks which calls the network rule
+refused there, and records a `network_policy` evaluation (a warning naming caller and callee) on the
+deployments of both ends when that changes. The cursor holds the last answers per deployment, so an unchanged
+fleet writes nothing to the event log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dagster as dg
 from release_graph.fleet import Fleet
 from release_graph.release import history
 from release_graph.release.keys import environment_key
-from release_graph.release.matrix import in_sync_evaluation
+from release_graph.release.matrix import in_sync_evaluation, network_policy_evaluation
 from resources.targets import DeployTargets, TargetNotConfigured
 
 
@@ -23,7 +25,8 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
     @dg.sensor(
         name="environment_drift",
         description="Compares the digest each container actually runs with the last recorded deployment and "
-        "records the in_sync check when that changes.",
+        "records the in_sync check when that changes; records network_policy when the calls the network "
+        "refused there change.",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
@@ -39,6 +42,7 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
             except TargetNotConfigured:
                 continue  # nothing can run there, so nothing has drifted
             running = target.running_services(fleet.name, environment.name)
+            refused = target.refused_calls(fleet.name, environment.name)
             for service in fleet.services.values():
                 key = environment_key(service, environment)
                 record = recorded.get(key)
@@ -54,6 +58,17 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
                     events.append(dg.AssetCheckEvaluation(
                         asset_key=key, check_name="in_sync", passed=passed, metadata=metadata,
                         description=metadata["drift"],
+                    ))
+                if environment.target != "docker":
+                    continue  # the check exists where the target counts refusals
+                allowed, policy = network_policy_evaluation(fleet, service, refused)
+                answers[f"{label} network_policy"] = policy["refused_calls"]
+                # (a first tick after a restart re-records a passing answer only if it was not passing before)
+                if previous.get(f"{label} network_policy", "none") != policy["refused_calls"]:
+                    description = policy.pop("drift")
+                    events.append(dg.AssetCheckEvaluation(
+                        asset_key=key, check_name="network_policy", passed=allowed, metadata=policy,
+                        description=description, severity=dg.AssetCheckSeverity.WARN,
                     ))
         return dg.SensorResult(
             asset_events=events,

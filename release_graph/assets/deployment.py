@@ -272,6 +272,10 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
             "hardening", asset=key,
             description="The running container: non-root user, read-only root filesystem, not privileged, "
             "no added capabilities (a warning)."))
+        check_specs.append(dg.AssetCheckSpec(
+            "network_policy", asset=key,
+            description="The network refused no call to or from it: only the services that declare an edge to it "
+            "may call it (a warning naming caller and callee; the environment_drift sensor re-evaluates it)."))
 
     @dg.asset(
         key=key,
@@ -310,6 +314,7 @@ def deployment_asset(fleet: Fleet, service: Service, environment: Environment) -
                 metadata={"verdict": verdict, M.DIGEST: digest}))
         if environment.target == "docker":
             evidence.append(check_hardening(context, fleet, service, environment, target, engine, digest))
+            evidence.append(deployment_checks.check_network_policy(fleet, service, environment, target))
         return dg.MaterializeResult(data_version=deployed.data_version, metadata=deployed.metadata,
                                     check_results=evidence)
 

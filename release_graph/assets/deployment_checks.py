@@ -1,6 +1,7 @@
-"""Evidence about `<service>/<environment>`: it is healthy, and what runs is what was recorded (drift).
+"""Evidence about `<service>/<environment>`: it is healthy, what runs is what was recorded (drift), and the network
+refused no call to or from it (the network rule: only the manifest's edges are calls).
 
-The same comparison serves the check (in a run) and the drift sensor (between runs).
+The same evaluations serve the checks (in a run) and the drift sensor (between runs).
 """
 
 
@@ -11,7 +12,7 @@ from release_graph.release import history
 from release_graph.release import metadata as M
 from release_graph.release.errors import ReleaseStepError
 from release_graph.release.keys import environment_key
-from release_graph.release.matrix import in_sync_evaluation
+from release_graph.release.matrix import in_sync_evaluation, network_policy_evaluation
 from resources.targets import DeployTarget
 
 
@@ -48,3 +49,11 @@ def check_in_sync(context, fleet: Fleet, service: Service, environment: Environm
     passed, metadata = in_sync_evaluation(fleet, service, environment, digest, actual)
     return dg.AssetCheckResult(check_name="in_sync", passed=passed, metadata=metadata,
                                description=metadata["drift"])
+
+
+def check_network_policy(fleet: Fleet, service: Service, environment: Environment,
+                         target: DeployTarget) -> dg.AssetCheckResult:
+    passed, metadata = network_policy_evaluation(fleet, service, target.refused_calls(fleet.name, environment.name))
+    description = metadata.pop("drift")
+    return dg.AssetCheckResult(check_name="network_policy", passed=passed, severity=dg.AssetCheckSeverity.WARN,
+                               metadata=metadata, description=description)

@@ -189,6 +189,8 @@ def environments(fleet: Fleet, *, as_json: bool = False, out=None) -> int:
             print(f"  published {name} on port {port}", file=out)
         for name, address in sorted(report.switched.items()):
             print(f"  switched  {name} for its consumers at {address}", file=out)
+        for call, calls in sorted(report.refused_calls.items()):
+            print(f"  refused   {call}: {calls.line()} (no edge in the manifest)", file=out)
         for container in report.containers:
             owner = "this instance" if container.instance and container.instance.startswith(own) else (
                 container.instance or "unknown instance")

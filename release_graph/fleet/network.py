@@ -4,8 +4,9 @@ outside world where an environment publishes it; nothing else.
 
 `allowed_calls` is that rule as a list (what `release-graph validate --explain-network` prints);
 `network_policies` is the same rule as one Kubernetes NetworkPolicy per service (networking.k8s.io/v1), selecting
-pods by `pod_labels`. Nothing enforces the rule yet: the docker target runs an environment on one network, and
-the kubernetes target does not apply the policies yet (docs/manifest.md, "Allowed calls").
+pods by `pod_labels`. The docker target enforces it (resources/targets/docker: a network per service, and a
+switch that admits only the declared callers' networks, counting and naming every refusal); docs/manifest.md,
+"Allowed calls".
 
 Plain Python: no Dagster, no I/O.
 """

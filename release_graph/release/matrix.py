@@ -6,6 +6,7 @@ drift (what actually runs differs from what was recorded) is added when a deploy
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -169,3 +170,20 @@ def in_sync_evaluation(fleet: Fleet, service: Service, environment: Environment,
         "container": actual.container_name if actual else "none",
         "drift": reason or "none",
     }
+
+
+def network_policy_evaluation(fleet: Fleet, service: Service, refused: Mapping) -> tuple[bool, dict]:
+    """Whether the network refused calls to or from `service` lately (`refused`: the target's "caller -> callee"
+    -> RefusedCalls for its environment), and what to show: the refused calls, and who may call it. A refusal
+    older than the target's window no longer fails the check; it stays listed."""
+    own = {call: calls for call, calls in refused.items()
+           if call.endswith(f" -> {service.name}") or call.startswith(f"{service.name} -> ")}
+    recent = {call: calls for call, calls in own.items() if calls.recent}
+    callers = ", ".join(fleet.callers_of(service.name)) or "none"
+    if recent:
+        description = "refused: " + "; ".join(f"{call} ({calls.line()}): no edge in the manifest"
+                                              for call, calls in sorted(recent.items()))
+    else:
+        description = f"no call to or from {service.name} refused lately; allowed callers: {callers}"
+    return not recent, {"refused_calls": "; ".join(f"{call}: {calls.line()}" for call, calls in sorted(own.items()))
+                        or "none", "allowed_callers": callers, "drift": description}

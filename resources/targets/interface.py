@@ -109,9 +109,11 @@ class DeploymentSpec:
     `inspect` never shows a value; with `secrets_as="env"` (a service's opt-in) they are environment variables.
     `publish` is a host port on the target's `publish_address` (None: not published). `labels` are added to
     the container. `calls` names the services it calls (its declared edges): a target reaches those through
-    its switch, so replacing a provider is invisible to its consumers. `entrypoint` and `command` replace the
-    image's ENTRYPOINT and CMD (None: the image's own). `hardening` locks the container down (immutable by
-    default: read-only root, writable in-memory folders only, no capabilities, no privilege escalation).
+    its switch, so replacing a provider is invisible to its consumers. `callers` names the services that declare
+    an edge to it: the only ones the network lets call it (release_graph/fleet/network.py). `entrypoint` and
+    `command` replace the image's ENTRYPOINT and CMD (None: the image's own). `hardening` locks the container
+    down (immutable by default: read-only root, writable in-memory folders only, no capabilities, no privilege
+    escalation).
     `resources` are the requests and limits of its containers (the kubernetes target sends them; the docker target
     does not apply them).
     """
@@ -127,6 +129,7 @@ class DeploymentSpec:
     publish: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     calls: tuple[str, ...] = ()
+    callers: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None
     command: tuple[str, ...] | None = None
     secrets_as: str = "file"
@@ -153,6 +156,7 @@ def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *,
         labels={L.GIT_SHA: git_sha},
         # Every service it calls (hard and soft edges) is reached through the environment's switch.
         calls=tuple(edge.name for edge in service.depends_on),
+        callers=fleet.callers_of(service.name),
         entrypoint=service.entrypoint,
         command=service.command,
         secrets_as=service.secrets_as,
@@ -260,6 +264,21 @@ class EnvironmentContainer:
 
 
 @dataclass(frozen=True)
+class RefusedCalls:
+    """Calls from one service to another that the network rule refused: in all (since the switch started), and in
+    the last `window_seconds` (what the `network_policy` check judges: a refusal stops counting against a
+    deployment once it is that old)."""
+
+    total: int
+    recent: int
+    window_seconds: int
+
+    def line(self) -> str:
+        return (f"{self.total} call{'s' if self.total != 1 else ''}, {self.recent} in the last "
+                f"{self.window_seconds // 60} min")
+
+
+@dataclass(frozen=True)
 class EnvironmentReport:
     """What runs in one environment, whoever started it: containers, the switch (proxy) and its ports."""
 
@@ -271,6 +290,8 @@ class EnvironmentReport:
     proxy_running: bool = False
     published: dict[str, int] = field(default_factory=dict)  # service -> host port
     switched: dict[str, str] = field(default_factory=dict)  # service -> gateway:port its consumers call
+    # Calls the network rule refused, "caller -> callee" -> how many (since the switch last started, and lately).
+    refused_calls: dict[str, RefusedCalls] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -437,6 +458,12 @@ class DeployTarget(ABC):
         return None
 
     def counters(self, fleet: str, environment: str, service: str) -> dict:
+        return {}
+
+    def refused_calls(self, fleet: str, environment: str) -> dict[str, RefusedCalls]:
+        """"caller -> callee" -> the calls the network rule refused in the environment, as far as this target can
+        tell (the docker target counts them at its switch; a cluster's NetworkPolicies are enforced by its
+        network plugin, which keeps no such count)."""
         return {}
 
     @abstractmethod

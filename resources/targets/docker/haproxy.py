@@ -19,6 +19,13 @@ runtime API call as the published port. A new server connection per request mean
 the old container once it is switched. Only HTTP services (those with a health path) are switched this way;
 others keep the network's DNS name.
 
+The network rule (release_graph/fleet/network.py): each service lives on a network of its own that no other
+service's container is on, so the switch is the only way in, and the switch admits a request to `bi_<service>`
+only from the networks of its declared callers (`Route.sources`, address ranges). Any other caller gets a 403
+whose body names it, the callee and the declared callers, and the refusal is counted in the stick table
+`refused_calls` under `caller>callee` (`refused_calls()` reads it; callers are named from `callers.map`, each
+service's network range -> its name).
+
 Nothing here starts a process or touches the file system at import or construction time.
 """
 
@@ -38,6 +45,7 @@ from pathlib import Path
 from resources.targets.interface import PortUnavailable, ProxyError
 
 UNIX_SOCKET_PATH_MAX = 107
+REFUSALS_WINDOW_SECONDS = 600  # a refusal counts as recent this long (then only in the total)
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,45 @@ class Route:
     candidate: str | None = None
     candidate_weight: int = 0
     candidate_name: str | None = None  # the candidate's container: not yet what serves the service
+    # The network rule: the address ranges allowed to call it through the switch (its declared callers' networks
+    # and the environment's own, where the fleet's end-to-end tests run), their names for the refusal's message,
+    # and this service's own network range (how a refusal names it when it is the caller). Empty `sources`:
+    # anyone on the host may call it (a route written before the rule).
+    sources: tuple[str, ...] = ()
+    callers: tuple[str, ...] = ()
+    subnet: str | None = None
+
+    @classmethod
+    def from_json(cls, value: Mapping) -> "Route":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
 def _frontends(routes: Mapping[str, Route]) -> dict:
     """What the listening sockets are: a change here needs a reload; anything else is a runtime API call."""
     published = {name: route.publish for name, route in routes.items() if route.publish is not None}
     internal = {name: (route.gateway, route.port) for name, route in routes.items() if route.gateway}
-    return {"published": published, "internal": internal}
+    rules = {name: (route.sources, route.callers) for name, route in routes.items() if route.gateway}
+    return {"published": published, "internal": internal, "rules": rules, "names": _caller_names(routes)}
+
+
+def _caller_names(routes: Mapping[str, Route]) -> list[str]:
+    """`callers.map`'s lines: each switched service's network range -> its name."""
+    return sorted(f"{route.subnet} {name}" for name, route in routes.items() if route.subnet)
+
+
+def _network_rule(name: str, route: Route, names_file: Path) -> list[str]:
+    """The lines of `bi_<name>` that refuse every caller but its declared ones, naming both and counting it."""
+    if not route.sources:
+        return []
+    declared = ", ".join(route.callers) or "none"
+    return [
+        f"    acl declared_caller src {' '.join(route.sources)}",
+        f"    http-request set-var(txn.caller) src,map_ip({names_file},unknown)",
+        f"    http-request track-sc0 var(txn.caller),concat(>{name}) table refused_calls unless declared_caller",
+        f'    http-request deny deny_status 403 content-type text/plain lf-string "network_policy: %[var(txn.caller)] '
+        f'(%[src]) may not call {name}: no edge from it in the manifest (declared callers: {declared})\\n" '
+        "unless declared_caller",
+    ]
 
 
 def _backends(name: str, route: Route) -> list[str]:
@@ -107,6 +147,10 @@ class HaproxyRouter:
         return self.directory / "haproxy.cfg"
 
     @property
+    def names_file(self) -> Path:
+        return self.directory / "callers.map"
+
+    @property
     def pid_file(self) -> Path:
         return self.directory / "haproxy.pid"
 
@@ -142,7 +186,7 @@ class HaproxyRouter:
             return {}
         except (OSError, ValueError) as exc:
             raise ProxyError(f"haproxy of {self.title}: cannot read {self.routes_file}: {exc}") from exc
-        return {name: Route(**value) for name, value in raw.items()}
+        return {name: Route.from_json(value) for name, value in raw.items()}
 
     def route_of(self, service: str) -> Route | None:
         return self.routes().get(service)
@@ -152,6 +196,9 @@ class HaproxyRouter:
         tmp = self.routes_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.routes_file)
+        names = self.names_file.with_suffix(".tmp")
+        names.write_text("".join(line + "\n" for line in _caller_names(routes)))
+        names.replace(self.names_file)
         cfg = self.config_file.with_suffix(".tmp")
         cfg.write_text(self._render(routes))
         cfg.replace(self.config_file)
@@ -199,9 +246,13 @@ class HaproxyRouter:
                 "    http-request set-var(txn.callee) req.hdr(host),field(1,:),lower",
                 "    use_backend bi_%[var(txn.callee)]",
             ]
+        if any(route.gateway and route.sources for route in routes.values()):
+            lines += ["backend refused_calls",
+                      f"    stick-table type string len 200 size 10k store http_req_cnt,"
+                      f"http_req_rate({REFUSALS_WINDOW_SECONDS}s)"]
         for name, route in sorted(routes.items()):
             if route.gateway:
-                lines += [f"backend bi_{name}", *_servers(route)]
+                lines += [f"backend bi_{name}", *_network_rule(name, route, self.names_file), *_servers(route)]
         return "\n".join(lines) + "\n"
 
     # process
@@ -366,6 +417,21 @@ class HaproxyRouter:
                 slot["time"] += float(row.get("rtime") or 0) * requests
         return {name: ServerCounters(t["requests"], t["errors"], round(t["time"] / t["requests"], 2)
                                      if t["requests"] else None) for name, t in totals.items()}
+
+    def refused_calls(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(caller, callee) -> how many calls the network rule refused since haproxy last (re)started, and how
+        many of them in the last `REFUSALS_WINDOW_SECONDS`."""
+        if not self.alive() or not any(route.sources for route in self.routes().values()):
+            return {}
+        try:
+            text = self._command(self.admin_socket, "show table refused_calls", timeout=2)
+        except OSError as exc:
+            raise ProxyError(f"haproxy of {self.title}: cannot read its refused calls: {exc}") from exc
+        refused = {}
+        for key, count, recent in re.findall(r"key=(\S+) .*?http_req_cnt=(\d+) http_req_rate\(\d+\)=(\d+)", text):
+            caller, _, callee = key.partition(">")
+            refused[(caller, callee)] = (int(count), int(recent))
+        return refused
 
     def check_port(self, service: str, publish: int, *, where: str) -> None:
         """PortUnavailable unless `publish` is already this service's port here or free on this host."""

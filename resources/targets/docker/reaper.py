@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from docker.errors import NotFound
 
 from resources import labels as L
-from resources.targets.docker import inspect
+from resources.targets.docker import inspect, isolation
 from resources.targets.interface import ReapReport, TargetError, check_name
 
 if TYPE_CHECKING:
@@ -34,9 +34,14 @@ def teardown_environment(target: "DockerTarget", fleet: str, environment: str) -
     check_name("fleet", fleet)
     check_name("environment", environment)
     net = target.network_name(fleet, environment)
+    # the environment's network and its services' own (`<net>.<service>`)
+    names = [net] if target._network_exists(net) else []
+    names += sorted(n.name for n in target._list_networks(f"listing the networks of {fleet}/{environment}",
+                                                          (L.FLEET, fleet), (L.ENVIRONMENT, environment))
+                    if n.name.startswith(f"{net}."))
     containers = {c.id: c for c in target._service_containers(fleet, environment)}
-    if target._network_exists(net):
-        containers.update({c.id: c for c in target._network_members(net)})
+    for name in names:
+        containers.update({c.id: c for c in target._network_members(name)})
     # An environment deployed by another instance (another checkout, a `make clean` since) has its switch in
     # that instance's state folder, named on its containers: stop that one too.
     roots = {L.read(inspect.container_labels(c), L.INSTANCE) for c in containers.values()} - {None, ""}
@@ -46,9 +51,13 @@ def teardown_environment(target: "DockerTarget", fleet: str, environment: str) -
             target._remove_container(container)
             removed.append(container.name)
     networks = []
-    with suppress(NotFound), target._engine(f"removing network {net}"):
-        target._docker().networks.get(net).remove()
-        networks.append(net)
+    for name in names:
+        with suppress(NotFound), target._engine(f"removing network {name}"):
+            network = target._docker().networks.get(name)
+            network.remove()
+            networks.append(name)
+            if (subnet := target._subnet(network)) and target._engine_is_local():
+                isolation.release(subnet)
     router = target._router(fleet, environment)
     proxies = [net] if router.exists() else []
     router.destroy()
@@ -105,7 +114,7 @@ def reap(
     for (group_fleet, environment, service), members in groups.items():
         if keep_environments is not None and environment not in keep_environments:
             continue  # the whole environment goes below
-        keep = target._pick(members, target.network_name(group_fleet, environment), service)
+        keep = target._pick(members, group_fleet, environment, service)
         for container in members:
             if container is keep or now - inspect.created(container) < min_age_seconds:
                 continue
@@ -135,6 +144,12 @@ def reap(
                 target._router_at(folder, folder.name).destroy()
                 proxies.append(folder.name)
     target.sweep_secret_files()
+    if target._engine_is_local():
+        # the firewall rules of networks removed without their teardown (every network of the engine counts:
+        # other fleets' and other instances' networks keep theirs)
+        with target._engine("reap: listing networks"):
+            existing = [target._subnet(n) for n in target._docker().networks.list()]
+        isolation.sweep(subnet for subnet in existing if subnet)
     return ReapReport(tuple(containers), tuple(networks), tuple(proxies))
 
 

@@ -1,8 +1,12 @@
 """The docker target: environments on one host through any Docker Engine API (Docker, or Podman's
 compatible service).
 
-Each (fleet, environment) gets its own user-defined network `<prefix>-<fleet>-<environment>`; a service is
-reachable there by its name, which is a network alias held by exactly one healthy container. A deployment:
+Each (fleet, environment) has a user-defined network `<prefix>-<fleet>-<environment>` (where the fleet's end-to-end
+tests run), and each service there a network of its own, `<prefix>-<fleet>-<environment>.<service>`, where its
+name is a network alias held by exactly one healthy container. No other service's container is on it, and
+nothing is forwarded into it from another network (`isolation.py`), so a caller reaches a service only through
+the environment's switch, which admits its declared callers only (the network rule: release_graph/fleet/
+network.py, haproxy.py). A deployment:
 
 1. refuses an image that is not pinned by digest (`repo@sha256:...`): what runs must be what was tested;
 2. is a no-op when that digest already serves the service with the same config and secrets and is healthy;
@@ -16,7 +20,8 @@ reachable there by its name, which is a network alias held by exactly one health
 
 Consumers reach an HTTP provider through the switch: a container is created with `<callee> -> <gateway>`
 in /etc/hosts for each service it calls (`DeploymentSpec.calls`) that the switch serves, so the address it
-resolves never changes when the provider is replaced.
+resolves never changes when the provider is replaced. A provider the switch does not serve (no health path) is
+reached by its name on its own network, which its declared callers' containers join.
 
 The engine client is the `engine` resource's (`resources/containers.py`): one client per engine, with its
 120 s per-call timeout; a pull gets its own `PULL_TIMEOUT_SECONDS`.
@@ -39,6 +44,7 @@ import json
 import logging
 import os
 import secrets as _random
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -55,9 +61,9 @@ from pydantic import Field
 from resources import labels as L
 from resources.containers import ContainerEngine, ContainerEngineError, RunResult, network_dns_options
 from resources.registry import is_loopback_host, parse_image_reference
-from resources.targets.docker import bridge, health, inspect, reaper, secret_files
+from resources.targets.docker import bridge, health, inspect, isolation, reaper, secret_files
 from resources.targets.docker.ephemeral import DockerEphemeralEnvironment, container_arguments
-from resources.targets.docker.haproxy import HaproxyRouter, Route
+from resources.targets.docker.haproxy import REFUSALS_WINDOW_SECONDS, HaproxyRouter, Route
 from resources.targets.docker.hardening import hardened
 from resources.targets.interface import (
     DeploymentFailed,
@@ -70,6 +76,7 @@ from resources.targets.interface import (
     ImageUnavailable,
     ProxyError,
     ReapReport,
+    RefusedCalls,
     RunningService,
     TargetError,
     check_name,
@@ -135,6 +142,21 @@ def config_fingerprint(spec: DeploymentSpec) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What `call_from` runs in a caller's container: one GET, as "<status> <first line of the body>" or the error.
+CALL_SCRIPT = """
+import sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Host": sys.argv[2]} if sys.argv[2] else {})
+try:
+    answer = urllib.request.urlopen(request, timeout=3)
+    status, body = answer.status, answer.read()
+except urllib.error.HTTPError as exc:
+    status, body = exc.code, exc.read()
+except Exception as exc:
+    status, body = "refused:", str(exc).encode()
+print(status, (body.decode(errors="replace").splitlines() or [""])[0])
+"""
+
+
 class DockerTarget(DeployTarget):
     """Environments on one host through the Docker Engine API: one network per environment, service-name
     DNS, digest-pinned containers, health-gated switches, published ports through a per-environment haproxy.
@@ -169,8 +191,10 @@ class DockerTarget(DeployTarget):
         """Engine failures as TargetError naming the engine and the operation."""
         return inspect.engine_errors(self._engine_address(), what)
 
-    def network_name(self, fleet: str, environment: str) -> str:
-        return f"{self.config.name_prefix}-{fleet}-{environment}"
+    def network_name(self, fleet: str, environment: str, service: str | None = None) -> str:
+        """The environment's network, or with `service` that service's own (see the module docstring)."""
+        name = f"{self.config.name_prefix}-{fleet}-{environment}"
+        return f"{name}.{service}" if service else name
 
     def _state_root(self) -> Path:
         if self.config.state_dir:
@@ -187,10 +211,10 @@ class DockerTarget(DeployTarget):
         from resources.metrics.prometheus import ScrapeTargets
 
         try:
-            net = self.network_name(fleet, environment)
             targets = []
             for container in self._service_containers(fleet, environment):
                 labels = inspect.container_labels(container)
+                net = self._home(container, fleet, environment, L.read(labels, L.SERVICE) or "")
                 port, address = L.read(labels, L.PORT), inspect.address(container, net)
                 if inspect.status(container) == "running" and port and address:
                     targets.append((f"{address}:{port}", {"service": L.read(labels, L.SERVICE) or "",
@@ -228,21 +252,38 @@ class DockerTarget(DeployTarget):
                     found.setdefault(network.id, network)
         return list(found.values())
 
-    def _ensure_network(self, fleet: str, environment: str):
+    def _ensure_network(self, fleet: str, environment: str, service: str | None = None):
+        """The environment's network, or a service's own: created when missing, and isolated from the others."""
+        network = self._network(fleet, environment, service)
+        subnet = self._subnet(network)
+        if subnet and self._engine_is_local():
+            try:
+                isolation.isolate(subnet)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise TargetError(f"network {network.name}: cannot isolate {subnet} on this host: {exc}") from exc
+        return network
+
+    def _network(self, fleet: str, environment: str, service: str | None):
         client = self._docker()
-        name = self.network_name(fleet, environment)
+        name = self.network_name(fleet, environment, service)
         with self._engine(f"network {name}"):
             try:
                 return client.networks.get(name)
             except NotFound:
                 pass
-            labels = self._labels(**{L.FLEET: fleet, L.ENVIRONMENT: environment})
+            labels = self._labels(**{L.FLEET: fleet, L.ENVIRONMENT: environment, **({L.SERVICE: service} if service
+                                                                                      else {})})
             try:
                 return client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
             except APIError as exc:
                 if exc.status_code == 409:  # another deployment in this environment created it meanwhile
                     return client.networks.get(name)
                 raise
+
+    @staticmethod
+    def _subnet(network) -> str | None:
+        config = (network.attrs.get("IPAM") or {}).get("Config") or []
+        return next((entry["Subnet"] for entry in config if entry.get("Subnet")), None)
 
     def _ensure_image(self, reference: str, *, what: str, spec: DeploymentSpec | None = None) -> None:
         """Have `reference` in the engine, pulling it when missing. Failures raise ImageUnavailable."""
@@ -313,10 +354,20 @@ class DockerTarget(DeployTarget):
             except NotFound:
                 return False
 
-    def _pick(self, candidates: Sequence, network: str, service: str):
+    def _home(self, container, fleet: str, environment: str, service: str) -> str:
+        """The network `container` holds (or would hold) the service's name on: the service's own, or, for a
+        container deployed before each service had one, the environment's."""
+        own = self.network_name(fleet, environment, service)
+        legacy = self.network_name(fleet, environment)
+        return legacy if not inspect.network_entry(container, own) and inspect.network_entry(container, legacy) else own
+
+    def _holds_name(self, container, fleet: str, environment: str, service: str) -> bool:
+        return inspect.holds_alias(container, self._home(container, fleet, environment, service), service)
+
+    def _pick(self, candidates: Sequence, fleet: str, environment: str, service: str):
         """The container that is (or was last) the service: the running alias holder, else any alias
         holder (stopped by hand), else the newest labelled one."""
-        holders = [c for c in candidates if inspect.holds_alias(c, network, service)]
+        holders = [c for c in candidates if self._holds_name(c, fleet, environment, service)]
         running = [c for c in holders if inspect.status(c) == "running"]
         for group in (running, holders, list(candidates)):
             if group:
@@ -343,7 +394,8 @@ class DockerTarget(DeployTarget):
         reference, digest = pinned_reference(spec.image)
         validate_spec(spec)
         where = f"{spec.service} in {spec.fleet}/{spec.environment}"
-        network = self._ensure_network(spec.fleet, spec.environment)
+        self._ensure_network(spec.fleet, spec.environment)  # the environment's own: its end-to-end tests run there
+        network = self._ensure_network(spec.fleet, spec.environment, spec.service)
         net = network.name
         fingerprint = config_fingerprint(spec)
         router = self._router(spec.fleet, spec.environment)
@@ -373,7 +425,7 @@ class DockerTarget(DeployTarget):
             labels[L.PORT] = str(spec.port)
         if spec.health is not None:
             labels[L.HEALTH] = spec.health
-        base_name = f"{net}-{spec.service}-{digest[7:19]}"
+        base_name = f"{self.network_name(spec.fleet, spec.environment)}-{spec.service}-{digest[7:19]}"
         container = self._create_unique(
             base_name,
             image=reference,
@@ -387,9 +439,10 @@ class DockerTarget(DeployTarget):
             **hardened(spec.hardening),
             detach=True,
             what=f"deploying {where}",
-            **network_dns_options(self._docker(), net),
+            **self._networking(network, providers := self._unswitched_providers(spec, router)),
         )
         try:
+            self._join(container, providers, where=where)
             with self._engine(f"starting {container.name} for {where}"):
                 container.start()
             self._pin_bridge(network)
@@ -398,6 +451,7 @@ class DockerTarget(DeployTarget):
                 service=spec.service, environment=spec.environment, where=where, image=reference,
             )
             address = self._move_alias(network, container, spec, where=where, image=reference)
+            self._pin_bridge(network)  # the reconnect may have left the network without a port for a moment
         except BaseException:
             with suppress(DockerException, requests.RequestException):
                 self._remove_container(container)
@@ -449,10 +503,10 @@ class DockerTarget(DeployTarget):
 
     def _serving(self, fleet: str, environment: str, service: str):
         """The running container holding the service name, if any (not a rollout's candidate)."""
-        net = self.network_name(fleet, environment)
         rolling_out = self._candidate_name(fleet, environment, service)
         candidates = [c for c in self._service_containers(fleet, environment, service) if c.name != rolling_out]
-        holders = [c for c in candidates if inspect.status(c) == "running" and inspect.holds_alias(c, net, service)]
+        holders = [c for c in candidates
+                   if inspect.status(c) == "running" and self._holds_name(c, fleet, environment, service)]
         return max(holders, key=inspect.created) if holders else None
 
     def _unchanged_result(
@@ -529,7 +583,38 @@ class DockerTarget(DeployTarget):
             gateway = None
         if spec.publish is None and gateway is None:
             return None
-        return Route(spec.publish, address, spec.port, gateway)
+        if gateway is None:
+            return Route(spec.publish, address, spec.port)
+        return Route(spec.publish, address, spec.port, gateway, subnet=self._subnet(network),
+                     sources=self._allowed_sources(spec), callers=tuple(sorted(spec.callers)))
+
+    def _allowed_sources(self, spec: DeploymentSpec) -> tuple[str, ...]:
+        """The address ranges the switch admits calls to spec's service from: its declared callers' networks
+        (created here when a caller is not deployed yet: a provider deploys first) and the environment's own."""
+        networks = [self._ensure_network(spec.fleet, spec.environment, caller) for caller in sorted(spec.callers)]
+        networks.append(self._ensure_network(spec.fleet, spec.environment))
+        return tuple(subnet for subnet in (self._subnet(n) for n in networks) if subnet)
+
+    def _unswitched_providers(self, spec: DeploymentSpec, router: HaproxyRouter) -> list:
+        """The own networks of the providers spec's service calls that the switch does not serve (no health
+        path): a new container joins them, so the provider's name answers there; only declared callers do."""
+        names = [self.network_name(spec.fleet, spec.environment, provider)
+                 for provider in sorted(set(spec.calls) - set(router.switched_names()))]
+        with self._engine(f"networks of the providers of {spec.service}"):
+            return [self._docker().networks.get(name) for name in names if self._network_exists(name)]
+
+    def _networking(self, network, providers: Sequence) -> dict:
+        """Where a new container asks for names: its own network's resolver, then its unswitched providers'."""
+        options = network_dns_options(self._docker(), network.name)
+        extra = [self._gateway(provider) for provider in providers]
+        if options and extra:
+            options = {**options, "dns": [*options["dns"], *(g for g in extra if g)]}
+        return options
+
+    def _join(self, container, providers: Sequence, *, where: str) -> None:
+        for provider in providers:
+            with self._engine(f"connecting {container.name} to {provider.name} ({where})"):
+                provider.connect(container)
 
     @staticmethod
     def _switched_calls(spec: DeploymentSpec, router: HaproxyRouter) -> dict[str, str]:
@@ -694,12 +779,12 @@ class DockerTarget(DeployTarget):
                               "switch (an HTTP service with a port and a health path, deployed once)")
         if route.candidate:
             self.abort_candidate(spec.fleet, spec.environment, spec.service)
-        network = self._ensure_network(spec.fleet, spec.environment)
+        network = self._ensure_network(spec.fleet, spec.environment, spec.service)
         router = self._router(spec.fleet, spec.environment)
         self._ensure_image(reference, what=f"deploying {where}", spec=spec)
         client = self._docker()
         container = self._create_unique(
-            f"{network.name}-{spec.service}-{digest[7:19]}",
+            f"{self.network_name(spec.fleet, spec.environment)}-{spec.service}-{digest[7:19]}",
             image=reference,
             **container_arguments(spec),
             environment=container_environment(spec),
@@ -716,9 +801,10 @@ class DockerTarget(DeployTarget):
             **hardened(spec.hardening),
             detach=True,
             what=f"deploying {where}",
-            **network_dns_options(client, network.name),
+            **self._networking(network, providers := self._unswitched_providers(spec, router)),
         )
         try:
+            self._join(container, providers, where=where)
             with self._engine(f"starting {container.name} for {where}"):
                 container.start()
             self._pin_bridge(network)
@@ -816,36 +902,40 @@ class DockerTarget(DeployTarget):
 
     def running(self, fleet: str, environment: str, service: str, *, probe: bool = False) -> RunningService | None:
         """What runs as `service` (None: no container at all). `probe=True` also asks its health path once."""
-        net = self.network_name(fleet, environment)
         candidates = {c.id: c for c in self._service_containers(fleet, environment, service)}
         # A container started by hand with the service name but without our labels still is what serves.
-        for member in self._network_members(net) if self._network_exists(net) else []:
-            if inspect.holds_alias(member, net, service):
-                candidates.setdefault(member.id, member)
+        for member in self._name_holders(fleet, environment, service):
+            candidates.setdefault(member.id, member)
         rolling_out = self._candidate_name(fleet, environment, service)
-        chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], net, service)
+        chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], fleet, environment, service)
         return None if chosen is None else self._describe_running(chosen, fleet, environment, service, probe)
 
     def running_services(self, fleet: str, environment: str, *, probe: bool = False) -> dict[str, RunningService]:
         """`running()` for every service that has a labelled container in the environment."""
-        net = self.network_name(fleet, environment)
         by_service: dict[str, list] = {}
         for container in self._service_containers(fleet, environment):
             service = L.read(inspect.container_labels(container), L.SERVICE)
             if service:
                 by_service.setdefault(service, []).append(container)
-        members = self._network_members(net) if self._network_exists(net) else []
         result = {}
         for service, containers in sorted(by_service.items()):
             candidates = {c.id: c for c in containers}
-            for member in members:
-                if inspect.holds_alias(member, net, service):
-                    candidates.setdefault(member.id, member)
+            for member in self._name_holders(fleet, environment, service):
+                candidates.setdefault(member.id, member)
             rolling_out = self._candidate_name(fleet, environment, service)
-            chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], net, service)
+            chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], fleet, environment,
+                                service)
             if chosen is not None:
                 result[service] = self._describe_running(chosen, fleet, environment, service, probe)
         return result
+
+    def _name_holders(self, fleet: str, environment: str, service: str) -> list:
+        """Containers holding the service's name on its network (or, deployed before, on the environment's)."""
+        holders = []
+        for net in (self.network_name(fleet, environment, service), self.network_name(fleet, environment)):
+            if self._network_exists(net):
+                holders += [m for m in self._network_members(net) if inspect.holds_alias(m, net, service)]
+        return holders
 
     def probe(
         self, fleet: str, environment: str, service: str, *, port: int | None = None, path: str | None = None
@@ -855,8 +945,7 @@ class DockerTarget(DeployTarget):
         `port`/`path` default to what the deployment recorded; a service without a health path is healthy
         while it runs. Not healthy: nothing holds the name, the container is not running, or a non-2xx answer.
         """
-        net = self.network_name(fleet, environment)
-        current = self._serving(fleet, environment, service) if self._network_exists(net) else None
+        current = self._serving(fleet, environment, service)
         if current is None:
             actual = self.running(fleet, environment, service)
             detail = "no container runs it"
@@ -867,10 +956,11 @@ class DockerTarget(DeployTarget):
         recorded_port = L.read(labels, L.PORT, "")
         if port is None and recorded_port.isdigit():
             port = int(recorded_port)
-        return health.probe_container(current, net, port, path if path is not None else L.read(labels, L.HEALTH))
+        return health.probe_container(current, self._home(current, fleet, environment, service), port,
+                                      path if path is not None else L.read(labels, L.HEALTH))
 
     def _describe_running(self, container, fleet: str, environment: str, service: str, probe: bool) -> RunningService:
-        net = self.network_name(fleet, environment)
+        net = self._home(container, fleet, environment, service)
         labels = inspect.container_labels(container)
         status = inspect.status(container)
         address = inspect.address(container, net) if status == "running" else None
@@ -898,6 +988,33 @@ class DockerTarget(DeployTarget):
             healthy=healthy,
         )
 
+    def call_from(self, fleet: str, environment: str, caller: str, callee: str, path: str = "/healthz",
+                  port: int | None = None) -> dict[str, str]:
+        """Try, from inside `caller`'s serving container, to GET `callee`'s `path` as the caller's code would: by
+        name, and straight at the switch's address for it. Returns "<status> <first line of the body>" or the
+        error, per way. A diagnostic of the network rule (`python -m release_graph.demo trespass`); it runs
+        python3 in the caller's container, so it needs an image that has it."""
+        where = f"{caller} in {fleet}/{environment}"
+        container = self._serving(fleet, environment, caller)
+        if container is None:
+            raise TargetError(f"{where}: no container serves it, so there is nothing to call from")
+        route = self.traffic(fleet, environment, callee)
+        port = port or (route.port if route else None)
+        if port is None:
+            raise TargetError(f"{callee} in {fleet}/{environment}: no port known (not deployed behind the switch)")
+        ways = {"by name": (f"http://{callee}:{port}{path}", "")}
+        if route is not None and route.gateway:
+            ways["through the switch"] = (f"http://{route.gateway}:{port}{path}", callee)
+        answers = {}
+        for way, (url, host) in ways.items():
+            with self._engine(f"calling {callee} from {container.name}"):
+                result = container.exec_run(["python3", "-c", CALL_SCRIPT, url, host])
+            text = result.output.decode("utf-8", "replace").strip()
+            if result.exit_code != 0:
+                raise TargetError(f"{where}: cannot call from its container ({text.splitlines()[-1:] or text})")
+            answers[way] = text
+        return answers
+
     # --- clean-up (reaper.py) -----------------------------------------------------------------------------
 
     def describe_environment(self, fleet: str, environment: str) -> EnvironmentReport:
@@ -924,7 +1041,17 @@ class DockerTarget(DeployTarget):
             proxy_running=router.exists() and router.alive(),
             published={name: r.publish for name, r in routes.items() if r.publish is not None},
             switched={name: f"{r.gateway}:{r.port}" for name, r in routes.items() if r.gateway},
+            refused_calls=self.refused_calls(fleet, environment),
         )
+
+    def refused_calls(self, fleet: str, environment: str) -> dict[str, RefusedCalls]:
+        """"caller -> callee" -> the calls the network rule refused in the environment, counted at its switch
+        since it last started ("unknown": an address on none of the fleet's networks)."""
+        router = self._router(fleet, environment)
+        if not router.exists():
+            return {}
+        return {f"{caller} -> {callee}": RefusedCalls(total, recent, REFUSALS_WINDOW_SECONDS)
+                for (caller, callee), (total, recent) in sorted(router.refused_calls().items())}
 
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
         """Remove every container of the environment (and anything else on its network), the network and

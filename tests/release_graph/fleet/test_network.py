@@ -107,10 +107,35 @@ def test_validate_explains_the_network_call_by_call(capsys):
     assert cli_main(["validate", str(SHOP_FLEET), "--explain-network"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[1:] == [
-        "calls the manifest allows (its edges and published ports; the NetworkPolicies generated from it admit "
-        "only these):",
+        "calls the manifest allows (its edges and published ports): the only calls the network admits, on the docker "
+        "target (its switch) and in the NetworkPolicies generated for kubernetes:",
         "  (outside) -> gateway:8080  (published in dev on 18081, staging on 18082, prod on 18080)",
         "  gateway -> orders:8080  (gateway depends_on orders: edge)",
         "  orders -> inventory:8080  (orders depends_on inventory: edge)",
         "  orders -> payments:8080  (orders depends_on payments: edge)",
     ]
+
+
+def test_a_refused_call_fails_the_network_policy_check_of_both_ends_until_it_is_old_and_names_who_may_call():
+    from release_graph.release.matrix import network_policy_evaluation
+    from resources.targets import RefusedCalls
+
+    shop = load_fleet(SHOP_FLEET)
+    # Given the switch refused gateway's call to inventory just now, and a call from an unknown address long ago
+    refused = {"gateway -> inventory": RefusedCalls(total=3, recent=2, window_seconds=600),
+               "unknown -> payments": RefusedCalls(total=1, recent=0, window_seconds=600)}
+    # Then inventory's check fails naming caller and callee, and who may call it
+    passed, shown = network_policy_evaluation(shop, shop.services["inventory"], refused)
+    assert not passed
+    assert shown["drift"] == ("refused: gateway -> inventory (3 calls, 2 in the last 10 min): no edge in the "
+                              "manifest")
+    assert shown["allowed_callers"] == "orders"
+    # and so does gateway's, the caller
+    assert not network_policy_evaluation(shop, shop.services["gateway"], refused)[0]
+    # while a refusal older than the window is listed but no longer fails payments' check
+    passed, shown = network_policy_evaluation(shop, shop.services["payments"], refused)
+    assert passed and shown["refused_calls"] == "unknown -> payments: 1 call, 0 in the last 10 min"
+    assert shown["drift"] == "no call to or from payments refused lately; allowed callers: orders"
+    # and orders, neither caller nor callee of a refused call, passes with nothing to show
+    passed, shown = network_policy_evaluation(shop, shop.services["orders"], refused)
+    assert passed and shown["refused_calls"] == "none" and shown["allowed_callers"] == "gateway"

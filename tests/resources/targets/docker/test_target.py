@@ -40,6 +40,7 @@ from resources.targets import (
     DockerTargetConfig,
     ImageNotPinned,
     ImageUnavailable,
+    RefusedCalls,
 )
 from resources.targets.docker import bridge
 
@@ -354,7 +355,7 @@ def test_given_v1_is_deployed_then_it_answers_by_service_name_and_the_same_diges
     assert first.container_name == f"rg-{run_id}-{environment}-api-{first.digest[7:19]}"
     assert first.url_inside == "http://api:8080"
     assert first.published_url is None
-    assert first.network == f"rg-{run_id}-{environment}"
+    assert first.network == f"rg-{run_id}-{environment}.api"  # the service's own network
     assert _fetch_inside(docker_client, run_id, first.network, "http://api:8080/version") == "v1"
 
     container = docker_client.containers.get(first.container_id)
@@ -403,7 +404,7 @@ def test_given_v1_serves_a_published_port_when_v2_deploys_then_no_request_fails_
         assert _fetch_inside(docker_client, run_id, v2.network, "http://api:8080/version") == "v2"
 
     report = target.teardown_environment(run_id, environment)
-    assert v2.container_name in report.containers and report.proxies == (v2.network,)
+    assert v2.container_name in report.containers and report.proxies == (target.network_name(run_id, environment),)
     with pytest.raises(OSError):
         _get(free_port, "/version")
 
@@ -414,7 +415,7 @@ def test_given_an_environment_when_the_container_whose_port_gave_its_bridge_a_ma
     # Given a provider and a consumer in one environment (the engine is local and we are root, as `make test`
     # sets this machine up: the bridge is this host's interface)
     assert os.geteuid() == 0, "this story changes the host's bridge: run it as root, as make test does"
-    api = target.deploy(_spec(run_id, environment, images["v1"]))
+    api = target.deploy(_spec(run_id, environment, images["v1"], callers=("web",)))
     web = target.deploy(_spec(run_id, environment, images["v1"], service="web", env={"UPSTREAM": f"{SERVICE}:{PORT}"},
                               calls=(SERVICE,)))
     gateway = docker_client.networks.get(api.network).attrs["IPAM"]["Config"][0]["Gateway"]
@@ -425,21 +426,23 @@ def test_given_an_environment_when_the_container_whose_port_gave_its_bridge_a_ma
     assert (device / "addr_assign_type").read_text().strip() == bridge.ADDRESS_SET_BY_USER
     pinned = (device / "address").read_text().strip()
 
-    # When the provider is replaced three times (each time a port leaves the bridge and another joins)
+    # When the provider is replaced three times (each time a port leaves its bridge and another joins)
     for image in ("v2", "v1", "v2"):
-        target.deploy(_spec(run_id, environment, images[image]))
+        target.deploy(_spec(run_id, environment, images[image], callers=("web",)))
 
-    # Then the bridge, and so the gateway the consumer's ARP cache holds, kept its MAC throughout
+    # Then the bridge, and so the gateway a draining container's ARP cache holds, kept its MAC throughout
     assert (device / "address").read_text().strip() == pinned
-    arp = docker_client.containers.get(web.container_id).exec_run(["cat", "/proc/net/arp"]).output.decode()
-    assert all(line.split()[3] == pinned for line in arp.splitlines()[1:] if line.split()[0] == gateway), arp
+    # and the consumer, on its own network, still calls the provider through the switch
+    assert docker_client.containers.get(web.container_id).exec_run(
+        ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen('http://{SERVICE}:{PORT}/version',"
+                          " timeout=5).read().decode())"]).output.decode().strip() == "v2"
 
 
 def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_replaced_then_no_call_fails(
     target, environment, images, run_id, docker_client, free_port
 ):
     # Given the provider `api` and a consumer `web` that resolved api's address once and never again
-    target.deploy(_spec(run_id, environment, images["v1"]))
+    target.deploy(_spec(run_id, environment, images["v1"], callers=("web",)))
     web = target.deploy(_spec(run_id, environment, images["v1"], service="web", publish=free_port,
                               env={"UPSTREAM": f"{SERVICE}:{PORT}"}, calls=(SERVICE,)))
     assert _get(free_port, "/upstream") == (200, "v1")
@@ -453,10 +456,10 @@ def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_
     # removed) a packet can be lost and a call waits for TCP's retransmission: slow, not failed)
     with _RequestLoop(free_port, path="/upstream", timeout=ROLLOUT_CLIENT_TIMEOUT) as loop:
         time.sleep(1)
-        target.deploy(_spec(run_id, environment, images["v2"]))
+        target.deploy(_spec(run_id, environment, images["v2"], callers=("web",)))
         loop.wait_until_serving("v2")
         time.sleep(0.5)  # the keep-alive client is slower: a moment for it to see v2 too
-        target.deploy(_spec(run_id, environment, images["v1"]))
+        target.deploy(_spec(run_id, environment, images["v1"], callers=("web",)))
         loop.wait_until_serving("v1")
         time.sleep(1)
     fresh, keep_alive = loop.results["fresh"], loop.results["keep-alive"]
@@ -478,6 +481,48 @@ def test_given_a_consumer_that_keeps_its_providers_address_when_the_provider_is_
         network=web.network, name=f"{run_id}-probe-{secrets.token_hex(3)}", labels={TEST_RUN_LABEL: run_id},
         remove=True).decode().strip()
     assert status == "503"
+
+
+def _call_from(docker_client, container_id: str, url: str) -> str:
+    """What a GET of `url` from inside a running container gives: "<status> <body>", or "error" and its words."""
+    script = ("import sys, urllib.request\ntry:\n    answer = urllib.request.urlopen(sys.argv[1], timeout=3)\n"
+              "    print(answer.status, answer.read().decode())\nexcept Exception as exc:\n    print('error', exc)\n")
+    result = docker_client.containers.get(container_id).exec_run(["python3", "-c", script, url])
+    return result.output.decode().strip()
+
+
+def test_given_the_network_rule_then_only_a_declared_caller_reaches_a_service_and_a_refusal_names_both(
+    target, environment, images, run_id, docker_client
+):
+    # Given api, called by web (web declares the edge), and a service `intruder` that declares none
+    api = target.deploy(_spec(run_id, environment, images["v1"], callers=("web",)))
+    web = target.deploy(_spec(run_id, environment, images["v1"], service="web", calls=(SERVICE,)))
+    intruder = target.deploy(_spec(run_id, environment, images["v1"], service="intruder"))
+    api_address = docker_client.containers.get(api.container_id).attrs["NetworkSettings"]["Networks"][
+        api.network]["IPAddress"]
+    # (each on a network of its own)
+    assert len({api.network, web.network, intruder.network}) == 3
+
+    # Then web calls api by name, through the switch
+    assert target.call_from(run_id, environment, "web", SERVICE, "/version") == {
+        "by name": "200 v1", "through the switch": "200 v1"}
+    # and the intruder cannot: api's name does not resolve on its network, and the switch refuses it, naming the
+    # caller, the callee and the declared callers
+    tried = target.call_from(run_id, environment, "intruder", SERVICE, "/version")
+    assert tried["by name"].startswith("refused:") and "Name or service not known" in tried["by name"], tried
+    refusal = tried["through the switch"]
+    assert refusal.startswith("403 network_policy: intruder (") and refusal.endswith(
+        "may not call api: no edge from it in the manifest (declared callers: web)"), tried
+    # nor does api's own address answer it (nothing is forwarded between the networks)
+    by_address = _call_from(docker_client, intruder.container_id, f"http://{api_address}:{PORT}/version")
+    assert by_address.startswith("error"), by_address
+    # and the refusal is counted, caller and callee, where `release-graph environments` reads it
+    once = {"intruder -> api": RefusedCalls(total=1, recent=1, window_seconds=600)}
+    assert target.refused_calls(run_id, environment) == once
+    assert target.describe_environment(run_id, environment).refused_calls == once
+    # while web's calls were never refused
+    assert target.call_from(run_id, environment, "web", SERVICE, "/version")["by name"] == "200 v1"
+    assert target.refused_calls(run_id, environment) == once
 
 
 def test_given_v1_serves_when_an_image_whose_healthz_fails_deploys_then_it_is_refused_with_its_logs(
@@ -708,7 +753,7 @@ def test_reap_removes_orphans_stale_environments_and_expired_ephemeral_networks_
 
         assert orphan.name in report.containers and leftover.name in report.containers
         assert gone.container_name in report.containers
-        assert set(report.networks) == {expired_network, gone.network}
+        assert set(report.networks) == {expired_network, gone.network, target.network_name(fleet, "gone")}
         assert kept.container_name not in report.containers
         assert docker_client.containers.get(kept.container_id).status == "exited"
         for removed in (orphan.id, leftover.id, gone.container_id):
@@ -1050,14 +1095,14 @@ def test_given_a_provider_canary_answering_5xx_then_its_consumer_traffic_alone_r
     from release_graph.fleet.model import Rollout, RolloutStep
 
     # Given the provider `api` (not published) and its consumer `web` (published), calling it through the switch
-    target.deploy(_spec(run_id, environment, images["v1"]))
+    target.deploy(_spec(run_id, environment, images["v1"], callers=("web",)))
     target.deploy(_spec(run_id, environment, images["v1"], service="web", publish=free_port,
                         env={"UPSTREAM": f"{SERVICE}:{PORT}"}, calls=(SERVICE,)))
     rollout = Rollout(strategy="canary", steps=(RolloutStep(50, 3.0),), analysis=_analysis())
     # When a faulty provider version rolls out while only the consumer has traffic
     with _RequestLoop(free_port, path="/upstream", timeout=ROLLOUT_CLIENT_TIMEOUT) as load:
         with pytest.raises(RolledBack) as rolled_back:
-            _controller(target, _spec(run_id, environment, images["faulty"]), rollout, _Log()).run()
+            _controller(target, _spec(run_id, environment, images["faulty"], callers=("web",)), rollout, _Log()).run()
         failed_by_then = len(load.errors)
         time.sleep(1.0)
     # Then the switch's service-to-service counters saw the candidate's errors and it was rolled back
