@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -49,7 +51,7 @@ SOAK_ROUNDS = int(os.environ.get("RELEASE_GRAPH_SOAK_ROUNDS", "0"))
 # Broken commits, each caught by its own stage: the unit tests, the integration tests, the health check, and
 # the fleet's e2e tests in dev (inventory's reservation ids no longer look as its consumers expect).
 BREAKS = {"orders": "unit-test", "payments": "integration-test", "gateway": "health", "inventory": "e2e"}
-DEPLOYMENT_CHECKS = ("healthy", "in_sync", "hardening")
+DEPLOYMENT_CHECKS = ("healthy", "in_sync", "hardening", "network_policy")
 
 
 @pytest.fixture
@@ -83,6 +85,40 @@ def test_a_release_managers_day_on_the_real_daemon(live, ui, shoppers, monkeypat
         for service in SERVICES:
             status = stage_status(instance, fleet, fleet.services[service], "prod")
             assert status.state == "waiting" and status.reason.startswith("waiting for"), status
+
+        # The network admits only the manifest's edges: in dev, orders calls inventory, and gateway, which has no
+        # edge to it, is refused by name and at the switch, which names both
+        def trespass(caller: str, callee: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "release_graph.demo", "trespass", caller, callee, "--env",
+                                   "dev", "--fleet", str(live.fleet_dir / "fleet.yaml")], env=live.env, text=True,
+                                  capture_output=True, timeout=120)
+
+        allowed = trespass("orders", "inventory")
+        assert allowed.returncode == 0 and "by name: 200" in allowed.stdout, allowed.stdout + allowed.stderr
+        refused = trespass("gateway", "inventory")
+        assert refused.returncode == 0, refused.stdout + refused.stderr
+        assert "by name: refused:" in refused.stdout and "through the switch: 403 network_policy: gateway (" in (
+            refused.stdout), refused.stdout
+        print(f"the network rule in dev:\n{allowed.stdout}{refused.stdout}", end="")
+        # and the refusal shows: in `release-graph environments`, and as the network_policy check of inventory in dev
+        # (a warning the drift sensor records), which the UI lists
+        environments = live.cli("environments")
+        assert "refused   gateway -> inventory: 1 call, 1 in the last 10 min" in environments.stdout, (
+            environments.stdout + environments.stderr)
+        policy_key = dg.AssetCheckKey(environment_key("inventory", "dev"), "network_policy")
+
+        def policy_check():
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key([policy_key]).get(policy_key)
+            data = record.event.dagster_event.event_specific_data if record and record.event else None
+            return data if isinstance(data, dg.AssetCheckEvaluation) else None
+
+        live.wait_for("inventory/dev's network_policy check naming gateway", lambda: (
+            (check := policy_check()) is not None and not check.passed
+            and "gateway -> inventory" in str(check.description)), 180, instance)
+        print(f"inventory/dev network_policy: {policy_check().description}")
+        shown = ui.check_results(environment_key("inventory", "dev"), ("network_policy",))
+        assert shown["network_policy"] not in ("Succeeded", "Not evaluated"), shown
+        print(f"UI: inventory/dev's network_policy check: {shown['network_policy']}")
 
         def print_lead_time(service: str, sha: str, committed_at: float) -> None:
             lead_time = time.monotonic() - committed_at

@@ -258,9 +258,14 @@ class DockerTarget(DeployTarget):
         subnet = self._subnet(network)
         if subnet and self._engine_is_local():
             try:
-                isolation.isolate(subnet)
+                isolated = isolation.isolate(subnet)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise TargetError(f"network {network.name}: cannot isolate {subnet} on this host: {exc}") from exc
+            if not isolated:
+                log.warning("network %s: this process cannot change the host's firewall (not root, or no iptables): "
+                            "only the engine's own isolation keeps services from calling each other by address "
+                            "(Docker's default; Podman has none); the switch still refuses undeclared callers",
+                            network.name)
         return network
 
     def _network(self, fleet: str, environment: str, service: str | None):
