@@ -23,6 +23,7 @@ from resources.targets.kubernetes.objects import (
     KubernetesObjectError,
     deployment_objects,
     environment_objects,
+    strict_validator,
     validate_objects,
 )
 
@@ -134,6 +135,37 @@ def test_an_invalid_object_is_refused_naming_service_object_and_field_and_never_
     with pytest.raises(KubernetesObjectError, match=r"Deployment/payments .* field spec.template.spec.containers.0."
                                                     r"resources.requests.cpu: 'lots' is not a quantity"):
         validate_objects(objects, CLUSTER, service="payments", environment="prod")
+
+
+def test_the_schemas_are_read_once_per_kind_and_cluster_version_and_judge_as_kubernetes_validate_does(monkeypatch):
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    strict_validator.cache_clear()
+    reads = []
+    real_contents = utils.schema_contents
+    monkeypatch.setattr(utils, "schema_contents", lambda *a: reads.append(a[0]) or real_contents(*a))
+    for _ in range(3):
+        validate_objects(deployment_objects(spec(), CLUSTER), CLUSTER, service="payments", environment="prod")
+    # four kinds, each its own schema and the shared definitions, read the first time only
+    assert len(reads) == 8 and len({path for path in reads if "_definitions" not in path}) == 4
+    validate_objects(deployment_objects(spec(), KubernetesCluster("shop-prod", "1.30")), CLUSTER,
+                     service="payments", environment="prod")
+    assert len(reads) == 8  # the cluster of the objects does not matter, only the version validated against
+    validate_objects(deployment_objects(spec(), CLUSTER), KubernetesCluster("shop-prod", "1.30"),
+                     service="payments", environment="prod")
+    assert len(reads) == 16  # another cluster version: its own schemas
+    # the same verdicts as kubernetes-validate's own strict validation, valid and not
+    broken = deployment_objects(spec(), CLUSTER)
+    by_kind(broken)["Deployment"]["spec"]["replicaz"] = 2
+    for obj in [*deployment_objects(spec(), CLUSTER), *broken]:
+        try:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+            theirs = None
+        except utils.ValidationError as exc:
+            theirs = (list(exc.path), exc.message)
+        ours = next(iter(strict_validator(obj["kind"], obj["apiVersion"], "1.33").iter_errors(obj)), None)
+        assert (None if ours is None else (list(ours.path), ours.message)) == theirs
 
 
 def shop_with_kubernetes_prod(tmp_path: Path) -> Path:
