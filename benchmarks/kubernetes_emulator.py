@@ -357,6 +357,19 @@ class KubernetesApiEmulator:
 
         return self.call(read)
 
+    def crash(self, namespace: str, pod: str, restarts: int = 3) -> None:
+        """Make a running pod's container crash-loop, as the kubelet reports a process that keeps exiting."""
+        def patch():
+            stored = self.handler.objects[kmock.resource(PODS), namespace, pod]
+            (container, *_) = stored.raw["status"]["containerStatuses"]
+            stored.patch({"status": {"conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [{
+                **container, "ready": False, "restartCount": restarts,
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                      "message": f"back-off 40s restarting failed container={container['name']}"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}})
+
+        self.call(patch)
+
     def objects(self, resource: str, namespace: str) -> list[dict]:
         """Copies of the stored objects of one kind in a namespace."""
         wanted = kmock.resource(resource)
