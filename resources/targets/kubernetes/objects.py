@@ -227,9 +227,17 @@ def strict_validator(kind: str, api_version: str, cluster_version: str):
         schema = schema_contents(f"{folder}/{(kind or '').lower()}-{file_suffix}.json", cluster_version)
     except FileNotFoundError:
         raise SchemaNotFoundError(kind=kind, version=wanted, api_version=api_version) from None
-    definitions = schema_contents(f"{folder}/_definitions.json", cluster_version)
-    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    registry = _definitions(folder, cluster_version) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+@functools.lru_cache(maxsize=8)
+def _definitions(folder: str, cluster_version: str):
+    """The definitions every kind's schema refers to (one large file per schema version), parsed once for all kinds."""
+    from kubernetes_validate.utils import schema_contents
+    from referencing import Resource
+
+    return Resource.from_contents(schema_contents(f"{folder}/_definitions.json", cluster_version))
 
 
 def _minor_key(version: str) -> tuple[int, ...]:
