@@ -6,8 +6,9 @@ A deployment:
 1. refuses, before any request, an image not pinned by digest, a spec no target can deploy (`validate_spec`), a
    `publish` port (a docker-target host port) and any generated object that is not valid for the cluster's
    version (`validate_objects`, strict);
-2. reads each object (ConfigMap, Secret, Deployment, Service) and refuses to touch one that exists but is not
-   release-graph's for this fleet and environment;
+2. lists the service's Deployments (which slot serves; a rollout's candidate left by a killed run is taken away
+   first), reads each object (ConfigMap, Secret, NetworkPolicy, Deployment, Service) and refuses to touch one that
+   exists but is not release-graph's for this fleet and environment;
 3. sends only what differs: a missing object is created, one that already carries every field we own (labels,
    annotations, spec/data, and the fingerprint of what we last applied) gets nothing, any other is server-side
    applied (PATCH `application/apply-patch+yaml`, field manager `release-graph`, forced). The same digest
@@ -22,6 +23,10 @@ A deployment:
    environment, the pods' reasons and messages and the recent Warning events of those pods and the Deployment.
    The previous version's pods never stopped (a rolling update keeps them until the new ones are available), so
    it keeps serving.
+
+Progressive rollouts (`start_candidate`, `set_candidate_weight`, `promote_candidate`, `abort_candidate`, read back
+by `traffic`) run the new version in the service's other slot: blue-green switches the Service's selector, a canary
+scales both Deployments behind the one Service to a ratio of pods (the section "progressive rollouts" below).
 
 Secret values travel only in the Secret's request body: never in a log line, a result, an exception text (an API
 error about a Secret is reported by status alone, and every message is scrubbed of the values), and the
@@ -1071,7 +1076,7 @@ class KubernetesTarget(DeployTarget):
                                  network=self.namespace if containers else None, containers=tuple(containers))
 
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
-        """Delete every Service, Deployment, Secret and ConfigMap release-graph made for the fleet in the
+        """Delete every Service, Deployment, NetworkPolicy, Secret and ConfigMap release-graph made for the fleet in the
         environment's namespace (the namespace itself, and anything else in it, stay). The report's
         `containers` are the deleted objects as `Kind/name`."""
         removed = []
@@ -1094,10 +1099,11 @@ class KubernetesTarget(DeployTarget):
     ) -> ReapReport:
         """Remove the objects of the fleet's environments not in `keep_environments` from this namespace.
 
-        A killed run leaves nothing else behind here: the rollout's state is the Deployment itself, which the
+        A killed run leaves nothing else behind here: a rollout's state is the Deployment itself, which the
         cluster's controller finishes or keeps (and the next deployment settles), and the controller removes old
-        pods and ReplicaSets. So without `keep_environments` there is nothing to reap; `min_age_seconds` does
-        not apply.
+        pods and ReplicaSets; a progressive rollout's candidate is state too, which the next rollout, deployment or
+        `abort_candidate` settles (it may be a rollout still running). So without `keep_environments` there is
+        nothing to reap; `min_age_seconds` does not apply.
         """
         if keep_environments is not None and fleet is None:
             raise TargetError("reap: keep_environments needs a fleet (environments are per fleet)")
