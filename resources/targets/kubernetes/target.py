@@ -447,8 +447,9 @@ class KubernetesTarget(DeployTarget):
         deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
         if any(_is_candidate(d) for d in deployments):
             removed = self.abort_candidate(spec.fleet, spec.environment, spec.service)
-            log.info("%s: the candidate %s of an interrupted rollout was removed first", where, removed)
-            deployments = [d for d in deployments if not _is_candidate(d)]
+            log.info("%s: the interrupted rollout of %s was settled first", where, removed or "a promoted candidate")
+            # read again: settling a promotion killed half-way keeps the candidate, as what serves
+            deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
         serving = _serving(deployments)
         color = _color_of(serving) if serving is not None else BLUE
         route_to = None
@@ -757,7 +758,7 @@ class KubernetesTarget(DeployTarget):
         deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
         if any(_is_candidate(d) for d in deployments):
             self.abort_candidate(spec.fleet, spec.environment, spec.service)
-            deployments = [d for d in deployments if not _is_candidate(d)]
+            deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
         serving = _serving(deployments)
         if serving is None or spec.port is None:
             raise TargetError(f"{where}: a progressive rollout needs a version that serves already, behind the "

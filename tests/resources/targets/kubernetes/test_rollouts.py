@@ -278,16 +278,22 @@ def test_a_rollout_killed_half_way_is_read_back_from_the_cluster_and_settled(tar
     assert len(kubernetes_api.objects(PODS, NAMESPACE)) == 1
 
 
-def test_a_promotion_killed_after_it_removed_the_previous_version_is_finished_by_abort(target, kubernetes_api):
+@pytest.mark.parametrize("settled_by", ["abort", "the next deployment"])
+def test_a_promotion_killed_after_it_removed_the_previous_version_is_finished(target, kubernetes_api, settled_by):
     target.deploy(spec(FIRST, "blue-green"))
     target.start_candidate(spec(SECOND, "blue-green"))
     target.set_candidate_weight("shop", "prod", "payments", 100)
     target._remove_slot("where", kubernetes_api.object(DEPLOYMENTS, NAMESPACE, "payments"))  # killed right after
 
-    assert target.abort_candidate("shop", "prod", "payments") is None  # nothing to give the traffic back to
-
-    assert deployments(kubernetes_api) == {"payments-green": (1, SECOND)}
-    assert target.running("shop", "prod", "payments").digest == SECOND
+    if settled_by == "abort":
+        assert target.abort_candidate("shop", "prod", "payments") is None  # nothing to give the traffic back to
+        assert deployments(kubernetes_api) == {"payments-green": (1, SECOND)}
+    else:  # the deployment finds nothing serving but the candidate: it is promoted, then replaced in its slot
+        assert target.running("shop", "prod", "payments") is None
+        target.deploy(spec(THIRD, "blue-green"))
+        assert deployments(kubernetes_api) == {"payments-green": (1, THIRD)}
+        assert selector(kubernetes_api)["release-graph.io/color"] == GREEN
+    assert target.running("shop", "prod", "payments").container_name == "payments-green"
     assert target.traffic("shop", "prod", "payments").candidate is None
 
 
