@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import dagster as dg
 import pytest
 
-from release_graph.assets.rollout import RolledBack, RolloutController
+from release_graph.assets.rollout import RolledBack, RolloutController, deliver
 from release_graph.fleet import load_fleet
 from release_graph.fleet.model import Environment, Rollout, RolloutStep
 from release_graph.fleet.network import network_policy
+from release_graph.release import metadata as M
 from resources.targets import DeploymentFailed, DeploymentSpec, KubernetesTarget, KubernetesTargetConfig, TargetError
 from resources.targets.interface import deployment_spec
 from resources.targets.kubernetes.objects import (
@@ -242,6 +245,40 @@ def test_a_canary_started_beside_its_serving_version_has_no_pod_and_none_of_the_
     target.set_candidate_weight("shop", "prod", "payments", 10)
     scaled = [name for method, resource, name in writes(kubernetes_api, start) if resource == DEPLOYMENTS]
     assert scaled[:2] == ["payments", "payments-green"] and ready_pods(kubernetes_api) == {BLUE: 9, GREEN: 1}
+
+
+class DeployStepContext:
+    """What `deliver` uses of a Dagster step's context: its log, its run (whose tags carry a release manager's
+    promote or abort; none here) and the events it records."""
+
+    def __init__(self):
+        self.log = logging.getLogger("deploy-step")
+        self.run = SimpleNamespace(run_id="run-1")
+        self.instance = SimpleNamespace(get_run_by_id=lambda run_id: None)
+        self.events = []
+
+    def log_event(self, event) -> None:
+        self.events.append(event)
+
+
+def test_the_deploy_step_rolls_a_new_digest_out_progressively_and_replaces_a_first_deployment_at_once(
+        target, kubernetes_api, cluster):
+    env = environment(cluster, "canary", 10, 50)
+    key = dg.AssetKey(["payments", "prod"])
+
+    first, metadata = deliver(DeployStepContext(), target, spec(FIRST), env, key)
+    assert first.container_name == "payments" and metadata[M.ANALYSIS_VERDICT].startswith(
+        "not analysed: the first deployment here")
+    again, metadata = deliver(DeployStepContext(), target, spec(FIRST), env, key)
+    assert not again.changed and metadata[M.ANALYSIS_VERDICT] == "not analysed: this digest already served"
+
+    released, metadata = deliver(DeployStepContext(), target, spec(SECOND), env, key)
+
+    assert metadata[M.ROLLOUT_STRATEGY] == "canary" and released.container_name == "payments-green"
+    steps = metadata[M.ROLLOUT_STEPS].records
+    assert [(row.data["step"], row.data["weight"]) for row in steps] == [
+        ("1. canary 10%", "10"), ("2. canary 50%", "50"), ("3. full traffic (bake)", "100")]  # table cells
+    assert deployments(kubernetes_api) == {"payments-green": (1, SECOND)}
 
 
 # --- a rollout killed half-way --------------------------------------------------------------------------------
