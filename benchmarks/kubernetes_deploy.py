@@ -10,8 +10,9 @@ Each round deploys one service three ways on a fresh emulator: a first deploymen
 again (a no-op), and a new digest. For each it measures the whole `deploy()`, the time spent inside
 the client's API calls (HTTP to the emulator and the emulator's own work, which shares this process's interpreter),
 the strict schema validation of the objects, and counts the requests the emulator answered, by verb. The first
-deployment of the process also reads the schema files and makes the first connection: it is reported on its own
-(cold). Prints a markdown table; `make bench` runs it as section (h) and writes its figures into docs/benchmarks.md.
+deployment of the process also reads the schema files (to build the validators it keeps) and makes the first
+connection: it is reported on its own (cold). Prints a markdown table; `make bench` runs it as section (h) and
+writes its figures into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def ms(values: list[float]) -> str:
 
 def table(timings: dict, calls: dict, runs: int) -> str:
     lines = [
-        f"Kubernetes target, one service (ConfigMap, Secret, Deployment, Service) deployed through the emulated API, "
+        f"Kubernetes target, one service (ConfigMap, Secret, NetworkPolicy, Deployment, Service) deployed through the "
+        "emulated API, "
         "its apply creating like a real API server's "
         f"(kmock {version('kmock')}, kubernetes client {version('kubernetes')}, Python {platform.python_version()}, "
         f"{os.cpu_count()} cores); median (min-max) of {runs} rounds (the first deployment: {runs - 1}, after the "

@@ -15,13 +15,15 @@ implemented; a PATCH of a missing object is 404 whatever its content type (serve
 unless `apply_creates=True` asks for a real API server's behaviour); a dict body is merged recursively whatever the
 Content-Type (null deletes, lists are replaced).
 
-`FakeController` stands for the Deployment and ReplicaSet controllers and the kubelet. After every request it
-settles each Deployment whose generation it has not observed: a digest it was not told otherwise of becomes
-available at once (a pod of the new revision, running and ready, replaces the previous pods; a revision that still
-has a ready pod, as after a rollback, keeps it); a `slow` digest only after some seconds (the rollout shows one
-updated replica, not yet available, meanwhile); one told to `fail` gets a pod of the new revision that crash-loops,
-cannot pull its image or never becomes ready, with the Warning event a kubelet writes, while the previous pods
-keep running.
+`FakeController` stands for the Deployment and ReplicaSet controllers, the garbage collector and the kubelet. After
+every request it settles each Deployment whose generation it has not observed: a digest it was not told otherwise
+of becomes available at once (as many pods of the new revision as `spec.replicas` asks, running and ready, replace
+the Deployment's other pods; ready pods of the same revision, as after a rollback or a scale, are kept); a `slow`
+digest only after some seconds (the rollout shows one updated replica, not yet available, meanwhile); one told to
+`fail` gets a pod of the new revision that crash-loops, cannot pull its image or never becomes ready, with the
+Warning event a kubelet writes, while the previous pods keep running. A Deployment's pods are those it made (their
+`ownerReferences` name its ReplicaSet, `<deployment>-<revision hash>`), never another Deployment's whose labels
+its selector also matches, as a real controller keeps them apart; the pods of a deleted Deployment are deleted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import hashlib
 import itertools
 import threading
 import time
@@ -95,8 +98,14 @@ class FakeController:
         self.failing[digest] = (how, message)
 
     def reconcile(self, store) -> None:
-        """Settle every Deployment whose current generation was not observed yet, or whose slow rollout is due
-        (runs on the emulator's loop)."""
+        """Settle every Deployment whose current generation was not observed yet, or whose slow rollout is due,
+        and delete the pods of Deployments that are gone (runs on the emulator's loop)."""
+        deployments = {(namespace, name) for (resource, namespace, name), obj in store.items()
+                       if resource == DEPLOYMENTS and not obj.deleted}
+        for key, pod in list(store.items()):
+            owner = _owner(pod.raw) if key[0] == kmock.resource(PODS) and not pod.deleted else None
+            if owner is not None and (key[1], owner) not in deployments:
+                pod.delete()
         for (resource, namespace, name), obj in list(store.items()):
             if resource != DEPLOYMENTS or obj.deleted:
                 continue
@@ -115,10 +124,8 @@ class FakeController:
         (container, *_) = template.get("spec", {}).get("containers") or [{}]
         image = container.get("image", "")
         digest = image.rsplit("@", 1)[-1]
-        selector = (spec.get("selector") or {}).get("matchLabels") or {}
         previous = [key for key, pod in store.items() if key[0] == kmock.resource(PODS) and key[1] == namespace
-                    and not pod.deleted and all(((pod.raw.get("metadata") or {}).get("labels") or {}).get(k) == v
-                                                for k, v in selector.items())]
+                    and not pod.deleted and _owner(pod.raw) == name]
         pod_name = f"{name}-{generation}-{next(self._pods):05x}"
         how, message_override = self.failing.get(digest, (None, None))
         now = _now()
@@ -129,15 +136,17 @@ class FakeController:
                 "observedGeneration": generation, "replicas": len(previous) + 1, "updatedReplicas": 1,
                 "readyReplicas": len(previous), "availableReplicas": len(previous), "unavailableReplicas": 1}})
             return
-        if how is None:
+        if how is None or replicas == 0:
             self._pending.pop(key, None)
             revision = _revision(template)
             kept = [pod for pod in previous if _revision(store[pod].raw) == revision and _ready(store[pod].raw)]
-            for pod in previous:  # the new ReplicaSet took over: the other revisions' pods are gone
+            kept = kept[:replicas]
+            for pod in previous:  # the new ReplicaSet took over (or scaled down): the other pods are gone
                 if pod not in kept:
                     store[pod].delete()
-            if not kept:
-                self._add_pod(store, namespace, pod_name, template, image, ready=True, now=now)
+            for number in range(replicas - len(kept)):
+                self._add_pod(store, namespace, name, f"{pod_name}{number or ''}", template, image, ready=True,
+                              now=now)
             status = {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
                       "readyReplicas": replicas, "availableReplicas": replicas, "unavailableReplicas": None,
                       "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
@@ -150,7 +159,7 @@ class FakeController:
             state = _format(state, values)
             if message_override is not None and "waiting" in state:
                 state["waiting"]["message"] = message_override
-            self._add_pod(store, namespace, pod_name, template, image, ready=False, now=now,
+            self._add_pod(store, namespace, name, pod_name, template, image, ready=False, now=now,
                           state=state, last_state=last_state, restarts=restarts)
             event_name = f"{pod_name}.{uuid.uuid4().hex[:8]}"
             store[EVENTS, namespace, event_name] = {
@@ -165,9 +174,12 @@ class FakeController:
         store[DEPLOYMENTS, namespace, name].patch({"status": status})
 
     @staticmethod
-    def _add_pod(store, namespace: str, pod_name: str, template: dict, image: str, *, ready: bool, now: str,
-                 state: dict | None = None, last_state: dict | None = None, restarts: int = 0) -> None:
+    def _add_pod(store, namespace: str, deployment: str, pod_name: str, template: dict, image: str, *, ready: bool,
+                 now: str, state: dict | None = None, last_state: dict | None = None, restarts: int = 0) -> None:
         metadata = copy.deepcopy(template.get("metadata") or {})
+        replica_set = f"{deployment}-{hashlib.sha256(repr(_revision(template)).encode()).hexdigest()[:10]}"
+        metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set,
+                                        "uid": str(uuid.uuid5(uuid.NAMESPACE_OID, replica_set)), "controller": True}]
         pod_spec = copy.deepcopy(template.get("spec") or {})
         containers = pod_spec.get("containers") or [{}]
         store[PODS, namespace, pod_name] = {
@@ -188,6 +200,14 @@ def _revision(obj: dict) -> tuple:
     metadata = obj.get("metadata") or {}
     return ((metadata.get("labels") or {}).get("release-graph.io/digest"),
             (metadata.get("annotations") or {}).get("release-graph.io/config-hash"))
+
+
+def _owner(pod: dict) -> str | None:
+    """The Deployment that made a pod (its ReplicaSet's name without the revision hash); None: made by hand."""
+    for reference in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("kind") == "ReplicaSet" and reference.get("controller"):
+            return reference["name"].rsplit("-", 1)[0]
+    return None
 
 
 def _ready(pod: dict) -> bool:
@@ -336,6 +356,19 @@ class KubernetesApiEmulator:
             return copy.deepcopy(self.handler.objects[key].raw)
 
         return self.call(read)
+
+    def crash(self, namespace: str, pod: str, restarts: int = 3) -> None:
+        """Make a running pod's container crash-loop, as the kubelet reports a process that keeps exiting."""
+        def patch():
+            stored = self.handler.objects[kmock.resource(PODS), namespace, pod]
+            (container, *_) = stored.raw["status"]["containerStatuses"]
+            stored.patch({"status": {"conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [{
+                **container, "ready": False, "restartCount": restarts,
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                      "message": f"back-off 40s restarting failed container={container['name']}"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}})
+
+        self.call(patch)
 
     def objects(self, resource: str, namespace: str) -> list[dict]:
         """Copies of the stored objects of one kind in a namespace."""

@@ -104,6 +104,7 @@ def registry_resource(fleet: Fleet | None):
 KUBECONFIG_VARIABLE = "RELEASE_GRAPH_KUBECONFIG"
 KUBERNETES_API_VARIABLE = "RELEASE_GRAPH_KUBERNETES_API"
 KUBERNETES_ROLLOUT_TIMEOUT_VARIABLE = "RELEASE_GRAPH_KUBERNETES_ROLLOUT_TIMEOUT"
+KUBERNETES_CANARY_REPLICAS_VARIABLE = "RELEASE_GRAPH_KUBERNETES_CANARY_REPLICAS"
 OTLP_ENDPOINT_VARIABLE = "RELEASE_GRAPH_OTLP_ENDPOINT"
 TRACE_FILE_VARIABLE = "RELEASE_GRAPH_TRACE_FILE"
 
@@ -138,6 +139,12 @@ def kubernetes_target_config():
     except ValueError:
         raise ValueError(f"${KUBERNETES_ROLLOUT_TIMEOUT_VARIABLE} must be a number of seconds, "
                          f"not {timeout!r}") from None
+    canary = os.environ.get(KUBERNETES_CANARY_REPLICAS_VARIABLE)
+    if canary:
+        if not canary.isdigit() or int(canary) < 2:
+            raise ValueError(f"${KUBERNETES_CANARY_REPLICAS_VARIABLE} must be a whole number of pods, at least 2, "
+                             f"not {canary!r}")
+        extra["canary_replicas"] = int(canary)
     return KubernetesTargetConfig(api_host=api_host, kubeconfig=kubeconfig, **extra)
 
 

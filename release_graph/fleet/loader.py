@@ -1070,6 +1070,8 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
     secrets = {}
     for service, refs in per_service("secrets").items():
         secrets[service] = _parse_secret_refs(problems, name, service, raw["secrets"], refs)
+    rollout = _parse_rollout(problems, name, raw)
+    _check_rollout_measured_on(problems, name, raw, target, rollout)
     return Environment(
         name=name,
         target=target,
@@ -1084,7 +1086,7 @@ def _parse_environment(problems: _Problems, name: str, raw: LineDict, service_na
         config=MappingProxyType(config),
         secrets=MappingProxyType(secrets),
         scan_threshold=scan_threshold,
-        rollout=_parse_rollout(problems, name, raw),
+        rollout=rollout,
         notifications=_parse_notifications(problems, raw, name, fleet_notifications),
         kubernetes=_parse_kubernetes(problems, name, raw, target),
     )
@@ -1476,6 +1478,20 @@ def _string_settings(problems: _Problems, env: str, analysis: LineDict, name: st
             else:
                 settings[key] = value
     return settings
+
+
+def _check_rollout_measured_on(problems: _Problems, env: str, raw: LineDict, target: str, rollout: Rollout) -> None:
+    """haproxy counts the docker target's switch: on kubernetes a rollout that measures (a pause, a bake or a hold)
+    with it would find no counters and roll back after `consecutive_error_limit` measurements."""
+    measures = (rollout.bake_seconds > 0 or rollout.hold_seconds > 0
+                or any(step.pause_seconds > 0 for step in rollout.steps))
+    if target == "kubernetes" and rollout.progressive and measures and "haproxy" in rollout.analysis.providers:
+        block = raw.get("rollout")
+        analysis = block.get("analysis") if isinstance(block, LineDict) else None
+        line = _line(analysis, "providers") or _line(block, "analysis") or _line(raw, "rollout")
+        problems.add(line, _where(environment=env, field_name="rollout.analysis.providers"),
+                     "haproxy measures the docker target's switch; a kubernetes environment's rollout is measured "
+                     "by prometheus or cloudwatch (e.g. providers: [prometheus] with its queries)")
 
 
 def _parse_analysis(problems: _Problems, env: str, rollout: LineDict, reporter) -> Analysis:

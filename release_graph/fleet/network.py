@@ -4,7 +4,8 @@ outside world where an environment publishes it; nothing else.
 
 `allowed_calls` is that rule as a list (what `release-graph validate --explain-network` prints);
 `network_policies` is the same rule as one Kubernetes NetworkPolicy per service (networking.k8s.io/v1), selecting
-pods by `pod_labels`. The docker target enforces it (resources/targets/docker: a network per service, and a
+pods by `pod_labels`; `network_policy` builds one service's, which the kubernetes target applies with the service's
+deployment. The docker target enforces the rule itself (resources/targets/docker: a network per service, and a
 switch that admits only the declared callers' networks, counting and naming every refusal); docs/manifest.md,
 "Allowed calls".
 
@@ -13,6 +14,7 @@ Plain Python: no Dagster, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from release_graph.fleet.model import Fleet, Service
@@ -59,28 +61,33 @@ def refused(fleet: Fleet, caller: str, callee: str) -> bool:
 
 
 def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
-    """One NetworkPolicy per service: ingress to its pods only from its declared callers' pods, on its port, and
-    from anywhere on that port where an environment publishes it; a service nobody calls admits nothing."""
-    policies = []
-    for service in fleet.services.values():
-        sources = [{"podSelector": {"matchLabels": pod_labels(fleet.name, caller)}}
-                   for caller in fleet.callers_of(service.name)]
-        rules = []
-        ports = [{"protocol": "TCP", "port": service.port}] if service.port is not None else None
-        if ports and sources:
-            rules.append({"from": sources, "ports": ports})
-        if ports and _published_in(fleet, service):
-            rules.append({"ports": ports})  # no `from`: every source, as a published port is
-        policies.append({
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": {"name": f"{service.name}-callers", "namespace": namespace,
-                         "labels": {**pod_labels(fleet.name, service.name), MANAGED_BY_LABEL: "release-graph"}},
-            "spec": {"podSelector": {"matchLabels": pod_labels(fleet.name, service.name)},
-                     "policyTypes": ["Ingress"],
-                     "ingress": rules},
-        })
-    return policies
+    """One NetworkPolicy per service (`network_policy`), in manifest order."""
+    return [network_policy(fleet.name, service.name, service.port, fleet.callers_of(service.name),
+                           bool(_published_in(fleet, service)), namespace)
+            for service in fleet.services.values()]
+
+
+def network_policy(fleet_name: str, service: str, port: int | None, callers: Iterable[str], published: bool,
+                   namespace: str) -> dict:
+    """A service's NetworkPolicy: ingress to its pods only from its `callers`' pods, on its port, and from anywhere
+    on that port when an environment publishes it; a service nobody calls admits nothing. The kubernetes target
+    applies this object with the service's deployment, from the callers its DeploymentSpec carries."""
+    sources = [{"podSelector": {"matchLabels": pod_labels(fleet_name, caller)}} for caller in callers]
+    rules = []
+    ports = [{"protocol": "TCP", "port": port}] if port is not None else None
+    if ports and sources:
+        rules.append({"from": sources, "ports": ports})
+    if ports and published:
+        rules.append({"ports": ports})  # no `from`: every source, as a published port is
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{service}-callers", "namespace": namespace,
+                     "labels": {**pod_labels(fleet_name, service), MANAGED_BY_LABEL: "release-graph"}},
+        "spec": {"podSelector": {"matchLabels": pod_labels(fleet_name, service)},
+                 "policyTypes": ["Ingress"],
+                 "ingress": rules},
+    }
 
 
 def pod_labels(fleet_name: str, service_name: str) -> dict[str, str]:

@@ -115,7 +115,12 @@ class DeploymentSpec:
     down (immutable by default: read-only root, writable in-memory folders only, no capabilities, no privilege
     escalation).
     `resources` are the requests and limits of its containers (the kubernetes target sends them; the docker target
-    does not apply them).
+    does not apply them). `published_anywhere` says whether some environment of the fleet publishes it: with
+    `callers`, the network rule the kubernetes target applies as the service's NetworkPolicy
+    (release_graph.fleet.network).
+    `rollout_strategy` is the environment's `rollout.strategy`: the kubernetes target moves a rollout's traffic by
+    switching its Service for `blue-green` and by replica ratio otherwise (the docker target's switch does both by
+    weight, and ignores it).
     """
 
     fleet: str
@@ -135,6 +140,8 @@ class DeploymentSpec:
     secrets_as: str = "file"
     hardening: Hardening = field(default_factory=Hardening)
     resources: Resources = field(default_factory=Resources)
+    published_anywhere: bool = False
+    rollout_strategy: str = "replace"
 
 
 def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *, image: str, git_sha: str = "",
@@ -162,6 +169,8 @@ def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *,
         secrets_as=service.secrets_as,
         hardening=service.hardening,
         resources=service.resources,
+        published_anywhere=any(service.name in env.publish for env in fleet.environments.values()),
+        rollout_strategy=environment.rollout.strategy,
     )
 
 

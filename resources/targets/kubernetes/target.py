@@ -6,8 +6,9 @@ A deployment:
 1. refuses, before any request, an image not pinned by digest, a spec no target can deploy (`validate_spec`), a
    `publish` port (a docker-target host port) and any generated object that is not valid for the cluster's
    version (`validate_objects`, strict);
-2. reads each object (ConfigMap, Secret, Deployment, Service) and refuses to touch one that exists but is not
-   release-graph's for this fleet and environment;
+2. lists the service's Deployments (which slot serves; a rollout's candidate left by a killed run is taken away
+   first), reads each object (ConfigMap, Secret, NetworkPolicy, Deployment, Service) and refuses to touch one that
+   exists but is not release-graph's for this fleet and environment;
 3. sends only what differs: a missing object is created, one that already carries every field we own (labels,
    annotations, spec/data, and the fingerprint of what we last applied) gets nothing, any other is server-side
    applied (PATCH `application/apply-patch+yaml`, field manager `release-graph`, forced). The same digest
@@ -22,6 +23,10 @@ A deployment:
    environment, the pods' reasons and messages and the recent Warning events of those pods and the Deployment.
    The previous version's pods never stopped (a rolling update keeps them until the new ones are available), so
    it keeps serving.
+
+Progressive rollouts (`start_candidate`, `set_candidate_weight`, `promote_candidate`, `abort_candidate`, read back
+by `traffic`) run the new version in the service's other slot: blue-green switches the Service's selector, a canary
+scales both Deployments behind the one Service to a ratio of pods (the section "progressive rollouts" below).
 
 Secret values travel only in the Secret's request body: never in a log line, a result, an exception text (an API
 error about a Secret is reported by status alone, and every message is scrubbed of the values), and the
@@ -70,11 +75,20 @@ from resources.targets.interface import (
     validate_spec,
 )
 from resources.targets.kubernetes.objects import (
+    BLUE,
+    CANDIDATE,
+    COLOR_LABEL,
     CONFIG_HASH_ANNOTATION,
     DIGEST_ANNOTATION,
     DIGEST_LABEL,
     ENVIRONMENT_LABEL,
+    GREEN,
+    ROLLOUT_ANNOTATION,
+    TRACK_LABEL,
+    WEIGHT_ANNOTATION,
+    deployment_name,
     deployment_objects,
+    other_color,
     validate_objects,
 )
 
@@ -83,6 +97,12 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "release-graph"
 MANAGED_BY = "release-graph"  # the value of app.kubernetes.io/managed-by on everything the target creates
 APPLY_PATCH = "application/apply-patch+yaml"
+# A rollout's small changes (replicas, the Service's color, the candidate's marks) are merge patches of the live
+# object: the spec that made it is not at hand in a later step or another process (the CLI's abort).
+MERGE_PATCH = "application/merge-patch+json"
+SERVING_REPLICAS = 1  # what a Deployment serves with outside a rollout (every apply sends it)
+BLUE_GREEN = "blue-green"
+CANARY = "canary"
 # What we last applied to an object, as a fingerprint of the body we sent (a Secret's by its names only): a
 # field we stopped sending (a probe, a config key) changes it, where comparing what we send with what is live
 # could not see a removal.
@@ -92,8 +112,8 @@ FAILING_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePu
 RECENT_WARNINGS = 10
 # Annotations the API server or kubectl own: re-applying them on a rollback would take them over.
 FOREIGN_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "kubectl.kubernetes.io/")
-# Torn down in this order: what routes to the pods first, their configuration last.
-TEARDOWN_KINDS = ("Service", "Deployment", "Secret", "ConfigMap")
+# Torn down in this order: what routes to the pods first, their isolation once they are gone, configuration last.
+TEARDOWN_KINDS = ("Service", "Deployment", "NetworkPolicy", "Secret", "ConfigMap")
 
 
 class KubernetesTargetConfig(dg.Config):
@@ -115,11 +135,16 @@ class KubernetesTargetConfig(dg.Config):
     )
     poll_seconds: float = Field(default=2.0, description="How often a rollout's progress is read.")
     request_timeout_seconds: float = Field(default=30, description="Timeout of one API request.")
+    canary_replicas: int = Field(
+        default=10, ge=2,
+        description="How many pods the serving version and the candidate have together during a canary, so that a "
+        "step's weight is a ratio of ready pods behind the one Service (10: steps of 10 %; see canary_replicas()).",
+    )
 
 
 @dataclass(frozen=True)
 class _Kind:
-    api: str  # "core" (CoreV1Api) or "apps" (AppsV1Api)
+    api: str  # "core" (CoreV1Api), "apps" (AppsV1Api) or "networking" (NetworkingV1Api)
     suffix: str  # the client's method names: read_namespaced_<suffix>, ...
 
 
@@ -128,6 +153,7 @@ KINDS = {
     "Secret": _Kind("core", "secret"),
     "Service": _Kind("core", "service"),
     "Deployment": _Kind("apps", "deployment"),
+    "NetworkPolicy": _Kind("networking", "network_policy"),
 }
 
 
@@ -146,6 +172,52 @@ class _Sent:
 
     desired: dict
     previous: dict | None
+
+
+@dataclass(frozen=True)
+class KubernetesTraffic:
+    """How a service's traffic is split now, read back from the cluster (what the docker target keeps in its route
+    file): the Deployment that serves, the candidate beside it, the weight last asked for and what the Service
+    selects. `candidate` and `candidate_name` are the candidate's Deployment (None: no rollout in progress)."""
+
+    serving: str | None
+    candidate: str | None
+    candidate_weight: int
+    strategy: str | None  # the candidate's: blue-green or canary
+    selector: Mapping[str, str]
+    serving_replicas: int = 0
+    serving_ready: int = 0
+    candidate_replicas: int = 0
+    candidate_ready: int = 0
+
+    @property
+    def candidate_name(self) -> str | None:
+        return self.candidate
+
+    candidate_color: str | None = None
+
+    @property
+    def candidate_share(self) -> float:
+        """The candidate's share of the ready pods the Service selects, in percent (what a canary really gets)."""
+        if self.candidate is None:
+            return 0.0
+        if COLOR_LABEL in self.selector:
+            return 100.0 if self.selector[COLOR_LABEL] == self.candidate_color else 0.0
+        ready = self.serving_ready + self.candidate_ready
+        return round(100 * self.candidate_ready / ready, 1) if ready else 0.0
+
+
+def canary_replicas(weight: int, total: int) -> tuple[int, int]:
+    """(candidate, serving) pods for a canary step of `weight` percent among `total` pods: the candidate gets
+    `total * weight / 100` rounded half up, at least 1 while the weight is above 0 and at most `total - 1` while it
+    is below 100, so each version keeps a pod until the step says otherwise. With 10 pods a weight is met to the
+    nearest 10 % (25 % gets 3 of 10; 1 % gets 1 of 10)."""
+    if weight <= 0:
+        return 0, total
+    if weight >= 100:
+        return total, 0
+    candidate = min(max(int(total * weight / 100 + 0.5), 1), total - 1)
+    return candidate, total - candidate
 
 
 def rollout_progress(deployment: Mapping, generation: int | None = None) -> RolloutProgress:
@@ -295,7 +367,8 @@ class KubernetesTarget(DeployTarget):
     def _api(self, group: str):
         import kubernetes
 
-        api = kubernetes.client.AppsV1Api if group == "apps" else kubernetes.client.CoreV1Api
+        api = {"apps": kubernetes.client.AppsV1Api,
+               "networking": kubernetes.client.NetworkingV1Api}.get(group, kubernetes.client.CoreV1Api)
         return api(self.api_client)
 
     def _request(self, what: str, group: str, method: str, *args, missing_ok: bool = False, secret: bool = False,
@@ -364,45 +437,37 @@ class KubernetesTarget(DeployTarget):
         reference, digest = pinned_reference(spec.image)
         validate_spec(spec)
         where = self._where(spec.service, spec.environment)
-        if spec.publish is not None:
-            raise InvalidDeploymentSpec(
-                f"{where}: publish {spec.publish} is a host port of the docker target; in a kubernetes environment "
-                f"the service is reached through its Service (http://{spec.service}.{self.namespace}.svc:{spec.port})"
-                ": remove it from the environment's `publish`")
+        self._refuse_publish(spec, where)
         objects = deployment_objects(spec, self.cluster)
         validate_objects(objects, self.cluster, service=spec.service, environment=spec.environment)
-        for obj in objects:
-            obj["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = applied_fingerprint(obj)
         started = time.monotonic()
 
-        # Every read before any write: an object that is not ours refuses the deployment with nothing changed.
-        live = {}
-        for obj in objects:
-            what = f"{where}: reading {self._object_name(obj)}"
-            live[obj["kind"]] = self._read(what, obj["kind"], obj["metadata"]["name"])
-        for obj in objects:
-            self._check_ownership(spec, obj, live[obj["kind"]])
+        # The version that serves may be in either slot (a promoted candidate stays where it is); a candidate left
+        # by a rollout killed half-way is taken away first, as `abort_candidate` does.
+        deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
+        if any(_is_candidate(d) for d in deployments):
+            removed = self.abort_candidate(spec.fleet, spec.environment, spec.service)
+            log.info("%s: the interrupted rollout of %s was settled first", where, removed or "a promoted candidate")
+            # read again: settling a promotion killed half-way keeps the candidate, as what serves
+            deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
+        serving = _serving(deployments)
+        color = _color_of(serving) if serving is not None else BLUE
+        route_to = None
+        if spec.rollout_strategy == BLUE_GREEN and (serving is None or _template_color(serving) == color):
+            # blue-green narrows the Service to the serving color; a Deployment made before the colors gets the
+            # label with this apply, and the Service is narrowed by the next one (its pods have the label by then)
+            route_to = color
+        if (color, route_to) != (BLUE, None):
+            objects = deployment_objects(spec, self.cluster, color=color, route_to=route_to)
+            validate_objects(objects, self.cluster, service=spec.service, environment=spec.environment)
 
-        sent: list[_Sent] = []
-        current: dict[str, dict] = {}
-        try:
-            for obj in objects:
-                before = live[obj["kind"]]
-                answer, action = self._apply(where, obj, before)
-                current[obj["kind"]] = answer
-                log.info("%s: %s %s", where, self._object_name(obj), action)
-                if action != "unchanged":
-                    sent.append(_Sent(obj, before))
-        except TargetError as exc:
-            restored = self._restore(spec, sent)
-            raise DeploymentFailed(_scrub(f"{exc}; {restored}", spec.secrets), service=spec.service,
-                                   environment=spec.environment, image=reference) from None
-
+        sent, current = self._send(spec, where, reference, objects)
         deployment = current["Deployment"]
         name = deployment["metadata"]["name"]
         generation = (deployment.get("metadata") or {}).get("generation")
         try:
-            problem, diagnosis, final = self._wait_for_rollout(spec, name, generation, deployment)
+            problem, diagnosis, final = self._wait_for_rollout(where, spec.fleet, spec.service, name, generation,
+                                                               deployment)
         except TargetError as exc:  # the API stopped answering: what was sent is taken back all the same
             problem, diagnosis, final = f"the rollout could not be followed: {exc}", "", deployment
         if problem is not None:
@@ -433,6 +498,42 @@ class KubernetesTarget(DeployTarget):
             health_seconds=round(seconds, 3),
             network=self.namespace,
         )
+
+    def _refuse_publish(self, spec: DeploymentSpec, where: str) -> None:
+        if spec.publish is not None:
+            raise InvalidDeploymentSpec(
+                f"{where}: publish {spec.publish} is a host port of the docker target; in a kubernetes environment "
+                f"the service is reached through its Service (http://{spec.service}.{self.namespace}.svc:{spec.port})"
+                ": remove it from the environment's `publish`")
+
+    def _send(self, spec: DeploymentSpec, where: str, reference: str, objects: list[dict],
+              *, candidate: bool = False) -> tuple[list[_Sent], dict[str, dict]]:
+        """Fingerprint, read, check and apply `objects` in order; what was sent and each kind as the server answered.
+        Every read comes before any write: an object that is not ours refuses the deployment with nothing changed.
+        A write that fails takes back what was sent (DeploymentFailed)."""
+        for obj in objects:
+            obj["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = applied_fingerprint(obj)
+        live = {}
+        for obj in objects:
+            what = f"{where}: reading {self._object_name(obj)}"
+            live[obj["kind"]] = self._read(what, obj["kind"], obj["metadata"]["name"])
+        for obj in objects:
+            self._check_ownership(spec, obj, live[obj["kind"]])
+        sent: list[_Sent] = []
+        current: dict[str, dict] = {}
+        try:
+            for obj in objects:
+                before = live[obj["kind"]]
+                answer, action = self._apply(where, obj, before)
+                current[obj["kind"]] = answer
+                log.info("%s: %s %s", where, self._object_name(obj), action)
+                if action != "unchanged":
+                    sent.append(_Sent(obj, before))
+        except TargetError as exc:
+            restored = self._restore(spec, sent, candidate=candidate)
+            raise DeploymentFailed(_scrub(f"{exc}; {restored}", spec.secrets), service=spec.service,
+                                   environment=spec.environment, image=reference) from None
+        return sent, current
 
     def _check_ownership(self, spec: DeploymentSpec, desired: Mapping, live: Mapping | None) -> None:
         if live is None:
@@ -476,11 +577,10 @@ class KubernetesTarget(DeployTarget):
 
     # --- the rollout ------------------------------------------------------------------------------------
 
-    def _wait_for_rollout(self, spec: DeploymentSpec, name: str, generation: int | None,
+    def _wait_for_rollout(self, where: str, fleet: str, service: str, name: str, generation: int | None,
                           deployment: dict) -> tuple[str | None, str, dict]:
         """(why it failed, the pods' reasons and the recent warnings as lines, the Deployment as last read); why is
         None when the rollout completed."""
-        where = self._where(spec.service, spec.environment)
         deadline = time.monotonic() + self.config.rollout_timeout_seconds
         template = deployment["spec"]["template"]
         while True:
@@ -492,7 +592,7 @@ class KubernetesTarget(DeployTarget):
             if progress.done:
                 return None, "", current
             try:
-                pods, unreadable = self._revision_pods(where, spec, template), None
+                pods, unreadable = self._revision_pods(where, fleet, service, name, template), None
             except TargetError as exc:  # e.g. not allowed to list pods: the status alone decides
                 pods, unreadable = [], str(exc)
             failing = [line for pod in pods for line in _pod_problems(pod, failing_only=True)]
@@ -507,18 +607,22 @@ class KubernetesTarget(DeployTarget):
                 return why, self._diagnosis(where, name, pods, unreadable), current
             time.sleep(self.config.poll_seconds)
 
-    def _revision_pods(self, where: str, spec: DeploymentSpec, template: Mapping) -> list[dict]:
+    def _revision_pods(self, where: str, fleet: str, service: str, name: str, template: Mapping) -> list[dict]:
         """The pods made from `template`: a pod carries its template's labels and annotations, so the digest
-        label and the configuration's hash tell the new revision's pods from the previous one's."""
+        label, the color and the configuration's hash tell the new revision's pods from the previous one's (and a
+        candidate's from the serving version's)."""
         metadata = template.get("metadata") or {}
         labels = metadata.get("labels") or {}
         config_hash = (metadata.get("annotations") or {}).get(CONFIG_HASH_ANNOTATION)
-        selector = {SERVICE_LABEL: spec.service, FLEET_LABEL: spec.fleet}
-        found = self._request(f"{where}: listing the pods of Deployment {self.namespace}/{spec.service}", "core",
+        selector = {SERVICE_LABEL: service, FLEET_LABEL: fleet}
+        found = self._request(f"{where}: listing the pods of Deployment {self.namespace}/{name}", "core",
                               "list_namespaced_pod", self.namespace,
                               label_selector=",".join(f"{k}={v}" for k, v in selector.items())) or {}
+        revision = {**selector, DIGEST_LABEL: labels.get(DIGEST_LABEL, "")}
+        if COLOR_LABEL in labels:
+            revision[COLOR_LABEL] = labels[COLOR_LABEL]
         return [pod for pod in found.get("items") or []
-                if _labelled(pod, {**selector, DIGEST_LABEL: labels.get(DIGEST_LABEL, "")})
+                if _labelled(pod, revision)
                 and ((pod.get("metadata") or {}).get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) == config_hash]
 
     def _diagnosis(self, where: str, name: str, pods: Sequence[Mapping], pods_unreadable: str | None) -> str:
@@ -554,7 +658,7 @@ class KubernetesTarget(DeployTarget):
             lines.append("no Warning events about them")
         return "".join(f"\n  - {line}" for line in lines)
 
-    def _restore(self, spec: DeploymentSpec, sent: Sequence[_Sent]) -> str:
+    def _restore(self, spec: DeploymentSpec, sent: Sequence[_Sent], *, candidate: bool = False) -> str:
         """Put back what this deployment changed, newest first: re-apply what was read before (the previous
         Deployment template, ConfigMap, Secret), delete what it created; then wait (bounded) for the previous
         Deployment to be available again. What happened, in words."""
@@ -581,6 +685,8 @@ class KubernetesTarget(DeployTarget):
         if problems:
             words += "; the rollback could not finish: " + "; ".join(problems)
         deployment_sent = [item for item in sent if item.desired["kind"] == "Deployment"]
+        if candidate:
+            return words + "; the serving version was never moved and keeps all the traffic"
         if deployment_sent and deployment_sent[0].previous is None:
             return words + "; nothing served before, and what this deployment created is removed"
         if restored_deployment is not None:
@@ -603,13 +709,260 @@ class KubernetesTarget(DeployTarget):
                 time.sleep(self.config.poll_seconds)
         return words + "; the previous version's pods were never replaced and keep serving"
 
+    # --- progressive rollouts -----------------------------------------------------------------------------
+    # Each service has two slots, blue (the Deployment named after the service, what a plain replacement always
+    # made) and green (`<service>-green`); the pods of each carry its color. A rollout starts the new version in the
+    # slot that does not serve, marked as the candidate (`release-graph.io/track: candidate`, its strategy and the
+    # weight last asked for in annotations). Blue-green: the Service selects one color; the switch is one apply of
+    # its selector. Canary: the Service selects both, and a weight is a ratio of ready pods among
+    # `canary_replicas`. Promoting removes the other slot and unmarks the candidate, which stays where it is: the
+    # pods that were measured are the ones that keep serving (a re-apply of the serving slot with the new image
+    # would start other pods, unmeasured, and wait for them). All of it is read back from the cluster
+    # (`traffic`), so a run killed half-way is settled by the next rollout, deployment or `abort_candidate`.
+
+    def traffic(self, fleet: str, environment: str, service: str) -> KubernetesTraffic | None:
+        """The split as the cluster holds it (None: nothing of the service runs, or it has no Service to switch)."""
+        where = self._where(service, environment)
+        deployments = self._service_deployments(where, fleet, environment, service)
+        serving = _serving(deployments)
+        candidate = next((d for d in deployments if _is_candidate(d)), None)
+        if serving is None and candidate is None:
+            return None
+        routed = self._read(f"{where}: reading Service {self.namespace}/{service}", "Service", service)
+        if routed is None:
+            return None
+        annotations = ((candidate or {}).get("metadata") or {}).get("annotations") or {}
+        return KubernetesTraffic(
+            serving=serving["metadata"]["name"] if serving else None,
+            candidate=candidate["metadata"]["name"] if candidate else None,
+            candidate_weight=int(annotations.get(WEIGHT_ANNOTATION) or 0),
+            strategy=annotations.get(ROLLOUT_ANNOTATION) if candidate else None,
+            selector=dict((routed.get("spec") or {}).get("selector") or {}),
+            serving_replicas=_replicas(serving), serving_ready=_ready_replicas(serving),
+            candidate_replicas=_replicas(candidate), candidate_ready=_ready_replicas(candidate),
+            candidate_color=_color_of(candidate) if candidate else None)
+
+    def start_candidate(self, spec: DeploymentSpec) -> DeploymentResult:
+        """Start spec's version in the slot that does not serve, with none of the traffic, and wait until it is
+        available: blue-green starts it with the serving replica count and narrows the Service to the serving
+        color first; a canary starts it with no pod (any ready pod of it would take a share behind the Service),
+        and its first weight starts its pods and waits for them. A candidate left by an earlier rollout is taken
+        away first. DeploymentFailed: it did not become available (what was created is removed; the serving
+        version never moved). TargetError: nothing serves the service yet, or it has no Service."""
+        reference, digest = pinned_reference(spec.image)
+        validate_spec(spec)
+        where = self._where(spec.service, spec.environment)
+        self._refuse_publish(spec, where)
+        blue_green = spec.rollout_strategy == BLUE_GREEN
+        started = time.monotonic()
+        deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
+        if any(_is_candidate(d) for d in deployments):
+            self.abort_candidate(spec.fleet, spec.environment, spec.service)
+            deployments = self._service_deployments(where, spec.fleet, spec.environment, spec.service)
+        serving = _serving(deployments)
+        if serving is None or spec.port is None:
+            raise TargetError(f"{where}: a progressive rollout needs a version that serves already, behind the "
+                              "service's Service (a service with a port, deployed once)")
+        serving_color = _color_of(serving)
+        if blue_green and _template_color(serving) != serving_color:
+            raise TargetError(
+                f"{where}: Deployment {self.namespace}/{serving['metadata']['name']} was made before the colors of a "
+                f"blue-green rollout: its pods would not be told from the new version's. Deploy the serving digest "
+                "once more (a plain replacement labels them), then release again")
+        color = other_color(serving_color)
+        objects = deployment_objects(spec, self.cluster, SERVING_REPLICAS if blue_green else 0, color=color,
+                                     route_to=serving_color if blue_green else None,
+                                     candidate=BLUE_GREEN if blue_green else CANARY)
+        validate_objects(objects, self.cluster, service=spec.service, environment=spec.environment)
+        # The Service before the candidate's Deployment: it selects the serving color before a candidate pod is ready.
+        objects.sort(key=lambda obj: obj["kind"] == "Deployment")
+        sent, current = self._send(spec, where, reference, objects, candidate=True)
+        deployment = current["Deployment"]
+        name = deployment["metadata"]["name"]
+        try:
+            problem, diagnosis, _ = self._wait_for_rollout(
+                where, spec.fleet, spec.service, name, (deployment.get("metadata") or {}).get("generation"),
+                deployment)
+        except TargetError as exc:
+            problem, diagnosis = f"the candidate could not be followed: {exc}", ""
+        if problem is not None:
+            restored = self._restore(spec, sent, candidate=True)
+            raise DeploymentFailed(
+                _scrub(f"{where}: the candidate {reference} did not become available in namespace "
+                       f"{self.namespace}: {problem}; {restored}{diagnosis}", spec.secrets),
+                service=spec.service, environment=spec.environment, image=reference)
+        seconds = time.monotonic() - started
+        log.info("%s: candidate Deployment %s/%s (%s) ready with none of the traffic after %.2f s", where,
+                 self.namespace, name, BLUE_GREEN if blue_green else CANARY, seconds)
+        return DeploymentResult(
+            container_name=name, container_id=f"deployment/{self.namespace}/{name}", digest=digest,
+            image=reference, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            url_inside=f"http://{spec.service}.{self.namespace}.svc:{spec.port}", published_url=None,
+            changed=True, health_seconds=round(seconds, 3), network=self.namespace)
+
+    def set_candidate_weight(self, fleet: str, environment: str, service: str, weight: int) -> KubernetesTraffic:
+        """Give the candidate `weight` percent of the traffic. Blue-green: 100 switches the Service to the
+        candidate's color, 0 back (nothing in between: a selector picks one color). Canary: the two Deployments
+        are scaled to `canary_replicas(weight, config.canary_replicas)`, whichever lowers the candidate's share
+        first, each waited for; DeploymentFailed when the candidate's pods do not become available (the rollout
+        then aborts)."""
+        if not 0 <= weight <= 100:
+            raise ValueError(f"weight must be 0..100, got {weight}")
+        where = self._where(service, environment)
+        serving, candidate = self._rollout_pair(where, fleet, environment, service)
+        strategy = (candidate["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+        if strategy == BLUE_GREEN:
+            if weight not in (0, 100):
+                raise TargetError(f"{where}: a blue-green rollout moves all the traffic at once (weight 0 or 100), "
+                                  f"not {weight} %")
+            self._route(where, service, _color_of(candidate if weight == 100 else serving))
+        else:
+            wanted_candidate, wanted_serving = canary_replicas(weight, self.config.canary_replicas)
+            steps = [(serving, wanted_serving)] if wanted_serving > _replicas(serving) else []
+            steps.append((candidate, wanted_candidate))
+            if wanted_serving < _replicas(serving):
+                steps.append((serving, wanted_serving))
+            for deployment, replicas in steps:
+                self._scale(where, fleet, environment, service, deployment, replicas)
+        self._merge_patch(f"{where}: recording the candidate's weight", "Deployment", candidate["metadata"]["name"],
+                          {"metadata": {"annotations": {WEIGHT_ANNOTATION: str(weight)}}})
+        log.info("%s: candidate %s takes %d %% of the traffic (%s)", where, candidate["metadata"]["name"], weight,
+                 strategy)
+        return self.traffic(fleet, environment, service)
+
+    def promote_candidate(self, fleet: str, environment: str, service: str) -> tuple[str, ...]:
+        """The candidate becomes what serves, where it is: blue-green switches the Service to its color (one apply,
+        none when the last step did), a canary's candidate is given a pod when it had none; then the other slot's
+        Deployment, ConfigMap and Secret are deleted and the candidate is unmarked and scaled to the serving
+        replica count. Returns the Deployments removed."""
+        where = self._where(service, environment)
+        serving, candidate = self._rollout_pair(where, fleet, environment, service)
+        strategy = (candidate["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+        if strategy == BLUE_GREEN:
+            self._route(where, service, _color_of(candidate))
+        elif _replicas(candidate) < SERVING_REPLICAS:
+            self._scale(where, fleet, environment, service, candidate, SERVING_REPLICAS)
+        removed = self._remove_slot(where, serving)
+        self._settle_candidate(where, candidate)
+        log.info("%s: candidate %s promoted; removed %s", where, candidate["metadata"]["name"],
+                 ", ".join(removed) or "nothing")
+        return removed
+
+    def abort_candidate(self, fleet: str, environment: str, service: str) -> str | None:
+        """All the traffic back to the serving version, and the candidate's Deployment, ConfigMap and Secret
+        deleted: blue-green switches the Service back to the serving color; a canary scales the serving version
+        back up and waits for it before the candidate goes, then down to the serving replica count. Returns the
+        candidate's Deployment (None: no rollout in progress). A promotion killed after it removed the previous
+        version is finished instead: the candidate is all that serves."""
+        where = self._where(service, environment)
+        deployments = self._service_deployments(where, fleet, environment, service)
+        candidate = next((d for d in deployments if _is_candidate(d)), None)
+        if candidate is None:
+            return None
+        serving = _serving(deployments)
+        name = candidate["metadata"]["name"]
+        if serving is None:
+            self._settle_candidate(where, candidate)
+            log.warning("%s: nothing but the candidate %s serves (a promotion was interrupted): it is promoted",
+                        where, name)
+            return None
+        strategy = (candidate["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+        if strategy == BLUE_GREEN:
+            if self._read(f"{where}: reading Service {self.namespace}/{service}", "Service", service) is not None:
+                self._route(where, service, _color_of(serving))
+        elif _replicas(serving) < SERVING_REPLICAS or _ready_replicas(serving) < SERVING_REPLICAS:
+            self._scale(where, fleet, environment, service, serving, max(_replicas(serving), SERVING_REPLICAS))
+        self._remove_slot(where, candidate)
+        if _replicas(serving) > SERVING_REPLICAS:
+            self._merge_patch(f"{where}: scaling Deployment {self.namespace}/{serving['metadata']['name']} back",
+                              "Deployment", serving["metadata"]["name"], {"spec": {"replicas": SERVING_REPLICAS}})
+        log.info("%s: candidate %s removed; the serving version takes all the traffic", where, name)
+        return name
+
+    def candidate_problem(self, fleet: str, environment: str, service: str) -> str | None:
+        """Why the rollout's candidate is not healthy now: its pods' failing or unready containers with their
+        reasons, or the controller giving up on it; None when it is healthy or no rollout is in progress."""
+        where = self._where(service, environment)
+        deployments = self._service_deployments(where, fleet, environment, service)
+        candidate = next((d for d in deployments if _is_candidate(d)), None)
+        if candidate is None:
+            return None
+        name = candidate["metadata"]["name"]
+        pods = self._revision_pods(where, fleet, service, name, candidate["spec"]["template"])
+        problems = [line for pod in pods for line in _pod_problems(pod)]
+        stuck = rollout_progress(candidate).stuck
+        if stuck:
+            problems.append(f"the controller gave up on Deployment {self.namespace}/{name}: {stuck}")
+        if _replicas(candidate) and not pods:
+            problems.append(f"Deployment {self.namespace}/{name} has no pod")
+        return f"candidate {name}: " + "; ".join(problems) if problems else None
+
+    def _rollout_pair(self, where: str, fleet: str, environment: str, service: str) -> tuple[dict, dict]:
+        deployments = self._service_deployments(where, fleet, environment, service)
+        candidate = next((d for d in deployments if _is_candidate(d)), None)
+        serving = _serving(deployments)
+        if candidate is None or serving is None:
+            raise TargetError(f"{where}: no rollout in progress (no candidate beside a serving Deployment)")
+        return serving, candidate
+
+    def _service_deployments(self, where: str, fleet: str, environment: str, service: str) -> list[dict]:
+        return self._list(f"{where}: listing the Deployments of the service in {self.namespace}", "Deployment",
+                          fleet, environment, service)
+
+    def _merge_patch(self, what: str, kind: str, name: str, body: dict) -> dict:
+        return self._object_call(what, "patch", kind, name, self.namespace, body, field_manager=FIELD_MANAGER,
+                                 _content_type=MERGE_PATCH)
+
+    def _route(self, where: str, service: str, color: str) -> None:
+        """Point the Service at one color's pods: one write, none when it already does."""
+        routed = self._read(f"{where}: reading Service {self.namespace}/{service}", "Service", service)
+        if routed is None:
+            raise TargetError(f"{where}: no Service {self.namespace}/{service} to switch")
+        if ((routed.get("spec") or {}).get("selector") or {}).get(COLOR_LABEL) == color:
+            return
+        self._merge_patch(f"{where}: switching Service {self.namespace}/{service} to the {color} pods", "Service",
+                          service, {"spec": {"selector": {COLOR_LABEL: color}}})
+        log.info("%s: Service %s/%s now selects the %s pods", where, self.namespace, service, color)
+
+    def _scale(self, where: str, fleet: str, environment: str, service: str, deployment: Mapping,
+               replicas: int) -> None:
+        """Set a Deployment's replicas and wait until they are all available (DeploymentFailed if not)."""
+        name = deployment["metadata"]["name"]
+        answer = deployment
+        if _replicas(deployment) != replicas:
+            answer = self._merge_patch(f"{where}: scaling Deployment {self.namespace}/{name} to {replicas}",
+                                       "Deployment", name, {"spec": {"replicas": replicas}})
+        problem, diagnosis, _ = self._wait_for_rollout(where, fleet, service, name,
+                                                       (answer.get("metadata") or {}).get("generation"), answer)
+        if problem is not None:
+            raise DeploymentFailed(f"{where}: Deployment {self.namespace}/{name} scaled to {replicas} replicas is not "
+                                   f"available: {problem}{diagnosis}", service=service, environment=environment,
+                                   image=_service_container(deployment, service).get("image") or "")
+
+    def _remove_slot(self, where: str, deployment: Mapping) -> tuple[str, ...]:
+        """Delete a slot's Deployment, then its ConfigMap and Secret. Returns the Deployment as `deployment/<name>`."""
+        name = deployment["metadata"]["name"]
+        self._object_call(f"{where}: deleting Deployment {self.namespace}/{name}", "delete", "Deployment", name,
+                          self.namespace, missing_ok=True)
+        for kind, suffix in (("Secret", "secrets"), ("ConfigMap", "config")):
+            self._object_call(f"{where}: deleting {kind} {self.namespace}/{name}-{suffix}", "delete", kind,
+                              f"{name}-{suffix}", self.namespace, missing_ok=True)
+        return (f"deployment/{name}",)
+
+    def _settle_candidate(self, where: str, candidate: Mapping) -> None:
+        """The candidate becomes an ordinary serving Deployment: unmarked, with the serving replica count."""
+        self._merge_patch(f"{where}: promoting Deployment {self.namespace}/{candidate['metadata']['name']}",
+                          "Deployment", candidate["metadata"]["name"],
+                          {"metadata": {"labels": {TRACK_LABEL: None},
+                                        "annotations": {ROLLOUT_ANNOTATION: None, WEIGHT_ANNOTATION: None}},
+                           "spec": {"replicas": SERVING_REPLICAS}})
+
     # --- what runs --------------------------------------------------------------------------------------
 
     def running(self, fleet: str, environment: str, service: str, *, probe: bool = False) -> RunningService | None:
         """The Deployment named `service` in the namespace: release-graph's for this fleet and environment, or one
         made by hand (digest None); None when there is none, or it is another fleet's or environment's."""
-        where = self._where(service, environment)
-        deployment = self._read(f"{where}: reading Deployment {self.namespace}/{service}", "Deployment", service)
+        deployment = self._serving_deployment(fleet, environment, service)
         if deployment is None:
             return None
         labels = (deployment.get("metadata") or {}).get("labels") or {}
@@ -618,12 +971,30 @@ class KubernetesTarget(DeployTarget):
             return None
         return self._describe_running(deployment, fleet, environment, service, probe)
 
+    def _serving_deployment(self, fleet: str, environment: str, service: str) -> dict | None:
+        """The Deployment that serves `service`: the blue slot (named after the service, also one made by hand),
+        else the green one; a rollout's candidate never is. One read when blue serves."""
+        where = self._where(service, environment)
+        for color in (BLUE, GREEN):
+            name = deployment_name(service, color)
+            deployment = self._read(f"{where}: reading Deployment {self.namespace}/{name}", "Deployment", name)
+            if deployment is None or (_is_candidate(deployment) and _labelled(
+                    deployment, {FLEET_LABEL: fleet, ENVIRONMENT_LABEL: environment})):
+                continue
+            if color == GREEN and not _labelled(deployment, {FLEET_LABEL: fleet, ENVIRONMENT_LABEL: environment,
+                                                             MANAGED_BY_LABEL: MANAGED_BY}):
+                continue  # only release-graph makes a green slot
+            return deployment
+        return None
+
     def running_services(self, fleet: str, environment: str, *, probe: bool = False) -> dict[str, RunningService]:
         """`running()` for every Deployment release-graph made for the fleet in the environment."""
         found = self._list(f"environment '{environment}': listing the Deployments of fleet '{fleet}' in namespace "
                            f"{self.namespace}", "Deployment", fleet, environment)
         result = {}
         for deployment in found:
+            if _is_candidate(deployment):
+                continue  # a rollout's candidate is not what serves
             service = deployment["metadata"]["labels"].get(SERVICE_LABEL) or deployment["metadata"]["name"]
             result[service] = self._describe_running(deployment, fleet, environment, service, probe)
         return dict(sorted(result.items()))
@@ -654,9 +1025,9 @@ class KubernetesTarget(DeployTarget):
             # what the pod template really runs: an image changed by hand no longer matches the annotation
             image_digests=(image_digest,) if image_digest else (),
             started_at=_available_since(deployment),
-            url_inside=f"http://{name}.{self.namespace}.svc:{port}" if port else None,
+            url_inside=f"http://{service}.{self.namespace}.svc:{port}" if port else None,
             published_url=None,
-            address=f"{name}.{self.namespace}.svc" if port else None,
+            address=f"{service}.{self.namespace}.svc" if port else None,
             healthy=healthy,
         )
 
@@ -668,7 +1039,7 @@ class KubernetesTarget(DeployTarget):
         the pods are on the cluster's network, not this host's."""
         started = time.monotonic()
         where = self._where(service, environment)
-        deployment = self._read(f"{where}: reading Deployment {self.namespace}/{service}", "Deployment", service)
+        deployment = self._serving_deployment(fleet, environment, service)
         if deployment is None:
             return HealthProbe(False, f"{where}: no Deployment {self.namespace}/{service}",
                                seconds=round(time.monotonic() - started, 3))
@@ -706,7 +1077,7 @@ class KubernetesTarget(DeployTarget):
                                  network=self.namespace if containers else None, containers=tuple(containers))
 
     def teardown_environment(self, fleet: str, environment: str) -> ReapReport:
-        """Delete every Service, Deployment, Secret and ConfigMap release-graph made for the fleet in the
+        """Delete every Service, Deployment, NetworkPolicy, Secret and ConfigMap release-graph made for the fleet in the
         environment's namespace (the namespace itself, and anything else in it, stay). The report's
         `containers` are the deleted objects as `Kind/name`."""
         removed = []
@@ -729,10 +1100,11 @@ class KubernetesTarget(DeployTarget):
     ) -> ReapReport:
         """Remove the objects of the fleet's environments not in `keep_environments` from this namespace.
 
-        A killed run leaves nothing else behind here: the rollout's state is the Deployment itself, which the
+        A killed run leaves nothing else behind here: a rollout's state is the Deployment itself, which the
         cluster's controller finishes or keeps (and the next deployment settles), and the controller removes old
-        pods and ReplicaSets. So without `keep_environments` there is nothing to reap; `min_age_seconds` does
-        not apply.
+        pods and ReplicaSets; a progressive rollout's candidate is state too, which the next rollout, deployment or
+        `abort_candidate` settles (it may be a rollout still running). So without `keep_environments` there is
+        nothing to reap; `min_age_seconds` does not apply.
         """
         if keep_environments is not None and fleet is None:
             raise TargetError("reap: keep_environments needs a fleet (environments are per fleet)")
@@ -768,6 +1140,36 @@ class KubernetesTarget(DeployTarget):
         raise TargetError(
             f"fleet '{fleet}': ephemeral environments ({name}) are not built on kubernetes: integration runs use the "
             "docker target on this host (DeployTargets.for_integration)")
+
+
+def _is_candidate(deployment: Mapping) -> bool:
+    return ((deployment.get("metadata") or {}).get("labels") or {}).get(TRACK_LABEL) == CANDIDATE
+
+
+def _serving(deployments: Sequence[Mapping]) -> dict | None:
+    """The serving Deployment among a service's: not the candidate; blue when both slots serve."""
+    serving = sorted((d for d in deployments if not _is_candidate(d)), key=lambda d: _color_of(d) != BLUE)
+    return dict(serving[0]) if serving else None
+
+
+def _color_of(deployment: Mapping) -> str:
+    """The slot a Deployment fills, from its name (one made before the colors is the blue one)."""
+    metadata = deployment.get("metadata") or {}
+    service = (metadata.get("labels") or {}).get(SERVICE_LABEL) or metadata.get("name")
+    return GREEN if metadata.get("name") == deployment_name(service, GREEN) else BLUE
+
+
+def _template_color(deployment: Mapping) -> str | None:
+    template = (deployment.get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("labels") or {}).get(COLOR_LABEL)
+
+
+def _replicas(deployment: Mapping | None) -> int:
+    return ((deployment or {}).get("spec") or {}).get("replicas", 1) if deployment else 0
+
+
+def _ready_replicas(deployment: Mapping | None) -> int:
+    return ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
 
 
 def _labelled(obj: Mapping, wanted: Mapping[str, str]) -> bool:

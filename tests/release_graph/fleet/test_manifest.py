@@ -648,6 +648,26 @@ def test_an_environment_rolls_out_as_a_canary_with_steps_a_bake_time_and_an_anal
     assert load_fleet(write_fleet(tmp_path, GOOD)).environments["prod"].rollout.strategy == "replace"
 
 
+def test_a_kubernetes_rollout_that_measures_needs_a_provider_other_than_the_docker_target_s_haproxy(tmp_path):
+    def environment(rollout: str) -> str:
+        return replace(GOOD, "  prod: {target: docker, approval: required}\n", f"""\
+  prod:
+    target: kubernetes
+    kubernetes: {{namespace: shop-prod, version: '1.33'}}
+    rollout: {rollout}
+""")
+
+    measured = environment("{strategy: canary, steps: [{weight: 10, pause_seconds: 30}]}")
+    problems = "\n".join(problems_of(write_fleet(tmp_path, measured)))
+    assert ("environment 'prod', field 'rollout.analysis.providers': haproxy measures the docker target's switch; a "
+            "kubernetes environment's rollout is measured by prometheus or cloudwatch") in problems
+    prometheus = environment("{strategy: blue-green, hold_seconds: 60, analysis: {providers: [prometheus], "
+                             "prometheus: {url: 'http://127.0.0.1:9090'}}}")
+    assert load_fleet(write_fleet(tmp_path, prometheus)).environments["prod"].rollout.strategy == "blue-green"
+    unmeasured = environment("{strategy: canary, steps: [{weight: 10}]}")  # no pause: nothing to measure
+    assert load_fleet(write_fleet(tmp_path, unmeasured)).environments["prod"].rollout.steps[0].weight == 10
+
+
 def test_a_broken_rollout_names_the_environment_and_each_field(tmp_path):
     text = replace(GOOD, "  prod: {target: docker, approval: required}\n", """\
   prod:

@@ -82,15 +82,21 @@ def test_a_step_gets_the_kubernetes_target_of_a_cluster_from_the_resources_confi
 
 
 def test_the_instance_configures_kubernetes_from_its_environment_variables(monkeypatch):
-    for name in ("KUBECONFIG", "KUBERNETES_API", "KUBERNETES_ROLLOUT_TIMEOUT"):
+    for name in ("KUBECONFIG", "KUBERNETES_API", "KUBERNETES_ROLLOUT_TIMEOUT", "KUBERNETES_CANARY_REPLICAS"):
         monkeypatch.delenv(f"RELEASE_GRAPH_{name}", raising=False)
     assert default_resources()["deploy_targets"].kubernetes is None
 
     monkeypatch.setenv("RELEASE_GRAPH_KUBECONFIG", "/etc/release-graph/kubeconfig")
     monkeypatch.setenv("RELEASE_GRAPH_KUBERNETES_ROLLOUT_TIMEOUT", "120")
     config = default_resources()["deploy_targets"].kubernetes
-    assert (config.kubeconfig, config.api_host, config.rollout_timeout_seconds) == (
-        "/etc/release-graph/kubeconfig", None, 120)
+    assert (config.kubeconfig, config.api_host, config.rollout_timeout_seconds, config.canary_replicas) == (
+        "/etc/release-graph/kubeconfig", None, 120, 10)
+    monkeypatch.setenv("RELEASE_GRAPH_KUBERNETES_CANARY_REPLICAS", "20")
+    assert default_resources()["deploy_targets"].kubernetes.canary_replicas == 20
+    monkeypatch.setenv("RELEASE_GRAPH_KUBERNETES_CANARY_REPLICAS", "1")
+    with pytest.raises(ValueError, match=r"\$RELEASE_GRAPH_KUBERNETES_CANARY_REPLICAS must be a whole number of pods"):
+        default_resources()
+    monkeypatch.delenv("RELEASE_GRAPH_KUBERNETES_CANARY_REPLICAS")
 
     monkeypatch.setenv("RELEASE_GRAPH_KUBERNETES_ROLLOUT_TIMEOUT", "soon")
     with pytest.raises(ValueError, match=r"\$RELEASE_GRAPH_KUBERNETES_ROLLOUT_TIMEOUT must be a number of seconds"):

@@ -18,11 +18,14 @@ import yaml
 from release_graph import demo
 from release_graph.fleet import load_fleet
 from release_graph.fleet.model import Hardening, KubernetesCluster, Resources
+from release_graph.fleet.network import network_policies
 from resources.targets.interface import DeploymentSpec
 from resources.targets.kubernetes.objects import (
     KubernetesObjectError,
+    _definitions,
     deployment_objects,
     environment_objects,
+    strict_validator,
     validate_objects,
 )
 
@@ -46,7 +49,7 @@ def by_kind(objects: list[dict]) -> dict[str, dict]:
 def test_a_deployment_sends_a_configmap_a_secret_a_deployment_and_a_service_valid_for_the_cluster(version):
     cluster = KubernetesCluster(namespace="shop-prod", version=version)
     objects = deployment_objects(spec(resources=Resources(cpu_request="250m", memory_limit="256Mi")), cluster)
-    assert [obj["kind"] for obj in objects] == ["ConfigMap", "Secret", "Deployment", "Service"]
+    assert [obj["kind"] for obj in objects] == ["ConfigMap", "Secret", "NetworkPolicy", "Deployment", "Service"]
     validate_objects(objects, cluster, service="payments", environment="prod")  # strict: unknown fields refused
     deployment = by_kind(objects)["Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -108,7 +111,7 @@ def test_containers_are_immutable_by_default_and_each_opt_out_shows_in_the_pod()
 def test_a_worker_without_a_port_has_no_service_and_no_probe():
     objects = deployment_objects(spec(port=None, health=None, secrets={}, command=("worker", "--queue", "mail")),
                                  CLUSTER)
-    assert [obj["kind"] for obj in objects] == ["ConfigMap", "Deployment"]
+    assert [obj["kind"] for obj in objects] == ["ConfigMap", "NetworkPolicy", "Deployment"]
     (container,) = by_kind(objects)["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert "readinessProbe" not in container and container["args"] == ["worker", "--queue", "mail"]
     validate_objects(objects, CLUSTER, service="payments", environment="prod")
@@ -136,6 +139,38 @@ def test_an_invalid_object_is_refused_naming_service_object_and_field_and_never_
         validate_objects(objects, CLUSTER, service="payments", environment="prod")
 
 
+def test_the_schemas_are_read_once_per_kind_and_cluster_version_and_judge_as_kubernetes_validate_does(monkeypatch):
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    strict_validator.cache_clear()
+    _definitions.cache_clear()
+    reads = []
+    real_contents = utils.schema_contents
+    monkeypatch.setattr(utils, "schema_contents", lambda *a: reads.append(a[0]) or real_contents(*a))
+    for _ in range(3):
+        validate_objects(deployment_objects(spec(), CLUSTER), CLUSTER, service="payments", environment="prod")
+    # five kinds, each its own schema, and the definitions they share, read the first time only
+    assert len(reads) == 6 and len({path for path in reads if "_definitions" not in path}) == 5
+    validate_objects(deployment_objects(spec(), KubernetesCluster("shop-prod", "1.30")), CLUSTER,
+                     service="payments", environment="prod")
+    assert len(reads) == 6  # the cluster of the objects does not matter, only the version validated against
+    validate_objects(deployment_objects(spec(), CLUSTER), KubernetesCluster("shop-prod", "1.30"),
+                     service="payments", environment="prod")
+    assert len(reads) == 12  # another cluster version: its own schemas
+    # the same verdicts as kubernetes-validate's own strict validation, valid and not
+    broken = deployment_objects(spec(), CLUSTER)
+    by_kind(broken)["Deployment"]["spec"]["replicaz"] = 2
+    for obj in [*deployment_objects(spec(), CLUSTER), *broken]:
+        try:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+            theirs = None
+        except utils.ValidationError as exc:
+            theirs = (list(exc.path), exc.message)
+        ours = next(iter(strict_validator(obj["kind"], obj["apiVersion"], "1.33").iter_errors(obj)), None)
+        assert (None if ours is None else (list(ours.path), ours.message)) == theirs
+
+
 def shop_with_kubernetes_prod(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "examples" / "shop", tmp_path / "shop", ignore=shutil.ignore_patterns(".repos"))
     path = tmp_path / "shop" / "fleet.yaml"
@@ -143,6 +178,8 @@ def shop_with_kubernetes_prod(tmp_path: Path) -> Path:
     manifest["environments"]["prod"] = {**manifest["environments"]["prod"], "target": "kubernetes",
                                         "kubernetes": {"namespace": "shop-prod", "version": "1.33"}}
     manifest["environments"]["prod"].pop("publish")
+    # haproxy counts the docker target's switch: on kubernetes the canary is measured by Prometheus
+    manifest["environments"]["prod"]["rollout"]["analysis"]["providers"] = ["prometheus"]
     manifest["services"]["orders"]["resources"] = {"requests": {"cpu": "100m", "memory": "64Mi"}}
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     demo.sync_repos(tmp_path / "shop" / "services", tmp_path / "shop" / ".repos")
@@ -153,9 +190,13 @@ def test_the_demo_with_a_kubernetes_prod_validates_every_object_a_release_would_
     path = shop_with_kubernetes_prod(tmp_path)
     fleet = load_fleet(path)
     generated = dict(environment_objects(fleet, fleet.environments["prod"]))
-    assert set(generated) == {"gateway", "orders", "inventory", "payments", "network"}
-    assert [p["metadata"]["name"] for p in generated["network"]] == [
-        f"{name}-callers" for name in fleet.services]
+    assert set(generated) == {"gateway", "orders", "inventory", "payments"}  # every policy is a service's
+    # each service's NetworkPolicy is the one `network_policies` gives for the fleet, labelled with its environment
+    for expected in network_policies(fleet, "shop-prod"):
+        service = expected["metadata"]["labels"]["app.kubernetes.io/name"]
+        (policy,) = [obj for obj in generated[service] if obj["kind"] == "NetworkPolicy"]
+        assert policy["metadata"]["labels"].pop("release-graph.io/environment") == "prod"
+        assert policy == expected
     (orders,) = [obj for obj in generated["orders"] if obj["kind"] == "Deployment"]
     assert orders["spec"]["template"]["spec"]["containers"][0]["resources"] == {
         "requests": {"cpu": "100m", "memory": "64Mi"}}  # the manifest's, through deployment_spec

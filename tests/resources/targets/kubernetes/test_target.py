@@ -43,6 +43,7 @@ REPOSITORY = "127.0.0.1:5000/shop/payments"
 SECRET = "pk-live-" + "7" * 24
 ROTATED = "pk-live-" + "9" * 24
 DEPLOYMENTS = "apps/v1/deployments"
+POLICIES = "networking.k8s.io/v1/networkpolicies"
 
 
 def spec(digest: str = FIRST, **changes) -> DeploymentSpec:
@@ -74,12 +75,16 @@ def test_a_first_deployment_creates_the_configmap_secret_deployment_and_service_
     result = target.deploy(spec())
 
     sent = kubernetes_api.requests()
-    # every object is read first (none exists), then created in order, then the rollout is read once: done. A
-    # create is a server-side apply; this API server's apply does not create (404), so the target POSTs instead
-    assert [(r.method, r.resource) for r in sent] == [
-        ("GET", "v1/configmaps"), ("GET", "v1/secrets"), ("GET", DEPLOYMENTS), ("GET", "v1/services"),
-        ("PATCH", "v1/configmaps"), ("POST", "v1/configmaps"), ("POST", "v1/secrets"), ("POST", DEPLOYMENTS),
-        ("POST", "v1/services"), ("GET", DEPLOYMENTS)]
+    # the service's Deployments are listed (which slot serves, a rollout left half-way), every object is read (none
+    # exists), then created in order, then the rollout is read once: done. A create is a server-side apply; this
+    # API server's apply does not create (404), so the target POSTs instead
+    assert [(r.method, r.resource, r.name) for r in sent] == [
+        ("GET", DEPLOYMENTS, None), ("GET", "v1/configmaps", "payments-config"),
+        ("GET", "v1/secrets", "payments-secrets"), ("GET", POLICIES, "payments-callers"),
+        ("GET", DEPLOYMENTS, "payments"), ("GET", "v1/services", "payments"),
+        ("PATCH", "v1/configmaps", "payments-config"), ("POST", "v1/configmaps", None), ("POST", "v1/secrets", None),
+        ("POST", POLICIES, None), ("POST", DEPLOYMENTS, None), ("POST", "v1/services", None),
+        ("GET", DEPLOYMENTS, "payments")]
     assert result.changed and result.digest == FIRST and result.image == f"{REPOSITORY}@{FIRST}"
     assert result.container_name == "payments" and result.container_id == f"deployment/{NAMESPACE}/payments"
     assert result.network == NAMESPACE and result.url_inside == f"http://payments.{NAMESPACE}.svc:8080"
@@ -105,7 +110,7 @@ def test_a_first_deployment_creates_the_configmap_secret_deployment_and_service_
     assert serving.healthy is True
 
 
-def test_on_an_api_server_whose_apply_creates_a_first_deployment_is_four_applies_and_no_post(cluster):
+def test_on_an_api_server_whose_apply_creates_a_first_deployment_is_five_applies_and_no_post(cluster):
     # a real API server's behaviour: every field then belongs to release-graph's apply, so one it stops sending
     # later is removed (a POST's fields would stay owned by that request)
     with KubernetesApiEmulator(apply_creates=True) as real_like:
@@ -115,10 +120,11 @@ def test_on_an_api_server_whose_apply_creates_a_first_deployment_is_four_applies
 
         sent = real_like.requests()
         assert [(r.method, r.resource) for r in sent if r.writes] == [
-            ("PATCH", "v1/configmaps"), ("PATCH", "v1/secrets"), ("PATCH", DEPLOYMENTS), ("PATCH", "v1/services")]
+            ("PATCH", "v1/configmaps"), ("PATCH", "v1/secrets"), ("PATCH", POLICIES), ("PATCH", DEPLOYMENTS),
+            ("PATCH", "v1/services")]
         assert all(r.content_type == "application/apply-patch+yaml" for r in sent if r.writes)
-        assert len(sent) == 9 and target.running("shop", "prod", "payments").digest == FIRST
-        assert not target.deploy(spec()).changed and not [r for r in real_like.requests()[9:] if r.writes]
+        assert len(sent) == 12 and target.running("shop", "prod", "payments").digest == FIRST
+        assert not target.deploy(spec()).changed and not [r for r in real_like.requests()[12:] if r.writes]
 
 
 def test_the_same_digest_deployed_again_sends_no_write_and_reports_nothing_changed(target, kubernetes_api):
@@ -129,7 +135,8 @@ def test_the_same_digest_deployed_again_sends_no_write_and_reports_nothing_chang
 
     sent = requests_since(kubernetes_api, start)
     assert writes(sent) == []  # no POST, PATCH, PUT or DELETE: the live objects carry everything
-    assert [r.method for r in sent] == ["GET"] * 5  # four objects read, the rollout read once
+    # the service's Deployments listed, five objects read, the rollout read once
+    assert [r.method for r in sent] == ["GET"] * 7
     assert not again.changed and again.digest == FIRST
 
 
@@ -379,16 +386,17 @@ def test_teardown_removes_everything_release_graph_made_in_the_environment_and_n
 
     assert sorted(report.containers) == sorted([
         "Service/payments", "Service/orders", "Deployment/payments", "Deployment/orders",
+        "NetworkPolicy/payments-callers", "NetworkPolicy/orders-callers",
         "Secret/payments-secrets", "ConfigMap/payments-config", "ConfigMap/orders-config"])
     remaining = {(kind, obj["metadata"]["name"]) for kind in ("v1/configmaps", "v1/secrets", DEPLOYMENTS,
-                                                              "v1/services")
+                                                              "v1/services", POLICIES)
                  for obj in kubernetes_api.objects(kind, NAMESPACE)}
     assert remaining == {("v1/configmaps", "someone-elses"), ("v1/configmaps", "inventory-config"),
-                         (DEPLOYMENTS, "inventory"), ("v1/services", "inventory")}
+                         (DEPLOYMENTS, "inventory"), ("v1/services", "inventory"), (POLICIES, "inventory-callers")}
     assert target.running_services("shop", "prod") == {}
     # reaping the environments the manifest no longer has removes staging's too
     assert sorted(target.reap("shop", keep_environments=["prod"]).containers) == [
-        "ConfigMap/inventory-config", "Deployment/inventory", "Service/inventory"]
+        "ConfigMap/inventory-config", "Deployment/inventory", "NetworkPolicy/inventory-callers", "Service/inventory"]
     assert target.reap().containers == ()  # nothing else is ever left behind on a cluster
 
 
@@ -437,8 +445,8 @@ def test_the_target_does_no_io_until_used_and_names_the_service_and_cluster_when
         tmp_path, cluster):
     missing = KubernetesTarget(cluster, KubernetesTargetConfig(kubeconfig=str(tmp_path / "kubeconfig")))
     assert missing._api_client is None  # built, nothing read
-    with pytest.raises(TargetError, match=r"^service 'payments', environment 'prod': reading ConfigMap "
-                                          rf"{NAMESPACE}/payments-config: cannot load the Kubernetes API of the "
+    with pytest.raises(TargetError, match=r"^service 'payments', environment 'prod': listing the Deployments of the "
+                                          rf"service in {NAMESPACE}: cannot load the Kubernetes API of the "
                                           rf"current context in {tmp_path}/kubeconfig"):
         missing.deploy(spec())
     silent = KubernetesTarget(cluster, KubernetesTargetConfig(api_host="http://127.0.0.1:9",
