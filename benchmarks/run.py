@@ -21,7 +21,8 @@ with 200 services, side by side with plain Dagster (`--memory-minutes` to change
 how many services, `--heap-trace-dir` to trace release-graph's Python heap: benchmarks/heap_trace), (g) a burst
 of 200 commits over 20 services within a minute, the daemon restarted in its middle (the story
 tests/stories/test_bursts.py, run by pytest; `--quick`: 20 commits over 4 services), (h) a kubernetes deployment
-through the emulated API (benchmarks/kubernetes_deploy.py): its time against its API calls alone, and the calls.
+through the emulated API (benchmarks/kubernetes_deploy.py): its time against its API calls alone, and the calls,
+(i) the network rule on the docker target: a call's latency with and without it, a refused call's.
 """
 
 from __future__ import annotations
@@ -1052,6 +1053,103 @@ def bench_kubernetes_deploy(bench: Bench, section: Section) -> None:
         "image pull and readiness time.")
 
 
+# --- (i) the network rule on the docker target ---------------------------------------------------------------------
+
+# Run inside a caller's container: `count` GETs of a URL one at a time, each on a fresh connection, with a Host
+# header; prints the statuses seen and every latency in ms (JSON).
+CALLS_INSIDE = """
+import http.client, json, sys, time
+host, port, path, name, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+latencies, statuses = [], {}
+for _ in range(count):
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("GET", path, headers={"Host": name})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    latencies.append((time.perf_counter() - started) * 1000)
+    statuses[response.status] = statuses.get(response.status, 0) + 1
+print(json.dumps({"latencies": latencies, "statuses": statuses}))
+"""
+
+
+def _calls_inside(target, fleet: str, environment: str, caller: str, host: str, name: str, count: int) -> dict:
+    running = target.running(fleet, environment, caller)
+    container = target.engine.client().containers.get(running.container_id)
+    result = container.exec_run(["python3", "-c", CALLS_INSIDE, host, "8080", "/", name, str(count)])
+    if result.exit_code != 0:
+        raise RuntimeError(f"calls from {caller}: {result.output.decode(errors='replace')[-500:]}")
+    return json.loads(result.output.decode().strip().splitlines()[-1])
+
+
+def bench_network_rule(bench: Bench, section: Section) -> None:
+    """Request latency from one service to another through the environment's switch, with the network rule (the
+    switch admits the declared callers' networks only) and without it (the same route with no sources), and what
+    a refused call costs; then the deploy time the rule adds (networks and firewall rules)."""
+    import dataclasses
+
+    from resources.registry import Registry
+    from resources.targets import DeploymentSpec
+
+    target = bench.resources()["deploy_targets"].for_environment("docker")
+    digest = Registry().manifest_digest(f"{bench.registry_host}/base/python", "bookworm")
+    if not digest:
+        raise RuntimeError(f"{bench.registry_host}/base/python:bookworm is not in the registry (make setup builds it)")
+    environment = "netrule"
+    bench.environments.append(environment)
+    common = dict(fleet=bench.fleet_name, environment=environment, image=f"{bench.registry_host}/base/python@{digest}",
+                  port=8080, health="/", command=("python3", "-m", "http.server", "8080"))
+    seconds, _ = timed(target.deploy, DeploymentSpec(service="api", callers=("web",), **common))
+    section.row("first deployment of a provider", "its network, its callers' networks and the environment's, "
+                "their firewall rules, start, health gate, switch with the rule").samples.append(seconds)
+    target.deploy(DeploymentSpec(service="web", calls=("api",), **common))
+    target.deploy(DeploymentSpec(service="intruder", **common))
+    for _ in range(bench.n(5)):
+        seconds, result = timed(target.deploy, DeploymentSpec(service="api", callers=("web",), **common))
+        if result.changed:
+            raise RuntimeError("redeploying api's digest changed something")
+        section.row("redeploy of the same digest (no-op)", "reads the networks of the service, its callers and the "
+                    "environment, and checks their firewall rules").samples.append(seconds)
+    router = target._router(bench.fleet_name, environment)
+    route = router.route_of("api")
+    open_route = dataclasses.replace(route, sources=(), callers=())
+    count = bench.n(100)
+    latencies: dict[str, list[float]] = {"with the rule": [], "without the rule": [], "refused": []}
+    for _ in range(bench.n(5)):  # interleaved, so that both see the same machine
+        for label, wanted in (("with the rule", route), ("without the rule", open_route)):
+            router.set_route("api", wanted)
+            answer = _calls_inside(target, bench.fleet_name, environment, "web", "api", "api", count)
+            if answer["statuses"] != {"200": count}:
+                raise RuntimeError(f"web -> api {label}: {answer['statuses']}")
+            latencies[label] += answer["latencies"]
+        router.set_route("api", route)
+        answer = _calls_inside(target, bench.fleet_name, environment, "intruder", route.gateway, "api", count)
+        if answer["statuses"] != {"403": count}:
+            raise RuntimeError(f"intruder -> api: {answer['statuses']}")
+        latencies["refused"] += answer["latencies"]
+    refused = target.refused_calls(bench.fleet_name, environment)["intruder -> api"]
+
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    rows = "".join(f"| {label} | {len(values)} | {pct(values, .5):.2f} ms | {pct(values, .9):.2f} ms | "
+                   f"{pct(values, .99):.2f} ms |\n" for label, values in latencies.items())
+    added = pct(latencies["with the rule"], .5) - pct(latencies["without the rule"], .5)
+    section.tables.append(
+        "A call from `web` to `api` through the environment's switch, as their code makes it (`http://api:8080/`, "
+        "from inside web's container; one at a time, a fresh connection each), with the rule and without it "
+        "(the same route, no sources), interleaved in rounds; and `intruder`'s refused calls at the switch\n\n"
+        "| call | requests | p50 | p90 | p99 |\n|---|---:|---:|---:|---:|\n" + rows +
+        f"\nThe rule adds {added:+.2f} ms at the median. The switch counted {refused.total} refused calls "
+        "(`refused_calls`).\n")
+    seconds, _ = timed(target.teardown_environment, bench.fleet_name, environment)
+    bench.environments.remove(environment)
+    section.row("teardown of the environment", "containers, 4 networks and their firewall rules, haproxy"
+                ).samples.append(seconds)
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
     ("a", "Manifest validation and graph build",
      "`load_fleet` (validation of the whole manifest, with the file checks of local repositories), "
@@ -1091,13 +1189,18 @@ SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
      "inside the client's API calls (the baseline: the same deployment's API calls alone) and in schema "
      "validation, with the API calls counted by verb.",
      bench_kubernetes_deploy),
+    ("i", "The network rule on the docker target",
+     "Three services of one environment on the docker target, each on its own network (the Python base image's "
+     "`http.server`): `web` declares an edge to `api`, `intruder` none. Request latency from web to api through "
+     "the switch with the rule and without it, a refused call's, and what the rule adds to a deployment.",
+     bench_network_rule),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per case (a smoke test); prints only")
-    parser.add_argument("--only", help="comma-separated sections to run (a-h); prints only. (d) needs (c)")
+    parser.add_argument("--only", help="comma-separated sections to run (a-i); prints only. (d) needs (c)")
     parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
                                                     f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
     parser.add_argument("--update", action="store_true",
