@@ -407,12 +407,14 @@ def test_the_fleet_e2e_passes_right_after_every_provider_redeploy_20_times_out_o
         drain_seconds=0.5, state_dir=str(tmp_path_factory.mktemp("targets")),
         extra_labels={TEST_RUN_LABEL: run_id})).for_environment("docker")
     calls = {"gateway": ("orders",), "orders": ("inventory", "payments"), "inventory": (), "payments": ()}
+    callers = {"gateway": (), "orders": ("gateway",), "inventory": ("orders",), "payments": ("orders",)}
     env = {"gateway": {"ORDERS_URL": "http://orders:8080"},
            "orders": {"INVENTORY_URL": "http://inventory:8080", "PAYMENTS_URL": "http://payments:8080"}}
 
     def spec(service: str, image: str) -> DeploymentSpec:
         return DeploymentSpec(fleet=run_id, environment="switch", service=service, image=image, port=8080,
                               health="/healthz", env=env.get(service, {}), calls=calls[service],
+                              callers=callers[service],
                               secrets={"PAYMENTS_API_KEY": payments_key} if service == "payments" else {})
 
     try:

@@ -126,7 +126,7 @@ def test_environments_lists_what_runs_and_teardown_removes_it_also_for_another_i
     monkeypatch.setenv("RELEASE_GRAPH_STATE", str(tmp_path / "another-instance"))
     assert cli(["teardown", "--env", "dev"]) == 0
     out = capsys.readouterr().out
-    assert "removed 1 containers, 1 networks, 1 proxies" in out
+    assert "removed 1 containers, 2 networks, 1 proxies" in out  # the environment's network and inventory's
     # and the history records the removal (the deployment events' service.removed)
     assert f"{world.fleet.name}/dev: recorded the removal of inventory" in out
     assert [r.value("event") for r in history.observations(world.instance, key("inventory", "dev"))] == ["removed"]
