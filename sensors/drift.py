@@ -17,7 +17,7 @@ import dagster as dg
 from release_graph.fleet import Fleet
 from release_graph.release import history
 from release_graph.release.keys import environment_key
-from release_graph.release.matrix import in_sync_evaluation, network_policy_evaluation
+from release_graph.release.matrix import in_sync_evaluation, network_policy_answer, network_policy_evaluation
 from resources.targets import DeployTargets, TargetNotConfigured
 
 
@@ -61,10 +61,10 @@ def build_drift_sensor(fleet: Fleet, minimum_interval_seconds: int = 30) -> dg.S
                     ))
                 if environment.target != "docker":
                     continue  # the check exists where the target counts refusals
-                allowed, policy = network_policy_evaluation(fleet, service, refused)
-                answers[f"{label} network_policy"] = policy["refused_calls"]
-                # (a first tick after a restart re-records a passing answer only if it was not passing before)
-                if previous.get(f"{label} network_policy", "none") != policy["refused_calls"]:
+                answers[f"{label} network_policy"] = network_policy_answer(service, refused)
+                # (no refusal since the switch started: nothing to record, the deployment's own check says so)
+                if previous.get(f"{label} network_policy", "") != answers[f"{label} network_policy"]:
+                    allowed, policy = network_policy_evaluation(fleet, service, refused)
                     description = policy.pop("drift")
                     events.append(dg.AssetCheckEvaluation(
                         asset_key=key, check_name="network_policy", passed=allowed, metadata=policy,

@@ -176,8 +176,7 @@ def network_policy_evaluation(fleet: Fleet, service: Service, refused: Mapping) 
     """Whether the network refused calls to or from `service` lately (`refused`: the target's "caller -> callee"
     -> RefusedCalls for its environment), and what to show: the refused calls, and who may call it. A refusal
     older than the target's window no longer fails the check; it stays listed."""
-    own = {call: calls for call, calls in refused.items()
-           if call.endswith(f" -> {service.name}") or call.startswith(f"{service.name} -> ")}
+    own = _refused_of(service, refused)
     recent = {call: calls for call, calls in own.items() if calls.recent}
     callers = ", ".join(fleet.callers_of(service.name)) or "none"
     if recent:
@@ -187,3 +186,16 @@ def network_policy_evaluation(fleet: Fleet, service: Service, refused: Mapping) 
         description = f"no call to or from {service.name} refused lately; allowed callers: {callers}"
     return not recent, {"refused_calls": "; ".join(f"{call}: {calls.line()}" for call, calls in sorted(own.items()))
                         or "none", "allowed_callers": callers, "drift": description}
+
+
+def network_policy_answer(service: Service, refused: Mapping) -> str:
+    """What the network_policy check's evaluation depends on, as one stable value (the drift sensor's cursor): the
+    refused calls' totals and whether each is recent, not the recent counts, which decay minute by minute."""
+    return "; ".join(f"{call}: {calls.total}{' recent' if calls.recent else ''}"
+                     for call, calls in sorted(_refused_of(service, refused).items()))
+
+
+def _refused_of(service: Service, refused: Mapping) -> dict:
+    """The refused calls to or from `service`."""
+    return {call: calls for call, calls in refused.items()
+            if call.endswith(f" -> {service.name}") or call.startswith(f"{service.name} -> ")}

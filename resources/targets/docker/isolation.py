@@ -26,7 +26,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CHAIN = "RELEASE_GRAPH_ISOLATION"
@@ -95,9 +95,13 @@ def release(subnet: str) -> None:
     if not available():
         return
     with _Locked():
-        for _ in range(100):
-            if _iptables("-D", CHAIN, *_rule(subnet)).returncode != 0:
-                break
+        _release(subnet)
+
+
+def _release(subnet: str) -> None:
+    for _ in range(100):
+        if _iptables("-D", CHAIN, *_rule(subnet)).returncode != 0:
+            break
 
 
 def subnets() -> list[str]:
@@ -113,10 +117,15 @@ def subnets() -> list[str]:
     return found
 
 
-def sweep(keep: Iterable[str]) -> list[str]:
-    """Remove the rules of subnets not in `keep` (networks gone without their teardown); returns them."""
-    wanted = {str(ipaddress.ip_network(subnet)) for subnet in keep}
-    gone = [subnet for subnet in subnets() if str(ipaddress.ip_network(subnet)) not in wanted]
-    for subnet in gone:
-        release(subnet)
+def sweep(existing: Callable[[], Iterable[str]]) -> list[str]:
+    """Remove the rules of subnets that no network has now (networks gone without their teardown); returns them.
+    `existing` lists the subnets of every network of the engine, asked while the lock is held: a network created
+    meanwhile is isolated after the sweep, never swept away after its rule was added."""
+    if not available():
+        return []
+    with _Locked():
+        wanted = {str(ipaddress.ip_network(subnet)) for subnet in existing()}
+        gone = [subnet for subnet in subnets() if str(ipaddress.ip_network(subnet)) not in wanted]
+        for subnet in gone:
+            _release(subnet)
     return gone

@@ -147,9 +147,11 @@ def reap(
     if target._engine_is_local():
         # the firewall rules of networks removed without their teardown (every network of the engine counts:
         # other fleets' and other instances' networks keep theirs)
-        with target._engine("reap: listing networks"):
-            existing = [target._subnet(n) for n in target._docker().networks.list()]
-        isolation.sweep(subnet for subnet in existing if subnet)
+        def existing() -> list[str]:
+            with target._engine("reap: listing networks"):
+                return [subnet for n in target._docker().networks.list() if (subnet := target._subnet(n))]
+
+        isolation.sweep(existing)
     return ReapReport(tuple(containers), tuple(networks), tuple(proxies))
 
 

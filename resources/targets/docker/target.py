@@ -595,9 +595,11 @@ class DockerTarget(DeployTarget):
 
     def _allowed_sources(self, spec: DeploymentSpec) -> tuple[str, ...]:
         """The address ranges the switch admits calls to spec's service from: its declared callers' networks
-        (created here when a caller is not deployed yet: a provider deploys first) and the environment's own."""
-        networks = [self._ensure_network(spec.fleet, spec.environment, caller) for caller in sorted(spec.callers)]
-        networks.append(self._ensure_network(spec.fleet, spec.environment))
+        (created here when a caller is not deployed yet: a provider deploys first) and the environment's own.
+        Their firewall rules are not this deployment's business: each caller's deployment isolates its network
+        before a container joins it, and this one isolated the environment's."""
+        networks = [self._network(spec.fleet, spec.environment, caller) for caller in sorted(spec.callers)]
+        networks.append(self._network(spec.fleet, spec.environment, None))
         return tuple(subnet for subnet in (self._subnet(n) for n in networks) if subnet)
 
     def _unswitched_providers(self, spec: DeploymentSpec, router: HaproxyRouter) -> list:
@@ -909,7 +911,7 @@ class DockerTarget(DeployTarget):
         """What runs as `service` (None: no container at all). `probe=True` also asks its health path once."""
         candidates = {c.id: c for c in self._service_containers(fleet, environment, service)}
         # A container started by hand with the service name but without our labels still is what serves.
-        for member in self._name_holders(fleet, environment, service):
+        for member in self._name_holders(fleet, environment, [service])[service]:
             candidates.setdefault(member.id, member)
         rolling_out = self._candidate_name(fleet, environment, service)
         chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], fleet, environment, service)
@@ -923,9 +925,10 @@ class DockerTarget(DeployTarget):
             if service:
                 by_service.setdefault(service, []).append(container)
         result = {}
+        holders = self._name_holders(fleet, environment, list(by_service))
         for service, containers in sorted(by_service.items()):
             candidates = {c.id: c for c in containers}
-            for member in self._name_holders(fleet, environment, service):
+            for member in holders[service]:
                 candidates.setdefault(member.id, member)
             rolling_out = self._candidate_name(fleet, environment, service)
             chosen = self._pick([c for c in candidates.values() if c.name != rolling_out], fleet, environment,
@@ -934,13 +937,19 @@ class DockerTarget(DeployTarget):
                 result[service] = self._describe_running(chosen, fleet, environment, service, probe)
         return result
 
-    def _name_holders(self, fleet: str, environment: str, service: str) -> list:
-        """Containers holding the service's name on its network (or, deployed before, on the environment's)."""
-        holders = []
-        for net in (self.network_name(fleet, environment, service), self.network_name(fleet, environment)):
-            if self._network_exists(net):
-                holders += [m for m in self._network_members(net) if inspect.holds_alias(m, net, service)]
-        return holders
+    def _name_holders(self, fleet: str, environment: str, services: Sequence[str]) -> dict[str, list]:
+        """Per service, the containers holding its name on its network (or, deployed before, on the environment's),
+        read with two calls whatever the number of services: the drift sensor asks every tick."""
+        env_net = self.network_name(fleet, environment)
+        networks = [n.name for n in self._list_networks(f"listing the networks of {fleet}/{environment}",
+                                                        (L.FLEET, fleet), (L.ENVIRONMENT, environment))
+                    if n.name == env_net or n.name.startswith(f"{env_net}.")]
+        members = []
+        if networks:
+            with self._engine(f"listing containers on the networks of {fleet}/{environment}"):
+                members = self._docker().containers.list(all=True, ignore_removed=True, filters={"network": networks})
+        return {service: [m for m in members if self._holds_name(m, fleet, environment, service)]
+                for service in services}
 
     def probe(
         self, fleet: str, environment: str, service: str, *, port: int | None = None, path: str | None = None
@@ -1016,7 +1025,8 @@ class DockerTarget(DeployTarget):
                 result = container.exec_run(["python3", "-c", CALL_SCRIPT, url, host])
             text = result.output.decode("utf-8", "replace").strip()
             if result.exit_code != 0:
-                raise TargetError(f"{where}: cannot call from its container ({text.splitlines()[-1:] or text})")
+                last = (text.splitlines() or ["no output"])[-1]
+                raise TargetError(f"{where}: cannot call from its container {container.name}: {last}")
             answers[way] = text
         return answers
 
