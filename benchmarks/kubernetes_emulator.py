@@ -29,10 +29,14 @@ its selector also matches, as a real controller keeps them apart; the pods of a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import hashlib
 import itertools
+import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -257,6 +261,8 @@ class _StampingEmulator(kmock.KubernetesEmulator):
                 metadata.setdefault("namespace", request.namespace)
             metadata.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
                             creationTimestamp=_now())
+            if request.resource == kmock.resource(PODS):  # the scheduler has not placed it yet
+                data.setdefault("status", {"phase": "Pending"})
         elif request.action == kmock.action.UPDATE:
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
@@ -375,3 +381,237 @@ class KubernetesApiEmulator:
         wanted = kmock.resource(resource)
         return self.call(lambda: [copy.deepcopy(obj.raw) for (kind, ns, _), obj in self.handler.objects.items()
                                   if kind == wanted and ns == namespace and not obj.deleted])
+
+
+class FakeKubelet:
+    """Runs the emulated cluster's own pods (those no controller owns: test pods) as real containers of the engine.
+
+    `FakeController`'s pods are objects only. A pod created through the API (e.g. by `PipesK8sClient`) is run here as
+    a kubelet would run it: its first container's image (pulled when missing), command, environment and user; a
+    read-only root when its securityContext says so; an `emptyDir` as an in-memory folder; a `configMap` volume as
+    read-only files (its `items`, or every key). The pod's status follows the container (Pending, Running and
+    ready, then Succeeded or Failed with the exit code); `activeDeadlineSeconds` is enforced (the pod fails with
+    `DeadlineExceeded`); a deleted pod's container is removed. The log subresource streams the container's output
+    with the API server's per-line timestamps (`timestamps`, `follow`, `tailLines`, `sinceSeconds`), and a LIST
+    of pods honours `fieldSelector=metadata.name=<pod>` (kmock ignores selectors; the Pipes client relies on it).
+
+    Every container is named `<prefix>-<pod>` and carries `labels`, so parallel test runs never collide.
+    """
+
+    def __init__(self, emulator: KubernetesApiEmulator, engine, *, prefix: str, labels: dict[str, str] | None = None,
+                 poll_seconds: float = 0.1):
+        self.emulator = emulator
+        self.engine = engine  # a docker.DockerClient
+        self.prefix = prefix
+        self.labels = dict(labels or {})
+        self.poll_seconds = poll_seconds
+        self._containers: dict[tuple[str, str], Any] = {}  # (namespace, pod) -> container
+        self._folders: dict[tuple[str, str], str] = {}  # (namespace, pod) -> its configMap files
+        self._deadlines: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-kubelet", daemon=True)
+
+    def __enter__(self) -> FakeKubelet:
+        self.emulator.call(self._add_routes)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for key in list(self._containers):
+            self._forget(key)
+
+    # --- the API's side ---------------------------------------------------------------------------------
+
+    def _add_routes(self) -> None:
+        handler = self.emulator.handler
+        pods = kmock.resource("v1", "pods")
+        handler[pods, kmock.subresource("log")] << self._log
+        handler[pods, kmock.action.LIST, lambda request: "fieldSelector" in request.params] << self._list_by_name
+
+    def _list_by_name(self, request) -> dict:
+        wanted = dict(part.split("=", 1) for part in request.params["fieldSelector"].split(",") if "=" in part)
+        items = [copy.deepcopy(obj.raw) for (resource, namespace, name), obj in self.emulator.handler.objects.items()
+                 if resource == kmock.resource(PODS) and not obj.deleted and namespace == request.namespace
+                 and wanted.get("metadata.name", name) == name]
+        return {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}
+
+    async def _log(self, request):
+        container = self._containers.get((request.namespace, request.name))
+        if container is None:
+            yield b""
+            return
+        params = request.params
+        follow = str(params.get("follow")).lower() == "true"
+        timestamps = str(params.get("timestamps")).lower() == "true"
+        options = {"stream": True, "follow": follow, "stdout": True, "stderr": True}
+        if params.get("tailLines"):
+            options["tail"] = int(params["tailLines"])
+        if params.get("sinceSeconds"):
+            options["since"] = int(time.time()) - int(params["sinceSeconds"])
+        # The engine's own stamps are whole seconds (Podman): lines are stamped here, to the microsecond, as a real
+        # API server does (the Pipes client orders and deduplicates by them).
+        chunks = await asyncio.to_thread(container.logs, **options)
+        pending = b""
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield _stamped(line, timestamps)
+        if pending:
+            yield _stamped(pending, timestamps)
+
+    # --- the node's side --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as exc:  # noqa: BLE001 - a kubelet keeps going; the pod's status says what broke
+                print(f"fake kubelet: {type(exc).__name__}: {exc}")
+            self._stop.wait(self.poll_seconds)
+
+    def _sync(self) -> None:
+        def ownerless():
+            return {(namespace, name): copy.deepcopy(obj.raw)
+                    for (resource, namespace, name), obj in self.emulator.handler.objects.items()
+                    if resource == kmock.resource(PODS) and not obj.deleted and _owner(obj.raw) is None
+                    and not (obj.raw.get("metadata") or {}).get("ownerReferences")}
+
+        pods = self.emulator.call(ownerless)
+        for key in [key for key in self._containers if key not in pods]:
+            self._forget(key)
+        for key, pod in pods.items():
+            if key not in self._containers:
+                self._start(key, pod)
+            else:
+                self._observe(key, pod)
+
+    def _start(self, key: tuple[str, str], pod: dict) -> None:
+        import docker
+
+        namespace, name = key
+        spec = pod.get("spec") or {}
+        (container, *_) = spec.get("containers") or [{}]
+        image = container.get("image", "")
+        try:
+            self.engine.images.get(image)
+        except docker.errors.ImageNotFound:
+            try:
+                self.engine.images.pull(image)
+            except docker.errors.APIError as exc:
+                self._containers[key] = None
+                self._set_status(key, container, "Pending", {"waiting": {"reason": "ErrImagePull",
+                                                                         "message": str(exc)}})
+                return
+        security = {**(spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
+        folder = tempfile.mkdtemp(prefix=f"{self.prefix}-pod-")
+        self._folders[key] = folder
+        volumes, tmpfs = {}, {}
+        for mount in container.get("volumeMounts") or []:
+            volume = next(v for v in spec.get("volumes") or [] if v["name"] == mount["name"])
+            if "emptyDir" in volume:
+                tmpfs[mount["mountPath"]] = "mode=1777"
+            elif "configMap" in volume:
+                source = self._config_map_files(namespace, volume["configMap"], os.path.join(folder, mount["name"]))
+                volumes[source] = {"bind": mount["mountPath"], "mode": "ro"}
+        user = security.get("runAsUser")
+        group = security.get("runAsGroup")
+        created = self.engine.containers.create(
+            image, command=container.get("command"), name=f"{self.prefix}-{namespace}-{name}"[:200],
+            environment={item["name"]: item.get("value", "") for item in container.get("env") or []},
+            user=f"{user}:{group}" if user is not None and group is not None else (str(user) if user else None),
+            read_only=bool(security.get("readOnlyRootFilesystem")), tmpfs=tmpfs, volumes=volumes,
+            cap_drop=(security.get("capabilities") or {}).get("drop"), labels=self.labels, detach=True,
+        )
+        self._containers[key] = created
+        if spec.get("activeDeadlineSeconds"):
+            self._deadlines[key] = time.monotonic() + spec["activeDeadlineSeconds"]
+        try:
+            created.start()
+        except docker.errors.APIError as exc:  # e.g. its command is not in the image: the runtime's StartError
+            self._containers[key] = None
+            self._set_status(key, container, "Failed", {"terminated": {
+                "exitCode": 128, "reason": "StartError", "message": str(exc.explanation or exc)}})
+            with contextlib.suppress(docker.errors.APIError):
+                created.remove(force=True)
+            return
+        self._observe(key, pod)
+
+    def _config_map_files(self, namespace: str, volume: dict, folder: str) -> str:
+        stored = self.emulator.object("v1/configmaps", namespace, volume["name"]) or {}
+        data = stored.get("data") or {}
+        items = volume.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            path = os.path.join(folder, item["path"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as file:
+                file.write(data.get(item["key"], ""))
+        for root, folders, files in os.walk(folder):  # readable by the pod's user, whoever it is
+            for entry in folders + files:
+                os.chmod(os.path.join(root, entry), 0o755)
+        os.chmod(folder, 0o755)
+        return folder
+
+    def _observe(self, key: tuple[str, str], pod: dict) -> None:
+        created = self._containers[key]
+        (container, *_) = (pod.get("spec") or {}).get("containers") or [{}]
+        if created is None:  # its image could not be pulled
+            return
+        created.reload()
+        state = created.attrs["State"]
+        deadline = self._deadlines.get(key)
+        if state["Status"] == "running" and deadline is not None and time.monotonic() > deadline:
+            created.kill()
+            self._set_status(key, container, "Failed", {"terminated": {"exitCode": 137, "reason": "Error"}},
+                             reason="DeadlineExceeded", message="Pod was active on the node longer than the specified "
+                             "deadline")
+            self._deadlines.pop(key, None)
+            return
+        if (pod.get("status") or {}).get("reason") == "DeadlineExceeded":
+            return
+        if state["Status"] in ("exited", "dead"):
+            code = state.get("ExitCode", -1)
+            self._set_status(key, container, "Succeeded" if code == 0 else "Failed",
+                             {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}})
+        elif state["Status"] == "running":
+            self._set_status(key, container, "Running", {"running": {"startedAt": state.get("StartedAt")}},
+                             ready=True)
+        else:
+            self._set_status(key, container, "Pending", {"waiting": {"reason": "ContainerCreating"}})
+
+    def _set_status(self, key: tuple[str, str], container: dict, phase: str, state: dict, *, ready: bool = False,
+                    reason: str | None = None, message: str | None = None) -> None:
+        namespace, name = key
+        status = {"phase": phase, "containerStatuses": [{
+            "name": container.get("name"), "image": container.get("image", ""), "imageID": "", "restartCount": 0,
+            "ready": ready, "state": state}]}
+        if reason is not None:
+            status.update(reason=reason, message=message)
+
+        def patch():
+            objects, key = self.emulator.handler.objects, (kmock.resource(PODS), namespace, name)
+            if key in objects and not objects[key].deleted and (objects[key].raw.get("status") or {}) != status:
+                objects[key].patch({"status": status})
+
+        self.emulator.call(patch)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        import docker
+
+        created = self._containers.pop(key, None)
+        if created is not None:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                created.remove(force=True)
+        self._deadlines.pop(key, None)
+        folder = self._folders.pop(key, None)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stamped(line: bytes, timestamps: bool) -> bytes:
+    if not timestamps:
+        return line + b"\n"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+    return stamp + b" " + line + b"\n"

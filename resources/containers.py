@@ -685,6 +685,14 @@ class ContainerEngine(dg.ConfigurableResource):
             raise ContainerEngineError(f"image {ref} is not in the engine at {self._engine_address()}") from exc
         return dict(image.labels or {})
 
+    def image_command(self, ref: str) -> tuple[str, ...]:
+        """What a container of the image runs: its ENTRYPOINT followed by its CMD (empty: it declares neither)."""
+        try:
+            config = self.client().images.get(ref).attrs.get("Config") or {}
+        except NotFound as exc:
+            raise ContainerEngineError(f"image {ref} is not in the engine at {self._engine_address()}") from exc
+        return tuple(config.get("Entrypoint") or ()) + tuple(config.get("Cmd") or ())
+
     def remove_image(self, ref: str, *, force: bool = False) -> bool:
         """Remove a local image (or one of its tags). False when the engine did not have it."""
         try:

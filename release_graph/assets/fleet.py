@@ -19,6 +19,7 @@ from release_graph.release.keys import DORA_KEY, MATRIX_KEY, e2e_key, environmen
 from release_graph.release.tags import ENV_TAG
 from resources import labels as L
 from resources.containers import ContainerEngine
+from resources.registry import Registry
 from resources.targets import DeployTarget, DeployTargets
 
 E2E_TIMEOUT_SECONDS = 600
@@ -43,28 +44,33 @@ def build_fleet_assets(fleet: Fleet) -> tuple[list, list]:
 def _e2e_asset(fleet: Fleet, environment: Environment) -> dg.AssetsDefinition:
     key = e2e_key(environment)
     deployments = [environment_key(name, environment) for name in fleet.services]
+    in_pods = environment.target == "kubernetes"
 
     @dg.asset(
         key=key,
         deps=deployments,
         group_name="fleet",
-        description=f"The fleet's end-to-end tests run against {environment.name}. A failure blocks promotion "
-        "beyond this environment. The data version identifies the set of deployed digests tested.",
-        kinds={"docker"},
+        description=f"The fleet's end-to-end tests run against {environment.name}"
+        + (" as a pod of its namespace, reporting back through Dagster Pipes" if in_pods else "")
+        + ". A failure blocks promotion beyond this environment. The data version identifies the set of deployed "
+        "digests tested.",
+        kinds={"kubernetes" if in_pods else "docker"},
         automation_condition=e2e_condition(deployments, label=f"a deployment in {environment.name} changed"),
         check_specs=[dg.AssetCheckSpec("e2e_tests", asset=key, blocking=True,
                                        description="JUnit XML of the end-to-end test container")],
         tags={ENV_TAG: environment.name},
     )
-    def e2e(context: dg.AssetExecutionContext, engine: ContainerEngine, deploy_targets: DeployTargets):
+    def e2e(context: dg.AssetExecutionContext, engine: ContainerEngine, deploy_targets: DeployTargets,
+            registry: Registry):
         yield from run_e2e(context, fleet, environment, engine=engine,
-                           target=deploy_targets.target_of(environment))
+                           target=deploy_targets.target_of(environment), registry=registry)
 
     return e2e
 
 
 @retry_when_transient("the end-to-end tests")
-def run_e2e(context, fleet: Fleet, environment: Environment, *, engine: ContainerEngine, target: DeployTarget):
+def run_e2e(context, fleet: Fleet, environment: Environment, *, engine: ContainerEngine, target: DeployTarget,
+            registry: Registry | None = None):
     deployed = {
         name: record.digest
         for name in fleet.services
@@ -83,11 +89,16 @@ def run_e2e(context, fleet: Fleet, environment: Environment, *, engine: Containe
         buildargs={},
         on_log=stream_to_run(context),
     )
+    image = tag
+    if target.tests_pull_from_registry:  # a cluster runs the tests: it pulls them, by digest
+        image = f"{tag.rsplit(':', 1)[0]}@{engine.push(tag, on_log=stream_to_run(context), registry=registry)}"
     run = target.run_tests(
-        fleet.name, environment.name, tag,
+        fleet.name, environment.name, image,
         env=service_urls(fleet),
         copy_out="/reports",
         timeout_seconds=E2E_TIMEOUT_SECONDS,
+        command=engine.image_command(tag),
+        step=context,
     )
     summary = read_test_report(run, f"environment '{environment.name}': the end-to-end container")
     yield dg.MaterializeResult(

@@ -46,8 +46,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.explain_network:
         from release_graph.fleet.network import allowed_calls
 
-        print("calls the manifest allows (its edges and published ports): the only calls the network admits, on "
-              "the docker target (its switch) and in the NetworkPolicies generated for kubernetes:")
+        print("calls the manifest allows (its edges, published ports and end-to-end tests): the only calls the network "
+              "admits, on the docker target (its switch) and in the NetworkPolicies generated for kubernetes:")
         for call in allowed_calls(fleet):
             print(f"  {call.line()}")
     return 0

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from release_graph.fleet.model import Fleet, Service
 
 OUTSIDE = "(outside)"  # a caller that is not a service: a published port's clients
+END_TO_END = "(end-to-end tests)"  # the fleet's `e2e:` tests, which call services as the outside world does
 SERVICE_LABEL = "app.kubernetes.io/name"
 FLEET_LABEL = "app.kubernetes.io/part-of"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+ROLE_LABEL = "release-graph.io/role"  # on pods that are not a service's: what they are for
+END_TO_END_TESTS = "end-to-end-tests"  # the role of the pods that run the fleet's end-to-end tests
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ def allowed_calls(fleet: Fleet) -> list[AllowedCall]:
         if published:
             calls.append(AllowedCall(OUTSIDE, callee.name, callee.port,
                                      "published in " + ", ".join(f"{env} on {port}" for env, port in published)))
+        if fleet.e2e is not None and callee.port is not None:
+            calls.append(AllowedCall(END_TO_END, callee.name, callee.port, "the fleet's e2e tests call it by name"))
     return calls
 
 
@@ -63,16 +68,20 @@ def refused(fleet: Fleet, caller: str, callee: str) -> bool:
 def network_policies(fleet: Fleet, namespace: str) -> list[dict]:
     """One NetworkPolicy per service (`network_policy`), in manifest order."""
     return [network_policy(fleet.name, service.name, service.port, fleet.callers_of(service.name),
-                           bool(_published_in(fleet, service)), namespace)
+                           bool(_published_in(fleet, service)), namespace, tested=fleet.e2e is not None)
             for service in fleet.services.values()]
 
 
 def network_policy(fleet_name: str, service: str, port: int | None, callers: Iterable[str], published: bool,
-                   namespace: str) -> dict:
-    """A service's NetworkPolicy: ingress to its pods only from its `callers`' pods, on its port, and from anywhere
-    on that port when an environment publishes it; a service nobody calls admits nothing. The kubernetes target
-    applies this object with the service's deployment, from the callers its DeploymentSpec carries."""
+                   namespace: str, *, tested: bool = False) -> dict:
+    """A service's NetworkPolicy: ingress to its pods only from its `callers`' pods, on its port, from the fleet's
+    end-to-end test pods when the fleet has them (`tested`: they call every service, as the docker target's tests do
+    from the environment's network), and from anywhere on that port when an environment publishes it; a service
+    nobody calls admits nothing. The kubernetes target applies this object with the service's deployment, from what
+    its DeploymentSpec carries."""
     sources = [{"podSelector": {"matchLabels": pod_labels(fleet_name, caller)}} for caller in callers]
+    if tested:
+        sources.append({"podSelector": {"matchLabels": {FLEET_LABEL: fleet_name, ROLE_LABEL: END_TO_END_TESTS}}})
     rules = []
     ports = [{"protocol": "TCP", "port": port}] if port is not None else None
     if ports and sources:

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from release_graph.fleet.model import (
     SECRET_DELIVERIES,
@@ -118,6 +119,8 @@ class DeploymentSpec:
     does not apply them). `published_anywhere` says whether some environment of the fleet publishes it: with
     `callers`, the network rule the kubernetes target applies as the service's NetworkPolicy
     (release_graph.fleet.network).
+    `tested_end_to_end` says whether the fleet runs end-to-end tests (`e2e:`), which call every service: the
+    kubernetes target's NetworkPolicy admits their pods too.
     `rollout_strategy` is the environment's `rollout.strategy`: the kubernetes target moves a rollout's traffic by
     switching its Service for `blue-green` and by replica ratio otherwise (the docker target's switch does both by
     weight, and ignores it).
@@ -141,6 +144,7 @@ class DeploymentSpec:
     hardening: Hardening = field(default_factory=Hardening)
     resources: Resources = field(default_factory=Resources)
     published_anywhere: bool = False
+    tested_end_to_end: bool = False
     rollout_strategy: str = "replace"
 
 
@@ -170,6 +174,7 @@ def deployment_spec(fleet: Fleet, service: Service, environment: Environment, *,
         hardening=service.hardening,
         resources=service.resources,
         published_anywhere=any(service.name in env.publish for env in fleet.environments.values()),
+        tested_end_to_end=fleet.e2e is not None,
         rollout_strategy=environment.rollout.strategy,
     )
 
@@ -441,6 +446,10 @@ class EphemeralEnvironment(ABC):
 class DeployTarget(ABC):
     """Where an environment's services run, and how a new version replaces the old one."""
 
+    # Whether `run_tests` runs where only a registry's images reach (a cluster): the end-to-end step then pushes
+    # the test image it built and hands over its digest. The docker target runs the engine's local image.
+    tests_pull_from_registry = False
+
     # Progressive rollouts (release_graph/assets/rollout.py). A target without them says so; `traffic` None
     # makes every deployment there a plain replacement.
     def traffic(self, fleet: str, environment: str, service: str):
@@ -527,8 +536,16 @@ class DeployTarget(ABC):
         env: Mapping[str, str] | None = None,
         copy_out: str | None = "/reports",
         timeout_seconds: float = 600,
+        command: Sequence[str] | None = None,
+        step: Any = None,
     ) -> RunResult:
-        """Run a test image against a deployed environment (end-to-end tests), where the services answer by name."""
+        """Run a test image against a deployed environment (end-to-end tests), where the services answer by name.
+
+        `command` is the image's own command (ENTRYPOINT and CMD: None lets the image run as it is, where the target
+        can); `step` is the Dagster step's context, through which a target that runs the tests elsewhere (the
+        kubernetes target: a pod, through Dagster Pipes) streams their output into the run. A target with
+        `tests_pull_from_registry` runs `image` as the cluster pulls it: a pushed reference, pinned by digest.
+        """
 
     @abstractmethod
     def ephemeral_environment(

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import docker
@@ -1096,10 +1097,13 @@ class DockerTarget(DeployTarget):
         env: Mapping[str, str] | None = None,
         copy_out: str | None = "/reports",
         timeout_seconds: float = 600,
+        command: Sequence[str] | None = None,
+        step: Any = None,
     ) -> RunResult:
         """Run a test image on a deployed environment's network (end-to-end tests), then remove it.
 
-        The services answer by name there (`http://<service>:<port>`), exactly as they call each other.
+        The services answer by name there (`http://<service>:<port>`), exactly as they call each other. The
+        container's output is its result's log tail (`step` is not needed: the tests run on this host).
         """
         net = self.network_name(fleet, environment)
         if not self._network_exists(net):
@@ -1107,6 +1111,7 @@ class DockerTarget(DeployTarget):
                               "deployed there")
         return self.engine.run_to_completion(
             image,
+            command=list(command) if command else None,
             env=dict(env or {}),
             network=net,
             # The tests call the services as their consumers do: through the environment's switch.

@@ -24,6 +24,7 @@ from release_graph.fleet.network import MANAGED_BY_LABEL, SERVICE_LABEL, network
 from resources.targets.interface import DeploymentSpec, InvalidDeploymentSpec, container_environment, deployment_spec
 
 ENVIRONMENT_LABEL = "release-graph.io/environment"
+MANAGED_BY = "release-graph"  # the value of app.kubernetes.io/managed-by on everything the target creates
 DIGEST_LABEL = "release-graph.io/digest"  # a label value: `sha256-` and the first 12 hex digits (63 characters)
 DIGEST_ANNOTATION = "release-graph.io/digest"  # the whole digest
 CONFIG_HASH_ANNOTATION = "release-graph.io/config-hash"  # a new configuration rolls the pods
@@ -58,7 +59,7 @@ def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, replica
     The service's NetworkPolicy comes before the Deployment, so its pods are never started unprotected."""
     digest = spec.image.rsplit("@", 1)[1]
     selector = pod_labels(spec.fleet, spec.service)
-    labels = {**selector, ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: "release-graph"}
+    labels = {**selector, ENVIRONMENT_LABEL: spec.environment, MANAGED_BY_LABEL: MANAGED_BY}
     metadata = {"namespace": cluster.namespace, "labels": labels}
     name = deployment_name(spec.service, color)
     config_name, secret_name = f"{name}-config", f"{name}-secrets"
@@ -75,7 +76,7 @@ def deployment_objects(spec: DeploymentSpec, cluster: KubernetesCluster, replica
             "stringData": dict(spec.secrets),
         })
     policy = network_policy(spec.fleet, spec.service, spec.port, spec.callers, spec.published_anywhere,
-                            cluster.namespace)
+                            cluster.namespace, tested=spec.tested_end_to_end)
     policy["metadata"]["labels"][ENVIRONMENT_LABEL] = spec.environment  # whose it is, as every object here
     objects.append(policy)
     deployment = _deployment(spec, metadata, config_name, secret_name, digest, spec.resources, replicas, color)

@@ -47,7 +47,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,7 +56,7 @@ import dagster as dg
 from pydantic import Field
 
 from release_graph.fleet.model import KubernetesCluster
-from release_graph.fleet.network import FLEET_LABEL, MANAGED_BY_LABEL, SERVICE_LABEL
+from release_graph.fleet.network import END_TO_END, FLEET_LABEL, MANAGED_BY_LABEL, SERVICE_LABEL
 from resources.containers import RunResult
 from resources.targets.interface import (
     DeploymentFailed,
@@ -83,6 +83,7 @@ from resources.targets.kubernetes.objects import (
     DIGEST_LABEL,
     ENVIRONMENT_LABEL,
     GREEN,
+    MANAGED_BY,
     ROLLOUT_ANNOTATION,
     TRACK_LABEL,
     WEIGHT_ANNOTATION,
@@ -91,11 +92,20 @@ from resources.targets.kubernetes.objects import (
     other_color,
     validate_objects,
 )
+from resources.targets.kubernetes.tests_in_pods import (
+    NoTestReport,
+    kubeconfig_for,
+    pod_env_for_tests,
+    pod_labels_for_tests,
+    pod_manifest,
+    pod_spec_for_tests,
+    reporter_config_map,
+    result_from_report,
+)
 
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "release-graph"
-MANAGED_BY = "release-graph"  # the value of app.kubernetes.io/managed-by on everything the target creates
 APPLY_PATCH = "application/apply-patch+yaml"
 # A rollout's small changes (replicas, the Service's color, the candidate's marks) are merge patches of the live
 # object: the spec that made it is not at hand in a later step or another process (the CLI's abort).
@@ -113,6 +123,8 @@ RECENT_WARNINGS = 10
 # Annotations the API server or kubectl own: re-applying them on a rollback would take them over.
 FOREIGN_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/", "kubectl.kubernetes.io/")
 # Torn down in this order: what routes to the pods first, their isolation once they are gone, configuration last.
+# A test pod's wait ends this long after the pod's own deadline (activeDeadlineSeconds), which the cluster enforces.
+TEST_POD_GRACE_SECONDS = 30
 TEARDOWN_KINDS = ("Service", "Deployment", "NetworkPolicy", "Secret", "ConfigMap")
 
 
@@ -1119,6 +1131,10 @@ class KubernetesTarget(DeployTarget):
             removed.extend(self.teardown_environment(fleet, environment).containers)
         return ReapReport(containers=tuple(removed))
 
+    # --- tests in pods ----------------------------------------------------------------------------------
+
+    tests_pull_from_registry = True
+
     def run_tests(
         self,
         fleet: str,
@@ -1128,11 +1144,82 @@ class KubernetesTarget(DeployTarget):
         env: Mapping[str, str] | None = None,
         copy_out: str | None = "/reports",
         timeout_seconds: float = 600,
+        command: Sequence[str] | None = None,
+        step: Any = None,
     ) -> RunResult:
-        raise TargetError(
-            f"environment '{environment}' of fleet '{fleet}' runs on kubernetes: running the end-to-end test image "
-            "in a pod is not built yet (docs/operations.md, \"Kubernetes target\"); leave `e2e:` out of the "
-            "manifest or run it against a docker environment")
+        """Run the test image as a Pod of the environment's namespace, followed through Dagster Pipes
+        (`PipesK8sClient`), where the services answer by name as they do for each other; tests_in_pods.py says how.
+
+        `image` must be pinned by digest (the end-to-end step pushes it); `command` is the image's own command, which
+        the pod runs under release-graph's reporter; `step` is the step's context: the pod's output streams into its
+        run. A failing test is a result (its report says so); a pod that could not run or report raises TargetError
+        naming it, with the cluster's reason and the pod's last lines.
+        """
+        from dagster_k8s.pipes import get_pod_name
+
+        where = f"environment '{environment}' of fleet '{fleet}'"
+        try:
+            reference, _ = pinned_reference(image)
+        except InvalidDeploymentSpec as exc:
+            raise TargetError(f"{where}: the end-to-end test image: {exc}") from None
+        if step is None:
+            raise TargetError(f"{where}: tests run as a pod through Dagster Pipes, which needs the step's context")
+        if not command:
+            raise TargetError(f"{where}: the test image {reference} declares no command (ENTRYPOINT or CMD) to run")
+        reports = copy_out or "/reports"
+        labels = pod_labels_for_tests(fleet, environment)
+        spec = pod_spec_for_tests(command, reports, timeout_seconds)
+        variables = pod_env_for_tests(env or {})
+        config_map = reporter_config_map(fleet, environment, self.namespace)
+        pod = get_pod_name(step.run.run_id, step.op_execution_context.op.name)  # its shape (the client's has another
+        # random suffix, and names it in its own errors)
+        validate_objects([config_map, pod_manifest(pod, self.namespace, reference, spec, labels, variables)],
+                         self.cluster, service=END_TO_END, environment=environment)
+        self._ensure_reporter(where, config_map, fleet, environment)
+        started = time.monotonic()
+        with self._pipes_client() as client:
+            try:
+                invocation = client.run(
+                    context=step, image=reference, namespace=self.namespace, env=variables,
+                    base_pod_meta={"labels": labels}, base_pod_spec=spec,
+                    # the cluster ends the pod at activeDeadlineSeconds; this is the wait's own bound
+                    pod_wait_timeout=timeout_seconds + TEST_POD_GRACE_SECONDS,
+                )
+            except Exception as exc:  # noqa: BLE001 - the client raises DagsterK8sError, ApiException, urllib3's
+                why = (f"it ran past its timeout of {timeout_seconds:g} s (activeDeadlineSeconds) and was ended"
+                       if time.monotonic() - started >= timeout_seconds else "it did not run to the end")
+                if "python3" in str(exc):
+                    why += " (the pod runs the tests under release-graph's reporter: the test image needs python3)"
+                raise TargetError(f"{where}: the test pod of {reference} in namespace {self.namespace}: {why}: "
+                                  f"{_first_lines(str(exc))}") from None
+        try:
+            return result_from_report(invocation.get_custom_messages(), pod=f"of {reference} in {self.namespace}",
+                                      seconds=time.monotonic() - started)
+        except NoTestReport as exc:
+            raise TargetError(f"{where}: {exc}") from None
+
+    def _ensure_reporter(self, where: str, config_map: dict, fleet: str, environment: str) -> None:
+        """Apply the reporter's ConfigMap (nothing is sent when it is there as it should be)."""
+        config_map["metadata"]["annotations"][APPLIED_ANNOTATION] = applied_fingerprint(config_map)
+        live = self._read(f"{where}: reading {self._object_name(config_map)}", "ConfigMap",
+                          config_map["metadata"]["name"])
+        if live is not None and not _labelled(live, config_map["metadata"]["labels"]):
+            raise TargetError(f"{where}: {self._object_name(config_map)} exists but is not release-graph's test "
+                              f"reporter for fleet '{fleet}', environment '{environment}': nothing was changed")
+        _, action = self._apply(where, config_map, live)
+        log.info("%s: %s %s", where, self._object_name(config_map), action)
+
+    @contextmanager
+    def _pipes_client(self) -> Iterator[Any]:
+        """dagster-k8s's Pipes client, connected as this target is (it loads its connection from a kubeconfig)."""
+        from dagster_k8s import PipesK8sClient
+
+        if self.config.api_host:
+            with kubeconfig_for(self.config.api_host, self.namespace) as path:
+                yield PipesK8sClient(kubeconfig_file=path, poll_interval=self.config.poll_seconds)
+        else:
+            yield PipesK8sClient(kubeconfig_file=self.config.kubeconfig, kube_context=self.cluster.context,
+                                 poll_interval=self.config.poll_seconds)
 
     def ephemeral_environment(
         self, fleet: str, name: str, *, ttl_seconds: float = 3600
@@ -1252,3 +1339,9 @@ def _status_message(body: Any) -> str:
     except (ValueError, AttributeError):
         message = None
     return f": {str(message)[:300]}" if message else ""
+
+
+def _first_lines(text: str, lines: int = 40) -> str:
+    """The start of a long message (the Pipes client's errors carry the whole pod object)."""
+    kept = text.splitlines()[:lines]
+    return "\n".join(kept) + ("\n..." if len(text.splitlines()) > lines else "")

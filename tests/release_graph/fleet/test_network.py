@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from release_graph.fleet import load_fleet
-from release_graph.fleet.network import OUTSIDE, allowed_calls, network_policies, refused
+from release_graph.fleet.network import END_TO_END, OUTSIDE, allowed_calls, network_policies, refused
 
 SHOP_FLEET = Path(__file__).resolve().parents[3] / "examples" / "shop" / "fleet.yaml"
 
@@ -57,10 +57,13 @@ def callers_in(policy: dict) -> list[str]:
 
 def test_the_demo_shop_allows_the_gateway_to_call_orders_but_never_inventory_directly():
     fleet = load_fleet(SHOP_FLEET, check_files=False)
-    assert [(c.caller, c.callee, c.port) for c in allowed_calls(fleet)] == [
+    calls = allowed_calls(fleet)
+    assert [(c.caller, c.callee, c.port) for c in calls if c.caller != END_TO_END] == [
         (OUTSIDE, "gateway", 8080), ("gateway", "orders", 8080),
         ("orders", "inventory", 8080), ("orders", "payments", 8080)]
-    assert allowed_calls(fleet)[0].why == "published in dev on 18081, staging on 18082, prod on 18080"
+    assert calls[0].why == "published in dev on 18081, staging on 18082, prod on 18080"
+    # the fleet's end-to-end tests call every service by name
+    assert sorted(c.callee for c in calls if c.caller == END_TO_END) == ["gateway", "inventory", "orders", "payments"]
     assert refused(fleet, "gateway", "inventory") and not refused(fleet, "orders", "inventory")
     assert refused(fleet, "inventory", "orders")  # an edge allows its direction only
 
@@ -71,12 +74,15 @@ def test_the_demo_shop_allows_the_gateway_to_call_orders_but_never_inventory_dir
     assert inventory["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "inventory",
                                                                 "app.kubernetes.io/part-of": "shop"}}
     assert inventory["spec"]["policyTypes"] == ["Ingress"]
+    tests = {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "shop",
+                                             "release-graph.io/role": "end-to-end-tests"}}}
     assert inventory["spec"]["ingress"] == [{
         "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orders",
-                                                  "app.kubernetes.io/part-of": "shop"}}}],
+                                                  "app.kubernetes.io/part-of": "shop"}}}, tests],
         "ports": [{"protocol": "TCP", "port": 8080}]}]
-    # the gateway: nobody inside calls it, the outside reaches it on its port only
-    assert policies["gateway-callers"]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # the gateway: no service calls it, the fleet's tests and the outside reach it on its port only
+    assert policies["gateway-callers"]["spec"]["ingress"] == [
+        {"from": [tests], "ports": [{"protocol": "TCP", "port": 8080}]}, {"ports": [{"protocol": "TCP", "port": 8080}]}]
 
 
 def test_an_imported_fleet_admits_exactly_its_declared_callers_whatever_kind_of_edge(tmp_path):
@@ -107,12 +113,16 @@ def test_validate_explains_the_network_call_by_call(capsys):
     assert cli_main(["validate", str(SHOP_FLEET), "--explain-network"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[1:] == [
-        "calls the manifest allows (its edges and published ports): the only calls the network admits, on the docker "
-        "target (its switch) and in the NetworkPolicies generated for kubernetes:",
+        "calls the manifest allows (its edges, published ports and end-to-end tests): the only calls the network "
+        "admits, on the docker target (its switch) and in the NetworkPolicies generated for kubernetes:",
         "  (outside) -> gateway:8080  (published in dev on 18081, staging on 18082, prod on 18080)",
+        "  (end-to-end tests) -> gateway:8080  (the fleet's e2e tests call it by name)",
         "  gateway -> orders:8080  (gateway depends_on orders: edge)",
+        "  (end-to-end tests) -> orders:8080  (the fleet's e2e tests call it by name)",
         "  orders -> inventory:8080  (orders depends_on inventory: edge)",
+        "  (end-to-end tests) -> inventory:8080  (the fleet's e2e tests call it by name)",
         "  orders -> payments:8080  (orders depends_on payments: edge)",
+        "  (end-to-end tests) -> payments:8080  (the fleet's e2e tests call it by name)",
     ]
 
 

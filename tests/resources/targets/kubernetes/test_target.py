@@ -400,9 +400,14 @@ def test_teardown_removes_everything_release_graph_made_in_the_environment_and_n
     assert target.reap().containers == ()  # nothing else is ever left behind on a cluster
 
 
-def test_end_to_end_tests_in_pods_and_ephemeral_environments_are_refused_with_the_reason(target):
-    with pytest.raises(TargetError, match="running the end-to-end test image in a pod is not built yet"):
-        target.run_tests("shop", "prod", f"{REPOSITORY}@{FIRST}")
+def test_test_pods_need_a_pinned_image_a_command_and_the_step_and_ephemeral_environments_are_refused(target):
+    # (the pod itself: tests/resources/targets/kubernetes/test_tests_in_pods.py)
+    with pytest.raises(TargetError, match="the end-to-end test image: .*not pinned by digest|digest"):
+        target.run_tests("shop", "prod", f"{REPOSITORY}:latest", command=["pytest"], step=object())
+    with pytest.raises(TargetError, match="needs the step's context"):
+        target.run_tests("shop", "prod", f"{REPOSITORY}@{FIRST}", command=["pytest"])
+    with pytest.raises(TargetError, match="declares no command"):
+        target.run_tests("shop", "prod", f"{REPOSITORY}@{FIRST}", command=(), step=object())
     with pytest.raises(TargetError, match="integration runs use the docker target"):
         target.ephemeral_environment("shop", "it-payments")
 
