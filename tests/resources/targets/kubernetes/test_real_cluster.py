@@ -11,6 +11,9 @@ must be pullable by the cluster, pinned by digest, and run as a non-root user wi
 default hardening); with $RELEASE_GRAPH_TEST_KUBE_PORT (and $RELEASE_GRAPH_TEST_KUBE_HEALTH) it must answer that
 path with 2xx on that port. The story uses a namespace of its own, `rg-test-<random>`, deleted at the end (or
 $RELEASE_GRAPH_TEST_KUBE_NAMESPACE, which must exist and is left in place).
+
+The test pod's story needs $RELEASE_GRAPH_TEST_KUBE_PYTHON_IMAGE: an image with python3, pinned by digest, that the
+cluster can pull (a Debian or the official python image); the pod runs as user 65532 with a read-only root.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 
+import dagster as dg
 import pytest
 
 from release_graph.fleet.model import KubernetesCluster
@@ -89,3 +93,39 @@ def test_a_real_cluster_deploys_once_sends_nothing_the_second_time_and_tears_dow
     removed = target.teardown_environment(spec.fleet, spec.environment)
     assert "Deployment/hello" in removed.containers
     assert target.running_services(spec.fleet, spec.environment) == {}
+
+
+# What the test image runs: two tests' JUnit report written where the reporter collects it, one failing.
+JUNIT_WRITER = """\
+import pathlib, sys
+print("checking the order flow")
+pathlib.Path("/reports/e2e.xml").write_text(
+    '<testsuite tests="2" failures="1"><testcase classname="e2e" name="test_an_order_is_placed"/>'
+    '<testcase classname="e2e" name="test_an_order_is_confirmed"><failure message="never confirmed"/></testcase>'
+    '</testsuite>')
+sys.exit(1)
+"""
+
+
+def test_a_real_cluster_runs_the_tests_as_a_pod_and_their_report_comes_back_through_pipes(real_cluster_target):
+    target = real_cluster_target
+    image = os.environ.get("RELEASE_GRAPH_TEST_KUBE_PYTHON_IMAGE")
+    if not image:
+        pytest.skip("RELEASE_GRAPH_TEST_KUBE_PYTHON_IMAGE is unset: give an image with python3, pinned by digest")
+    results = []
+
+    @dg.asset
+    def e2e(context):  # (no annotation: this module's annotations are strings)
+        results.append(target.run_tests("rgtest", "story", image, env={"GATEWAY_URL": "http://gateway:8080"},
+                                        command=["python3", "-c", JUNIT_WRITER], step=context, timeout_seconds=300))
+        return dg.MaterializeResult(metadata={"exit_code": results[-1].exit_code})
+
+    with dg.instance_for_test() as instance:
+        outcome = dg.materialize([e2e], instance=instance)
+        assert outcome.success
+        messages = [entry.user_message for entry in instance.all_logs(outcome.run_id)]
+    (result,) = results
+    assert result.exit_code == 1 and b"test_an_order_is_confirmed" in result.files["e2e.xml"]
+    assert "checking the order flow" in result.logs_tail
+    assert any("the tests exited 1; 1 report file(s) sent" in message for message in messages), messages
+    assert target.teardown_environment("rgtest", "story").containers == ("ConfigMap/release-graph-test-reporter",)
