@@ -1160,6 +1160,79 @@ def bench_network_rule(bench: Bench, section: Section) -> None:
                 ).samples.append(seconds)
 
 
+# --- (j) end-to-end tests as a pod ----------------------------------------------------------------------------------
+
+# What the measured test image runs: one passing test's JUnit report, written where the reporter collects it.
+TEST_POD_SCRIPT = (
+    "import os, pathlib; print('one test'); os.makedirs('/reports', exist_ok=True); "
+    "pathlib.Path('/reports/e2e.xml').write_text("
+    "'<testsuite tests=\"1\" failures=\"0\"><testcase classname=\"e2e\" name=\"test_ok\"/></testsuite>')")
+
+
+def bench_test_pods(bench: Bench, section: Section) -> None:
+    """The same test image run as the docker target runs end-to-end tests (a container, its /reports copied out)
+    and as the kubernetes target does (a pod through Dagster Pipes, its report sent back), with the pod's API
+    calls counted."""
+    from resources.containers import ContainerEngine
+    from resources.registry import Registry
+
+    digest = Registry().manifest_digest(f"{bench.registry_host}/base/python", "bookworm")
+    if not digest:
+        raise RuntimeError(f"{bench.registry_host}/base/python:bookworm is not in the registry (make setup builds it)")
+    image = f"{bench.registry_host}/base/python@{digest}"
+    command = ["python3", "-c", TEST_POD_SCRIPT]
+    engine = ContainerEngine()
+    for _ in range(bench.n(5)):
+        seconds, result = timed(engine.run_to_completion, image, command=command, timeout_seconds=120,
+                                name=f"{bench.prefix}-tests-{uuid.uuid4().hex[:6]}", copy_out="/reports")
+        if result.exit_code != 0 or "e2e.xml" not in result.files:
+            raise RuntimeError(f"the docker run of the tests exited {result.exit_code}: {result.logs_tail}")
+        section.row("docker target: a container, its reports copied out").samples.append(seconds)
+    calls = {}
+    for _ in range(bench.n(5)):
+        seconds, calls = _one_test_pod(bench, image, command)
+        section.row("kubernetes target: a pod through Dagster Pipes, the report sent back",
+                    "the whole step, in-process (the fake kubelet polls every 0.1 s)").samples.append(seconds)
+    section.notes.append(
+        f"API calls of one test pod ({sum(calls.values())}): " + ", ".join(f"{n} {what}" for what, n in sorted(
+            calls.items(), key=lambda item: -item[1])) + ". Most are the Pipes client's polls of the pod's status "
+        "(every `poll_seconds`) until it is ready and until it ends; the log is one streamed request. The first "
+        "run in a namespace also writes the reporter's ConfigMap (a server-side apply, which the emulator answers "
+        "404, then a create), later runs only read it. On a real cluster the pod's scheduling and image pull come "
+        "on top.")
+
+
+def _one_test_pod(bench: Bench, image: str, command: list[str]) -> tuple[float, dict[str, int]]:
+    """One test pod through a Dagster step on a fresh emulator: the step's seconds and the API calls by kind."""
+    import collections
+
+    import dagster as dg
+    import docker
+
+    from benchmarks.kubernetes_emulator import FakeKubelet, KubernetesApiEmulator
+    from release_graph.fleet.model import KubernetesCluster
+    from resources.targets.kubernetes.target import KubernetesTarget, KubernetesTargetConfig
+
+    with KubernetesApiEmulator() as emulator, FakeKubelet(emulator, docker.from_env(), prefix=bench.prefix):
+        target = KubernetesTarget(KubernetesCluster(namespace="bench", version="1.33"),
+                                  KubernetesTargetConfig(api_host=emulator.url, poll_seconds=0.1))
+        results = []
+
+        @dg.asset(name="e2e")
+        def e2e(context):
+            results.append(target.run_tests(bench.fleet_name, "bench", image, command=command, step=context))
+            return dg.MaterializeResult()
+
+        with dg.instance_for_test() as instance:
+            seconds, outcome = timed(dg.materialize, [e2e], instance=instance)
+        if not outcome.success or results[0].exit_code != 0 or "e2e.xml" not in results[0].files:
+            raise RuntimeError("the test pod did not report a pass")
+        calls = collections.Counter(
+            f"{r.method} {r.resource or r.path}" + (f"/{r.subresource}" if r.subresource else "")
+            for r in emulator.requests())
+    return seconds, dict(calls)
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
     ("a", "Manifest validation and graph build",
      "`load_fleet` (validation of the whole manifest, with the file checks of local repositories), "
@@ -1204,13 +1277,20 @@ SECTIONS: list[tuple[str, str, str, Callable[[Bench, Section], None]]] = [
      "`http.server`): `web` declares an edge to `api`, `intruder` none. Request latency from web to api through "
      "the switch with the rule and without it, a refused call's, and what the rule adds to a deployment.",
      bench_network_rule),
+    ("j", "End-to-end tests as a pod (Dagster Pipes) against a container",
+     "One test image (the Python base image writing a one-test JUnit report) run as the docker target runs a "
+     "fleet's end-to-end tests (a container, `/reports` copied out) and as the kubernetes target does "
+     "(`KubernetesTarget.run_tests` in a Dagster step: a pod through `PipesK8sClient` against the emulated API, "
+     "whose fake kubelet runs it as a container of the same engine; the report comes back as a Pipes message). "
+     "Each pod round on a fresh emulator.",
+     bench_test_pods),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per case (a smoke test); prints only")
-    parser.add_argument("--only", help="comma-separated sections to run (a-i); prints only. (d) needs (c)")
+    parser.add_argument("--only", help="comma-separated sections to run (a-j); prints only. (d) needs (c)")
     parser.add_argument("--output", type=Path, help=f"where to write the report (default for a full run: "
                                                     f"{DEFAULT_OUTPUT.relative_to(PROJECT_ROOT)})")
     parser.add_argument("--update", action="store_true",
