@@ -7,9 +7,10 @@ Everything it creates in the registry, the engine and on the host is removed at 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,11 +213,12 @@ def engine_builds() -> list[str]:
     return ENGINE_BUILDS
 
 
-@pytest.fixture
-def release_world_factory(tmp_path, run_id, registry_addr, docker_client, request):
-    """Builds a ReleaseWorld for a subset of the demo services and environments."""
-    worlds: list[ReleaseWorld] = []
-    counter = iter(range(100))
+def release_world_maker(folder: Path, run_id: str, registry_addr: str, worlds: list[ReleaseWorld], *,
+                        letter: str = "w", numbers: Iterator[int] | None = None):
+    """The body of the world factories below: `make(...)` builds a ReleaseWorld in `folder`/world<n>, its fleet
+    named `<run_id><letter><n>` (n from `numbers`, by default 0, 1, ...), and appends it to `worlds`, which the
+    caller cleans up (`cleanup_world`)."""
+    counter = numbers if numbers is not None else iter(range(100))
 
     def make(services: Iterable[str] = ("inventory",), environments: str = "  dev: {target: docker}",
              extra_top: str = "", extra_services: dict | None = None, integration: bool = True,
@@ -225,12 +227,12 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         """`instance`: the Dagster instance to release on (e.g. one on Postgres), owned and disposed of by the
         caller; by default a fresh SQLite instance under the world's folder."""
         index = next(counter)
-        root = tmp_path / f"world{index}"
+        root = folder / f"world{index}"
         repos = root / "repos"
         services = list(services)
         for name in services:
             sync_repo(name, SOURCES_DIR / name, repos / name)
-        fleet_name = f"{run_id}w{index}"
+        fleet_name = f"{run_id}{letter}{index}"
         registry = f"{registry_host or registry_addr}/{fleet_name}"
         blocks = [
             service_block(name, repos / name, [d for d in DEMO_EDGES[name] if d in services],
@@ -261,8 +263,30 @@ def release_world_factory(tmp_path, run_id, registry_addr, docker_client, reques
         worlds.append(world)
         return world
 
-    yield make
+    return make
 
+
+@pytest.fixture
+def release_world_factory(tmp_path, run_id, registry_addr, docker_client):
+    """Builds a ReleaseWorld for a subset of the demo services and environments; all of them go at the test's end."""
+    worlds: list[ReleaseWorld] = []
+    yield release_world_maker(tmp_path, run_id, registry_addr, worlds)
+    for world in worlds:
+        cleanup_world(world, docker_client)
+
+
+SHARED_WORLDS = itertools.count()  # numbers the shared worlds across this pytest process: their names never repeat
+
+
+@pytest.fixture(scope="module")
+def module_release_world_factory(tmp_path_factory, run_id, registry_addr, docker_client):
+    """release_world_factory for a world that the tests of one module share (a module-scoped fixture builds it
+    once); all of them go at the module's end. Their fleets are named `<run id>s<n>`, never as the function-scoped
+    factory's (`<run id>w<n>`), whose worlds may exist beside them on the same worker; the shared world's state
+    outlives each test, so its tests run on one xdist worker in file order (`pytest.mark.xdist_group`)."""
+    worlds: list[ReleaseWorld] = []
+    yield release_world_maker(tmp_path_factory.mktemp("shared"), run_id, registry_addr, worlds, letter="s",
+                              numbers=SHARED_WORLDS)
     for world in worlds:
         cleanup_world(world, docker_client)
 
