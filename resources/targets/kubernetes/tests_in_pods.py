@@ -1,8 +1,9 @@
 """Test images run as pods of a kubernetes environment, through Dagster Pipes (`PipesK8sClient`).
 
 The fleet's end-to-end tests must run where the services answer by name: inside the cluster, in the environment's
-namespace. `run_test_pod` starts the test image as a Pod and follows it with dagster-k8s's `PipesK8sClient`: the
-pod's output streams into the step's logs while it runs, and the verdict comes back as a Pipes message.
+namespace. `KubernetesTarget.run_tests` starts the test image as a Pod and follows it with dagster-k8s's
+`PipesK8sClient`: the pod's output streams into the step's logs while it runs, and the verdict comes back as a Pipes
+message.
 
 The test image keeps its own command. The pod runs it under a small reporter (`REPORTER`, below) that needs only
 `python3` in the image: it runs the command, then sends its exit code, the last lines of its output and the files
